@@ -1,0 +1,548 @@
+"""AdaIR (ICLR'25) in Flax NNX, computing what the official PyTorch model computes.
+
+Module and attribute names mirror ``c-yn/AdaIR`` ``net/model.py`` so that a parameter path
+joined with dots is the PyTorch state-dict key with only its leaf renamed
+(``encoder_level1.0.attn.qkv.weight`` <-> ``encoder_level1/0/attn/qkv/kernel``); the conversion
+table lives in :mod:`irpo_jax.models.convert`. Layout is NHWC throughout.
+
+Numerics follow ``adair-spec.md`` (section 9 is the checklist): LayerNorm eps 1e-5 with the
+biased two-pass variance, exact-erf GELU, ``F.normalize`` semantics with a NaN-free gradient,
+no 1/sqrt(d) in the channel attention, PixelShuffle channel order, bilinear resize without
+antialiasing, ``norm='forward'`` FFTs with the asymmetric half-open low-pass rectangle.
+
+The forward is split into :meth:`AdaIR.encode` (everything before ``fre1``; it does not depend
+on the frequency controls) and :meth:`AdaIR.decode`, so that the IRPO policy can branch several
+rollouts from one encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from irpo_jax.models import layers
+from irpo_jax.models.layers import Conv2d
+
+MASK_RULES = ("adair", "fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaIRConfig:
+    """Constructor arguments of the official ``AdaIR`` class, plus the mask rule.
+
+    Attributes:
+      inp_channels, out_channels: image channels (3).
+      dim: channels at level 1 (48 in the paper).
+      num_blocks: TransformerBlocks at encoder levels 1-3 and the latent (decoder levels reuse 1-3).
+      num_refinement_blocks: TransformerBlocks after decoder level 1.
+      heads: attention heads per level; the FreModules all use ``heads[2]``.
+      ffn_expansion_factor: GDFN hidden width = ``int(C * factor)``.
+      bias: bias flag of the attention/FFN/reduce/output convs (others never have one).
+      LayerNorm_type: ``"WithBias"`` or ``"BiasFree"``.
+      decoder: whether the FreModules exist (every released model has them).
+      mask_rule: ``"adair"`` (official: half-size ``int((H//128)*t)``) or ``"fraction"``
+        (IRPO default for the policy: ``floor(t*(H//2))``); see ``adair-spec.md`` 13.3 B.
+    """
+
+    inp_channels: int = 3
+    out_channels: int = 3
+    dim: int = 48
+    num_blocks: tuple[int, int, int, int] = (4, 6, 6, 8)
+    num_refinement_blocks: int = 4
+    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
+    ffn_expansion_factor: float = 2.66
+    bias: bool = False
+    LayerNorm_type: str = "WithBias"  # noqa: N815 (the official keyword)
+    decoder: bool = True
+    mask_rule: str = "adair"
+
+    def __post_init__(self):
+        object.__setattr__(self, "num_blocks", tuple(int(n) for n in self.num_blocks))
+        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+        if len(self.num_blocks) != 4 or len(self.heads) != 4:
+            raise ValueError(f"num_blocks and heads need 4 entries, got {self.num_blocks}, {self.heads}")
+        if self.LayerNorm_type not in ("WithBias", "BiasFree"):
+            raise ValueError(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {self.LayerNorm_type!r}")
+        if self.mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {self.mask_rule!r}")
+        for level, mult in enumerate((1, 2, 4, 8)):
+            if (self.dim * mult) % self.heads[level]:
+                raise ValueError(f"dim*{mult}={self.dim * mult} is not divisible by heads[{level}]={self.heads[level]}")
+        if self.decoder and (2 * self.dim) // 16 < 1:
+            raise ValueError(f"dim={self.dim} is too small: the FreModules need 2*dim >= 16 channels")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["num_blocks"], d["heads"] = list(self.num_blocks), list(self.heads)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdaIRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown AdaIR config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**dict(d))
+
+
+VARIANTS: dict[str, AdaIRConfig] = {
+    # The paper's model: 28,784,824 parameters.
+    "base": AdaIRConfig(),
+    # Demo-sized: trains on a 2-core CPU in minutes.
+    "small": AdaIRConfig(dim=16, num_blocks=(1, 2, 2, 2), num_refinement_blocks=1),
+    # The golden-fixture configuration (295,865 parameters); for tests.
+    "tiny": AdaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
+}
+
+
+def get_config(variant: str | AdaIRConfig | Mapping[str, Any], **overrides) -> AdaIRConfig:
+    """A named variant (``base``, ``small``, ``tiny``), a dict of constructor args, or a config."""
+    if isinstance(variant, AdaIRConfig):
+        cfg = variant
+    elif isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown AdaIR variant {variant!r}; valid: {sorted(VARIANTS)}")
+        cfg = VARIANTS[variant]
+    else:
+        cfg = AdaIRConfig.from_dict(variant)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+# ----------------------------------------------------------------------------- attention blocks
+
+
+def channel_attention(q, k, v, temperature: jax.Array, heads: int) -> jax.Array:
+    """Restormer's "transposed" attention over channels, per head. q, k, v: (B, H, W, C).
+
+    Channels are grouped head-major (channel = head * C/heads + c) as PyTorch's
+    ``rearrange('b (head c) h w -> b head c (h w)')``; q and k are L2-normalised over the tokens;
+    the logits are scaled by the learnt per-head temperature (no 1/sqrt(d)).
+    """
+    b, h, w, c = q.shape
+    d = c // heads
+    q, k, v = (t.reshape(b, h * w, heads, d) for t in (q, k, v))  # (B, N, heads, d)
+    q = layers.l2_normalize_tokens(q, axis=1)
+    k = layers.l2_normalize_tokens(k, axis=1)
+    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature.reshape(1, heads, 1, 1).astype(q.dtype)
+    attn = jax.nn.softmax(attn, axis=-1)  # (B, heads, d, d)
+    out = jnp.einsum("bhcd,bnhd->bnhc", attn, v)
+    return out.reshape(b, h, w, c)
+
+
+class Attention(nnx.Module):
+    """MDTA: qkv 1x1 -> depthwise 3x3 -> channel attention -> project_out 1x1."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.temperature = nnx.Param(jnp.ones((num_heads, 1, 1)))
+        self.qkv = Conv2d(dim, dim * 3, 1, bias=bias, rngs=rngs)
+        self.qkv_dwconv = Conv2d(dim * 3, dim * 3, 3, groups=dim * 3, bias=bias, rngs=rngs)
+        self.project_out = Conv2d(dim, dim, 1, bias=bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = jnp.split(self.qkv_dwconv(self.qkv(x)), 3, axis=-1)
+        return self.project_out(channel_attention(q, k, v, self.temperature[...], self.num_heads))
+
+
+class FeedForward(nnx.Module):
+    """GDFN: project_in 1x1 to 2h -> depthwise 3x3 -> GELU(first half) * second half -> 1x1."""
+
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, *, rngs: nnx.Rngs):
+        hidden = int(dim * ffn_expansion_factor)  # truncation, as in PyTorch (48*2.66 -> 127)
+        self.project_in = Conv2d(dim, hidden * 2, 1, bias=bias, rngs=rngs)
+        self.dwconv = Conv2d(hidden * 2, hidden * 2, 3, groups=hidden * 2, bias=bias, rngs=rngs)
+        self.project_out = Conv2d(hidden, dim, 1, bias=bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x1, x2 = jnp.split(self.dwconv(self.project_in(x)), 2, axis=-1)
+        return self.project_out(layers.gelu(x1) * x2)
+
+
+class Norm(nnx.Module):
+    """AdaIR's ``LayerNorm`` wrapper (its parameters sit under ``body``)."""
+
+    def __init__(self, dim: int, layer_norm_type: str):
+        self.body = layers.LayerNorm(dim, layer_norm_type)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.body(x)
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-norm Restormer block: ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``."""
+
+    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, layer_norm_type, *, rngs):
+        self.norm1 = Norm(dim, layer_norm_type)
+        self.attn = Attention(dim, num_heads, bias, rngs=rngs)
+        self.norm2 = Norm(dim, layer_norm_type)
+        self.ffn = FeedForward(dim, ffn_expansion_factor, bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class Chanel_Cross_Attention(nnx.Module):  # noqa: N801 (official spelling, kept for conversion)
+    """Channel attention with the query from ``x`` and key/value from ``y``."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.temperature = nnx.Param(jnp.ones((num_heads, 1, 1)))
+        self.q = Conv2d(dim, dim, 1, bias=bias, rngs=rngs)
+        self.q_dwconv = Conv2d(dim, dim, 3, groups=dim, bias=bias, rngs=rngs)
+        self.kv = Conv2d(dim, dim * 2, 1, bias=bias, rngs=rngs)
+        self.kv_dwconv = Conv2d(dim * 2, dim * 2, 3, groups=dim * 2, bias=bias, rngs=rngs)
+        self.project_out = Conv2d(dim, dim, 1, bias=bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        q = self.q_dwconv(self.q(x))
+        k, v = jnp.split(self.kv_dwconv(self.kv(y)), 2, axis=-1)
+        return self.project_out(channel_attention(q, k, v, self.temperature[...], self.num_heads))
+
+
+# ----------------------------------------------------------------------------- FreModule (AFLB)
+
+
+class SpatialGate(nnx.Module):
+    """sigmoid(conv7x7([max_c(x), mean_c(x)])) -> (B, H, W, 1)."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.spatial = Conv2d(2, 1, 7, bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pooled = jnp.concatenate(
+            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
+        )
+        return jax.nn.sigmoid(self.spatial(pooled))
+
+
+class ChannelGate(nnx.Module):
+    """sigmoid(mlp(GAP(x)) + mlp(GMP(x))) with one shared bias-free MLP -> (B, 1, 1, C)."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        hidden = dim // 16
+        # Index 1 is the parameter-free ReLU, as in the PyTorch nn.Sequential.
+        self.mlp = nnx.List([Conv2d(dim, hidden, 1, rngs=rngs), None, Conv2d(hidden, dim, 1, rngs=rngs)])
+
+    def _mlp(self, t: jax.Array) -> jax.Array:
+        return self.mlp[2](jax.nn.relu(self.mlp[0](t)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        avg = jnp.mean(x, axis=(1, 2), keepdims=True)
+        mx = jnp.max(x, axis=(1, 2), keepdims=True)
+        return jax.nn.sigmoid(self._mlp(avg) + self._mlp(mx))
+
+
+class FreRefine(nnx.Module):
+    """``proj(low * SpatialGate(high) + high * ChannelGate(low))``."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.SpatialGate = SpatialGate(rngs=rngs)
+        self.ChannelGate = ChannelGate(dim, rngs=rngs)
+        self.proj = Conv2d(dim, dim, 1, bias=True, rngs=rngs)
+
+    def __call__(self, low: jax.Array, high: jax.Array) -> jax.Array:
+        spatial_weight = self.SpatialGate(high)
+        channel_weight = self.ChannelGate(low)
+        return self.proj(low * spatial_weight + high * channel_weight)
+
+
+def mask_half_sizes(rates: jax.Array, height: int, width: int, rule: str) -> jax.Array:
+    """Half-sizes ``(h_, w_)`` of the low-pass rectangle from ``rates`` (B, 2) in (0, 1). -> (B, 2) int32.
+
+    ``"adair"``: ``int((H // 128) * t)`` with the product in the rates' dtype (float32 for the
+    official model), truncated as ``.int()`` does. ``"fraction"``: ``floor(t * (H // 2))``.
+    Channel 0 drives the rows (height), channel 1 the columns (width).
+    """
+    if rule == "adair":
+        scale = jnp.asarray([height // 128, width // 128], rates.dtype)
+    elif rule == "fraction":
+        scale = jnp.asarray([height // 2, width // 2], rates.dtype)
+    else:
+        raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {rule!r}")
+    return (scale * rates).astype(jnp.int32)  # truncation toward zero (rates > 0)
+
+
+def low_pass_mask(half_sizes: jax.Array, height: int, width: int) -> jax.Array:
+    """Centred rectangle ``[H//2 - h_, H//2 + h_) x [W//2 - w_, W//2 + w_)`` per sample -> (B, H, W) bool.
+
+    Built from broadcast index comparisons (static shapes, traced sizes) rather than slicing.
+    """
+    rows = jnp.arange(height)[None, :]
+    cols = jnp.arange(width)[None, :]
+    h_, w_ = half_sizes[:, :1], half_sizes[:, 1:]
+    in_rows = (rows >= height // 2 - h_) & (rows < height // 2 + h_)  # (B, H)
+    in_cols = (cols >= width // 2 - w_) & (cols < width // 2 + w_)  # (B, W)
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def frequency_split(f: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """AdaIR's FFT band split of ``f`` (B, H, W, C) by a centred low-pass ``mask`` (B, H, W).
+
+    PyTorch shifts the spectrum (roll by H//2, W//2), multiplies by the mask and rolls back;
+    rolling the (real, small) mask the other way instead is the same permutation and saves two
+    rolls of the complex spectrum. Returns ``(low, high)``, the moduli of the inverse transforms.
+    """
+    h, w = f.shape[1], f.shape[2]
+    spectrum = jnp.fft.fft2(f, axes=(1, 2), norm="forward")
+    mask = jnp.roll(mask, (-(h // 2), -(w // 2)), axis=(1, 2))[..., None].astype(f.dtype)
+    low = jnp.abs(jnp.fft.ifft2(spectrum * mask, axes=(1, 2), norm="forward"))
+    high = jnp.abs(jnp.fft.ifft2(spectrum * (1 - mask), axes=(1, 2), norm="forward"))
+    return low.astype(f.dtype), high.astype(f.dtype)
+
+
+class FreModule(nnx.Module):
+    """AdaIR's AFLB: mine a frequency split of the input image and inject it into ``y``.
+
+    ``conv`` and ``score_gen`` are never used by the official forward; they are kept so that
+    conversion is lossless and round-trips.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool, mask_rule: str, *, rngs: nnx.Rngs):
+        self.mask_rule = mask_rule
+        self.para1 = nnx.Param(jnp.zeros((dim, 1, 1)))
+        self.para2 = nnx.Param(jnp.ones((dim, 1, 1)))
+        self.conv = Conv2d(3, dim, 3, rngs=rngs)
+        self.conv1 = Conv2d(3, dim, 3, rngs=rngs)
+        self.score_gen = Conv2d(2, 2, 7, bias=True, rngs=rngs)
+        self.channel_cross_l = Chanel_Cross_Attention(dim, num_heads, bias, rngs=rngs)
+        self.channel_cross_h = Chanel_Cross_Attention(dim, num_heads, bias, rngs=rngs)
+        self.channel_cross_agg = Chanel_Cross_Attention(dim, num_heads, bias, rngs=rngs)
+        self.frequency_refine = FreRefine(dim, rngs=rngs)
+        # Index 1 is the parameter-free GELU.
+        self.rate_conv = nnx.List([Conv2d(dim, dim // 8, 1, rngs=rngs), None, Conv2d(dim // 8, 2, 1, rngs=rngs)])
+
+    def image_features(self, img: jax.Array, height: int, width: int) -> jax.Array:
+        """``conv1`` of the input image resized to the feature size -> (B, height, width, C)."""
+        return self.conv1(layers.downscale_bilinear(img, height, width))
+
+    def rate_logits(self, features: jax.Array) -> jax.Array:
+        """``rate_conv(GAP(features))`` -> (B, 2) logits of the mask thresholds."""
+        pooled = jnp.mean(features, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+        return self.rate_conv[2](layers.gelu(self.rate_conv[0](pooled)))[:, 0, 0, :]
+
+    def __call__(
+        self,
+        img: jax.Array,
+        y: jax.Array,
+        *,
+        rates: jax.Array | None = None,
+        gates: jax.Array | None = None,
+        intermediates: dict | None = None,
+    ) -> jax.Array:
+        """Args:
+          img: the network input (B, H0, W0, 3); the same image for all three modules.
+          y: the decoder feature (B, H, W, C).
+          rates: optional (B, 2) mask thresholds in (0, 1) replacing ``sigmoid(rate_conv(.))``
+            (the IRPO policy's ``r_h, r_l``).
+          gates: optional (B, 2) multipliers ``(s_y, s_o)`` of the fusion,
+            ``y' = s_o * para1 * O + s_y * para2 * y`` (the policy supplies ``2 g_f, 2 g_o``).
+          intermediates: if a dict is given, stage outputs are stored in it.
+
+        Returns:
+          The fused feature (B, H, W, C).
+        """
+        _, h, w, _ = y.shape
+        f = self.image_features(img, h, w)
+        logits = self.rate_logits(f)
+        if rates is None:
+            rates = jax.nn.sigmoid(logits)
+        mask = low_pass_mask(mask_half_sizes(rates, h, w, self.mask_rule), h, w)
+        low, high = frequency_split(f, mask)
+        # The naming is swapped in the official code: channel_cross_l sees the HIGH band.
+        high_attended = self.channel_cross_l(high, y)
+        low_attended = self.channel_cross_h(low, y)
+        agg = self.frequency_refine(low_attended, high_attended)
+        out = self.channel_cross_agg(y, agg)
+        para1 = self.para1[...].reshape(-1).astype(y.dtype)
+        para2 = self.para2[...].reshape(-1).astype(y.dtype)
+        if gates is None:
+            fused = out * para1 + y * para2
+        else:
+            gates = gates.astype(y.dtype)[:, None, None, :]  # (B, 1, 1, 2)
+            fused = gates[..., 1:] * para1 * out + gates[..., :1] * para2 * y
+        if intermediates is not None:
+            intermediates.update(
+                rate_logits=logits, low=low, high=high, cross_l=high_attended,
+                cross_h=low_attended, refine=agg, cross_agg=out,
+            )  # fmt: skip
+        return fused
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class Downsample(nnx.Module):
+    """3x3 conv halving the channels, then PixelUnshuffle(2) (x4 channels, half resolution)."""
+
+    def __init__(self, n_feat: int, *, rngs: nnx.Rngs):
+        self.body = nnx.List([Conv2d(n_feat, n_feat // 2, 3, rngs=rngs)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layers.pixel_unshuffle(self.body[0](x))
+
+
+class Upsample(nnx.Module):
+    """3x3 conv doubling the channels, then PixelShuffle(2)."""
+
+    def __init__(self, n_feat: int, *, rngs: nnx.Rngs):
+        self.body = nnx.List([Conv2d(n_feat, n_feat * 2, 3, rngs=rngs)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layers.pixel_shuffle(self.body[0](x))
+
+
+class OverlapPatchEmbed(nnx.Module):
+    def __init__(self, in_c: int, embed_dim: int, bias: bool, *, rngs: nnx.Rngs):
+        self.proj = Conv2d(in_c, embed_dim, 3, bias=bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+def _blocks(n, dim, heads, cfg: AdaIRConfig, rngs) -> nnx.List:
+    return nnx.List(
+        [
+            TransformerBlock(dim, heads, cfg.ffn_expansion_factor, cfg.bias, cfg.LayerNorm_type, rngs=rngs)
+            for _ in range(n)
+        ]
+    )
+
+
+def _run(blocks: Sequence[nnx.Module], x: jax.Array) -> jax.Array:
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+@dataclasses.dataclass
+class Encoding:
+    """What the encoder hands the decoder: skips ``e1..e3`` and the ``latent`` output (NHWC)."""
+
+    e1: jax.Array
+    e2: jax.Array
+    e3: jax.Array
+    latent: jax.Array
+
+
+jax.tree_util.register_dataclass(Encoding, data_fields=["e1", "e2", "e3", "latent"], meta_fields=[])
+
+FRE_NAMES = ("fre1", "fre2", "fre3")
+
+
+class AdaIR(nnx.Module):
+    """The AdaIR restorer. ``model(img)`` maps (B, H, W, 3) -> (B, H, W, 3), H and W multiples of 8.
+
+    The output includes the global residual (``output(...) + img``) and is not clamped.
+    """
+
+    def __init__(self, config: AdaIRConfig | str = "base", *, rngs: nnx.Rngs | None = None):
+        cfg = get_config(config)
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = cfg
+        dim, heads, bias = cfg.dim, cfg.heads, cfg.bias
+        self.patch_embed = OverlapPatchEmbed(cfg.inp_channels, dim, False, rngs=rngs)
+        if cfg.decoder:
+            # Registered before the encoder, as in PyTorch (the state-dict order follows).
+            self.fre1 = FreModule(dim * 8, heads[2], bias, cfg.mask_rule, rngs=rngs)
+            self.fre2 = FreModule(dim * 4, heads[2], bias, cfg.mask_rule, rngs=rngs)
+            self.fre3 = FreModule(dim * 2, heads[2], bias, cfg.mask_rule, rngs=rngs)
+        self.encoder_level1 = _blocks(cfg.num_blocks[0], dim, heads[0], cfg, rngs)
+        self.down1_2 = Downsample(dim, rngs=rngs)
+        self.encoder_level2 = _blocks(cfg.num_blocks[1], dim * 2, heads[1], cfg, rngs)
+        self.down2_3 = Downsample(dim * 2, rngs=rngs)
+        self.encoder_level3 = _blocks(cfg.num_blocks[2], dim * 4, heads[2], cfg, rngs)
+        self.down3_4 = Downsample(dim * 4, rngs=rngs)
+        self.latent = _blocks(cfg.num_blocks[3], dim * 8, heads[3], cfg, rngs)
+        self.up4_3 = Upsample(dim * 8, rngs=rngs)
+        self.reduce_chan_level3 = Conv2d(dim * 8, dim * 4, 1, bias=bias, rngs=rngs)
+        self.decoder_level3 = _blocks(cfg.num_blocks[2], dim * 4, heads[2], cfg, rngs)
+        self.up3_2 = Upsample(dim * 4, rngs=rngs)
+        self.reduce_chan_level2 = Conv2d(dim * 4, dim * 2, 1, bias=bias, rngs=rngs)
+        self.decoder_level2 = _blocks(cfg.num_blocks[1], dim * 2, heads[1], cfg, rngs)
+        self.up2_1 = Upsample(dim * 2, rngs=rngs)
+        # Level 1 of the decoder and the refinement run at 2*dim channels (no reduce conv).
+        self.decoder_level1 = _blocks(cfg.num_blocks[0], dim * 2, heads[0], cfg, rngs)
+        self.refinement = _blocks(cfg.num_refinement_blocks, dim * 2, heads[0], cfg, rngs)
+        self.output = Conv2d(dim * 2, cfg.out_channels, 3, bias=bias, rngs=rngs)
+
+    @staticmethod
+    def check_input(img: jax.Array) -> None:
+        if img.ndim != 4:
+            raise ValueError(f"AdaIR expects an NHWC batch (B, H, W, C); got shape {tuple(img.shape)}")
+        _, h, w, _ = img.shape
+        if h % 8 or w % 8:
+            raise ValueError(
+                f"AdaIR needs height and width that are multiples of 8 (three 2x downsamplings); got "
+                f"{h}x{w}. Crop or pad the image first: evaluation crops to a multiple of 16 and "
+                "`python -m irpo_jax.restore` pads and crops back."
+            )
+
+    def encode(self, img: jax.Array, intermediates: dict | None = None) -> Encoding:
+        """Everything before ``fre1``; independent of the frequency controls."""
+        self.check_input(img)
+        x = self.patch_embed(img)
+        if intermediates is not None and len(self.encoder_level1):
+            intermediates["encoder_level1_0"] = self.encoder_level1[0](x)
+        e1 = _run(self.encoder_level1, x)
+        e2 = _run(self.encoder_level2, self.down1_2(e1))
+        e3 = _run(self.encoder_level3, self.down2_3(e2))
+        latent = _run(self.latent, self.down3_4(e3))
+        if intermediates is not None:
+            intermediates["latent"] = latent
+        return Encoding(e1, e2, e3, latent)
+
+    def decode(
+        self,
+        img: jax.Array,
+        enc: Encoding,
+        *,
+        controls: Mapping[str, Mapping[str, jax.Array]] | None = None,
+        intermediates: dict | None = None,
+    ) -> jax.Array:
+        """From ``fre1`` to the output.
+
+        Args:
+          img: the network input (B, H, W, 3) (the FreModules and the residual use it).
+          enc: :meth:`encode`'s result for the same batch.
+          controls: optional ``{"fre1": {"rates": (B, 2), "gates": (B, 2)}, ...}`` overrides.
+          intermediates: if a dict is given, named intermediate tensors are stored in it.
+        """
+        controls = controls or {}
+
+        def fre(name: str, y: jax.Array) -> jax.Array:
+            if not self.config.decoder:
+                return y
+            stages = {} if intermediates is not None else None
+            out = getattr(self, name)(img, y, intermediates=stages, **controls.get(name, {}))
+            if intermediates is not None:
+                intermediates[name] = out
+                intermediates.update({f"{name}_{k}": v for k, v in stages.items()})
+            return out
+
+        def keep(name: str, value: jax.Array) -> jax.Array:
+            if intermediates is not None:
+                intermediates[name] = value
+            return value
+
+        d3 = self.reduce_chan_level3(jnp.concatenate([self.up4_3(fre("fre1", enc.latent)), enc.e3], -1))
+        d3 = fre("fre2", keep("decoder_level3", _run(self.decoder_level3, d3)))
+        d2 = self.reduce_chan_level2(jnp.concatenate([self.up3_2(d3), enc.e2], -1))
+        d2 = fre("fre3", keep("decoder_level2", _run(self.decoder_level2, d2)))
+        d1 = jnp.concatenate([self.up2_1(d2), enc.e1], -1)
+        d1 = _run(self.refinement, _run(self.decoder_level1, d1))
+        return self.output(d1) + img
+
+    def __call__(self, img: jax.Array, *, intermediates: dict | None = None) -> jax.Array:
+        """Restore ``img`` (B, H, W, 3) -> (B, H, W, 3)."""
+        return self.decode(img, self.encode(img, intermediates), intermediates=intermediates)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters (``nnx.Param`` leaves)."""
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,41 @@
+"""Shared pytest set-up: two fake CPU devices, a persistent compile cache, torch skipping.
+
+XLA flags must be set before jax is imported anywhere, so this file sets them first.
+"""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Compilation dominates small CPU tests; cache it across runs (the cache lives in the checkout).
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason="torch is not installed (pip install '.[torch]')")
+    for item in items:
+        if "torch" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> pathlib.Path:
+    return FIXTURES / "adair_tiny"
