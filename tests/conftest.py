@@ -19,7 +19,16 @@ jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _has_torch() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:  # sys.modules["torch"] = None (tests/test_without_torch.py blocks it so)
+        return False
+
+
+HAS_TORCH = _has_torch()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -219,3 +219,28 @@ def test_frequency_split_against_numpy_fftshift():
     ref_high = np.abs(np.fft.ifft2(np.fft.ifftshift(spec * ~m, axes=(1, 2)), axes=(1, 2), norm="forward"))
     np.testing.assert_allclose(np.asarray(low), ref_low, atol=1e-5)
     np.testing.assert_allclose(np.asarray(high), ref_high, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- conversion table
+
+
+def test_unknown_and_missing_keys_are_reported_together(weights):
+    w = dict(weights)
+    del w["output.weight"]
+    w["extra.head.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(convert.ConversionError) as err:
+        convert.from_state_dict(w, "tiny")
+    msg = str(err.value)
+    assert "unexpected keys (1): extra.head.weight" in msg and "missing keys (1): output.weight" in msg
+
+
+def test_config_inference_for_non_default_configs():
+    cfg = adair.AdaIRConfig(
+        dim=16, num_blocks=(1, 2, 1, 2), num_refinement_blocks=2, heads=(2, 2, 4, 4),
+        ffn_expansion_factor=2.0, bias=True, LayerNorm_type="BiasFree",
+    )  # fmt: skip
+    model = nnx.eval_shape(lambda: adair.AdaIR(cfg))
+    shapes = {k: np.zeros(s, np.float32) for k, s in convert.official_keys(cfg).items()}
+    assert convert.infer_config(shapes) == cfg
+    assert "encoder_level1.0.attn.qkv.bias" in shapes and "encoder_level1.0.norm1.body.bias" not in shapes
+    assert adair.count_params(model) == sum(v.size for v in shapes.values())

@@ -1,0 +1,171 @@
+"""Model checkpoints on disk (orbax) and :func:`load_model`, the way users get a ready restorer.
+
+A *model directory* holds:
+
+* ``model.json``: ``{"format": "irpo-jax-model", "version": 1, "model": "adair", "config": {...}}``;
+* ``params/``: an orbax (``StandardCheckpointer``) checkpoint of the parameters as a nested dict
+  whose paths are the NNX module paths (``encoder_level1/0/attn/qkv/kernel``);
+* optionally ``manifest.json`` (what the converter or trainer records about its origin).
+
+The converter (``python -m torch_bridge.convert_adair``) writes one; training checkpoints
+(added by the trainer) reuse the same parameter layout. Writes go to a temporary sibling that is
+renamed into place at the end, so an interrupted write never leaves a half-written directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from irpo_jax.models import adair
+
+MODEL_FORMAT = "irpo-jax-model"
+MODEL_FORMAT_VERSION = 1
+MODELS: dict[str, Callable[..., nnx.Module]] = {"adair": adair.AdaIR}
+
+
+class CheckpointError(ValueError):
+    """A model directory that is missing, incomplete or of an unknown kind."""
+
+
+def model_metadata(model: nnx.Module) -> dict[str, Any]:
+    """``model.json`` content for ``model``."""
+    if isinstance(model, adair.AdaIR):
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_FORMAT_VERSION,
+            "model": "adair",
+            "config": model.config.to_dict(),
+        }
+    raise TypeError(f"do not know how to describe a {type(model).__name__}")
+
+
+def params_dict(model: nnx.Module) -> dict:
+    """The parameters of ``model`` as a nested pure dict (what is stored under ``params/``)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@contextlib.contextmanager
+def atomic_directory(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield a fresh temporary directory beside ``dst``; move it to ``dst`` only on success.
+
+    ``dst`` must not exist when the block ends (callers decide about overwriting first).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model(directory: pathlib.Path, model: nnx.Module, extra_files: Mapping[str, Any] | None = None) -> None:
+    """Write ``model.json``, ``params/`` and any ``extra_files`` (name -> JSON-able) into ``directory``."""
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    (directory / "model.json").write_text(json.dumps(model_metadata(model), indent=2) + "\n")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / "params", jax.tree.map(np.asarray, params_dict(model)))
+    checkpointer.wait_until_finished()
+    for name, content in (extra_files or {}).items():
+        (directory / name).write_text(json.dumps(content, indent=2) + "\n")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``model.json`` of a model directory, with errors that say what is wrong."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path}: the path does not exist. Give a directory written by "
+            "`python -m torch_bridge.convert_adair` or by training (`runs/<name>/...`)."
+        )
+    meta_file = path / "model.json"
+    if not path.is_dir() or not meta_file.is_file():
+        raise CheckpointError(
+            f"{path} is not an irpo-jax model directory (it has no model.json). PyTorch files "
+            "(.pth/.ckpt/.safetensors) must be converted first: "
+            f"`python -m torch_bridge.convert_adair {path} converted/`."
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged.") from e
+    if meta.get("format") != MODEL_FORMAT or meta.get("model") not in MODELS:
+        raise CheckpointError(
+            f"{meta_file} does not describe a known model (format={meta.get('format')!r}, "
+            f"model={meta.get('model')!r}; known models: {sorted(MODELS)})."
+        )
+    return meta
+
+
+def build_model(meta: Mapping[str, Any], *, abstract: bool = True) -> nnx.Module:
+    """The (by default abstract, i.e. shape-only) model described by ``model.json``."""
+    config = adair.AdaIRConfig.from_dict(meta["config"])
+    make = lambda: MODELS[meta["model"]](config, rngs=nnx.Rngs(0))  # noqa: E731
+    return nnx.eval_shape(make) if abstract else make()
+
+
+def restore_model(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
+    """Restore the NNX module stored in a model directory. Returns ``(module, model.json)``."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(path).absolute()
+    meta = read_metadata(path)
+    model = build_model(meta)
+    state = nnx.state(model, nnx.Param)
+    target = nnx.to_pure_dict(state)
+    if not (path / "params").is_dir():
+        raise CheckpointError(f"{path} has a model.json but no params/ directory; the checkpoint is incomplete.")
+    try:
+        restored = ocp.StandardCheckpointer().restore(path / "params", target)
+    except Exception as e:  # orbax raises assorted types for damaged or mismatched trees
+        raise CheckpointError(
+            f"could not restore the parameters in {path / 'params'}: {type(e).__name__}: {e}. "
+            "The checkpoint is damaged or was written for a different model config."
+        ) from e
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, restored))
+    nnx.update(model, state)
+    return model, meta
+
+
+class Restorer:
+    """A restored model, ready to call: ``restorer(batch)`` with ``batch`` (B, H, W, 3) float32 in [0,1].
+
+    The forward is jitted once per input shape. ``module`` is the NNX model itself.
+    """
+
+    def __init__(self, module: nnx.Module, meta: Mapping[str, Any]):
+        self.module = module
+        self.meta = dict(meta)
+        self._graphdef, self._state = nnx.split(module)
+        self._forward = jax.jit(lambda g, s, x: nnx.merge(g, s)(x))
+
+    @property
+    def config(self) -> adair.AdaIRConfig:
+        return self.module.config
+
+    def __call__(self, batch: jax.Array | np.ndarray) -> jax.Array:
+        batch = jnp.asarray(batch, jnp.float32)
+        return self._forward(self._graphdef, self._state, batch)
+
+
+def load_model(path: str | os.PathLike) -> Restorer:
+    """Load a converted or trained model directory into a ready :class:`Restorer`."""
+    return Restorer(*restore_model(path))

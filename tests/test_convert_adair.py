@@ -1,0 +1,203 @@
+"""End-to-end tests of ``python -m torch_bridge.convert_adair`` and ``irpo_jax.load_model``."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+
+torch = pytest.importorskip("torch")
+
+from irpo_jax import checkpointing, load_model  # noqa: E402
+from torch_bridge import convert_adair  # noqa: E402
+from torch_bridge.reference_adair import AdaIR as TorchAdaIR  # noqa: E402
+
+
+def nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def convert(*args):
+    return convert_adair.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tiny_dir):
+    """The fixture's genuine Lightning checkpoint, converted with --verify."""
+    dst = tmp_path_factory.mktemp("conv") / "adair_tiny"
+    assert convert(tiny_dir / "lightning.ckpt", dst, "--verify") == 0
+    return dst
+
+
+def test_manifest_records_source_config_and_verification(converted, tiny_dir):
+    manifest = json.loads((converted / "manifest.json").read_text())
+    import hashlib
+
+    assert manifest["source"]["sha256"] == hashlib.sha256((tiny_dir / "lightning.ckpt").read_bytes()).hexdigest()
+    assert manifest["source"]["format"] == "lightning"
+    assert manifest["model_config"] == json.loads((tiny_dir / "config.json").read_text())["config"] | {
+        "mask_rule": "adair"
+    }
+    assert manifest["converter"]["version"]
+    v = manifest["verification"]
+    assert v["passed"] and v["max_abs_error"] < 1e-4
+
+
+def test_load_model_reproduces_the_golden_output(converted, tiny_dir):
+    import jax
+
+    restorer = load_model(converted)
+    with jax.default_matmul_precision("highest"):
+        out = np.asarray(restorer(nhwc(np.load(tiny_dir / "input.npy"))))
+    np.testing.assert_allclose(out, nhwc(np.load(tiny_dir / "output.npy")), rtol=0, atol=1e-4)
+
+
+def test_round_trip_to_torch_is_bit_exact_and_strict_loadable(converted, tiny_dir, tmp_path):
+    out = tmp_path / "back.pth"
+    assert convert("--to-torch", converted, out) == 0
+    original = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    back = torch.load(out, weights_only=True)
+    assert list(back) == list(original)
+    for key in original:
+        assert torch.equal(back[key], original[key]), key
+    cfg = json.loads((tiny_dir / "config.json").read_text())["config"]
+    TorchAdaIR(**cfg).load_state_dict(back, strict=True)
+
+
+def test_plain_pth_and_safetensors_give_the_same_parameters(converted, tiny_dir, tmp_path):
+    from torch_bridge import checkpoint_io
+
+    weights, _ = checkpoint_io.read_state_dict(tiny_dir / "state_dict.pth")
+    checkpoint_io.write_state_dict(weights, tmp_path / "w.safetensors")
+    ref = checkpointing.params_dict(checkpointing.restore_model(converted)[0])
+    for src in (tiny_dir / "state_dict.pth", tmp_path / "w.safetensors"):
+        dst = tmp_path / (src.stem + "_conv")
+        assert convert(src, dst) == 0
+        got = checkpointing.params_dict(checkpointing.restore_model(dst)[0])
+        import jax
+
+        assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), got, ref))
+
+
+def test_explicit_config_must_fit(tiny_dir, tmp_path, capsys):
+    assert convert(tiny_dir / "state_dict.pth", tmp_path / "x", "--config", "small") == 1
+    err = capsys.readouterr().err
+    assert "does not match the AdaIR configuration" in err and "missing keys" in err
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def leftovers(parent):
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name or p.name.endswith(".replaced")]
+
+
+def test_missing_source(tmp_path, capsys):
+    assert convert(tmp_path / "nope.ckpt", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "nope.ckpt" in err
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    src = tmp_path / "notes.pth"
+    src.write_text("these are my notes, not weights\n")
+    assert convert(src, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "notes.pth" in err and "not a PyTorch checkpoint" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoint(tiny_dir, tmp_path, capsys):
+    src = tmp_path / "cut.ckpt"
+    data = (tiny_dir / "lightning.ckpt").read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    assert convert(src, tmp_path / "out") == 1
+    assert "cut.ckpt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_architecture_is_named(tmp_path, capsys):
+    """A PromptIR-like state dict (Restormer body plus prompt blocks, no FreModules)."""
+    sd = {
+        "patch_embed.proj.weight": torch.zeros(48, 3, 3, 3),
+        "encoder_level1.0.attn.temperature": torch.ones(1, 1, 1),
+        "prompt1.prompt_param": torch.zeros(1, 5, 64, 64, 64),
+        "prompt1.linear_layer.weight": torch.zeros(5, 64),
+    }
+    src = tmp_path / "promptir.pth"
+    torch.save(sd, src)
+    assert convert(src, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "not an AdaIR state dict" in err and "PromptIR" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonfinite_weights_are_refused(tiny_dir, tmp_path, capsys):
+    sd = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    sd["latent.0.attn.temperature"][0] = float("nan")
+    src = tmp_path / "nan.pth"
+    torch.save(sd, src)
+    assert convert(src, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "latent.0.attn.temperature" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_names_key_and_shapes(tiny_dir, tmp_path, capsys):
+    sd = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    sd["output.weight"] = torch.zeros(3, 16, 5, 5)
+    src = tmp_path / "bad_shape.pth"
+    torch.save(sd, src)
+    assert convert(src, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "'output.weight'" in err and "(3, 16, 5, 5)" in err and "(3, 16, 3, 3)" in err
+
+
+def test_destination_with_another_checkpoint_needs_overwrite(converted, tiny_dir, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    shutil.copytree(converted, dst)
+    # Same source again: nothing to do, success.
+    assert convert(tiny_dir / "lightning.ckpt", dst) == 0
+    sd = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    sd["output.weight"] = sd["output.weight"] * 2
+    other = tmp_path / "other.pth"
+    torch.save(sd, other)
+    assert convert(other, dst) == 1
+    err = capsys.readouterr().err
+    assert "already holds a different converted checkpoint" in err and "--overwrite" in err
+    assert json.loads((dst / "manifest.json").read_text())["source"]["format"] == "lightning"  # untouched
+    assert convert(other, dst, "--overwrite") == 0
+    assert json.loads((dst / "manifest.json").read_text())["source"]["path"] == str(other)
+    assert not leftovers(tmp_path)
+
+
+def test_destination_that_is_not_ours_is_never_replaced(tiny_dir, tmp_path, capsys):
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "thesis.tex").write_text("important")
+    for extra in ([], ["--overwrite"]):
+        assert convert(tiny_dir / "state_dict.pth", dst, *extra) == 1
+        assert "not an irpo-jax conversion" in capsys.readouterr().err
+    assert (dst / "thesis.tex").read_text() == "important"
+
+
+def test_export_refuses_to_overwrite(converted, tmp_path, capsys):
+    out = tmp_path / "exists.pth"
+    out.write_bytes(b"user data")
+    assert convert("--to-torch", converted, out) == 1
+    assert "exists.pth" in capsys.readouterr().err
+    assert out.read_bytes() == b"user data"
+
+
+def test_load_model_errors(tmp_path, tiny_dir):
+    with pytest.raises(checkpointing.CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(checkpointing.CheckpointError, match="convert_adair"):
+        load_model(tiny_dir / "state_dict.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpointing.CheckpointError, match="no model.json"):
+        load_model(tmp_path / "empty")
