@@ -32,7 +32,15 @@ from irpo_jax.models import adair
 
 MODEL_FORMAT = "irpo-jax-model"
 MODEL_FORMAT_VERSION = 1
-MODELS: dict[str, Callable[..., nnx.Module]] = {"adair": adair.AdaIR}
+
+
+def _make_policy(config: adair.AdaIRConfig, policy: Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):
+    from irpo_jax.models.policy import IRPOPolicy  # distrax is imported only for policy models
+
+    return IRPOPolicy(config, policy, rngs=rngs)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"adair": adair.AdaIR, "adair_policy": _make_policy}
 
 
 class CheckpointError(ValueError):
@@ -41,13 +49,12 @@ class CheckpointError(ValueError):
 
 def model_metadata(model: nnx.Module) -> dict[str, Any]:
     """``model.json`` content for ``model``."""
+    meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "config": model.config.to_dict()}
     if isinstance(model, adair.AdaIR):
-        return {
-            "format": MODEL_FORMAT,
-            "version": MODEL_FORMAT_VERSION,
-            "model": "adair",
-            "config": model.config.to_dict(),
-        }
+        return meta | {"model": "adair"}
+    policy_config = getattr(model, "policy_config", None)
+    if policy_config is not None:
+        return meta | {"model": "adair_policy", "policy": policy_config.to_dict()}
     raise TypeError(f"do not know how to describe a {type(model).__name__}")
 
 
@@ -118,7 +125,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def build_model(meta: Mapping[str, Any], *, abstract: bool = True) -> nnx.Module:
     """The (by default abstract, i.e. shape-only) model described by ``model.json``."""
     config = adair.AdaIRConfig.from_dict(meta["config"])
-    make = lambda: MODELS[meta["model"]](config, rngs=nnx.Rngs(0))  # noqa: E731
+    kwargs = {"policy": meta["policy"]} if meta["model"] == "adair_policy" else {}
+    make = lambda: MODELS[meta["model"]](config, rngs=nnx.Rngs(0), **kwargs)  # noqa: E731
     return nnx.eval_shape(make) if abstract else make()
 
 
@@ -148,7 +156,8 @@ def restore_model(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
 class Restorer:
     """A restored model, ready to call: ``restorer(batch)`` with ``batch`` (B, H, W, 3) float32 in [0,1].
 
-    The forward is jitted once per input shape. ``module`` is the NNX model itself.
+    The forward is jitted once per input shape. ``module`` is the NNX model itself; for an IRPO
+    policy, calling it runs the deterministic policy (every action at its Beta mean).
     """
 
     def __init__(self, module: nnx.Module, meta: Mapping[str, Any]):

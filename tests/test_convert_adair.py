@@ -201,3 +201,27 @@ def test_load_model_errors(tmp_path, tiny_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(checkpointing.CheckpointError, match="no model.json"):
         load_model(tmp_path / "empty")
+
+
+def test_policy_export_keeps_the_heads_in_a_separate_file(converted, tiny_dir, tmp_path, capsys):
+    from flax import nnx
+
+    from irpo_jax.models import convert as table
+    from irpo_jax.models.policy import IRPOPolicy
+
+    adair_model, _ = checkpointing.restore_model(converted)
+    pol = IRPOPolicy(adair_model.config, rngs=nnx.Rngs(0))
+    nnx.update(pol.net, nnx.state(adair_model))
+    src = tmp_path / "policy"
+    with checkpointing.atomic_directory(src) as tmp:
+        checkpointing.write_model(tmp, pol)
+    out = tmp_path / "policy.pth"
+    assert convert("--to-torch", src, out) == 0
+    assert "policy-head tensors" in capsys.readouterr().out
+    back = torch.load(out, weights_only=True)
+    original = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    assert all(torch.equal(back[k], original[k]) for k in original) and set(back) == set(original)
+    heads = torch.load(tmp_path / "policy.policy_heads.pth", weights_only=True)
+    expected = table.extra_parameters(pol)
+    assert set(heads) == set(expected) and len(heads) == 3 * 2 * 4  # 6 heads x (2 layers x kernel, bias)
+    assert all(np.array_equal(heads[k].numpy(), expected[k]) for k in heads)

@@ -181,9 +181,21 @@ def to_torch(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: boo
     from irpo_jax.models import convert
 
     module, meta = checkpointing.restore_model(src)
-    weights = convert.state_dict(module)
+    backbone = getattr(module, "net", module)  # an IRPO policy wraps the AdaIR as `net`
+    weights = convert.state_dict(backbone)
+    extra = convert.extra_parameters(module)
+    dst = pathlib.Path(dst)
+    extra_dst = dst.with_name(dst.stem + ".policy_heads" + dst.suffix)
+    if extra and extra_dst.exists() and not overwrite:
+        raise FileExistsError(f"{extra_dst} already exists; pass --overwrite to replace it.")
     checkpoint_io.write_state_dict(weights, dst, overwrite=overwrite)
     log(f"wrote {dst} ({len(weights)} tensors, official AdaIR key names; loads with strict=True)")
+    if extra:
+        checkpoint_io.write_state_dict(extra, extra_dst, overwrite=overwrite)
+        log(
+            f"note: the official AdaIR class has no place for the {len(extra)} IRPO policy-head tensors; "
+            f"they were written to {extra_dst} (the policy config is in {pathlib.Path(src) / 'model.json'})."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

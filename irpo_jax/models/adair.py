@@ -18,7 +18,7 @@ rollouts from one encoding.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -333,27 +333,51 @@ class FreModule(nnx.Module):
         *,
         rates: jax.Array | None = None,
         gates: jax.Array | None = None,
+        fuse_mode: str = "modulate",
         intermediates: dict | None = None,
     ) -> jax.Array:
         """Args:
           img: the network input (B, H0, W0, 3); the same image for all three modules.
           y: the decoder feature (B, H, W, C).
-          rates: optional (B, 2) mask thresholds in (0, 1) replacing ``sigmoid(rate_conv(.))``
-            (the IRPO policy's ``r_h, r_l``).
-          gates: optional (B, 2) multipliers ``(s_y, s_o)`` of the fusion,
-            ``y' = s_o * para1 * O + s_y * para2 * y`` (the policy supplies ``2 g_f, 2 g_o``).
-          intermediates: if a dict is given, stage outputs are stored in it.
+          rates, gates, fuse_mode, intermediates: see :meth:`fuse`.
 
         Returns:
           The fused feature (B, H, W, C).
         """
         _, h, w, _ = y.shape
-        f = self.image_features(img, h, w)
-        logits = self.rate_logits(f)
+        features = self.image_features(img, h, w)
+        return self.fuse(
+            features, y, rates=rates, gates=gates, fuse_mode=fuse_mode, intermediates=intermediates
+        )
+
+    def fuse(
+        self,
+        features: jax.Array,
+        y: jax.Array,
+        *,
+        rates: jax.Array | None = None,
+        gates: jax.Array | None = None,
+        fuse_mode: str = "modulate",
+        intermediates: dict | None = None,
+    ) -> jax.Array:
+        """The module after :meth:`image_features`: band split, attention, refinement, fusion.
+
+        Args:
+          features: :meth:`image_features` of the input image (B, H, W, C).
+          y: the decoder feature (B, H, W, C).
+          rates: optional (B, 2) mask thresholds in (0, 1) replacing ``sigmoid(rate_conv(.))``
+            (the IRPO policy's ``r_h, r_l``).
+          gates: optional (B, 2) fusion actions ``(g_f, g_o)`` in (0, 1). ``fuse_mode="modulate"``:
+            ``y' = 2 g_o * para1 * O + 2 g_f * para2 * y`` (g = 0.5 is AdaIR exactly);
+            ``"literal"`` (IRPO Eq. 5 as printed): ``y' = g_f * y + g_o * O``.
+          intermediates: if a dict is given, stage outputs are stored in it.
+        """
+        _, h, w, _ = y.shape
+        logits = self.rate_logits(features)
         if rates is None:
             rates = jax.nn.sigmoid(logits)
         mask = low_pass_mask(mask_half_sizes(rates, h, w, self.mask_rule), h, w)
-        low, high = frequency_split(f, mask)
+        low, high = frequency_split(features, mask)
         # The naming is swapped in the official code: channel_cross_l sees the HIGH band.
         high_attended = self.channel_cross_l(high, y)
         low_attended = self.channel_cross_h(low, y)
@@ -364,8 +388,14 @@ class FreModule(nnx.Module):
         if gates is None:
             fused = out * para1 + y * para2
         else:
-            gates = gates.astype(y.dtype)[:, None, None, :]  # (B, 1, 1, 2)
-            fused = gates[..., 1:] * para1 * out + gates[..., :1] * para2 * y
+            g = gates.astype(y.dtype)[:, None, None, :]  # (B, 1, 1, 2)
+            g_f, g_o = g[..., :1], g[..., 1:]
+            if fuse_mode == "modulate":
+                fused = (2 * g_o) * para1 * out + (2 * g_f) * para2 * y
+            elif fuse_mode == "literal":
+                fused = g_o * out + g_f * y
+            else:
+                raise ValueError(f"fuse_mode must be 'modulate' or 'literal', got {fuse_mode!r}")
         if intermediates is not None:
             intermediates.update(
                 rate_logits=logits, low=low, high=high, cross_l=high_attended,
@@ -502,7 +532,7 @@ class AdaIR(nnx.Module):
         img: jax.Array,
         enc: Encoding,
         *,
-        controls: Mapping[str, Mapping[str, jax.Array]] | None = None,
+        fre_hook: Callable[[str, FreModule, jax.Array, jax.Array], jax.Array] | None = None,
         intermediates: dict | None = None,
     ) -> jax.Array:
         """From ``fre1`` to the output.
@@ -510,16 +540,22 @@ class AdaIR(nnx.Module):
         Args:
           img: the network input (B, H, W, 3) (the FreModules and the residual use it).
           enc: :meth:`encode`'s result for the same batch.
-          controls: optional ``{"fre1": {"rates": (B, 2), "gates": (B, 2)}, ...}`` overrides.
+          fre_hook: optional ``hook(name, module, img, y) -> y'`` run instead of each FreModule
+            (the IRPO policy uses it to choose the module's actions).
           intermediates: if a dict is given, named intermediate tensors are stored in it.
         """
-        controls = controls or {}
 
         def fre(name: str, y: jax.Array) -> jax.Array:
             if not self.config.decoder:
                 return y
+            module = getattr(self, name)
+            if fre_hook is not None:
+                out = fre_hook(name, module, img, y)
+                if intermediates is not None:
+                    intermediates[name] = out
+                return out
             stages = {} if intermediates is not None else None
-            out = getattr(self, name)(img, y, intermediates=stages, **controls.get(name, {}))
+            out = module(img, y, intermediates=stages)
             if intermediates is not None:
                 intermediates[name] = out
                 intermediates.update({f"{name}_{k}": v for k, v in stages.items()})

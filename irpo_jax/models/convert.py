@@ -239,3 +239,18 @@ def _abbrev(keys: list[str], limit: int = 12) -> str:
         return "none"
     shown = ", ".join(keys[:limit])
     return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def extra_parameters(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Parameters outside the official AdaIR (e.g. the IRPO policy heads), keyed by dotted path.
+
+    For a plain :class:`AdaIR` this is empty; for an IRPO policy it is everything but ``net``.
+    """
+    if isinstance(model, AdaIR):
+        return {}
+    out = {}
+    for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[0] == "net":
+            continue
+        out[".".join(map(str, path))] = np.ascontiguousarray(np.asarray(value.get_value()))
+    return out

@@ -1,0 +1,284 @@
+"""IRPO's GRPO-Driven Model: AdaIR as a stochastic policy with Beta-distributed frequency controls.
+
+Each FreModule (``fre1..fre3``) gets two heads (IRPO section 3.3, Appendix D):
+
+* **Policy Rate head**: input ``GAP(conv1(resize(img)))`` (the features AdaIR's ``rate_conv``
+  reads), output Beta concentrations for ``(r_h, r_l)``: the low-pass mask's height and width
+  (``mask_rule="fraction"``: half-size ``floor(r * (H // 2))``; ``"adair"``: the official rule).
+* **Policy Fuse head**: input ``GAP(y)`` of the decoder feature, output Beta concentrations for
+  ``(g_f, g_o)``: the fusion weights (``fuse_mode="modulate"``:
+  ``y' = 2 g_f * para2 * y + 2 g_o * para1 * O``; ``"literal"``: Eq. 5 as printed).
+
+That is 12 scalar actions per image, laid out ``[fre1: r_h, r_l, g_f, g_o, fre2: ..., fre3: ...]``;
+the joint log-probability is the sum of the 12 Beta log-densities (Eq. 23).
+
+Three modes of one forward pass (:meth:`IRPOPolicy.sample`, :meth:`IRPOPolicy.mean`,
+:meth:`IRPOPolicy.given`). Sampled actions are clamped to ``[eps, 1 - eps]`` *before* they are
+stored, so teacher-forcing the stored actions reproduces the sampled pass bit for bit.
+
+Initialisation preserves the pretrained backbone: the heads' last layer starts with zero
+weights, so the concentrations are the constants ``rate_init`` (default alpha=1, beta=35, mean
+1/36) and ``fuse_init`` (alpha=beta=20, mean exactly 0.5 -> the fusion gates are exactly 1).
+The ``mean`` mode then equals the plain AdaIR output *exactly* as long as every mask stays empty,
+i.e. ``floor(mean_r * (H_f // 2)) == 0`` at every level. fre3 has the largest feature map
+(``H_f = H / 2``), so under ``mask_rule="fraction"`` this holds for inputs with
+``(H // 4) / 36 < 1`` and the same for W, i.e. sides up to 140 pixels (128x128 training crops
+included); larger images get small non-empty masks, which is the intended, resolution-relative
+behaviour of the policy. Under ``mask_rule="adair"`` the official rule (``H // 128`` scaling)
+keeps the masks empty at any size below 128 * 36 pixels.
+
+This is the only module that imports distrax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import distrax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from irpo_jax.models import adair, layers
+
+FUSE_MODES = ("modulate", "literal")
+ACTION_NAMES = ("r_h", "r_l", "g_f", "g_o")
+ACTIONS_PER_MODULE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """How the Beta policy is attached to AdaIR.
+
+    Attributes:
+      mask_rule: ``"fraction"`` (default; actions matter at 128 crops) or ``"adair"``.
+      fuse_mode: ``"modulate"`` (default; Beta mean 0.5 == AdaIR) or ``"literal"`` (Eq. 5).
+      rate_init: initial (alpha, beta) of the rate actions (mean 1/36: empty masks at 128 crops).
+      fuse_init: initial (alpha, beta) of the fuse actions (alpha == beta: mean exactly 0.5).
+      min_concentration: added after softplus, so concentrations stay positive.
+      max_concentration: upper clip; float32 ``betaln`` loses ~1e-3 by 1e4 (cancellation).
+      action_eps: actions are clamped to [eps, 1 - eps] before any log.
+    """
+
+    mask_rule: str = "fraction"
+    fuse_mode: str = "modulate"
+    rate_init: tuple[float, float] = (1.0, 35.0)
+    fuse_init: tuple[float, float] = (20.0, 20.0)
+    min_concentration: float = 1e-3
+    max_concentration: float = 1e4
+    action_eps: float = 1e-6
+
+    def __post_init__(self):
+        object.__setattr__(self, "rate_init", tuple(float(v) for v in self.rate_init))
+        object.__setattr__(self, "fuse_init", tuple(float(v) for v in self.fuse_init))
+        if self.mask_rule not in adair.MASK_RULES:
+            raise ValueError(f"policy mask_rule must be one of {adair.MASK_RULES}, got {self.mask_rule!r}")
+        if self.fuse_mode not in FUSE_MODES:
+            raise ValueError(f"policy fuse_mode must be one of {FUSE_MODES}, got {self.fuse_mode!r}")
+        for name in ("rate_init", "fuse_init"):
+            if min(getattr(self, name)) <= self.min_concentration:
+                raise ValueError(f"{name}={getattr(self, name)} must exceed min_concentration={self.min_concentration}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rate_init"], d["fuse_init"] = list(self.rate_init), list(self.fuse_init)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown policy config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**dict(d))
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class BetaHead(nnx.Module):
+    """A small head: pooled features (B, C) -> Beta concentrations (B, 2 actions, 2) as (alpha, beta).
+
+    Linear C -> max(C // 8, 4) -> exact GELU -> Linear -> 4 -> softplus + min, clipped at max.
+    The last layer starts at zero weight, so at initialisation the concentrations are exactly
+    ``init`` whatever the input.
+    """
+
+    def __init__(self, channels: int, init: tuple[float, float], cfg: PolicyConfig, *, rngs: nnx.Rngs):
+        hidden = max(channels // 8, 4)
+        self.min_concentration, self.max_concentration = cfg.min_concentration, cfg.max_concentration
+        self.fc1 = nnx.Linear(
+            channels, hidden, kernel_init=layers.torch_default_uniform(channels),
+            bias_init=layers.torch_default_uniform(channels), rngs=rngs,
+        )  # fmt: skip
+        bias = jnp.asarray([_inverse_softplus(v - cfg.min_concentration) for v in init * 2], jnp.float32)
+        self.fc2 = nnx.Linear(
+            hidden, 4, kernel_init=nnx.initializers.zeros, bias_init=lambda *_: bias, rngs=rngs
+        )
+
+    def __call__(self, pooled: jax.Array) -> jax.Array:  # (B, C) -> (B, 2, 2)
+        raw = self.fc2(layers.gelu(self.fc1(pooled)))
+        conc = jax.nn.softplus(raw) + self.min_concentration
+        conc = jnp.minimum(conc, self.max_concentration)
+        return conc.reshape(pooled.shape[0], 2, 2)
+
+
+class FreHeads(nnx.Module):
+    """The Policy Rate and Policy Fuse heads of one FreModule."""
+
+    def __init__(self, channels: int, cfg: PolicyConfig, *, rngs: nnx.Rngs):
+        self.policy_rate = BetaHead(channels, cfg.rate_init, cfg, rngs=rngs)
+        self.policy_fuse = BetaHead(channels, cfg.fuse_init, cfg, rngs=rngs)
+
+
+@dataclasses.dataclass
+class PolicyOutput:
+    """One pass of the policy.
+
+    Attributes:
+      restored: (N, H, W, 3) restorations.
+      actions: (N, 12) the actions used, ``[fre1: r_h, r_l, g_f, g_o, fre2: ..., fre3: ...]``.
+      concentrations: (N, 12, 2) the (alpha, beta) each action was drawn from.
+      log_prob: (N,) joint log-probability of ``actions`` (Eq. 23 summed over the 3 modules).
+      entropy: (N,) sum of the 12 Beta entropies along this pass.
+    """
+
+    restored: jax.Array
+    actions: jax.Array
+    concentrations: jax.Array
+    log_prob: jax.Array
+    entropy: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    PolicyOutput, data_fields=["restored", "actions", "concentrations", "log_prob", "entropy"], meta_fields=[]
+)
+
+
+def beta(concentrations: jax.Array) -> distrax.Beta:
+    """``distrax.Beta`` from (..., 2) concentrations (alpha, beta)."""
+    return distrax.Beta(concentrations[..., 0], concentrations[..., 1])
+
+
+def log_prob(concentrations: jax.Array, actions: jax.Array) -> jax.Array:
+    """Sum over the last axis of Beta log-densities: (N, K, 2), (N, K) -> (N,)."""
+    return jnp.sum(beta(concentrations).log_prob(actions), axis=-1)
+
+
+def kl_divergence(conc_p: jax.Array, conc_q: jax.Array) -> jax.Array:
+    """Analytic KL(p || q) summed over the actions: (N, K, 2) x2 -> (N,)."""
+    return jnp.sum(beta(conc_p).kl_divergence(beta(conc_q)), axis=-1)
+
+
+class IRPOPolicy(nnx.Module):
+    """AdaIR (``net``) plus six Beta heads (``heads[fre1..fre3]``).
+
+    ``net`` is a plain :class:`~irpo_jax.models.adair.AdaIR` whose parameter paths are the
+    converted checkpoint's, so a converted or supervised AdaIR loads into it unchanged; its
+    ``mask_rule`` is the policy's.
+    """
+
+    def __init__(
+        self,
+        config: adair.AdaIRConfig | str = "base",
+        policy: PolicyConfig | Mapping[str, Any] | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        pcfg = policy if isinstance(policy, PolicyConfig) else PolicyConfig.from_dict(policy or {})
+        cfg = adair.get_config(config, mask_rule=pcfg.mask_rule)
+        if not cfg.decoder:
+            raise ValueError("the IRPO policy acts on the FreModules; AdaIR(decoder=False) has none")
+        self.policy_config = pcfg
+        self.net = adair.AdaIR(cfg, rngs=rngs)
+        dim = cfg.dim
+        self.heads = nnx.Dict(
+            {name: FreHeads(dim * m, pcfg, rngs=rngs) for name, m in zip(adair.FRE_NAMES, (8, 4, 2))}
+        )
+
+    @property
+    def config(self) -> adair.AdaIRConfig:
+        return self.net.config
+
+    # ------------------------------------------------------------------------- the three modes
+
+    def _run(self, img: jax.Array, enc: adair.Encoding, choose) -> PolicyOutput:
+        """Decode with ``choose(index, concentrations (N, 2, 2)) -> actions (N, 2)`` per head."""
+        pcfg = self.policy_config
+        actions, concs = [], []
+
+        def hook(name: str, module: adair.FreModule, img: jax.Array, y: jax.Array) -> jax.Array:
+            _, h, w, _ = y.shape
+            features = module.image_features(img, h, w)
+            heads = self.heads[name]
+            k = 2 * adair.FRE_NAMES.index(name)
+            rate_conc = heads.policy_rate(jnp.mean(features, axis=(1, 2)))
+            rates = choose(k, rate_conc)
+            fuse_conc = heads.policy_fuse(jnp.mean(y, axis=(1, 2)))
+            gates = choose(k + 1, fuse_conc)
+            actions.extend([rates, gates])
+            concs.extend([rate_conc, fuse_conc])
+            return module.fuse(features, y, rates=rates, gates=gates, fuse_mode=pcfg.fuse_mode)
+
+        restored = self.net.decode(img, enc, fre_hook=hook)
+        actions = jnp.concatenate(actions, axis=-1)  # (N, 12)
+        concs = jnp.concatenate(concs, axis=1)  # (N, 12, 2)
+        dist = beta(concs)
+        return PolicyOutput(
+            restored=restored,
+            actions=actions,
+            concentrations=concs,
+            log_prob=jnp.sum(dist.log_prob(actions), axis=-1),
+            entropy=jnp.sum(dist.entropy(), axis=-1),
+        )
+
+    def _clamp(self, a: jax.Array) -> jax.Array:
+        eps = self.policy_config.action_eps
+        return jnp.clip(a, eps, 1.0 - eps)
+
+    def mean(self, img: jax.Array) -> PolicyOutput:
+        """Deterministic policy: every action is its Beta mean (``y_det``; evaluation, load_model)."""
+        return self._run(img, self.net.encode(img), lambda k, c: self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))
+
+    def sample(self, img: jax.Array, key: jax.Array, group_size: int) -> PolicyOutput:
+        """``group_size`` rollouts per image from one encoder pass.
+
+        The encoder does not depend on the actions, so it runs once on (B, ...) and its outputs
+        are repeated ``group_size`` times along the batch before the decoder (rollout ``g`` of
+        image ``b`` sits at row ``b * G + g``).
+
+        Returns:
+          A :class:`PolicyOutput` whose arrays have leading shape (B, G).
+        """
+        enc = self.net.encode(img)
+        rep = lambda t: jnp.repeat(t, group_size, axis=0)  # noqa: E731
+        keys = jax.random.split(key, 2 * len(adair.FRE_NAMES))
+
+        def choose(k: int, conc: jax.Array) -> jax.Array:
+            draw = jax.random.beta(keys[k], conc[..., 0], conc[..., 1])
+            return self._clamp(jax.lax.stop_gradient(draw))
+
+        out = self._run(rep(img), jax.tree.map(rep, enc), choose)
+        b = img.shape[0]
+        return jax.tree.map(lambda t: t.reshape(b, group_size, *t.shape[1:]), out)
+
+    def given(self, img: jax.Array, actions: jax.Array) -> PolicyOutput:
+        """Teacher-forced pass: use stored ``actions`` (B, G, 12); log-probs under the current parameters.
+
+        Same layout and result as :meth:`sample` for the same actions (bit for bit).
+        """
+        b, g = actions.shape[:2]
+        enc = self.net.encode(img)
+        rep = lambda t: jnp.repeat(t, g, axis=0)  # noqa: E731
+        flat = actions.reshape(b * g, -1)
+        out = self._run(rep(img), jax.tree.map(rep, enc), lambda k, c: flat[:, 2 * k : 2 * k + 2])
+        return jax.tree.map(lambda t: t.reshape(b, g, *t.shape[1:]), out)
+
+    def __call__(self, img: jax.Array) -> jax.Array:
+        """The deterministic restoration (what evaluation and :func:`irpo_jax.load_model` use)."""
+        return self.mean(img).restored

@@ -1,0 +1,203 @@
+"""The IRPO policy: Beta heads on AdaIR's FreModules, in sample / mean / given modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special as sc
+import scipy.stats
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from irpo_jax import checkpointing
+from irpo_jax.models import adair, convert, policy
+
+G = 4
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_dir):
+    with np.load(tiny_dir / "state_dict.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def pol(weights):
+    """A policy on the golden-fixture backbone, heads freshly initialised."""
+    p = policy.IRPOPolicy("tiny", rngs=nnx.Rngs(1))
+    convert.load_state_dict(p.net, weights)
+    return p
+
+
+def images(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape).astype(np.float32))
+
+
+@jax.jit
+def _sample(graphdef, state, img, key):
+    return nnx.merge(graphdef, state).sample(img, key, G)
+
+
+@jax.jit
+def _given(graphdef, state, img, actions):
+    return nnx.merge(graphdef, state).given(img, actions)
+
+
+@jax.jit
+def _mean(graphdef, state, img):
+    return nnx.merge(graphdef, state).mean(img)
+
+
+@jax.jit
+def _plain(graphdef, state, img):
+    return nnx.merge(graphdef, state)(img)
+
+
+@pytest.fixture(scope="module")
+def rollouts(pol):
+    img = images((2, 32, 32, 3))
+    graphdef, state = nnx.split(pol)
+    out = jax.block_until_ready(_sample(graphdef, state, img, jax.random.key(0)))
+    return img, out
+
+
+def test_mean_mode_is_the_pretrained_adair_at_128(pol, weights):
+    img = images((1, 128, 128, 3), seed=1)
+    plain = convert.from_state_dict(weights)  # mask_rule="adair", sigmoid thresholds, no gates
+    expected = _plain(*nnx.split(plain), img)
+    got = _mean(*nnx.split(pol), img)
+    np.testing.assert_array_equal(np.asarray(got.restored), np.asarray(expected))
+    np.testing.assert_allclose(np.asarray(got.actions[:, 2::4]), 0.5, rtol=0, atol=0)  # g_f exactly 0.5
+
+
+def test_mean_mode_on_the_golden_input(pol, tiny_dir):
+    x = np.load(tiny_dir / "input.npy").transpose(0, 2, 3, 1)
+    with jax.default_matmul_precision("highest"):
+        out = _mean(*nnx.split(pol), jnp.asarray(x)).restored
+    np.testing.assert_allclose(np.asarray(out), np.load(tiny_dir / "output.npy").transpose(0, 2, 3, 1), atol=1e-4)
+
+
+def test_shapes_and_action_layout(rollouts):
+    img, out = rollouts
+    assert out.restored.shape == (2, G, 32, 32, 3)
+    assert out.actions.shape == (2, G, 12) and out.concentrations.shape == (2, G, 12, 2)
+    assert out.log_prob.shape == (2, G) and out.entropy.shape == (2, G)
+    a = np.asarray(out.actions)
+    assert np.all((a > 0) & (a < 1))
+    # The 4 rollouts of an image differ.
+    assert np.unique(a[0, :, 0]).size == G
+
+
+def test_log_prob_matches_eq23_and_scipy(rollouts):
+    _, out = rollouts
+    a = np.asarray(out.actions, np.float64)
+    c = np.asarray(out.concentrations, np.float64)
+    alpha, beta_ = c[..., 0], c[..., 1]
+    eq23 = np.sum((alpha - 1) * np.log(a) + (beta_ - 1) * np.log1p(-a) - sc.betaln(alpha, beta_), axis=-1)
+    ref = np.sum(scipy.stats.beta.logpdf(a, alpha, beta_), axis=-1)
+    np.testing.assert_allclose(eq23, ref, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.log_prob), ref, rtol=2e-5, atol=2e-4)
+
+
+def test_entropy_and_kl_match_closed_forms():
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.5, 40, size=(3, 12, 2)).astype(np.float32)
+    q = rng.uniform(0.5, 40, size=(3, 12, 2)).astype(np.float32)
+    a1, b1 = p[..., 0].astype(np.float64), p[..., 1].astype(np.float64)
+    a2, b2 = q[..., 0].astype(np.float64), q[..., 1].astype(np.float64)
+    ent = (
+        sc.betaln(a1, b1) - (a1 - 1) * sc.digamma(a1) - (b1 - 1) * sc.digamma(b1)
+        + (a1 + b1 - 2) * sc.digamma(a1 + b1)
+    )  # fmt: skip
+    kl = (
+        sc.betaln(a2, b2) - sc.betaln(a1, b1) + (a1 - a2) * sc.digamma(a1) + (b1 - b2) * sc.digamma(b1)
+        + (a2 - a1 + b2 - b1) * sc.digamma(a1 + b1)
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(jnp.sum(policy.beta(jnp.asarray(p)).entropy(), -1)), ent.sum(-1), atol=2e-4)
+    np.testing.assert_allclose(np.asarray(policy.kl_divergence(jnp.asarray(p), jnp.asarray(q))), kl.sum(-1), atol=2e-4)
+    assert np.all(np.asarray(policy.kl_divergence(jnp.asarray(p), jnp.asarray(p))) == 0)
+
+
+def test_given_reproduces_sample_bit_for_bit(pol, rollouts):
+    img, out = rollouts
+    again = _given(*nnx.split(pol), img, out.actions)
+    for name in ("restored", "log_prob", "entropy", "concentrations", "actions"):
+        np.testing.assert_array_equal(np.asarray(getattr(again, name)), np.asarray(getattr(out, name)), err_msg=name)
+
+
+def test_shared_encoder_equals_independent_forwards(pol, rollouts):
+    img, out = rollouts
+    graphdef, state = nnx.split(pol)
+    for b in range(img.shape[0]):
+        for g in range(G):
+            single = _given(graphdef, state, img[b : b + 1], out.actions[b : b + 1, g : g + 1])
+            np.testing.assert_allclose(
+                np.asarray(single.restored[0, 0]), np.asarray(out.restored[b, g]), rtol=0, atol=1e-5
+            )
+            np.testing.assert_allclose(float(single.log_prob[0, 0]), float(out.log_prob[b, g]), rtol=1e-6)
+
+
+def test_sampled_actions_follow_the_beta(pol):
+    """At initialisation every rate action is Beta(1, 35) and every fuse action Beta(20, 20)."""
+    graphdef, state = nnx.split(pol)
+    draw = jax.jit(lambda g, s, x, k: nnx.merge(g, s).sample(x, k, 256))
+    out = draw(graphdef, state, images((1, 16, 16, 3), seed=2), jax.random.key(7))
+    a = np.asarray(out.actions[0])  # (256, 12)
+    for col, (alpha, b) in [(0, (1, 35)), (5, (1, 35)), (2, (20, 20)), (11, (20, 20))]:
+        assert scipy.stats.kstest(a[:, col], scipy.stats.beta(alpha, b).cdf).pvalue > 1e-3, col
+
+
+def test_log_prob_gradients_reach_heads_and_stay_finite(pol, rollouts):
+    img, out = rollouts
+    graphdef, params, rest = nnx.split(pol, nnx.Param, ...)
+
+    def loss(p, bias_shift):
+        model = nnx.merge(graphdef, p, rest)
+        for name in adair.FRE_NAMES:  # push concentrations to extremes
+            for head in (model.heads[name].policy_rate, model.heads[name].policy_fuse):
+                head.fc2.bias[...] = head.fc2.bias[...] + bias_shift
+        o = model.given(img, out.actions)
+        return jnp.mean(o.log_prob) + 0.01 * jnp.mean(o.entropy)
+
+    grad_fn = jax.jit(jax.grad(loss))
+    for shift in (0.0, -30.0, 12.0):  # ~1e-3 (tiny) and ~1e4 (clipped) concentrations
+        grads = nnx.to_flat_state(grad_fn(params, shift))
+        by_key = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in grads}
+        assert all(np.all(np.isfinite(v)) for v in by_key.values()), shift
+        if shift == 0.0:
+            assert np.abs(by_key["heads/fre2/policy_fuse/fc2/kernel"]).max() > 0
+            assert np.abs(by_key["heads/fre1/policy_rate/fc2/bias"]).max() > 0
+
+
+def test_runs_sharded_over_a_two_device_mesh(pol, rollouts):
+    img, out = rollouts
+    # Auto axes: the batch sharding propagates through the model without annotations.
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    graphdef, state = nnx.split(pol)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    sharded_img = jax.device_put(img, NamedSharding(mesh, P("data")))
+    got = jax.block_until_ready(_sample(graphdef, state, sharded_img, jax.random.key(0)))
+    assert got.restored.sharding.spec[0] == "data"
+    np.testing.assert_allclose(np.asarray(got.restored), np.asarray(out.restored), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got.actions), np.asarray(out.actions))
+
+
+def test_policy_checkpoint_round_trip(pol, tmp_path):
+    dst = tmp_path / "policy"
+    with checkpointing.atomic_directory(dst) as tmp:
+        checkpointing.write_model(tmp, pol)
+    restorer = checkpointing.load_model(dst)
+    assert isinstance(restorer.module, policy.IRPOPolicy)
+    assert restorer.meta["policy"]["mask_rule"] == "fraction"
+    img = images((1, 32, 32, 3), seed=5)
+    np.testing.assert_array_equal(np.asarray(restorer(img)), np.asarray(_mean(*nnx.split(pol), img).restored))
+
+
+def test_bad_policy_configs():
+    with pytest.raises(ValueError, match="fuse_mode"):
+        policy.PolicyConfig(fuse_mode="sum")
+    with pytest.raises(ValueError, match="unknown policy config keys"):
+        policy.PolicyConfig.from_dict({"mask": "adair"})
+    with pytest.raises(ValueError, match="decoder"):
+        policy.IRPOPolicy(adair.get_config("tiny", decoder=False))
