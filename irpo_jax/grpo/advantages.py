@@ -1,0 +1,73 @@
+"""Group-relative advantages (IRPO Eq. 8) and their variants.
+
+``A_i = (r_i - mean_g r) / sqrt(mean_g (r - mean_g r)^2 + eps)``: the population std with eps
+*inside* the square root, as the paper writes it. NaN rewards (a failed reward component for
+that rollout, DESIGN decision 4) are excluded from their group's statistics and get advantage 0,
+so they neither push nor pull the policy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+SCALES = ("group", "batch", "none")
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+
+
+def group_advantages(rewards: jax.Array, *, eps: float = 1e-8, scale: str = "group") -> jax.Array:
+    """Advantages for rewards of shape (B, G) (B groups of G rollouts of one image each).
+
+    Args:
+      rewards: (B, G); NaN marks a rollout whose reward failed.
+      eps: added to the variance inside the square root (paper: epsilon in Eq. 8).
+      scale: ``"group"`` (paper: divide by the group's std), ``"batch"`` (divide by the std of
+        all centred rewards in the batch, Dr.GRPO-style, so easy groups are not inflated) or
+        ``"none"`` (centre only).
+
+    Returns:
+      (B, G) advantages, 0 where the reward is NaN.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
+    valid = ~jnp.isnan(rewards)
+    r = jnp.where(valid, rewards, 0.0)
+    n = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1)
+    centred = jnp.where(valid, r - jnp.sum(r, axis=1, keepdims=True) / n, 0.0)
+    if scale == "group":
+        var = jnp.sum(centred**2, axis=1, keepdims=True) / n
+    elif scale == "batch":
+        var = jnp.sum(centred**2) / jnp.maximum(jnp.sum(valid), 1)
+    else:
+        return centred
+    return centred / jnp.sqrt(var + eps)
+
+
+def component_advantages(
+    components: jax.Array, weights: jax.Array, *, eps: float = 1e-8, scale: str = "group"
+) -> jax.Array:
+    """``normalize_then_sum``: normalise each reward component within its group, then weight and sum.
+
+    IRPO mixes rewards of very different spreads (PSNR window vs. judge scores); normalising first
+    stops the widest one from deciding every ranking. A component that is NaN for a rollout
+    contributes 0 there.
+
+    Args:
+      components: (B, G, K) raw per-component rewards.
+      weights: (K,) component weights.
+
+    Returns:
+      (B, G) advantages.
+    """
+    per = jax.vmap(lambda c: group_advantages(c, eps=eps, scale=scale), in_axes=2, out_axes=2)(components)
+    return jnp.sum(per * weights, axis=-1)
+
+
+def frac_zero_std(rewards: jax.Array, tol: float = 1e-12) -> jax.Array:
+    """Fraction of groups whose (non-NaN) rewards are all equal: they carry no GRPO signal."""
+    valid = ~jnp.isnan(rewards)
+    r = jnp.where(valid, rewards, 0.0)
+    n = jnp.maximum(jnp.sum(valid, axis=1), 1)
+    mean = jnp.sum(r, axis=1) / n
+    var = jnp.sum(jnp.where(valid, (r - mean[:, None]) ** 2, 0.0), axis=1) / n
+    return jnp.mean(var <= tol)
