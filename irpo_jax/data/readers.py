@@ -8,9 +8,11 @@ real data are read by the same code::
 
     ROOT/Train/Denoise/                  clean images; names listed in LISTS/noisy/denoise.txt;
                                          noise synthesised on the fly at sigma 15/25/50
-    ROOT/Train/Derain/{rainy,gt}/        LISTS/rainy/rainTrain.txt: rainy/rain-N.png -> gt/norain-N.png
-    ROOT/Train/Dehaze/{synthetic,original}/  LISTS/hazy/hazy_outside.txt: synthetic/partK/IIII_A_B.ext
-                                         -> original/IIII.ext (the hazy file's extension)
+    ROOT/Train/Derain/{rainy,gt}/        LISTS/rainy/rainTrain.txt: rainy/rain-N.png
+                                         -> gt/norain-N.png
+    ROOT/Train/Dehaze/{synthetic,original}/  LISTS/hazy/hazy_outside.txt:
+                                         synthetic/partK/IIII_A_B.ext -> original/IIII.ext
+                                         (the hazy file's extension)
     ROOT/Train/Deblur/{blur,sharp}/      GoPro, same names
     ROOT/Train/Enhance/{low,gt}/         LOL, same names
     ROOT/test/dehaze/{input,target}/     SOTS outdoor: input/IIII_A_B.ext -> target/IIII.png
@@ -74,12 +76,16 @@ __all__ = [
     "TEST_SETS",
     "add_official_noise",
     "crop_img",
+    "cropped_size",
     "default_data_config",
     "eval_sets",
+    "fingerprint",
     "load_image",
+    "mixture_indices",
     "paired_folder_records",
     "read_manifest",
     "records_from_manifest",
+    "relative_to_root",
     "resolve_config",
     "to_float01",
     "to_uint8_domain",
@@ -108,7 +114,11 @@ TEST_SETS: dict[str, tuple[str, str, str]] = {
 
 class DataError(ValueError):
     """A data problem found before (or instead of) training; the message names the file or folder
-    and says what to do."""
+    and says what to do. ``path`` is the one file to blame, when there is one."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
 
 
 # --------------------------------------------------------------------------- config
@@ -127,9 +137,10 @@ def default_data_config(root: str = "") -> Any:
 
     c = ml_collections.ConfigDict()
     c.root = str(root)  # AdaIR data root holding Train/ and test/ (the demo set's --out)
-    c.list_dir = ""  # folder with noisy/ rainy/ hazy/ list files; "" = ROOT/data_dir or ROOT/../data_dir
+    # Folder with the noisy/ rainy/ hazy/ list files; "" = ROOT/data_dir, else ROOT/../data_dir.
+    c.list_dir = ""
     c.tasks = tuple(TASKS)  # tasks in the training mixture (names of rewards.task.TASKS)
-    c.sigmas = OFFICIAL_SIGMAS  # denoise noise levels (0..255 units), one record per image and sigma
+    c.sigmas = OFFICIAL_SIGMAS  # denoise noise levels (0..255 units); a record per image and sigma
     c.repeats = dict(OFFICIAL_REPEATS)  # per-task repetitions per epoch (denoise: per sigma)
     c.train_dirs = {  # per-task training folders, relative to root
         "denoise": "Train/Denoise",
@@ -190,7 +201,7 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         raise DataError(f"unknown data config key(s) {unknown}; valid keys: {sorted(base)}")
     out = dict(base)
     for key, value in user.items():
-        if isinstance(base[key], dict) and isinstance(value, Mapping) and key not in ("eval_paired",):
+        if isinstance(base[key], dict) and isinstance(value, Mapping) and key != "eval_paired":
             out[key] = {**base[key], **value}
         else:
             out[key] = value
@@ -311,7 +322,8 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _rel_id(root: Path, p: Path) -> str:
+def relative_to_root(root: Path, p: Path) -> str:
+    """``p`` relative to ``root`` in POSIX form; ``p`` itself when it lies outside ``root``."""
     try:
         return p.relative_to(root).as_posix()
     except ValueError:
@@ -352,7 +364,7 @@ def _task_pairs(task: str, cfg: Mapping[str, Any], root: Path) -> list[tuple[str
         names = listed if listed is not None else [p.name for p in _images_in(folder)]
         for name in names:
             p = folder / name
-            pairs.append((None, str(p), _rel_id(root, p)))
+            pairs.append((None, str(p), relative_to_root(root, p)))
     elif task == "derain":
         if listed is None:
             _require_dir(folder / "rainy", "derain training set", "data.train_dirs.derain")
@@ -360,7 +372,8 @@ def _task_pairs(task: str, cfg: Mapping[str, Any], root: Path) -> list[tuple[str
         for line in listed:
             # dataset_utils._get_gt_name: rainy/rain-N.png -> gt/norain-N.png
             gt = line.split("rainy")[0] + "gt/norain-" + line.split("rain-")[-1]
-            pairs.append((str(folder / line), str(folder / gt), _rel_id(root, folder / line)))
+            rainy = folder / line
+            pairs.append((str(rainy), str(folder / gt), relative_to_root(root, rainy)))
     elif task == "dehaze":
         if listed is None:
             _require_dir(folder / "synthetic", "dehaze training set", "data.train_dirs.dehaze")
@@ -372,13 +385,13 @@ def _task_pairs(task: str, cfg: Mapping[str, Any], root: Path) -> list[tuple[str
             # extensions are accepted too, since INSTALL.md draws .png GTs next to .jpg hazy files.
             gt_dir = folder / (line.split("synthetic")[0] + "original")
             gt = _find_by_stem(gt_dir, hazy.name.split("_")[0], hazy.suffix)
-            pairs.append((str(hazy), str(gt), _rel_id(root, hazy)))
+            pairs.append((str(hazy), str(gt), relative_to_root(root, hazy)))
     else:  # deblur (GoPro blur/sharp), lowlight (LOL low/gt): same names in both folders
         deg_sub, gt_sub = ("blur", "sharp") if task == "deblur" else ("low", "gt")
         _require_dir(folder / deg_sub, f"{task} training set", f"data.train_dirs.{task}")
         _require_dir(folder / gt_sub, f"{task} training set", f"data.train_dirs.{task}")
         for p in _images_in(folder / deg_sub):
-            pairs.append((str(p), str(folder / gt_sub / p.name), _rel_id(root, p)))
+            pairs.append((str(p), str(folder / gt_sub / p.name), relative_to_root(root, p)))
     if not pairs:
         raise DataError(
             f"{task} training set: no images found in {folder}"
@@ -451,19 +464,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 a = np.asarray(im)
                 if a.min(initial=0) < 0 or a.max(initial=0) > 65535:
                     raise DataError(f"{path}: 32-bit integer image outside 0..65535; convert it "
-                                    "to 8- or 16-bit PNG")
+                                    "to 8- or 16-bit PNG", path)
                 a = a.astype(np.uint16)
                 return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=-1))
             if mode == "F":
                 raise DataError(f"{path}: floating-point images (PIL mode F) are not supported; "
-                                "convert it to 8- or 16-bit PNG")
+                                "convert it to 8- or 16-bit PNG", path)
             if mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8).copy()
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for bad/truncated files
-        raise DataError(f"cannot decode image {path}: {err}") from err
+        raise DataError(f"cannot decode image {path}: {err}", path) from err
 
 
 def to_float01(img: np.ndarray) -> np.ndarray:
@@ -486,7 +499,10 @@ def to_uint8_domain(img: np.ndarray) -> np.ndarray:
 
 def crop_img(img: np.ndarray, base: int = 16) -> np.ndarray:
     """The official ``crop_img``: drop ``h % base`` rows, ``(h % base) // 2`` from the top and the
-    rest from the bottom; likewise for columns. ``(H, W, ...) -> (H - H % base, W - W % base, ...)``."""
+    rest from the bottom; likewise for columns.
+
+    ``(H, W, ...) -> (H - H % base, W - W % base, ...)``.
+    """
     h, w = img.shape[:2]
     ch, cw = h % base, w % base
     return img[ch // 2 : h - ch + ch // 2, cw // 2 : w - cw + cw // 2]
@@ -540,9 +556,14 @@ def _scan(pairs: Sequence[tuple[str | None, str]], validate: str, min_side: int,
         except DataError as err:
             return p, str(err)
 
-    # Headers are I/O bound (network file systems): a thread pool hides the latency.
+    # Headers are I/O bound (network file systems): a thread pool hides the latency. RESIDE
+    # alone is ~80k files, hence the progress bar for large sets.
+    from tqdm import tqdm
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        for p, s in pool.map(probe, paths):
+        for p, s in tqdm(pool.map(probe, paths), total=len(paths), unit="file",
+                         desc=f"checking images ({validate})", disable=len(paths) < 5000,
+                         leave=False):
             sizes[p] = s
     out: list[tuple[int, int] | None] = []
     for degraded, clean in pairs:
@@ -771,7 +792,8 @@ class EvalSet:
         clean = crop_img(load_image(r.clean), self.crop_base)
         if r.degraded is None:
             clean = to_uint8_domain(clean)
-            degraded = add_official_noise(clean, self.sigma, self.noise.normals(self.noise_offset + i))
+            normals = self.noise.normals(self.noise_offset + i)  # (H, W, 3) float64
+            degraded = add_official_noise(clean, self.sigma, normals)
         else:
             degraded = crop_img(load_image(r.degraded), self.crop_base)
             if degraded.shape != clean.shape:
@@ -814,37 +836,46 @@ def eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, EvalSet
     root = _root(cfg)
     names = list(cfg["eval_sets"] if names is None else names)
     out: dict[str, EvalSet] = {}
-    base = cfg["crop_base"]
     for name in names:
-        if name in cfg["eval_paired"]:
-            spec = dict(cfg["eval_paired"][name])
-            recs = paired_folder_records(_under(root, spec["path"]), spec["task"], name)
-            out[name] = EvalSet(name, spec["task"], recs, crop_base=base)
-            continue
-        if name not in TEST_SETS:
-            raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)} or a key of "
-                            f"data.eval_paired ({sorted(cfg['eval_paired'])})")
-        task, _, layout = TEST_SETS[name]
-        folder = _under(root, cfg["test_dirs"][name])
-        if layout == "paired":
-            out[name] = EvalSet(name, task, paired_folder_records(folder, task, name), crop_base=base)
-        elif layout == "sots":
-            out[name] = EvalSet(name, task, _sots_records(folder, name), crop_base=base)
-        else:  # noisy: clean images + the seeded protocol, sorted order
-            if not folder.is_dir():
-                raise DataError(f"test set {name}: {folder} does not exist; set "
-                                f"data.test_dirs.{name} or leave {name!r} out of data.eval_sets")
-            files = _images_in(folder)
-            if not files:
-                raise DataError(f"test set {name}: no images in {folder}")
-            shapes = []
-            for p in files:
-                h, w = cropped_size(_header(str(p), decode=False), base)
-                shapes.append((h, w, 3))
-            sigmas = [int(s) for s in cfg["sigmas"]]
-            stream = _NoiseStream(int(cfg["test_noise_seed"]), shapes * len(sigmas))
-            for j, s in enumerate(sigmas):
-                recs = [Record(f"{name}:{p.name}@s{s}", "denoise", s, str(p), None) for p in files]
-                out[f"{name}_s{s}"] = EvalSet(f"{name}_s{s}", task, recs, sigma=s, crop_base=base,
-                                              noise=stream, noise_offset=j * len(files))
+        try:
+            out.update(_eval_set(name, cfg, root))
+        except DataError as err:
+            where = (f"data.eval_paired.{name}" if name in cfg["eval_paired"]
+                     else f"data.test_dirs.{name}")
+            raise DataError(f"{err} (fix {where}, or leave {name!r} out of "
+                            "data.eval_sets)") from err
+    return out
+
+
+def _eval_set(name: str, cfg: Mapping[str, Any], root: Path) -> dict[str, EvalSet]:
+    """One named test set (noisy sets: one per sigma)."""
+    base = cfg["crop_base"]
+    if name in cfg["eval_paired"]:
+        spec = dict(cfg["eval_paired"][name])
+        recs = paired_folder_records(_under(root, spec["path"]), spec["task"], name)
+        return {name: EvalSet(name, spec["task"], recs, crop_base=base)}
+    if name not in TEST_SETS:
+        raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)} or a key of "
+                        f"data.eval_paired ({sorted(cfg['eval_paired'])})")
+    task, _, layout = TEST_SETS[name]
+    folder = _under(root, cfg["test_dirs"][name])
+    if layout == "paired":
+        recs = paired_folder_records(folder, task, name)
+        return {name: EvalSet(name, task, recs, crop_base=base)}
+    if layout == "sots":
+        return {name: EvalSet(name, task, _sots_records(folder, name), crop_base=base)}
+    # noisy: clean images + the seeded protocol, in sorted order
+    if not folder.is_dir():
+        raise DataError(f"test set {name}: {folder} does not exist")
+    files = _images_in(folder)
+    if not files:
+        raise DataError(f"test set {name}: no images in {folder}")
+    shapes = [(*cropped_size(_header(str(p), decode=False), base), 3) for p in files]
+    sigmas = [int(s) for s in cfg["sigmas"]]
+    stream = _NoiseStream(int(cfg["test_noise_seed"]), shapes * len(sigmas))
+    out = {}
+    for j, s in enumerate(sigmas):
+        recs = [Record(f"{name}:{p.name}@s{s}", "denoise", s, str(p), None) for p in files]
+        out[f"{name}_s{s}"] = EvalSet(f"{name}_s{s}", task, recs, sigma=s, crop_base=base,
+                                      noise=stream, noise_offset=j * len(files))
     return out
