@@ -71,10 +71,10 @@ def test_weight_zero_is_not_built_even_without_weights(tmp_path):
 @pytest.mark.parametrize(
     "name, section, key",
     [
-        ("clip", {"model_path": "{tmp}/no_clip_here"}, "rewards.clip.model_path"),
-        ("qwen", {"model_path": "{tmp}/no_qwen_here"}, "rewards.qwen.model_path"),
-        ("lpips", {"trunk_path": "{tmp}/alexnet.pth"}, "rewards.lpips.trunk_path"),
-        ("aesthetic", {"head_path": "{tmp}/head.pth"}, "rewards.aesthetic.head_path"),
+        ("clip", {"model_path": "{tmp}/no_clip_here"}, "reward.models.clip.model_path"),
+        ("qwen", {"model_path": "{tmp}/no_qwen_here"}, "reward.models.qwen.model_path"),
+        ("lpips", {"trunk_path": "{tmp}/alexnet.pth"}, "reward.models.lpips.trunk_path"),
+        ("aesthetic", {"head_path": "{tmp}/head.pth"}, "reward.models.aesthetic.head_path"),
     ],
 )
 def test_missing_weights_name_the_key_and_the_path(tmp_path, name, section, key):
@@ -90,7 +90,7 @@ def test_missing_weights_name_the_key_and_the_path(tmp_path, name, section, key)
 def test_uncached_hub_id_and_weightless_directory_are_unavailable(tmp_path):
     with pytest.raises(rm.RewardModelUnavailable) as err:
         rm.build_components({"clip": {"model_path": "irpo-jax-tests/no-such-model"}})
-    assert "rewards.clip.model_path" in str(err.value)
+    assert "reward.models.clip.model_path" in str(err.value)
     assert "irpo-jax-tests/no-such-model" in str(err.value)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(rm.RewardModelUnavailable, match=r"rewards\.qwen\.model_path.*no weight"):
@@ -102,7 +102,7 @@ def test_lpips_hub_cache_miss_names_the_cache_file(tmp_path, monkeypatch):
     with pytest.raises(rm.RewardModelUnavailable) as err:
         rm.build_components({"lpips": {}})
     message = str(err.value)
-    assert "rewards.lpips.trunk_path" in message
+    assert "reward.models.lpips.trunk_path" in message
     expected = tmp_path / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert str(expected) in message
 

@@ -47,8 +47,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-# Config keys in error messages read "rewards.<component>.<field>" (the trainer's config layout).
-CONFIG_PREFIX = "rewards"
+# Config keys in error messages read "reward.models.<component>.<field>" (the trainer's config layout).
+CONFIG_PREFIX = "reward.models"
 
 # --------------------------------------------------------------------------------------------
 # The judge prompt: IRPO paper, Appendix B.2 ("Qwen-VL Verifier Prompt"), verbatim. The paper
@@ -526,11 +526,11 @@ def build_lpips(cfg: dict, device: str, *, shared: dict | None = None) -> LPIPSR
         hint = (
             f"{_key('lpips', 'trunk_path')} is unset, so the torch hub cache was tried. Copy "
             f"{url} there or set {_key('lpips', 'trunk_path')} to a torchvision {builder} state "
-            f"dict, or set rewards.lpips.weight to 0."
+            f"dict, or set its weight to 0 (reward.groups.gen.components.lpips)."
         )
     else:
         trunk_value = cfg["trunk_path"]
-        hint = f"Expected a torchvision {builder} state dict, or set rewards.lpips.weight to 0."
+        hint = f"Expected a torchvision {builder} state dict, or set its weight to 0 (reward.groups.gen.components.lpips)."
     trunk_path = _resolve_file(trunk_value, _key("lpips", "trunk_path"), f"{net} trunk file", hint)
     lin_value = cfg["lin_path"] or os.path.join(
         os.path.dirname(lpips.__file__), "weights", f"v{version}", f"{net}.pth"
@@ -1011,7 +1011,7 @@ def build_aesthetic(cfg: dict, device: str, *, shared: dict | None = None) -> Ae
     key = _key("aesthetic", "head_path")
     head_path = _resolve_file(
         cfg["head_path"], key, "aesthetic head file",
-        f"Download {AESTHETIC_HEAD_URL} and set {key} to it, or set rewards.aesthetic.weight to 0.",
+        f"Download {AESTHETIC_HEAD_URL} and set {key} to it, or set its weight to 0 (reward.groups.gen.components.aesthetic).",
     )
     head = load_aesthetic_head(head_path, key)
     encoder = _get_clip_encoder(

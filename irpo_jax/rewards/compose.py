@@ -88,18 +88,19 @@ class RewardComponent:
     fn: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
 
-def _psnr(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array) -> jax.Array:
+# One signature for every JAX component: (degraded, restored, clean, task_ids) -> (B,).
+def _psnr(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array):
     del degraded, task_ids
     # eps=0: identical images give +inf, which the window maps to 1 (gradient-free anyway).
     return metrics.psnr(restored, clean)
 
 
-def _ssim(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array) -> jax.Array:
+def _ssim(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array):
     del degraded, task_ids
     return metrics.ssim(restored, clean)
 
 
-def _task(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array) -> jax.Array:
+def _task(degraded: jax.Array, restored: jax.Array, clean: jax.Array, task_ids: jax.Array):
     del degraded
     return task_reward_by_id(task_ids, restored, clean)
 
@@ -156,19 +157,19 @@ def default_reward_config() -> ml_collections.ConfigDict:
     cfg.windows.aesthetic = (1.0, 10.0)  # the predictor's nominal 1..10 rating scale -> [0, 1]
     cfg.windows.qwen = (0.0, 1.0)  # the judge's 1..5 score, already rescaled to [0, 1]
 
-    cfg.missing = "renormalise"  # NaN component: "renormalise" over live ones, or "strict" (NaN total)
+    cfg.missing = "renormalise"  # a NaN component: "renormalise" over live ones or "strict" (NaN)
     cfg.judge_every = 1  # request the judge every k steps (0 = never); absent steps count as NaN
 
     cfg.bridge = ml_collections.ConfigDict()
     cfg.bridge.mode = "process"  # "process" (own torch process), "inprocess" (DLPack), or "off"
     cfg.bridge.address = ""  # "" spawns the process; "unix:/x.sock" / "tcp:127.0.0.1:PORT" connects
-    cfg.bridge.device = "cpu"  # torch device in the reward process ("cuda:0" = its first visible GPU)
-    cfg.bridge.cuda_visible_devices = "inherit"  # its CUDA_VISIBLE_DEVICES ("inherit"; "" hides all)
-    cfg.bridge.transport = "socket"  # images in the socket frames ("socket") or shared memory ("shm")
+    cfg.bridge.device = "cpu"  # torch device of the reward process ("cuda:0": its first GPU)
+    cfg.bridge.cuda_visible_devices = "inherit"  # its CUDA_VISIBLE_DEVICES; "" hides all GPUs
+    cfg.bridge.transport = "socket"  # images inside the frames ("socket") or in shared memory
     cfg.bridge.start_timeout_s = 900.0  # seconds to load the models and answer the handshake
     cfg.bridge.request_timeout_s = 600.0  # seconds without an answer before the process is hung
     cfg.bridge.max_restarts = 2  # restarts tried for one request before training stops
-    cfg.bridge.registry = "torch_bridge.reward_models:COMPONENTS"  # "module:attr" component factories
+    cfg.bridge.registry = "torch_bridge.reward_models:COMPONENTS"  # module:attr of the factories
     cfg.bridge.python = ""  # interpreter for the reward process ("" = the trainer's own)
     cfg.bridge.torch_threads = 0  # torch intra-op threads in the reward process (0 = torch default)
 
@@ -195,7 +196,9 @@ def validate_reward_config(cfg: ml_collections.ConfigDict) -> None:
     """
     for group in cfg.groups.keys():
         if group not in GROUPS:
-            raise ValueError(f"reward config: unknown group {group!r}; groups are {', '.join(GROUPS)}")
+            raise ValueError(
+                f"reward config: unknown group {group!r}; groups are {', '.join(GROUPS)}"
+            )
         if float(cfg.groups[group].weight) < 0:
             raise ValueError(f"reward config: groups.{group}.weight must be >= 0")
     seen: dict[str, str] = {}
@@ -204,7 +207,9 @@ def validate_reward_config(cfg: ml_collections.ConfigDict) -> None:
             if name not in REWARDS:
                 raise _unknown(name, f"reward component in groups.{group}.components:")
             if name in seen:
-                raise ValueError(f"reward config: {name!r} is in groups {seen[name]!r} and {group!r}")
+                raise ValueError(
+                    f"reward config: {name!r} is in groups {seen[name]!r} and {group!r}"
+                )
             if w < 0:
                 raise ValueError(f"reward config: groups.{group}.components.{name} must be >= 0")
             seen[name] = group
@@ -272,8 +277,8 @@ def jax_reward_scores(
             raise _unknown(name)
         if comp.fn is None:
             raise ValueError(
-                f"reward component {name!r} runs in the torch reward process, not in JAX; JAX ones: "
-                f"{', '.join(n for n, c in REWARDS.items() if c.fn is not None)}"
+                f"reward component {name!r} runs in the torch reward process, not in JAX; JAX "
+                f"ones: {', '.join(n for n, c in REWARDS.items() if c.fn is not None)}"
             )
         out[name] = comp.fn(degraded, restored, clean, task_ids)
     return out
@@ -298,7 +303,7 @@ def normalise(name: str, raw: jax.Array, cfg: ml_collections.ConfigDict) -> jax.
 
 
 def _weighted(values: list[jax.Array], weights: list[float], renormalise: bool) -> jax.Array:
-    """``sum w x`` over one level; with ``renormalise``, NaN entries' weight goes to the live ones."""
+    """``sum w x`` over one level; ``renormalise`` gives NaN entries' weight to the live ones."""
     x = jnp.stack(values, axis=-1)  # (B, n)
     w = jnp.asarray(weights, jnp.float32)  # (n,)
     if not renormalise:

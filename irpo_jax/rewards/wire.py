@@ -85,7 +85,7 @@ MAX_HEADER_BYTES = 1 << 20  # a header is a few hundred bytes; more means a corr
 MAX_PAYLOAD_BYTES = 1 << 36  # 64 GiB: far above any batch, small enough to catch garbage lengths
 
 # The only dtypes that travel, named by their numpy dtype string (explicit little-endian).
-DTYPES = {"<f4": np.dtype("<f4"), "<i4": np.dtype("<i4"), "<i8": np.dtype("<i8"), "|u1": np.dtype("|u1")}
+DTYPES = {s: np.dtype(s) for s in ("<f4", "<i4", "<i8", "|u1")}
 
 
 class ProtocolError(RuntimeError):
@@ -267,6 +267,7 @@ class ShmArena:
             size = max(_aligned(offset), 1) * 5 // 4
             size = -(-size // (1 << 20)) * (1 << 20)
             self._shm = shared_memory.SharedMemory(create=True, size=size)
+            _CREATED_HERE.add(self._shm.name)
         buf = np.ndarray((self._shm.size,), np.uint8, buffer=self._shm.buf)
         for spec, arr in zip(specs, arrays.values()):
             start = spec["offset"]
@@ -286,6 +287,10 @@ class ShmArena:
                     shm.unlink()
                 except FileNotFoundError:
                     pass
+                _CREATED_HERE.discard(shm.name)
+
+
+_CREATED_HERE: set[str] = set()  # segments this process created (its tracker must keep them)
 
 
 class ShmAttachments:
@@ -332,8 +337,10 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
     from multiprocessing import resource_tracker
 
     shm = shared_memory.SharedMemory(name=name)
+    if name in _CREATED_HERE:  # sender and receiver in one process (tests): one registration
+        return shm
     try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (documented workaround)
+        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (see above)
     except Exception:  # pragma: no cover - the tracker is best effort
         pass
     return shm
@@ -428,7 +435,7 @@ def _recv_exact(sock: socket.socket, view: memoryview, *, at_boundary: bool = Fa
         if k == 0:
             if at_boundary and got == 0:
                 raise PeerClosed("the peer closed the connection")
-            raise PeerClosed(f"the peer closed the connection in the middle of a frame ({got}/{n} bytes)")
+            raise PeerClosed(f"the peer closed the connection inside a frame ({got}/{n} bytes)")
         got += k
 
 
@@ -453,7 +460,7 @@ def recv_message(sock: socket.socket, *, shm: ShmAttachments | None = None) -> M
     _recv_exact(sock, memoryview(prefix), at_boundary=True)
     magic, hlen, plen = _PREFIX.unpack(prefix)
     if magic != MAGIC:
-        raise ProtocolError(f"not a reward-bridge frame (magic {bytes(magic)!r}, expected {MAGIC!r})")
+        raise ProtocolError(f"not a reward-bridge frame (magic {bytes(magic)!r}, not {MAGIC!r})")
     if hlen > MAX_HEADER_BYTES or plen > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"implausible frame lengths: header {hlen}, payload {plen}")
     raw = bytearray(hlen)
@@ -544,12 +551,14 @@ class RewardResult:
         return {name: int(np.isnan(s).sum()) for name, s in self.scores.items()}
 
 
-def result_from_reply(message: Message, *, roundtrip_s: float = 0.0, attempts: int = 1) -> RewardResult:
+def result_from_reply(
+    message: Message, *, roundtrip_s: float = 0.0, attempts: int = 1
+) -> RewardResult:
     """Turns a ``scores`` message into a :class:`RewardResult` (copying the scores out)."""
     header = message.header
     names = list(header["components"])
     table = message.arrays.get("scores")
-    if table is None or table.ndim != 2 or table.shape[1] != len(names) or table.dtype != np.float32:
+    if table is None or table.shape != (table.shape[0], len(names)) or table.dtype != np.float32:
         raise ProtocolError(f"scores reply: expected a (B, {len(names)}) float32 'scores' array")
     return RewardResult(
         request_id=int(header["id"]),
