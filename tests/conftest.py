@@ -17,6 +17,9 @@ import pytest  # noqa: E402
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# XLA:CPU compile time dominates the suite (a GRPO update of the tiny model took minutes with
+# full optimisation); the tests' arrays are tiny, so trade run time for compile time.
+jax.config.update("jax_disable_most_optimizations", True)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 

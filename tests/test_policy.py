@@ -201,3 +201,30 @@ def test_bad_policy_configs():
         policy.PolicyConfig.from_dict({"mask": "adair"})
     with pytest.raises(ValueError, match="decoder"):
         policy.IRPOPolicy(adair.get_config("tiny", decoder=False))
+
+
+def test_which_parameters_each_loss_trains(pol, rollouts):
+    """L_RL (log-probs, head inputs detached) -> heads only; L_sup / L_cons (rollouts with stored
+    actions, y_det with detached means) -> backbone only. The trainer relies on this split."""
+    img, out = rollouts
+    graphdef, params = nnx.split(pol, nnx.Param)
+
+    def losses(p):
+        model = nnx.merge(graphdef, p)
+        given = model.given(img, out.actions, detach_head_inputs=True)
+        y_det = model.mean(img, detach_actions=True).restored
+        return {
+            "rl": jnp.mean(given.log_prob) + jnp.mean(given.entropy),
+            "sup": jnp.mean(jnp.abs(given.restored[:, 0] - img)),
+            "cons": jnp.mean(jnp.abs(given.restored[:, 1] - y_det)),
+        }
+
+    grads = jax.jit(jax.jacrev(losses))(params)
+    for name, g in grads.items():
+        flat = {"/".join(map(str, k)): float(jnp.abs(v[...]).max()) for k, v in nnx.to_flat_state(g)}
+        heads = max(v for k, v in flat.items() if k.startswith("heads/"))
+        backbone = max(v for k, v in flat.items() if k.startswith("net/"))
+        if name == "rl":
+            assert heads > 0 and backbone == 0, (name, heads, backbone)
+        else:
+            assert heads == 0 and backbone > 0, (name, heads, backbone)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _CONV_IMPL = "auto"
@@ -50,11 +51,20 @@ def _use_rewrites() -> bool:
 
 
 def torch_default_uniform(fan_in: int):
-    """PyTorch's default Conv2d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform a=sqrt 5)."""
+    """PyTorch's default Conv2d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform a=sqrt 5).
+
+    Concrete keys draw on the host with numpy (seeded by the key): eager ``jax.random.uniform``
+    compiles one XLA program per parameter shape, which made building a model take tens of
+    seconds on CPU. Under tracing (``nnx.eval_shape``, ``jit``) it falls back to ``jax.random``.
+    """
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        if isinstance(key, jax.core.Tracer):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel().tolist()
+        values = np.random.default_rng(seed).uniform(-bound, bound, size=shape)
+        return jnp.asarray(values, dtype=dtype)
 
     return init
 

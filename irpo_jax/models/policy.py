@@ -207,19 +207,24 @@ class IRPOPolicy(nnx.Module):
 
     # ------------------------------------------------------------------------- the three modes
 
-    def _run(self, img: jax.Array, enc: adair.Encoding, choose) -> PolicyOutput:
-        """Decode with ``choose(index, concentrations (N, 2, 2)) -> actions (N, 2)`` per head."""
+    def _run(self, img: jax.Array, enc: adair.Encoding, choose, detach_head_inputs: bool = False) -> PolicyOutput:
+        """Decode with ``choose(index, concentrations (N, 2, 2)) -> actions (N, 2)`` per head.
+
+        ``detach_head_inputs`` stops gradients of the concentrations (hence of log-probs and
+        entropies) from reaching the backbone through the heads' pooled inputs.
+        """
         pcfg = self.policy_config
         actions, concs = [], []
+        detach = jax.lax.stop_gradient if detach_head_inputs else (lambda t: t)
 
         def hook(name: str, module: adair.FreModule, img: jax.Array, y: jax.Array) -> jax.Array:
             _, h, w, _ = y.shape
             features = module.image_features(img, h, w)
             heads = self.heads[name]
             k = 2 * adair.FRE_NAMES.index(name)
-            rate_conc = heads.policy_rate(jnp.mean(features, axis=(1, 2)))
+            rate_conc = heads.policy_rate(detach(jnp.mean(features, axis=(1, 2))))
             rates = choose(k, rate_conc)
-            fuse_conc = heads.policy_fuse(jnp.mean(y, axis=(1, 2)))
+            fuse_conc = heads.policy_fuse(detach(jnp.mean(y, axis=(1, 2))))
             gates = choose(k + 1, fuse_conc)
             actions.extend([rates, gates])
             concs.extend([rate_conc, fuse_conc])
@@ -241,9 +246,16 @@ class IRPOPolicy(nnx.Module):
         eps = self.policy_config.action_eps
         return jnp.clip(a, eps, 1.0 - eps)
 
-    def mean(self, img: jax.Array) -> PolicyOutput:
-        """Deterministic policy: every action is its Beta mean (``y_det``; evaluation, load_model)."""
-        return self._run(img, self.net.encode(img), lambda k, c: self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))
+    def mean(self, img: jax.Array, *, detach_actions: bool = False) -> PolicyOutput:
+        """Deterministic policy: every action is its Beta mean (``y_det``; evaluation, load_model).
+
+        ``detach_actions`` makes the output a function of the backbone only (the heads get no
+        gradient through the means), as IRPO's L_cons is a backbone loss.
+        """
+        detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
+        return self._run(
+            img, self.net.encode(img), lambda k, c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))
+        )
 
     def sample(self, img: jax.Array, key: jax.Array, group_size: int) -> PolicyOutput:
         """``group_size`` rollouts per image from one encoder pass.
@@ -267,16 +279,20 @@ class IRPOPolicy(nnx.Module):
         b = img.shape[0]
         return jax.tree.map(lambda t: t.reshape(b, group_size, *t.shape[1:]), out)
 
-    def given(self, img: jax.Array, actions: jax.Array) -> PolicyOutput:
+    def given(self, img: jax.Array, actions: jax.Array, *, detach_head_inputs: bool = False) -> PolicyOutput:
         """Teacher-forced pass: use stored ``actions`` (B, G, 12); log-probs under the current parameters.
 
-        Same layout and result as :meth:`sample` for the same actions (bit for bit).
+        Same layout and result as :meth:`sample` for the same actions (bit for bit). The
+        restorations depend on the backbone only (the actions are constants); the log-probs depend
+        on the heads and, unless ``detach_head_inputs``, on the backbone through the heads' inputs.
         """
         b, g = actions.shape[:2]
         enc = self.net.encode(img)
         rep = lambda t: jnp.repeat(t, g, axis=0)  # noqa: E731
-        flat = actions.reshape(b * g, -1)
-        out = self._run(rep(img), jax.tree.map(rep, enc), lambda k, c: flat[:, 2 * k : 2 * k + 2])
+        flat = jax.lax.stop_gradient(actions.reshape(b * g, -1))
+        out = self._run(
+            rep(img), jax.tree.map(rep, enc), lambda k, c: flat[:, 2 * k : 2 * k + 2], detach_head_inputs
+        )
         return jax.tree.map(lambda t: t.reshape(b, g, *t.shape[1:]), out)
 
     def __call__(self, img: jax.Array) -> jax.Array:

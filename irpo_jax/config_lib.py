@@ -1,0 +1,165 @@
+"""The training config: one documented default (the paper's IRPO setting) and its variants.
+
+``configs/*.py`` are thin files over :func:`base_config` (the user edits or copies them);
+variants shrink the same config instead of copying it:
+
+* ``demo``: the built-in demo data (``demo_data/``), the ``small`` model, CPU-sized steps;
+* ``smoke``: the ``tiny`` model on 32-pixel crops, a handful of steps, for tests.
+
+Every field has a one-line comment saying what it is and its unit.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from irpo_jax.data.readers import default_data_config
+from irpo_jax.rewards.compose import default_reward_config
+
+VARIANTS = ("demo", "smoke")
+STAGES = ("supervised", "grpo")
+
+
+def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
+    """IRPO post-training on the five-task all-in-one setting (Appendix C of the paper)."""
+    c = ml_collections.ConfigDict()
+    c.name = "allinone5"  # run name; the default workdir is runs/<name>[_<variant>]
+    c.seed = 0  # seeds parameter init, data order, augmentation and action sampling
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "base"  # AdaIR size (irpo_jax.models.adair.VARIANTS): base|small|tiny
+    c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
+    c.model.policy = ml_collections.ConfigDict()
+    c.model.policy.mask_rule = "fraction"  # "fraction": mask half-size floor(r*(H//2)); "adair": official rule
+    c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
+    c.model.policy.rate_init = (1.0, 35.0)  # initial Beta (alpha, beta) of r_h, r_l (mean 1/36: empty masks at 128)
+    c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
+
+    c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.readers)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.stage = stage  # "supervised" (AdaIR L1 recipe) or "grpo" (IRPO post-training)
+    c.train.steps = 0  # optimizer steps; 0 = derive from train.epochs and the data set size
+    c.train.epochs = 30  # passes over the (mined) training set when steps == 0 (paper: 30)
+    c.train.batch_size = 2  # global images per step (paper: 1 per GPU on 2 GPUs)
+    c.train.log_every = 10  # steps between metric writes (JSONL + TensorBoard)
+    c.train.checkpoint_every = 1000  # steps between orbax checkpoints (also at the end and on SIGTERM/SIGINT)
+    c.train.keep_checkpoints = 3  # most recent checkpoints kept
+    c.train.panel_every = 500  # steps between image panels in TensorBoard (0 = never)
+    c.train.eval_every = 0  # steps between evaluations on data.eval_sets (0 = only at the end)
+    c.train.eval_max_images = 0  # images per evaluation set during training (0 = all)
+    c.train.allow_config_change = False  # resume a workdir whose saved config differs
+    c.train.compilation_cache = ".cache/jax"  # persistent XLA compilation cache ("" = off)
+    c.train.devices = 0  # devices in the data-parallel mesh (0 = all devices of all processes)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # "adam" (IRPO) or "adamw" (AdaIR supervised)
+    c.optim.lr = 3e-5  # base learning rate (paper: 3e-5)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.0  # decoupled weight decay (adamw only)
+    c.optim.head_lr_mult = 6.0  # learning-rate multiplier of the policy heads (paper: 6x)
+    c.optim.schedule = "constant"  # "constant" or "cosine" (linear warm-up then cosine to 0)
+    c.optim.warmup_steps = 0  # linear warm-up steps
+    c.optim.grad_clip = 0.0  # global gradient-norm clip (0 = off; the paper does not clip)
+
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.group_size = 4  # rollouts G per image (paper: 4)
+    c.grpo.clip_eps = 0.2  # PPO clip range epsilon (not given in the paper; PPO's default)
+    c.grpo.kl_coef = 0.04  # beta of the KL to the reference policy (not given; DeepSeekMath's value)
+    c.grpo.kl_estimator = "paper"  # "paper" (Eq. 11) or "analytic" (closed-form Beta KL)
+    c.grpo.entropy_coef = 0.01  # tau, the entropy bonus (paper: 0.01)
+    c.grpo.adv_eps = 1e-8  # epsilon inside the sqrt of the group std (Eq. 8)
+    c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
+    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation)
+    c.grpo.policy_iters = 1  # updates per rollout batch (1 = paper: ratio 1, REINFORCE with a group baseline)
+    c.grpo.lambda_sup = (0.35, 0.1)  # L_sup weight, linear from start to end over training (paper)
+    c.grpo.lambda_cons = (0.2, 0.05)  # L_cons weight, linear from start to end over training (paper)
+    c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
+
+    c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""  # "host:port" of process 0 for multi-host (also from JAX's env variables)
+    c.distributed.num_processes = 1  # processes in the job
+    c.distributed.process_id = 0  # this process's id
+    return c
+
+
+def supervised_overrides(c: ml_collections.ConfigDict) -> None:
+    """AdaIR's supervised recipe (adair-spec section 11): L1, AdamW 2e-4, warm-up then cosine."""
+    c.train.stage = "supervised"
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-4
+    c.optim.weight_decay = 0.01
+    c.optim.schedule = "cosine"
+    c.train.batch_size = 8
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    """Shrink ``c`` for ``demo`` or ``smoke``; ``None``/"" leaves it as is."""
+    if not variant:
+        return c
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; valid variants: {VARIANTS}")
+    c.name = f"{c.name}_{variant}"
+    c.reward.bridge.mode = "off"  # CPU demo/tests: JAX rewards only unless the user switches it on
+    c.model.init_from = ""  # the demo/smoke pipelines pass their own starting point
+    if variant == "demo":
+        c.model.variant = "small"
+        c.data.root = "demo_data"
+        c.data.repeats = {"denoise": 1, "derain": 1, "dehaze": 1, "deblur": 1, "lowlight": 1}
+        c.data.patch_size = 64
+        c.data.worker_count = 0
+        c.train.batch_size = 2
+        c.train.steps = 40
+        c.train.log_every = 5
+        c.train.checkpoint_every = 20
+        c.train.panel_every = 20
+        c.train.eval_max_images = 2
+    else:  # smoke
+        c.model.variant = "tiny"
+        c.data.root = ""
+        c.data.patch_size = 32
+        c.data.worker_count = 0
+        c.data.validate = "none"
+        c.train.batch_size = 2
+        c.train.steps = 2
+        c.train.log_every = 1
+        c.train.checkpoint_every = 2
+        c.train.panel_every = 0
+        c.train.eval_max_images = 1
+        c.train.compilation_cache = ""
+        c.grpo.group_size = 2
+    return c
+
+
+def parse_arg(arg: str | None) -> tuple[str | None, str | None]:
+    """``"demo"`` / ``"supervised,demo"`` -> (stage or None, variant or None)."""
+    stage = variant = None
+    for part in filter(None, (arg or "").split(",")):
+        if part in STAGES:
+            stage = part
+        elif part in VARIANTS:
+            variant = part
+        else:
+            raise ValueError(f"unknown config argument {part!r}; use stages {STAGES} and/or variants {VARIANTS}")
+    return stage, variant
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load ``path/to/config.py[:arg]`` the way ``--config`` does (for CLIs other than train and tests)."""
+    import importlib.util
+    import pathlib
+
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} does not exist (expected e.g. configs/allinone5.py)")
+    module_spec = importlib.util.spec_from_file_location(f"_irpo_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {file} has no get_config(arg=None) function")
+    return module.get_config(arg or None)

@@ -1,0 +1,672 @@
+"""Training: AdaIR's supervised stage and IRPO's GRPO post-training, data-parallel over a mesh.
+
+One ``jax.jit`` per step kind over pure pytrees (DESIGN decision 1-2): the model's graph is split
+once (``nnx.split``) and the step functions take ``(state, batch, ...)`` with parameters as
+plain nested dicts, replicated over a 1-D ``("data",)`` device mesh, and batches sharded along
+it. GRPO groups never straddle devices: a group is the G rollouts of one image, and images are
+what is sharded.
+
+A GRPO step (``train.stage="grpo"``):
+
+1. ``rollout``: G rollouts per image from the sampled policy (one encoder pass, branched at
+   ``fre1``), their log-probs under the current (= old) parameters and the JAX reward
+   components (PSNR, SSIM, task-aware);
+2. the torch reward components (LPIPS, CLIP, aesthetic, judge) are requested from the reward
+   process right after the rollouts and composed with the JAX ones (Eq. 22);
+3. ``update`` (``grpo.policy_iters`` times): teacher-forced log-probs of the stored actions
+   under the current parameters and under the frozen reference policy, the deterministic
+   output ``y_det``; advantages (Eq. 8), L_RL (Eq. 6/10/11), L_sup and L_cons (Eq. 1, 2) with
+   their annealed weights (Eq. 7), one optimizer step.
+
+Which parameters each loss trains: L_RL trains the policy heads (its gradient reaches the
+backbone only with ``grpo.rl_updates_backbone``: the log-probs depend on the backbone solely
+through the heads' pooled inputs); L_sup and L_cons train the backbone (the rollouts use stored
+actions, and ``y_det`` uses detached Beta means), as IRPO's Eq. 7 splits them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from irpo_jax import checkpointing
+from irpo_jax.grpo import advantages as adv_lib
+from irpo_jax.grpo import losses
+from irpo_jax.models import adair
+
+log = logging.getLogger("irpo_jax.train")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or must stop; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything an update changes, as one pytree (checkpointed whole)."""
+
+    step: jax.Array  # () int32: optimizer steps done
+    params: dict  # nested dict of the model's nnx.Param values
+    opt_state: Any
+    rng: jax.Array  # raw key data (uint32), so the state is a plain array pytree
+    ref_params: dict | None  # frozen reference policy (GRPO), None for supervised
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "params", "opt_state", "rng", "ref_params"], meta_fields=[]
+)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over all devices (of all processes).
+
+    Auto axes: batch shardings propagate through the model without per-op annotations.
+    """
+    devices = devices if devices is not None else jax.devices()
+    return jax.sharding.Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> nnx.Module:
+    """The model a run trains: AdaIR (supervised) or IRPOPolicy (grpo), from ``model.init_from`` if set."""
+    from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
+
+    rngs = nnx.Rngs(cfg.seed)
+    start = None
+    if cfg.model.init_from:
+        start, meta = checkpointing.restore_model(cfg.model.init_from)
+        log.info("starting from %s (%s, dim=%d)", cfg.model.init_from, meta["model"], start.config.dim)
+    if cfg.train.stage == "supervised":
+        if start is None:
+            return adair.AdaIR(cfg.model.variant, rngs=rngs)
+        return getattr(start, "net", start)  # a policy's backbone can be trained further
+    if start is None:
+        raise TrainingError(
+            "GRPO post-training starts from a pretrained AdaIR, but model.init_from is empty. "
+            "Convert the official checkpoint (`python -m torch_bridge.convert_adair adair5d.ckpt "
+            "checkpoints/adair5d`) and pass --config.model.init_from=checkpoints/adair5d, or train one "
+            "with the supervised stage (--config configs/allinone5.py:supervised)."
+        )
+    if isinstance(start, IRPOPolicy):
+        return start
+    pcfg = PolicyConfig.from_dict(cfg.model.policy.to_dict())
+    policy = IRPOPolicy(start.config, pcfg, rngs=rngs)
+    nnx.update(policy.net, nnx.state(start, nnx.Param))
+    return policy
+
+
+def head_count(params: Mapping) -> int:
+    """Scalars in the IRPO policy heads (``params["heads"]``); 0 for a plain AdaIR."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params.get("heads", {})))
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    o = cfg.optim
+    if o.schedule == "constant":
+        if o.warmup_steps:
+            return optax.linear_schedule(0.0, o.lr, o.warmup_steps)
+        return optax.constant_schedule(o.lr)
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 0), max(total_steps, o.warmup_steps + 1))
+    raise TrainingError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatOptimizer:
+    """An optax transform applied to all parameters raveled into one vector.
+
+    Why flat: XLA:CPU compile time grows with the op count, and a per-leaf Adam over AdaIR's
+    ~600 tensors (plus the non-finite guard) took minutes to compile; on one vector it is a
+    handful of ops. The policy heads' learning-rate multiplier is a per-element scale of the
+    update (``ravel_pytree`` orders dict keys, so ``heads`` come first), which equals a separate
+    optimizer at ``lr * head_lr_mult`` for them (Adam's update is linear in the learning rate,
+    decoupled weight decay included).
+    """
+
+    tx: optax.GradientTransformation
+    n_heads: int
+    head_lr_mult: float
+
+    def init(self, params: Mapping) -> Any:
+        return self.tx.init(jax.flatten_util.ravel_pytree(params)[0])
+
+    def update(self, flat_grads: jax.Array, opt_state: Any, flat_params: jax.Array) -> tuple[jax.Array, Any]:
+        """One step on raveled parameters. Returns ``(new_flat_params, new_opt_state)``."""
+        updates, opt_state = self.tx.update(flat_grads, opt_state, flat_params)
+        if self.n_heads and self.head_lr_mult != 1.0:
+            index = jnp.arange(flat_params.shape[0])
+            updates = updates * jnp.where(index < self.n_heads, self.head_lr_mult, 1.0).astype(updates.dtype)
+        return flat_params + updates, opt_state
+
+
+def build_optimizer(cfg: ml_collections.ConfigDict, params: Mapping, total_steps: int) -> FlatOptimizer:
+    """Adam/AdamW (+ optional global-norm clipping) with the policy heads at ``head_lr_mult`` x lr."""
+    o = cfg.optim
+    schedule = learning_rate(cfg, total_steps)
+    if o.name == "adam":
+        tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+    elif o.name == "adamw":
+        tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    else:
+        raise TrainingError(f"optim.name must be 'adam' or 'adamw', got {o.name!r}")
+    if o.grad_clip and o.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return FlatOptimizer(tx, head_count(params), float(o.head_lr_mult))
+
+
+def _apply(state: TrainState, grads, tx: FlatOptimizer, loss_terms: Mapping[str, jax.Array]):
+    """One optimizer step, skipped (state kept) when any loss term or gradient is not finite."""
+    flat_params, unravel = jax.flatten_util.ravel_pytree(state.params)
+    flat_grads = jax.flatten_util.ravel_pytree(grads)[0]
+    new_flat, opt_state = tx.update(flat_grads, state.opt_state, flat_params)
+    finite = {k: jnp.isfinite(v) for k, v in loss_terms.items()}
+    ok = jnp.all(jnp.isfinite(flat_grads)) & jnp.all(jnp.asarray(list(finite.values())))
+    new = dataclasses.replace(
+        state,
+        step=state.step + ok.astype(jnp.int32),
+        params=unravel(jnp.where(ok, new_flat, flat_params)),
+        opt_state=jax.tree.map(lambda a, b: jnp.where(ok, a, b), opt_state, state.opt_state),
+    )
+    metrics = {f"finite/{k}": v.astype(jnp.float32) for k, v in finite.items()}
+    return new, {"opt/grad_norm": jnp.linalg.norm(flat_grads), "ok": ok.astype(jnp.float32), **metrics}
+
+
+# ----------------------------------------------------------------------------- step functions
+
+
+def make_supervised_step(graphdef, tx) -> Callable:
+    """``step(state, batch) -> (state, metrics)``: AdaIR's L1 recipe."""
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]):
+        def loss_fn(params):
+            restored = nnx.merge(graphdef, params)(batch["degraded"])
+            return losses.l1(restored, batch["clean"])
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        state, metrics = _apply(state, grads, tx, {"l1": loss})
+        return state, {"loss/l1": loss, "loss/total": loss, **metrics}
+
+    return step
+
+
+def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple[str, ...]) -> Callable:
+    """``rollout(params, batch, key) -> dict``: G sampled restorations, their actions and log-probs,
+    and the raw JAX reward components (B, G) of each."""
+    from irpo_jax.rewards.compose import jax_reward_scores
+
+    group = cfg.grpo.group_size
+
+    def rollout(params, batch, key):
+        out = nnx.merge(graphdef, params).sample(batch["degraded"], key, group)
+        b = out.restored.shape[0]
+        rep = lambda t: jnp.repeat(t, group, axis=0)  # noqa: E731
+        restored = jnp.clip(out.restored, 0.0, 1.0).reshape(b * group, *out.restored.shape[2:])
+        scores = jax_reward_scores(
+            rep(batch["degraded"]), restored, rep(batch["clean"]), rep(batch["task_id"]), names=jax_names
+        ) if jax_names else {}  # fmt: skip
+        return {
+            "restored": out.restored,
+            "actions": out.actions,
+            "log_prob": out.log_prob,
+            "jax_scores": {k: v.reshape(b, group) for k, v in scores.items()},
+        }
+
+    return rollout
+
+
+def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: int) -> Callable:
+    """``update(state, batch, rollout, remote_scores) -> (state, metrics)``."""
+    from irpo_jax.models.policy import kl_divergence
+    from irpo_jax.rewards.compose import compose
+
+    g = cfg.grpo
+    reward_cfg = cfg.reward
+
+    def update(state: TrainState, batch, rollout, remote_scores):
+        img, clean = batch["degraded"], batch["clean"]
+        b, group = rollout["actions"].shape[:2]
+        flat = lambda d: {k: v.reshape(b * group) for k, v in d.items()}  # noqa: E731
+        total, per = compose(flat(rollout["jax_scores"]), flat(remote_scores), reward_cfg)
+        rewards = total.reshape(b, group)
+        if g.aggregation == "normalize_then_sum":
+            names = sorted(k for k in per if not k.startswith("group/"))
+            comps = jnp.stack([per[k].reshape(b, group) for k in names], axis=-1)
+            weights = jnp.asarray([_effective_weight(reward_cfg, k) for k in names])
+            advantages = adv_lib.component_advantages(comps, weights, eps=g.adv_eps, scale=g.adv_scale)
+        else:
+            advantages = adv_lib.group_advantages(rewards, eps=g.adv_eps, scale=g.adv_scale)
+        lam_sup = losses.linear_anneal(*g.lambda_sup, state.step, total_steps)
+        lam_cons = losses.linear_anneal(*g.lambda_cons, state.step, total_steps)
+        ref = None
+        if g.kl_coef:
+            ref = nnx.merge(graphdef, state.ref_params).given(img, rollout["actions"])
+            ref = jax.lax.stop_gradient(ref)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            out = model.given(img, rollout["actions"], detach_head_inputs=not g.rl_updates_backbone)
+            y_det = model.mean(img, detach_actions=True).restored
+            # With one policy iteration the sampling parameters are the current ones: ratio == 1.
+            old = jax.lax.stop_gradient(out.log_prob) if g.policy_iters == 1 else rollout["log_prob"]
+            kl_analytic = None
+            if ref is not None and g.kl_estimator == "analytic":
+                kl_analytic = kl_divergence(out.concentrations, ref.concentrations)
+            log_prob_ref = ref.log_prob if ref is not None else out.log_prob
+            l_rl, rl_metrics = losses.rl_loss(
+                out.log_prob, old, jax.lax.stop_gradient(log_prob_ref), advantages, out.entropy,
+                clip_eps=g.clip_eps, kl_coef=g.kl_coef, entropy_coef=g.entropy_coef,
+                kl_estimator=g.kl_estimator if ref is not None else "paper", kl_analytic=kl_analytic,
+            )  # fmt: skip
+            l_sup, l_cons = losses.supervision_losses(out.restored, y_det, clean, rewards)
+            total_loss = l_rl + lam_sup * l_sup + lam_cons * l_cons
+            terms = {"rl": l_rl, "sup": l_sup, "cons": l_cons, "total": total_loss}
+            return total_loss, (terms, rl_metrics)
+
+        (_, (terms, rl_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state, opt_metrics = _apply(state, grads, tx, terms)
+        metrics = {f"loss/{k}": v for k, v in terms.items()}
+        metrics.update(rl_metrics)
+        metrics.update(opt_metrics)
+        metrics.update({"grpo/lambda_sup": lam_sup, "grpo/lambda_cons": lam_cons})
+        metrics["reward/total/mean"] = jnp.nanmean(rewards)
+        metrics["reward/total/std"] = jnp.nanstd(rewards)
+        metrics["reward/frac_zero_std"] = adv_lib.frac_zero_std(rewards)
+        metrics["reward/frac_nan"] = jnp.mean(jnp.isnan(rewards).astype(jnp.float32))
+        scored = set(rollout["jax_scores"]) | set(remote_scores)
+        for k, v in per.items():
+            if not k.startswith("group/") and k not in scored:
+                continue  # unavailable this step (NaN by construction): nothing to log
+            name = k.replace("group/", "group_")
+            metrics[f"reward/{name}/mean"] = jnp.nanmean(v)
+            metrics[f"reward/{name}/std"] = jnp.nanstd(v)
+        return state, metrics
+
+    return update
+
+
+def _effective_weight(reward_cfg, name: str) -> float:
+    """A component's weight in the total reward (group weight x weight inside the group)."""
+    for group in reward_cfg.groups.values():
+        if name in group.components:
+            return float(group.weight) * float(group.components[name])
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class TrainCheckpointer:
+    """orbax ``CheckpointManager`` under ``workdir/checkpoints``: state, data iterator, metadata.
+
+    Each save also refreshes ``workdir/model`` (a model directory :func:`irpo_jax.load_model`,
+    evaluation and mining read).
+    """
+
+    def __init__(self, workdir: pathlib.Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.workdir = workdir
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.manager = ocp.CheckpointManager(
+            (workdir / "checkpoints").absolute(), options=options, item_names=("state", "data", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, data_state: Mapping, meta: Mapping, model: nnx.Module | None) -> None:
+        ocp = self._ocp
+        step = int(jax.device_get(state.step))
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(dict(data_state)),
+                meta=ocp.args.JsonSave(dict(meta)),
+            ),
+        )
+        self.manager.wait_until_finished()
+        if model is not None and jax.process_index() == 0:
+            target = self.workdir / "model"
+            old = self.workdir / ".model.previous"
+            with checkpointing.atomic_directory(self.workdir / ".model.next") as tmp:
+                checkpointing.write_model(tmp, model, {"manifest.json": {"trained_steps": step, **meta}})
+            if target.exists():
+                os.replace(target, old)
+            os.replace(self.workdir / ".model.next", target)
+            if old.exists():
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, abstract_state: TrainState) -> tuple[TrainState, dict, dict]:
+        ocp = self._ocp
+        step = self.manager.latest_step()
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["data"], restored["meta"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def init_distributed(cfg: ml_collections.ConfigDict) -> None:
+    """``jax.distributed.initialize`` for multi-process runs (flags/config, or JAX's own env detection)."""
+    d = cfg.distributed
+    if d.num_processes > 1 or d.coordinator:
+        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=d.coordinator or None, num_processes=d.num_processes, process_id=d.process_id
+        )
+
+
+def _config_json(cfg: ml_collections.ConfigDict) -> dict:
+    return json.loads(cfg.to_json_best_effort())
+
+
+# Fields that may change between a run and its resumption without changing the numbers.
+_RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.checkpoint_every", "train.panel_every",
+                      "train.steps", "train.keep_checkpoints", "train.compilation_cache", "train.devices", "reward.bridge",
+                      "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
+
+
+def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
+    """Save the resolved config; refuse a workdir made by a different config unless allowed."""
+    path = workdir / "config.json"
+    new = _config_json(cfg)
+    if path.exists():
+        old = json.loads(path.read_text())
+        diffs = sorted(k for k in _flat_diff(old, new) if not k.startswith(_RESUMABLE_CHANGES))
+        if diffs and not cfg.train.allow_config_change:
+            raise TrainingError(
+                f"the workdir {workdir} holds a run with a different config (changed: {', '.join(diffs[:10])}"
+                f"{' ...' if len(diffs) > 10 else ''}). Use another --workdir, or pass "
+                "--config.train.allow_config_change=True to resume it with the new values."
+            )
+        if diffs:
+            log.warning("resuming %s with a changed config: %s", workdir, ", ".join(diffs))
+            (workdir / f"config.previous.{int(time.time())}.json").write_text(json.dumps(old, indent=2))
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (preemption-safe)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    keys = ("degraded", "clean", "task_id")
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}
+
+
+def _panel(batch, rollout, rewards: np.ndarray | None) -> np.ndarray:
+    """degraded | rollouts ... | clean for the first image of the batch, as one (H, W', 3) image."""
+    deg = np.asarray(jax.device_get(batch["degraded"]))[0]
+    clean = np.asarray(jax.device_get(batch["clean"]))[0]
+    tiles = [deg]
+    if rollout is not None:
+        tiles += list(np.clip(np.asarray(jax.device_get(rollout["restored"]))[0], 0, 1))
+    tiles.append(clean)
+    return np.concatenate(tiles, axis=1)
+
+
+def run(
+    cfg: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train as configured; resume from ``workdir`` when it holds checkpoints. Returns a summary.
+
+    Args:
+      cfg: the resolved config.
+      workdir: run directory (created; resumed when it holds checkpoints).
+      progress: show a progress bar.
+      stop_after: leave after this many steps of *this* invocation, checkpointing as on SIGTERM
+        (for time-limited jobs; a later run with the same workdir continues).
+    """
+    from tqdm import tqdm
+
+    from irpo_jax.data.pipeline import make_train_iterator
+    from irpo_jax.metrics_log import MetricWriter
+    from irpo_jax.rewards import compose as compose_lib
+
+    workdir = pathlib.Path(workdir)
+    stage = cfg.train.stage
+    if stage not in ("supervised", "grpo"):
+        raise TrainingError(f"train.stage must be 'supervised' or 'grpo', got {stage!r}")
+    init_distributed(cfg)
+    if cfg.train.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(cfg.train.compilation_cache))
+    check_workdir_config(workdir, cfg)
+    mesh = make_mesh(jax.devices()[: cfg.train.devices] if cfg.train.devices else None)
+    if cfg.train.batch_size % mesh.size:
+        raise TrainingError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of the {mesh.size} devices "
+            "(each device restores whole images and their G rollouts)."
+        )
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    total_steps = int(cfg.train.steps) or max(1, math.ceil(cfg.train.epochs * data.epoch_size / cfg.train.batch_size))
+
+    model = build_model(cfg)
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx = build_optimizer(cfg, params, total_steps)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(cfg.seed)),
+        ref_params=jax.tree.map(jnp.copy, params) if stage == "grpo" else None,
+    )
+    state = jax.device_put(state, replicated)
+    meta = checkpointing.model_metadata(model) | {"stage": stage, "total_steps": total_steps}
+
+    ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state, data_state, _ = ckpt.restore(abstract)
+        data.set_state(data_state)
+        log.info("resumed %s at step %d", workdir, int(state.step))
+        print(f"resuming {workdir} at step {int(state.step)} of {total_steps}")
+
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    bridge = None
+    jax_names = tuple(n for n in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[n].backend == "jax")
+    live_remote: tuple[str, ...] = ()
+    if stage == "grpo":
+        from irpo_jax.rewards.remote import open_reward_bridge
+
+        bridge = open_reward_bridge(cfg.reward)
+        live_remote = tuple(bridge.live_components) if bridge is not None else ()
+        wanted = compose_lib.remote_components(cfg.reward)
+        missing = [n for n in wanted if n not in live_remote]
+        report = {"jax": list(jax_names), "torch_live": list(live_remote), "torch_unavailable": missing,
+                  "bridge_mode": cfg.reward.bridge.mode}  # fmt: skip
+        print("reward components: " + json.dumps(report))
+        if missing and cfg.reward.missing == "strict":
+            raise TrainingError(
+                f"reward components {missing} have nonzero weight but are not live (reward.bridge.mode="
+                f"{cfg.reward.bridge.mode!r}); with reward.missing='strict' the run cannot start. Start the "
+                "reward process (reward.bridge.mode=process, weights under reward.models.<name>) or set "
+                "their weights to 0."
+            )
+        if jax.process_index() == 0:
+            (workdir / "reward_components.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    if stage == "supervised":
+        step_fn = jax.jit(make_supervised_step(graphdef, tx), donate_argnums=0)
+    else:
+        rollout_fn = jax.jit(make_rollout_step(graphdef, cfg, jax_names))
+        update_fn = jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0)
+
+    def current_model() -> nnx.Module:
+        return nnx.merge(graphdef, jax.device_get(state.params))
+
+    start_step = int(jax.device_get(state.step))
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
+               desc=f"{cfg.name} {stage}", unit="step", dynamic_ncols=True)  # fmt: skip
+    images_seen, t_start, last = 0, time.perf_counter(), {}
+    timings = {"rollout": 0.0, "reward_wait": 0.0, "update": 0.0}
+    stop_reason = "finished"
+    try:
+        with _StopSignal() as stop:
+            while int(jax.device_get(state.step)) < total_steps:
+                step = int(jax.device_get(state.step))
+                batch = _to_global(next(data), sharded)
+                rollout = None
+                if stage == "supervised":
+                    state, metrics = step_fn(state, batch)
+                else:
+                    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+                    t0 = time.perf_counter()
+                    rollout = jax.block_until_ready(rollout_fn(state.params, batch, key))
+                    t1 = time.perf_counter()
+                    remote_scores = {}
+                    if bridge is not None:
+                        remote_scores = _score_remotely(bridge, cfg, step, batch, rollout, live_remote)
+                    t2 = time.perf_counter()
+                    for _ in range(cfg.grpo.policy_iters):
+                        state, metrics = update_fn(state, batch, rollout, remote_scores)
+                    t3 = time.perf_counter()
+                    timings["rollout"] += t1 - t0
+                    timings["reward_wait"] += t2 - t1
+                    timings["update"] += t3 - t2
+                # One host read per step: the NaN guard (and, on CPU fake devices, it keeps
+                # back-to-back collective steps from dead-locking).
+                metrics = jax.device_get(metrics)
+                if metrics["ok"] < 1:
+                    bad = [k.split("/", 1)[1] for k, v in metrics.items() if k.startswith("finite/") and v < 1]
+                    what = ", ".join(f"loss/{b}" for b in bad) or "a gradient"
+                    ckpt.save(state, data.get_state(), meta, current_model())
+                    raise TrainingError(
+                        f"non-finite value in {what} at step {step}; the update was not applied and the last "
+                        f"good state was saved in {workdir / 'checkpoints'}. Lower optim.lr, enable "
+                        "optim.grad_clip, or check the data/rewards of this step."
+                    )
+                images_seen += cfg.train.batch_size
+                bar.update(1)
+                new_step = step + 1
+                elapsed = time.perf_counter() - t_start
+                rate = {"perf/images_per_s": images_seen / elapsed}
+                if stage == "grpo":
+                    rate["perf/rollouts_per_s"] = images_seen * cfg.grpo.group_size / elapsed
+                bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
+                last = {k: float(v) for k, v in metrics.items() if not k.startswith("finite/") and k != "ok"}
+                if new_step % cfg.train.log_every == 0 or new_step == total_steps:
+                    extra = {"opt/lr": float(learning_rate(cfg, total_steps)(step)), **rate}
+                    extra.update({f"perf/{k}_s": v / max(new_step - start_step, 1) for k, v in timings.items()})
+                    extra.update(_memory_stats())
+                    writer.scalars(new_step, last | extra)
+                if cfg.train.panel_every and new_step % cfg.train.panel_every == 0:
+                    writer.image(new_step, "panels/degraded_rollouts_clean", _panel(batch, rollout, None))
+                if new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
+                    ckpt.save(state, data.get_state(), meta, current_model())
+                if stop.received:
+                    stop_reason = f"stopped by {stop.received}"
+                    break
+                if stop_after is not None and new_step - start_step >= stop_after and new_step < total_steps:
+                    stop_reason = f"stopped after {stop_after} steps (stop_after)"
+                    break
+        ckpt.save(state, data.get_state(), meta, current_model())
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+        if bridge is not None:
+            bridge.close()
+    summary = {"stage": stage, "steps": int(jax.device_get(state.step)), "total_steps": total_steps,
+               "stop": stop_reason, "workdir": str(workdir), "last_metrics": last}  # fmt: skip
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:
+    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays."""
+    from irpo_jax.rewards.compose import remote_components_for_step
+
+    names = [n for n in remote_components_for_step(cfg.reward, step) if n in live]
+    if not names:
+        return {}
+    restored = np.clip(np.asarray(jax.device_get(rollout["restored"])), 0, 1)  # (B, G, H, W, 3)
+    b, g = restored.shape[:2]
+    rep = lambda k: np.repeat(np.asarray(jax.device_get(batch[k])), g, axis=0)  # noqa: E731
+    result = bridge.score(
+        rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
+        task_ids=rep("task_id"), sample_ids=np.repeat(np.arange(b) + step * b, g), components=names,
+    )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
+    return {k: jnp.asarray(v.reshape(b, g)) for k, v in result.scores.items()}
+
+
+def _memory_stats() -> dict[str, float]:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    out = {}
+    if "bytes_in_use" in stats:
+        out["perf/device_mem_gb"] = stats["bytes_in_use"] / 1e9
+    if "peak_bytes_in_use" in stats:
+        out["perf/device_peak_mem_gb"] = stats["peak_bytes_in_use"] / 1e9
+    return out

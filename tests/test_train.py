@@ -1,0 +1,131 @@
+"""End-to-end training on the built-in demo data: supervised, GRPO, resume, data parallel, guards."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from irpo_jax import checkpointing, config_lib, trainer
+from irpo_jax.data import demo
+from irpo_jax.metrics_log import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "data"
+    demo.build_demo_set(root, seed=0)
+    return root
+
+
+def smoke_config(demo_root, stage="grpo", **overrides):
+    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + f":{stage},smoke")
+    cfg.data.root = str(demo_root)
+    cfg.data.tasks = ("derain", "deblur")  # fewer files to scan; both paired tasks
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def params_of(workdir):
+    module, _ = checkpointing.restore_model(pathlib.Path(workdir) / "model")
+    from flax import nnx
+
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+def assert_trees_close(a, b, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def supervised_run(demo_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sup")
+    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 3}), workdir, progress=False)
+    return workdir, summary
+
+
+def test_supervised_stage(supervised_run):
+    workdir, summary = supervised_run
+    assert summary["steps"] == 3 and summary["stop"] == "finished"
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss/l1"]) for r in records)
+    assert (workdir / "tensorboard").is_dir() and any((workdir / "tensorboard").iterdir())
+    assert json.loads((workdir / "config.json").read_text())["train"]["stage"] == "supervised"
+    restorer = checkpointing.load_model(workdir / "model")
+    assert restorer.meta["model"] == "adair"
+    assert restorer(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(demo_root, supervised_run, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("grpo")
+    cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 4})
+    return workdir, trainer.run(cfg, workdir, progress=False), cfg
+
+
+def test_grpo_stage_logs_the_design_metrics(grpo_run):
+    workdir, summary, _ = grpo_run
+    assert summary["steps"] == 4
+    last = read_metrics(workdir)[-1]
+    for name in ("loss/rl", "loss/sup", "loss/cons", "grpo/clipfrac", "grpo/approx_kl", "grpo/kl_ref",
+                 "grpo/entropy", "reward/frac_zero_std", "reward/psnr/mean", "reward/task/std", "opt/lr",
+                 "opt/grad_norm", "perf/rollouts_per_s"):  # fmt: skip
+        assert name in last, name
+    # One policy iteration: sampling and update parameters coincide, so the ratio is exactly 1.
+    assert last["grpo/ratio_mean"] == 1.0 and last["grpo/clipfrac"] == 0.0
+    report = json.loads((workdir / "reward_components.json").read_text())
+    assert report["jax"] == ["psnr", "ssim", "task"] and set(report["torch_unavailable"]) == {
+        "clip", "lpips", "aesthetic", "qwen"}  # fmt: skip
+    restorer = checkpointing.load_model(workdir / "model")
+    assert restorer.meta["model"] == "adair_policy"
+
+
+def test_resume_equals_uninterrupted(demo_root, grpo_run, tmp_path):
+    _, _, cfg = grpo_run
+    first = trainer.run(cfg, tmp_path, progress=False, stop_after=2)  # as if preempted after 2 steps
+    assert first["steps"] == 2 and "stop_after" in first["stop"]
+    summary = trainer.run(cfg, tmp_path, progress=False)
+    assert summary["steps"] == 4
+    assert_trees_close(params_of(tmp_path), params_of(grpo_run[0]), atol=0)  # bit for bit
+
+
+def test_two_devices_equal_one(demo_root, grpo_run, tmp_path):
+    assert jax.device_count() == 2
+    _, _, cfg = grpo_run
+    one, two = tmp_path / "one", tmp_path / "two"
+    cfg.train.steps = 3
+    cfg.train.devices = 1
+    trainer.run(cfg, one, progress=False)
+    cfg.train.devices = 2
+    trainer.run(cfg, two, progress=False)
+    assert_trees_close(params_of(one), params_of(two), atol=2e-5)
+
+
+def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
+    workdir, _ = supervised_run
+    cfg = smoke_config(demo_root, "supervised", **{"optim.lr": 1e-3})
+    with pytest.raises(trainer.TrainingError, match="different config.*optim.lr"):
+        trainer.run(cfg, workdir, progress=False)
+
+
+def test_grpo_without_a_starting_model_says_what_to_do(demo_root, tmp_path):
+    with pytest.raises(trainer.TrainingError, match="model.init_from is empty.*convert_adair"):
+        trainer.run(smoke_config(demo_root), tmp_path, progress=False)
+
+
+def test_nan_stops_with_a_checkpoint_and_names_the_term(demo_root, tmp_path):
+    cfg = smoke_config(demo_root, "supervised", **{"optim.lr": 1e30, "train.steps": 4})
+    with pytest.raises(trainer.TrainingError, match=r"non-finite value in (loss/l1|a gradient)") as err:
+        trainer.run(cfg, tmp_path, progress=False)
+    assert "last good state was saved" in str(err.value)
+    assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "model" / "model.json").is_file()
