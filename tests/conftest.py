@@ -27,7 +27,7 @@ FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 def _has_torch() -> bool:
     try:
         return importlib.util.find_spec("torch") is not None
-    except ValueError:  # sys.modules["torch"] = None (tests/test_without_torch.py blocks it so)
+    except ImportError:  # blocked by tests/block_torch.py (test_without_torch.py)
         return False
 
 
@@ -51,3 +51,24 @@ def fixtures_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_dir() -> pathlib.Path:
     return FIXTURES / "adair_tiny"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> pathlib.Path:
+    """The built-in demo data set (AdaIR layout), built once per session."""
+    from irpo_jax.data import demo
+
+    root = tmp_path_factory.mktemp("demo") / "data"
+    demo.build_demo_set(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def supervised_run(demo_root, tmp_path_factory):
+    """Three supervised smoke steps of the tiny AdaIR on the demo set (one process, all devices)."""
+    from irpo_jax import trainer
+    from test_train import smoke_config
+
+    workdir = tmp_path_factory.mktemp("sup")
+    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 3}), workdir, progress=False)
+    return workdir, summary

@@ -1,4 +1,7 @@
-"""End-to-end training on the built-in demo data: supervised, GRPO, resume, data parallel, guards."""
+"""End-to-end training on the built-in demo data: supervised, GRPO, resume, data parallel, guards.
+
+The fixtures ``demo_root`` and ``supervised_run`` live in conftest.py (shared with test_multihost).
+"""
 
 import json
 import pathlib
@@ -8,17 +11,9 @@ import numpy as np
 import pytest
 
 from irpo_jax import checkpointing, config_lib, trainer
-from irpo_jax.data import demo
 from irpo_jax.metrics_log import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "data"
-    demo.build_demo_set(root, seed=0)
-    return root
 
 
 def smoke_config(demo_root, stage="grpo", **overrides):
@@ -44,13 +39,6 @@ def params_of(workdir):
 def assert_trees_close(a, b, atol):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
-
-
-@pytest.fixture(scope="module")
-def supervised_run(demo_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("sup")
-    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 3}), workdir, progress=False)
-    return workdir, summary
 
 
 def test_supervised_stage(supervised_run):
