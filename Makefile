@@ -19,9 +19,21 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The built-in demo data set (the full demo pipeline grows with the training issues).
+# The whole product on the built-in demo data: supervised AdaIR -> mine the hard 30 % ->
+# IRPO GRPO post-training -> evaluate before/after. Outputs under runs/demo_*.
+DEMO_CFG := configs/allinone5.py
 demo: $(STAMP)
 	$(PY) -m irpo_jax.data.demo --out demo_data --overwrite
+	$(PY) -m irpo_jax.train --config $(DEMO_CFG):supervised,demo --workdir runs/demo_supervised
+	$(PY) -m irpo_jax.mine --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
+	    --out runs/demo_mined.jsonl
+	$(PY) -m irpo_jax.train --config $(DEMO_CFG):demo --workdir runs/demo_grpo \
+	    --config.model.init_from=runs/demo_supervised/model --config.data.manifest=runs/demo_mined.jsonl
+	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
+	    --out runs/demo_eval/before --save_images
+	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_grpo/model \
+	    --out runs/demo_eval/after --save_images
+	$(PY) -m irpo_jax.demo_report runs
 
 bench: $(STAMP)
 	$(PY) benchmarks/adair_speed.py --markdown

@@ -88,7 +88,12 @@ def write_model(directory: pathlib.Path, model: nnx.Module, extra_files: Mapping
 
     directory = pathlib.Path(directory).absolute()
     (directory / "model.json").write_text(json.dumps(model_metadata(model), indent=2) + "\n")
-    checkpointer = ocp.StandardCheckpointer()
+    # A model directory is written by one process from host copies; in a multi-process job the
+    # other processes must not be waited for (orbax would otherwise sync all of them).
+    me = jax.process_index()
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
     checkpointer.save(directory / "params", jax.tree.map(np.asarray, params_dict(model)))
     checkpointer.wait_until_finished()
     for name, content in (extra_files or {}).items():
@@ -141,8 +146,12 @@ def restore_model(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
     target = nnx.to_pure_dict(state)
     if not (path / "params").is_dir():
         raise CheckpointError(f"{path} has a model.json but no params/ directory; the checkpoint is incomplete.")
+    me = jax.process_index()
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
     try:
-        restored = ocp.StandardCheckpointer().restore(path / "params", target)
+        restored = checkpointer.restore(path / "params", target)
     except Exception as e:  # orbax raises assorted types for damaged or mismatched trees
         raise CheckpointError(
             f"could not restore the parameters in {path / 'params'}: {type(e).__name__}: {e}. "

@@ -48,6 +48,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.train.panel_every = 500  # steps between image panels in TensorBoard (0 = never)
     c.train.eval_every = 0  # steps between evaluations on data.eval_sets (0 = only at the end)
     c.train.eval_max_images = 0  # images per evaluation set during training (0 = all)
+    c.train.eval_at_end = True  # evaluate on data.eval_sets when training finishes
     c.train.allow_config_change = False  # resume a workdir whose saved config differs
     c.train.compilation_cache = ".cache/jax"  # persistent XLA compilation cache ("" = off)
     c.train.devices = 0  # devices in the data-parallel mesh (0 = all devices of all processes)
@@ -130,6 +131,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.train.checkpoint_every = 2
         c.train.panel_every = 0
         c.train.eval_max_images = 1
+        c.train.eval_at_end = False  # tests switch it on where they check it
         c.train.compilation_cache = ""
         c.grpo.group_size = 2
     return c

@@ -384,8 +384,9 @@ def init_distributed(cfg: ml_collections.ConfigDict) -> None:
     """``jax.distributed.initialize`` for multi-process runs (flags/config, or JAX's own env detection)."""
     d = cfg.distributed
     if d.num_processes > 1 or d.coordinator:
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU devices need an explicit cross-process collectives library; the option only affects
+        # the CPU backend (and querying the backend here would initialise it too early).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=d.coordinator or None, num_processes=d.num_processes, process_id=d.process_id
         )
@@ -623,6 +624,8 @@ def run(
                     writer.scalars(new_step, last | extra)
                 if cfg.train.panel_every and new_step % cfg.train.panel_every == 0:
                     writer.image(new_step, "panels/degraded_rollouts_clean", _panel(batch, rollout, None))
+                if cfg.train.eval_every and new_step % cfg.train.eval_every == 0 and new_step < total_steps:
+                    _evaluate(cfg, workdir, current_model(), new_step, writer)
                 if new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
                     ckpt.save(state, data.get_state(), meta, current_model())
                 if stop.received:
@@ -632,6 +635,8 @@ def run(
                     stop_reason = f"stopped after {stop_after} steps (stop_after)"
                     break
         ckpt.save(state, data.get_state(), meta, current_model())
+        if cfg.train.eval_at_end and stop_reason == "finished":
+            _evaluate(cfg, workdir, current_model(), int(jax.device_get(state.step)), writer)
     finally:
         bar.close()
         writer.close()
@@ -643,6 +648,22 @@ def run(
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) -> None:
+    """The published-protocol evaluation on ``data.eval_sets`` (process 0), logged and written to
+    ``workdir/eval/<step>[...]``."""
+    if jax.process_index() != 0:
+        return
+    from irpo_jax import evaluate
+
+    n = int(cfg.train.eval_max_images)
+    results = evaluate.evaluate(model, cfg.data, max_images=n, name=cfg.name, step=step, progress=False)
+    evaluate.write_results(results, evaluate.output_dir(workdir, cfg.name, step, max_images=n))
+    writer.scalars(step, evaluate.scalars(results))
+    table = evaluate.format_table(results)
+    writer.text(step, "eval/table", table)
+    print(table)
 
 
 def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:

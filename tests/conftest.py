@@ -70,5 +70,7 @@ def supervised_run(demo_root, tmp_path_factory):
     from test_train import smoke_config
 
     workdir = tmp_path_factory.mktemp("sup")
-    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 3}), workdir, progress=False)
+    cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.eval_at_end": True})
+    cfg.data.eval_sets = ("rain100l", "gopro")  # the tasks smoke_config trains on
+    summary = trainer.run(cfg, workdir, progress=False)
     return workdir, summary

@@ -1,0 +1,66 @@
+"""The last step of ``make demo``: print what the demo pipeline produced and where it is.
+
+  python -m irpo_jax.demo_report runs
+
+Reads ``runs/demo_eval/{before,after}/eval/*/results.json`` (written by ``irpo_jax.evaluate``)
+and ``runs/demo_grpo/metrics.jsonl`` (written by the trainer), prints both tables, the mean
+reward at the start and end of post-training, and the paths of images and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from irpo_jax import evaluate
+from irpo_jax.metrics_log import read_metrics
+
+
+def _results(root: pathlib.Path) -> dict | None:
+    files = sorted(root.glob("eval/*/results.json"))
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def report(runs: pathlib.Path) -> str:
+    lines = []
+    before, after = _results(runs / "demo_eval" / "before"), _results(runs / "demo_eval" / "after")
+    for title, res in (("Before post-training (supervised AdaIR)", before), ("After IRPO post-training", after)):
+        lines += [f"## {title}", evaluate.format_table(res) if res else "(no results found)", ""]
+    if before and after:
+        b, a = before["average"], after["average"]
+        lines.append(
+            f"Average PSNR/SSIM: {b['psnr']:.2f}/{b['ssim']:.3f} -> {a['psnr']:.2f}/{a['ssim']:.3f} "
+            f"({a['psnr'] - b['psnr']:+.2f} dB)"
+        )
+    records = [r for r in read_metrics(runs / "demo_grpo") if "reward/total/mean" in r]
+    if records:
+        k = max(1, len(records) // 4)
+        first = _mean([r["reward/total/mean"] for r in records[:k]])
+        last = _mean([r["reward/total/mean"] for r in records[-k:]])
+        lines.append(
+            f"Mean GRPO reward: {first:.4f} (first {k} log points) -> {last:.4f} (last {k}), "
+            f"over {records[-1]['step']} steps"
+        )
+    lines += [
+        "",
+        f"Restored images:  {runs / 'demo_eval'}/{{before,after}}/eval/*/images",
+        f"TensorBoard:      tensorboard --logdir {runs}",
+        f"Models:           {runs / 'demo_supervised' / 'model'}, {runs / 'demo_grpo' / 'model'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    runs = pathlib.Path(argv[0] if argv else "runs")
+    print(report(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
