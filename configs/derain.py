@@ -1,0 +1,29 @@
+"""IRPO post-training of a single-task AdaIR: derain.
+
+COMMAND:
+  python -m irpo_jax.train --config configs/derain.py --config.model.init_from=checkpoints/adair_derain
+    with the derain training data in the AdaIR layout under data/ and a converted single-task AdaIR.
+EXPECTED:
+  GRPO over the mined hard 30 % of the derain training pairs; evaluation on rain100l. No published
+  single-task IRPO numbers exist to compare with; this config has not been run on real data here.
+
+VARIANTS: :supervised (train the single-task AdaIR from scratch), :demo, :smoke (see allinone5.py).
+"""
+
+from irpo_jax import config_lib
+
+
+def get_config(arg=None):
+    stage, variant = config_lib.parse_arg(arg)
+    c = config_lib.base_config()
+    c.name = "derain"
+    c.data.root = "data"  # AdaIR layout root
+    c.model.init_from = "checkpoints/adair_derain"  # a converted single-task AdaIR
+    c.data.tasks = ("derain",)  # train on this degradation only
+    c.data.eval_sets = ("rain100l",)  # its test set
+    if stage == "supervised":
+        config_lib.supervised_overrides(c)
+        c.name = "derain_supervised"
+        c.model.init_from = ""  # from scratch
+        c.train.epochs = 150  # AdaIR's --epochs default
+    return config_lib.apply_variant(c, variant)
