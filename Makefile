@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m irpo_jax.data.demo --out demo_data --overwrite
 	$(PY) -m irpo_jax.train --config $(DEMO_CFG):supervised,demo --workdir runs/demo_supervised
 	$(PY) -m irpo_jax.mine --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
-	    --out runs/demo_mined.jsonl
+	    --out runs/demo_mined.jsonl --crop 128  # one shape, one compile (real runs mine whole images)
 	$(PY) -m irpo_jax.train --config $(DEMO_CFG):demo --workdir runs/demo_grpo \
 	    --config.model.init_from=runs/demo_supervised/model --config.data.manifest=runs/demo_mined.jsonl
 	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \

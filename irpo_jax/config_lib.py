@@ -119,6 +119,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.train.checkpoint_every = 20
         c.train.panel_every = 20
         c.train.eval_max_images = 2
+        c.train.eval_at_end = False  # `make demo` evaluates before/after with python -m irpo_jax.evaluate
     else:  # smoke
         c.model.variant = "tiny"
         c.data.root = ""

@@ -757,6 +757,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every file it reads at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from irpo_jax import checkpointing, config_lib
 
     try:
