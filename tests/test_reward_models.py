@@ -53,7 +53,7 @@ def test_default_config_holds_the_paper_weights():
 def test_unknown_component_and_field_are_rejected():
     with pytest.raises(ValueError, match=r"unknown reward model.*'pickscore'.*valid.*aesthetic"):
         rm.build_components({"pickscore": {"weight": 1.0}})
-    with pytest.raises(ValueError, match=r"rewards\.clip: unknown field.*model_pth.*model_path"):
+    with pytest.raises(ValueError, match=r"reward\.models\.clip: unknown field.*model_pth.*model_path"):
         rm.build_components({"clip": {"model_pth": "x"}})
 
 
@@ -93,7 +93,7 @@ def test_uncached_hub_id_and_weightless_directory_are_unavailable(tmp_path):
     assert "reward.models.clip.model_path" in str(err.value)
     assert "irpo-jax-tests/no-such-model" in str(err.value)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(rm.RewardModelUnavailable, match=r"rewards\.qwen\.model_path.*no weight"):
+    with pytest.raises(rm.RewardModelUnavailable, match=r"reward\.models\.qwen\.model_path.*no weight"):
         rm.build_components({"qwen": {"model_path": str(tmp_path)}})
 
 
@@ -181,7 +181,7 @@ def test_lpips_loads_the_trunk_from_the_torch_hub_cache(lpips_trunk, tmp_path, m
 def test_lpips_refuses_a_wrong_trunk_file(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"features.0.weight": torch.zeros(3, 3, 3, 3)}, bad)
-    with pytest.raises(rm.RewardModelUnavailable, match=r"rewards\.lpips\.trunk_path.*features"):
+    with pytest.raises(rm.RewardModelUnavailable, match=r"reward\.models\.lpips\.trunk_path.*features"):
         rm.build_lpips({"trunk_path": str(bad)}, "cpu")
 
 
@@ -339,7 +339,7 @@ def test_aesthetic_head_with_wrong_keys_is_refused(tmp_path, aesthetic_head_file
     _, state = aesthetic_head_file
     bad = tmp_path / "head.pth"
     torch.save({"model." + k: v for k, v in state.items()}, bad)
-    with pytest.raises(rm.RewardModelUnavailable, match=r"rewards\.aesthetic\.head_path.*missing"):
+    with pytest.raises(rm.RewardModelUnavailable, match=r"reward\.models\.aesthetic\.head_path.*missing"):
         rm.build_aesthetic({"head_path": str(bad), "clip_model_path": str(clip_dir)}, "cpu")
 
 
