@@ -219,12 +219,16 @@ def test_which_parameters_each_loss_trains(pol, rollouts):
             "cons": jnp.mean(jnp.abs(given.restored[:, 1] - y_det)),
         }
 
-    grads = jax.jit(jax.jacrev(losses))(params)
+    # One jit, one jax.grad per loss. (jit(jacrev(losses)) leaked small nonzero rows between the
+    # outputs here -- e.g. "rl" reaching decoder_level1, which it cannot depend on -- while eager
+    # jacrev and jit(grad) agree on exact zeros; noted as a suspected JAX/XLA issue.)
+    grads = jax.jit(lambda p: {k: jax.grad(lambda q: losses(q)[k])(p) for k in ("rl", "sup", "cons")})(params)
     for name, g in grads.items():
         flat = {"/".join(map(str, k)): float(jnp.abs(v[...]).max()) for k, v in nnx.to_flat_state(g)}
         heads = max(v for k, v in flat.items() if k.startswith("heads/"))
         backbone = max(v for k, v in flat.items() if k.startswith("net/"))
         if name == "rl":
-            assert heads > 0 and backbone == 0, (name, heads, backbone)
+            leaked = {k: v for k, v in flat.items() if k.startswith("net/") and v > 0}
+            assert heads > 0 and backbone == 0, (name, heads, leaked)
         else:
             assert heads == 0 and backbone > 0, (name, heads, backbone)
