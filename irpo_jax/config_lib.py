@@ -75,9 +75,11 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
     c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation)
     c.grpo.policy_iters = 1  # updates per rollout batch (1 = paper: ratio 1, REINFORCE with a group baseline)
+    c.grpo.one_step_stale = False  # update on the previous step's rollouts while the reward process scores this step's
     c.grpo.lambda_sup = (0.35, 0.1)  # L_sup weight, linear from start to end over training (paper)
     c.grpo.lambda_cons = (0.2, 0.05)  # L_cons weight, linear from start to end over training (paper)
     c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
+    c.grpo.supervise_best_only = True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
 
     c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
 

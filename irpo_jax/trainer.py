@@ -18,6 +18,16 @@ A GRPO step (``train.stage="grpo"``):
    output ``y_det``; advantages (Eq. 8), L_RL (Eq. 6/10/11), L_sup and L_cons (Eq. 1, 2) with
    their annealed weights (Eq. 7), one optimizer step.
 
+With ``grpo.one_step_stale`` the update of step t consumes the batch and rollouts sampled one
+step earlier (by theta_{t-1}) with their remote scores, while the reward process scores the
+rollouts just sampled by theta_t in a background thread: the scoring overlaps the update
+instead of preceding it. The PPO ratio then uses the log-probs stored at sampling time, so the
+clip is active. The first step of a fresh run samples twice (the batch it updates on and the
+next one), so a run still ends after ``train.steps`` updates and every update t consumes data
+batch t, with its rollout key ``fold_in(rng, t)`` as in the normal mode. The sampled-but-not-yet-
+used batch is part of every checkpoint (orbax item ``pending``), so resuming gives the same
+parameters as an uninterrupted run.
+
 Which parameters each loss trains: L_RL trains the policy heads (its gradient reaches the
 backbone only with ``grpo.rl_updates_backbone``: the log-probs depend on the backbone solely
 through the heads' pooled inputs); L_sup and L_cons train the backbone (the rollouts use stored
@@ -26,6 +36,7 @@ actions, and ``y_det`` uses detached Beta means), as IRPO's Eq. 7 splits them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -235,7 +246,11 @@ def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple
 
 
 def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: int) -> Callable:
-    """``update(state, batch, rollout, remote_scores) -> (state, metrics)``."""
+    """``update(state, batch, rollout, remote_scores) -> (state, metrics)``.
+
+    Besides the scalars, ``metrics["rewards"]`` is the (B, G) composite reward of each rollout
+    (the image panels caption them; the trainer does not log it as a scalar).
+    """
     from irpo_jax.models.policy import kl_divergence
     from irpo_jax.rewards.compose import compose
 
@@ -265,9 +280,24 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
             out = model.given(img, rollout["actions"], detach_head_inputs=not g.rl_updates_backbone)
-            y_det = model.mean(img, detach_actions=True).restored
-            # With one policy iteration the sampling parameters are the current ones: ratio == 1.
-            old = jax.lax.stop_gradient(out.log_prob) if g.policy_iters == 1 else rollout["log_prob"]
+            if g.supervise_best_only:
+                # L_sup/L_cons need the backbone's gradient through y_g* and y_det only: re-decode
+                # the best rollout with y_det from one shared encoding, so the backward runs
+                # through 2 decoders instead of G + 1 (and one encoder instead of two). The G
+                # teacher-forced restorations above are then unused and XLA drops their decoder
+                # tail after the last head. Same losses, same gradients.
+                best = losses.best_rollout(rewards)
+                best_actions = losses.take_rollout(rollout["actions"], best)[:, None]
+                given_best, det = model.given_and_mean(img, best_actions, detach_actions=True)
+                restored_for_sup, rewards_for_sup = given_best.restored, jnp.zeros((b, 1))
+            else:
+                det = model.mean(img, detach_actions=True)
+                restored_for_sup, rewards_for_sup = out.restored, rewards
+            y_det = det.restored
+            # With one policy iteration on fresh rollouts the sampling parameters are the current
+            # ones: ratio == 1. Stale rollouts (or later iterations) need the stored log-probs.
+            fresh = g.policy_iters == 1 and not g.one_step_stale
+            old = jax.lax.stop_gradient(out.log_prob) if fresh else rollout["log_prob"]
             kl_analytic = None
             if ref is not None and g.kl_estimator == "analytic":
                 kl_analytic = kl_divergence(out.concentrations, ref.concentrations)
@@ -277,7 +307,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
                 clip_eps=g.clip_eps, kl_coef=g.kl_coef, entropy_coef=g.entropy_coef,
                 kl_estimator=g.kl_estimator if ref is not None else "paper", kl_analytic=kl_analytic,
             )  # fmt: skip
-            l_sup, l_cons = losses.supervision_losses(out.restored, y_det, clean, rewards)
+            l_sup, l_cons = losses.supervision_losses(restored_for_sup, y_det, clean, rewards_for_sup)
             total_loss = l_rl + lam_sup * l_sup + lam_cons * l_cons
             terms = {"rl": l_rl, "sup": l_sup, "cons": l_cons, "total": total_loss}
             return total_loss, (terms, rl_metrics)
@@ -292,6 +322,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
         metrics["reward/total/std"] = jnp.nanstd(rewards)
         metrics["reward/frac_zero_std"] = adv_lib.frac_zero_std(rewards)
         metrics["reward/frac_nan"] = jnp.mean(jnp.isnan(rewards).astype(jnp.float32))
+        metrics["rewards"] = rewards
         scored = set(rollout["jax_scores"]) | set(remote_scores)
         for k, v in per.items():
             if not k.startswith("group/") and k not in scored:
@@ -316,7 +347,8 @@ def _effective_weight(reward_cfg, name: str) -> float:
 
 
 class TrainCheckpointer:
-    """orbax ``CheckpointManager`` under ``workdir/checkpoints``: state, data iterator, metadata.
+    """orbax ``CheckpointManager`` under ``workdir/checkpoints``: state, data iterator, metadata,
+    and with ``grpo.one_step_stale`` the pending batch, rollouts and remote scores.
 
     Each save also refreshes ``workdir/model`` (a model directory :func:`irpo_jax.load_model`,
     evaluation and mining read).
@@ -328,26 +360,40 @@ class TrainCheckpointer:
         self._ocp = ocp
         self.workdir = workdir
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(
-            (workdir / "checkpoints").absolute(), options=options, item_names=("state", "data", "meta")
-        )
+        # Handlers named up front: a fresh manager can then read any item's metadata (``pending``
+        # exists only in one-step-stale runs) before restoring it.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(), "pending": ocp.StandardCheckpointHandler()}  # fmt: skip
+        self.manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_state: Mapping, meta: Mapping, model: nnx.Module | None) -> None:
+    def save(
+        self,
+        state: TrainState,
+        data_state: Mapping,
+        meta: Mapping,
+        model: nnx.Module | None,
+        pending: Mapping | None = None,
+    ) -> None:
+        """Saves at ``state.step`` (a step already saved is left alone).
+
+        ``pending``: the ``{"batch", "rollout", "remote_scores"}`` tree the next update consumes
+        (one-step-stale GRPO), or None.
+        """
         ocp = self._ocp
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(dict(data_state)),
-                meta=ocp.args.JsonSave(dict(meta)),
-            ),
-        )
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": ocp.args.JsonSave(dict(data_state)),
+            "meta": ocp.args.JsonSave(dict(meta)),
+        }
+        if pending is not None:
+            items["pending"] = ocp.args.StandardSave(pending)
+        self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
         if model is not None and jax.process_index() == 0:
             target = self.workdir / "model"
@@ -372,6 +418,30 @@ class TrainCheckpointer:
             ),
         )
         return restored["state"], restored["data"], restored["meta"]
+
+    def restore_pending(self, mesh: jax.sharding.Mesh, step: int | None = None) -> dict | None:
+        """The ``pending`` tree saved at ``step`` (default: the latest), None if it has none.
+
+        Each array comes back with the partition spec it was saved with, on ``mesh`` (a
+        single-device array, e.g. remote scores made on the host, comes back replicated), so the
+        update sees the same input shardings as in the run that saved it.
+        """
+        ocp = self._ocp
+        step = self.manager.latest_step() if step is None else step
+        metadata = self.manager.item_metadata(step)
+        if metadata.get("pending") is None:
+            return None
+        tree = getattr(metadata["pending"], "tree", metadata["pending"])
+
+        def abstract(m):
+            spec = getattr(m.sharding, "partition_spec", None)
+            sharding = NamedSharding(mesh, P(*spec) if spec is not None else P())
+            return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(pending=ocp.args.StandardRestore(jax.tree.map(abstract, tree)))
+        )
+        return restored["pending"]
 
     def close(self) -> None:
         self.manager.close()
@@ -460,15 +530,49 @@ def _to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}
 
 
-def _panel(batch, rollout, rewards: np.ndarray | None) -> np.ndarray:
-    """degraded | rollouts ... | clean for the first image of the batch, as one (H, W', 3) image."""
-    deg = np.asarray(jax.device_get(batch["degraded"]))[0]
-    clean = np.asarray(jax.device_get(batch["clean"]))[0]
-    tiles = [deg]
+@dataclasses.dataclass
+class _Sampled:
+    """A batch, its G rollouts per image and the (future) remote scores: what one update consumes."""
+
+    batch: dict[str, jax.Array]
+    rollout: dict[str, Any]
+    scores: concurrent.futures.Future  # of name -> (B, G) raw remote scores
+
+    def tree(self) -> dict[str, Any]:
+        """As a checkpointable pytree (waits for the scores)."""
+        return {"batch": self.batch, "rollout": self.rollout, "remote_scores": self.scores.result()}
+
+
+def _done(value: Any) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """The whole (global) array on every process; every process must call it."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _panel(batch, rollout, remote_scores, y_det: np.ndarray | None, rewards) -> np.ndarray:
+    """The batch's first image as a captioned panel (:func:`irpo_jax.metrics_log.image_panel`):
+    degraded | rollouts (reward and raw components) | deterministic output | clean."""
+    from irpo_jax.metrics_log import image_panel
+
+    first = lambda x: _host(x)[0]  # noqa: E731
+    kwargs = {}
     if rollout is not None:
-        tiles += list(np.clip(np.asarray(jax.device_get(rollout["restored"]))[0], 0, 1))
-    tiles.append(clean)
-    return np.concatenate(tiles, axis=1)
+        kwargs["rollouts"] = np.clip(first(rollout["restored"]), 0, 1)
+        kwargs["scores"] = {k: first(v) for k, v in {**rollout["jax_scores"], **remote_scores}.items()}
+        kwargs["rewards"] = first(rewards) if rewards is not None else None
+    if y_det is not None:
+        kwargs["deterministic"] = np.clip(y_det[0], 0, 1)
+        kwargs["deterministic_label"] = "mean" if rollout is not None else "output"
+    return image_panel(first(batch["degraded"]), first(batch["clean"]), **kwargs)
 
 
 def run(
@@ -527,10 +631,15 @@ def run(
     meta = checkpointing.model_metadata(model) | {"stage": stage, "total_steps": total_steps}
 
     ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)
+    stale = stage == "grpo" and bool(cfg.grpo.one_step_stale)
+    pending: _Sampled | None = None  # one-step-stale: the sample the next update consumes
     if ckpt.latest_step() is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state, data_state, _ = ckpt.restore(abstract)
         data.set_state(data_state)
+        saved = ckpt.restore_pending(mesh) if stale else None
+        if saved is not None:  # (a checkpoint of the normal mode has none: the next step samples anew)
+            pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
         log.info("resumed %s at step %d", workdir, int(state.step))
         print(f"resuming {workdir} at step {int(state.step)} of {total_steps}")
 
@@ -557,15 +666,31 @@ def run(
             )
         if jax.process_index() == 0:
             (workdir / "reward_components.json").write_text(json.dumps(report, indent=2) + "\n")
+    # One worker keeps requests in step order; in the stale mode it scores while the update runs.
+    scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring") if bridge is not None else None
 
     if stage == "supervised":
         step_fn = jax.jit(make_supervised_step(graphdef, tx), donate_argnums=0)
     else:
         rollout_fn = jax.jit(make_rollout_step(graphdef, cfg, jax_names))
         update_fn = jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0)
+    # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
+    mean_fn = jax.jit(lambda params, img: nnx.merge(graphdef, params)(img))
 
     def current_model() -> nnx.Module:
         return nnx.merge(graphdef, jax.device_get(state.params))
+
+    def sample(index: int, batch: dict[str, jax.Array]) -> _Sampled:
+        """Rollouts of ``batch`` under the current parameters (key ``fold_in(rng, index)``) and
+        the request for their remote scores."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), index)
+        rollout = jax.block_until_ready(rollout_fn(state.params, batch, key))
+        if scorer is None:
+            return _Sampled(batch, rollout, _done({}))
+        return _Sampled(batch, rollout, scorer.submit(_score_remotely, bridge, cfg, index, batch, rollout, live_remote))
+
+    def save() -> None:
+        ckpt.save(state, data.get_state(), meta, current_model(), pending.tree() if pending is not None else None)
 
     start_step = int(jax.device_get(state.step))
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
@@ -577,32 +702,42 @@ def run(
         with _StopSignal() as stop:
             while int(jax.device_get(state.step)) < total_steps:
                 step = int(jax.device_get(state.step))
-                batch = _to_global(next(data), sharded)
-                rollout = None
+                panel_due = bool(cfg.train.panel_every) and (step + 1) % cfg.train.panel_every == 0
+                rollout, remote_scores, y_det = None, {}, None
                 if stage == "supervised":
+                    batch = _to_global(next(data), sharded)
+                    if panel_due:  # before the step donates the parameters
+                        y_det = _host(mean_fn(state.params, batch["degraded"]))
                     state, metrics = step_fn(state, batch)
                 else:
-                    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
                     t0 = time.perf_counter()
-                    rollout = jax.block_until_ready(rollout_fn(state.params, batch, key))
+                    if stale and pending is None:  # a fresh run's first step also samples what it updates on
+                        pending = sample(step, _to_global(next(data), sharded))
+                    fresh = sample(step + 1 if stale else step, _to_global(next(data), sharded))
+                    used = pending if stale else fresh
+                    batch, rollout = used.batch, used.rollout
+                    if panel_due:
+                        y_det = _host(mean_fn(state.params, batch["degraded"]))
                     t1 = time.perf_counter()
-                    remote_scores = {}
-                    if bridge is not None:
-                        remote_scores = _score_remotely(bridge, cfg, step, batch, rollout, live_remote)
+                    remote_scores = used.scores.result()  # stale: requested one step ago
                     t2 = time.perf_counter()
                     for _ in range(cfg.grpo.policy_iters):
                         state, metrics = update_fn(state, batch, rollout, remote_scores)
+                    # Stale: the next update consumes this step's sample. (After a non-finite
+                    # update the saved checkpoint then skips the used batch, as the normal mode does.)
+                    pending = fresh if stale else None
                     t3 = time.perf_counter()
                     timings["rollout"] += t1 - t0
                     timings["reward_wait"] += t2 - t1
                     timings["update"] += t3 - t2
+                rewards = metrics.pop("rewards", None)  # (B, G), for the panels only
                 # One host read per step: the NaN guard (and, on CPU fake devices, it keeps
                 # back-to-back collective steps from dead-locking).
                 metrics = jax.device_get(metrics)
                 if metrics["ok"] < 1:
                     bad = [k.split("/", 1)[1] for k, v in metrics.items() if k.startswith("finite/") and v < 1]
                     what = ", ".join(f"loss/{b}" for b in bad) or "a gradient"
-                    ckpt.save(state, data.get_state(), meta, current_model())
+                    save()
                     raise TrainingError(
                         f"non-finite value in {what} at step {step}; the update was not applied and the last "
                         f"good state was saved in {workdir / 'checkpoints'}. Lower optim.lr, enable "
@@ -622,25 +757,28 @@ def run(
                     extra.update({f"perf/{k}_s": v / max(new_step - start_step, 1) for k, v in timings.items()})
                     extra.update(_memory_stats())
                     writer.scalars(new_step, last | extra)
-                if cfg.train.panel_every and new_step % cfg.train.panel_every == 0:
-                    writer.image(new_step, "panels/degraded_rollouts_clean", _panel(batch, rollout, None))
+                if panel_due:
+                    tag = "degraded_rollouts_mean_clean" if rollout is not None else "degraded_restored_clean"
+                    writer.image(new_step, f"panels/{tag}", _panel(batch, rollout, remote_scores, y_det, rewards))
                 if cfg.train.eval_every and new_step % cfg.train.eval_every == 0 and new_step < total_steps:
                     _evaluate(cfg, workdir, current_model(), new_step, writer)
                 if new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
-                    ckpt.save(state, data.get_state(), meta, current_model())
+                    save()
                 if stop.received:
                     stop_reason = f"stopped by {stop.received}"
                     break
                 if stop_after is not None and new_step - start_step >= stop_after and new_step < total_steps:
                     stop_reason = f"stopped after {stop_after} steps (stop_after)"
                     break
-        ckpt.save(state, data.get_state(), meta, current_model())
+        save()
         if cfg.train.eval_at_end and stop_reason == "finished":
             _evaluate(cfg, workdir, current_model(), int(jax.device_get(state.step)), writer)
     finally:
         bar.close()
         writer.close()
         ckpt.close()
+        if scorer is not None:
+            scorer.shutdown(wait=True, cancel_futures=True)
         if bridge is not None:
             bridge.close()
     summary = {"stage": stage, "steps": int(jax.device_get(state.step)), "total_steps": total_steps,

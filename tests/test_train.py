@@ -1,10 +1,13 @@
-"""End-to-end training on the built-in demo data: supervised, GRPO, resume, data parallel, guards.
+"""End-to-end training on the built-in demo data: supervised, GRPO, one-step-stale GRPO, resume,
+data parallel, guards.
 
 The fixtures ``demo_root`` and ``supervised_run`` live in conftest.py (shared with test_multihost).
 """
 
 import json
 import pathlib
+import time
+import types
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from irpo_jax import checkpointing, config_lib, trainer
 from irpo_jax.metrics_log import read_metrics
+from irpo_jax.rewards import remote
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -88,6 +92,83 @@ def test_resume_equals_uninterrupted(demo_root, grpo_run, tmp_path):
     summary = trainer.run(cfg, tmp_path, progress=False)
     assert summary["steps"] == 4
     assert_trees_close(params_of(tmp_path), params_of(grpo_run[0]), atol=0)  # bit for bit
+
+
+class FakeRewardBridge:
+    """Stands in for the reward process: ``lpips`` = 1 - mean |restored - clean|, after a delay."""
+
+    live_components = ("lpips",)
+
+    def score(self, degraded, restored, clean, *, task_ids, sample_ids, components):
+        time.sleep(0.05)  # something for the update to overlap
+        return types.SimpleNamespace(scores={"lpips": 1 - np.abs(restored - clean).mean(axis=(1, 2, 3))})
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def stale_run(demo_root, supervised_run, tmp_path_factory):
+    """One-step-stale GRPO with a (fake) remote reward: 2 steps, preempted after 1 and resumed
+    (the second update consumes the rollouts saved with the checkpoint), a panel at the end."""
+    workdir = tmp_path_factory.mktemp("stale")
+    cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 2,
+                                     "grpo.one_step_stale": True, "train.panel_every": 2})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
+        first = trainer.run(cfg, workdir, progress=False, stop_after=1)
+        summary = trainer.run(cfg, workdir, progress=False)
+    assert first["steps"] == 1 and summary["steps"] == 2 and summary["stop"] == "finished"
+    return workdir, cfg
+
+
+def test_stale_grpo_ratio_uses_the_sampling_log_probs(stale_run):
+    workdir, _ = stale_run
+    records = [r for r in read_metrics(workdir) if "grpo/ratio_mean" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all("reward/lpips/mean" in r and r["perf/reward_wait_s"] >= 0 for r in records)
+    # Update 1 consumes rollouts sampled by theta_0: the ratio moves off 1 (by ~1e-4 here; the
+    # normal mode's is exactly 1, test_grpo_stage_logs_the_design_metrics).
+    assert abs(records[1]["grpo/ratio_mean"] - 1) > 1e-5, records[1]
+    events = b"".join(f.read_bytes() for f in (workdir / "tensorboard").iterdir())
+    assert b"panels/degraded_rollouts_mean_clean" in events
+
+
+def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
+    """The run (across its resume) equals updates called by hand on the rollouts of theta_{t-1}."""
+    from flax import nnx
+
+    from irpo_jax.data.pipeline import make_train_iterator
+
+    workdir, cfg = stale_run
+    mesh = trainer.make_mesh()
+    replicated, sharded = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s)) for s in ((), ("data",)))
+    data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    graphdef, params = nnx.split(trainer.build_model(cfg), nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx = trainer.build_optimizer(cfg, params, 2)
+    state = trainer.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                               rng=jax.random.key_data(jax.random.key(cfg.seed)),
+                               ref_params=jax.tree.map(np.copy, params))  # fmt: skip
+    state = jax.device_put(state, replicated)
+    rollout_fn = jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task")))
+    update_fn = jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0)
+    key = lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i)  # noqa: E731
+    batches = [trainer._to_global(next(data), sharded) for _ in range(3)]
+    sampled = rollout_fn(state.params, batches[0], key(0))
+    for t in range(2):
+        following = rollout_fn(state.params, batches[t + 1], key(t + 1))  # by theta_t, for update t + 1
+        scores = trainer._score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
+        state, _ = update_fn(state, batches[t], sampled, scores)
+        sampled = following
+    assert_trees_close(params_of(workdir), state.params, atol=0)
+    # The final checkpoint carries what a third update would consume: batch 2, sampled by theta_1.
+    ckpt = trainer.TrainCheckpointer(workdir, 3)
+    pending = ckpt.restore_pending(mesh)
+    ckpt.close()
+    want = {"batch": batches[2], "rollout": sampled,
+            "remote_scores": trainer._score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
+    assert_trees_close(pending, want, atol=0)
 
 
 def test_two_devices_equal_one(demo_root, grpo_run, tmp_path):
