@@ -295,6 +295,24 @@ class IRPOPolicy(nnx.Module):
         )
         return jax.tree.map(lambda t: t.reshape(b, g, *t.shape[1:]), out)
 
+    def given_and_mean(
+        self, img: jax.Array, actions: jax.Array, *, detach_actions: bool = False
+    ) -> tuple[PolicyOutput, PolicyOutput]:
+        """:meth:`given` (without detached head inputs) and :meth:`mean` from one encoder pass.
+
+        The GRPO update's backbone losses need exactly these two: the best rollout re-decoded
+        (``actions`` (B, K, 12), usually K = 1) and ``y_det``. Sharing the encoding makes the
+        backward run through the encoder once, with the two cotangents summed.
+        """
+        b, k = actions.shape[:2]
+        enc = self.net.encode(img)
+        rep = lambda t: jnp.repeat(t, k, axis=0)  # noqa: E731
+        flat = jax.lax.stop_gradient(actions.reshape(b * k, -1))
+        given = self._run(rep(img), jax.tree.map(rep, enc), lambda i, c: flat[:, 2 * i : 2 * i + 2])
+        detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
+        mean = self._run(img, enc, lambda i, c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1]))))
+        return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), given), mean
+
     def __call__(self, img: jax.Array) -> jax.Array:
         """The deterministic restoration (what evaluation and :func:`irpo_jax.load_model` use)."""
         return self.mean(img).restored
