@@ -1,0 +1,761 @@
+"""One-card check of the whole system: parity, speed against PyTorch, GRPO step, reward process.
+
+    python benchmarks/gpu_check.py --out gpu_check_out          # on one GPU, < 8 minutes
+    python benchmarks/gpu_check.py --cpu --out /tmp/gpu_check   # the same on CPU, tiny sizes (CI)
+
+Sections, in the order they run (each writes into ``OUT/gpu_check.json`` as soon as it is done, so
+an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, printed last):
+
+``env``      card, driver, CUDA/cuDNN and library versions, date.
+``parity``   the Flax AdaIR and the IRPO policy's deterministic mode against the PyTorch reference
+             (``torch_bridge.reference_adair``) on the same random weights (``para1`` made
+             non-zero so the FreModules' attention paths count) and input: float32 with TF32 off
+             on both sides (``jax.default_matmul_precision('highest')``; torch
+             ``allow_tf32=False`` for matmuls and cuDNN), and each framework's default precision
+             reported separately.
+``grpo``     one GRPO step at the paper's setting (base model, G=4, 128x128, 1 image) with the
+             trainer's own step functions, split into rollout, JAX rewards and update; rollouts/s;
+             XLA's memory analysis of each program and the device's peak memory; and the ratio
+             to a supervised step on one image (target < 2.5).
+``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
+             Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
+             images/s and the ratio (target >= 1.3).
+``matmul``   the card's measured matmul rates (bf16, and float32 at default and highest
+             precision), the ceilings for the roofline.
+``roofline`` the train step's achieved FLOP/s against those rates; FLOPs from
+             :mod:`irpo_jax.models.flops` (convolutions and attention products of the model
+             config, x3 for forward+backward), XLA's own count beside it.
+``rewards``  the reward process on the same card with small stand-in models (transport overhead;
+             ``benchmarks/reward_bridge.py``), and with the real LPIPS/CLIP/aesthetic/judge when
+             ``--reward-models FILE.json`` gives their ``reward.models`` settings.
+``torch_compile``  ``torch.compile`` of the same train step, in a child process with a timeout.
+
+Every section catches its own failure (reported, the run goes on), and ``--deadline`` seconds
+after the start the remaining sections are skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Run order: the headline targets first (XLA's GPU compile of the base model's programs takes
+# 20-110 s each, so a short lease may not reach the end; see --deadline).
+SECTIONS = ("env", "train", "grpo", "parity", "matmul", "roofline", "rewards", "torch_compile")
+RESULT_MARKER = "GPU_CHECK_RESULT "
+
+# Sizes per mode. GPU: the issue's settings. CPU: the same code on sizes that run in seconds.
+SIZES = {
+    "gpu": dict(variant="base", size=128, train_batch=8, group=4, images=1, reps=10, warmup=2, matmul=8192),
+    "cpu": dict(variant="tiny", size=32, train_batch=2, group=2, images=1, reps=2, warmup=1, matmul=512),
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _median_time(fn, reps: int) -> dict:
+    """Median and min wall time of ``reps`` calls of ``fn`` (which must block on its result)."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "n": reps}
+
+
+def _interleaved(fns: dict, reps: int) -> dict:
+    """One call of each function per round, so that all see the same conditions."""
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "n": reps} for k, v in times.items()}
+
+
+def _aot(fn, *args, donate=None):
+    """``jax.jit(fn).lower(*args).compile()``, its compile time and XLA's memory analysis."""
+    import jax
+
+    t = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=donate or ()).lower(*args).compile()
+    info = {"compile_s": time.perf_counter() - t}
+    try:
+        m = compiled.memory_analysis()
+        info["xla_memory_gb"] = {
+            "arguments": m.argument_size_in_bytes / 1e9,
+            "outputs": m.output_size_in_bytes / 1e9,
+            "temporaries": m.temp_size_in_bytes / 1e9,
+        }
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        pass
+    return compiled, info
+
+
+def _xla_flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _peak_memory_gb() -> float | None:
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
+
+
+def _torch_device(opts) -> str:
+    return "cpu" if opts.cpu else "cuda"
+
+
+def _torch_sync(dev: str) -> None:
+    import torch
+
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _torch_kwargs(variant: str) -> dict:
+    from irpo_jax.models import adair
+
+    cfg = adair.get_config(variant).to_dict()
+    cfg.pop("mask_rule")  # not an official constructor argument
+    return cfg
+
+
+def _images(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+def _max_err(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_env(opts, sizes) -> dict:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    out = {
+        "date": _now(), "mode": "cpu" if opts.cpu else "gpu", "python": platform.python_version(),
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+        "backend": jax.default_backend(), "devices": [f"{d.device_kind} ({d.platform})" for d in jax.devices()],
+        "sizes": sizes,
+    }  # fmt: skip
+    try:
+        import torch
+
+        out.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            out["cudnn"] = torch.backends.cudnn.version()
+    except ImportError:
+        out["torch"] = None
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        out["nvidia_smi"] = f"unavailable ({type(e).__name__})"
+    return out
+
+
+def _weights(variant: str, seed: int = 0) -> dict:
+    """Random official-layout weights with ``para1`` non-zero (it starts at 0, which would switch
+    the FreModules' attention output off and leave it out of the comparison)."""
+    from flax import nnx
+
+    from irpo_jax.models import adair, convert
+
+    weights = convert.state_dict(adair.AdaIR(variant, rngs=nnx.Rngs(seed)))
+    rng = np.random.default_rng(seed)
+    for k in weights:
+        if k.endswith("para1"):
+            weights[k] = rng.normal(0.0, 0.5, weights[k].shape).astype(np.float32)
+    return weights
+
+
+def section_parity(opts, sizes) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from flax import nnx
+
+    from irpo_jax.models import adair, convert, policy
+    from torch_bridge.reference_adair import AdaIR as TorchAdaIR
+
+    variant, size = sizes["variant"], sizes["size"]
+    weights = _weights(variant)
+    x = _images((1, size, size, 3), seed=1)
+    dev = _torch_device(opts)
+
+    tmodel = TorchAdaIR(**_torch_kwargs(variant))
+    tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
+    tmodel = tmodel.to(dev).eval()
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
+
+    def torch_forward(tf32: bool) -> np.ndarray:
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            with torch.no_grad():
+                y = tmodel(tx)
+            _torch_sync(dev)
+            return y.cpu().numpy().transpose(0, 2, 3, 1)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+    torch_strict = torch_forward(False)
+    # torch's own defaults: TF32 off for matmuls, on for cuDNN convolutions.
+    torch_default = torch_forward(torch.backends.cudnn.allow_tf32)
+
+    model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
+    convert.load_state_dict(model, weights)
+    pol = policy.IRPOPolicy(variant, rngs=nnx.Rngs(1))
+    convert.load_state_dict(pol.net, weights)
+    xj = jnp.asarray(x)
+
+    def flax_forward(module, mean: bool, precision: str | None):
+        graphdef, state = nnx.split(module)
+
+        def f(state, img):
+            m = nnx.merge(graphdef, state)
+            return m.mean(img).restored if mean else m(img)
+
+        with jax.default_matmul_precision(precision):  # read at trace time
+            compiled, info = _aot(f, state, xj)
+        return np.asarray(jax.block_until_ready(compiled(state, xj))), info["compile_s"]
+
+    flax_strict, c1 = flax_forward(model, False, "highest")
+    flax_default, c2 = flax_forward(model, False, None)
+    pol_strict, c3 = flax_forward(pol, True, "highest")
+    return {
+        "input": list(x.shape), "variant": variant,
+        "adair_max_abs_err_fp32_strict": _max_err(flax_strict, torch_strict),
+        "policy_mean_max_abs_err_fp32_strict": _max_err(pol_strict, torch_strict),
+        "adair_max_abs_err_flax_default_vs_torch_strict": _max_err(flax_default, torch_strict),
+        "torch_default_vs_torch_strict": _max_err(torch_default, torch_strict),
+        "output_abs_mean": float(np.mean(np.abs(torch_strict))),
+        "tolerance_strict": 1e-4,
+        "compile_s": c1 + c2 + c3,
+    }  # fmt: skip
+
+
+def _grpo_config(sizes):
+    from irpo_jax import config_lib
+
+    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py"))
+    cfg.model.variant = sizes["variant"]
+    cfg.model.init_from = ""
+    cfg.grpo.group_size = sizes["group"]
+    cfg.train.batch_size = sizes["images"]
+    cfg.reward.bridge.mode = "off"  # the reward process is timed in its own section
+    return cfg
+
+
+def _batch(n: int, size: int, seed: int) -> dict:
+    import jax.numpy as jnp
+
+    clean = _images((n, size, size, 3), seed)
+    noise = np.random.default_rng(seed + 1).normal(0, 25 / 255, clean.shape).astype(np.float32)
+    return {
+        "degraded": jnp.asarray(np.clip(clean + noise, 0, 1)),
+        "clean": jnp.asarray(clean),
+        "task_id": jnp.zeros((n,), jnp.int32),
+    }
+
+
+def _train_state(params, tx, with_ref: bool):
+    import jax
+    import jax.numpy as jnp
+
+    from irpo_jax import trainer
+
+    return trainer.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+        ref_params=jax.tree.map(jnp.copy, params) if with_ref else None,
+    )  # fmt: skip
+
+
+def section_grpo(opts, sizes) -> dict:
+    import jax
+    from flax import nnx
+
+    from irpo_jax import trainer
+    from irpo_jax.models import adair
+    from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
+    from irpo_jax.rewards import compose as compose_lib
+
+    cfg = _grpo_config(sizes)
+    group, n, size, reps = sizes["group"], sizes["images"], sizes["size"], sizes["reps"]
+    model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx = trainer.build_optimizer(cfg, params, 1000)
+    state = _train_state(params, tx, with_ref=True)
+    batch = _batch(n, size, seed=2)
+    key = jax.random.key(3)
+    jax_names = tuple(
+        k for k in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[k].backend == "jax"
+    )
+    out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": size, "jax_rewards": list(jax_names)}
+
+    rollout_fn, out["rollout"] = _aot(trainer.make_rollout_step(graphdef, cfg, jax_names), params, batch, key)
+    rollout = jax.block_until_ready(rollout_fn(params, batch, key))
+
+    def rewards(restored, batch):
+        rep = lambda t: jax.numpy.repeat(t, group, axis=0)  # noqa: E731
+        flat = jax.numpy.clip(restored, 0, 1).reshape(n * group, *restored.shape[2:])
+        return compose_lib.jax_reward_scores(rep(batch["degraded"]), flat, rep(batch["clean"]),
+                                             rep(batch["task_id"]), names=jax_names)  # fmt: skip
+
+    rewards_fn, out["jax_rewards_only"] = _aot(rewards, rollout["restored"], batch)
+    update_fn, out["update"] = _aot(
+        trainer.make_grpo_update(graphdef, tx, cfg, 1000), state, batch, rollout, {}, donate=(0,)
+    )
+    update_all_fn = None
+    if opts.compare_update:
+        # The same update backpropagating L_sup/L_cons through all G rollouts (before the speed-up).
+        cfg_all = _grpo_config(sizes)
+        cfg_all.grpo.supervise_best_only = False
+        update_all_fn, out["update_through_all_G"] = _aot(
+            trainer.make_grpo_update(graphdef, tx, cfg_all, 1000), state, batch, rollout, {}
+        )
+        _, metrics_all = update_all_fn(state, batch, rollout, {})
+    state, metrics = update_fn(state, batch, rollout, {})
+    jax.block_until_ready(metrics)
+    if update_all_fn is not None:
+        out["update_variants_loss_diff"] = float(abs(metrics["loss/total"] - metrics_all["loss/total"]))
+
+    for _ in range(sizes["warmup"]):
+        jax.block_until_ready(rollout_fn(state.params, batch, key))
+    holder = {"state": state}
+
+    def step_update():
+        holder["state"], m = update_fn(holder["state"], batch, rollout, {})
+        jax.block_until_ready(m)
+
+    times = {
+        "rollout_with_rewards": _median_time(lambda: jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), reps),
+        "jax_rewards": _median_time(lambda: jax.block_until_ready(rewards_fn(rollout["restored"], batch)), reps),
+        "update": _median_time(step_update, reps),
+    }  # fmt: skip
+    if update_all_fn is not None:
+        times["update_through_all_G"] = _median_time(
+            lambda: jax.block_until_ready(update_all_fn(holder["state"], batch, rollout, {})[1]), reps
+        )
+    out["times"] = times
+    step = times["rollout_with_rewards"]["median_s"] + times["update"]["median_s"]
+    out["step_s"] = step
+    out["rollouts_per_s"] = n * group / step
+    out["peak_device_memory_gb"] = _peak_memory_gb()
+    del holder, state, update_fn, update_all_fn
+
+    # The reference for the 2.5x target: a supervised step of the plain AdaIR on one image.
+    plain = adair.AdaIR(cfg.model.variant, rngs=nnx.Rngs(0))
+    g2, p2 = nnx.split(plain, nnx.Param)
+    p2 = nnx.to_pure_dict(p2)
+    tx2 = trainer.build_optimizer(cfg, p2, 1000)
+    sup_state = _train_state(p2, tx2, with_ref=False)
+    sup_batch = {k: batch[k] for k in ("degraded", "clean")}
+    sup_fn, out["supervised_1_image"] = _aot(trainer.make_supervised_step(g2, tx2), sup_state, sup_batch, donate=(0,))
+    holder = {"state": sup_state}
+
+    def sup_step():
+        holder["state"], m = sup_fn(holder["state"], sup_batch)
+        jax.block_until_ready(m)
+
+    for _ in range(sizes["warmup"]):
+        sup_step()
+    out["times"]["supervised_1_image"] = _median_time(sup_step, reps)
+    out["grpo_over_supervised_1_image"] = step / out["times"]["supervised_1_image"]["median_s"]
+    out["peak_device_memory_gb_after_supervised"] = _peak_memory_gb()
+    return out
+
+
+def _supervised_config():
+    from irpo_jax import config_lib
+
+    return config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
+
+
+def _flax_train_step(sizes, batch_size: int):
+    """The trainer's supervised step (AdamW, donated state) on the plain AdaIR; returns
+    (call, compiled, info)."""
+    import jax
+    from flax import nnx
+
+    from irpo_jax import config_lib, trainer
+    from irpo_jax.models import adair
+
+    cfg = _supervised_config()
+    model = adair.AdaIR(sizes["variant"], rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx = trainer.build_optimizer(cfg, params, 1000)
+    state = _train_state(params, tx, with_ref=False)
+    b = _batch(batch_size, sizes["size"], seed=4)
+    batch = {"degraded": b["degraded"], "clean": b["clean"]}
+    compiled, info = _aot(trainer.make_supervised_step(graphdef, tx), state, batch, donate=(0,))
+    holder = {"state": state}
+
+    def call():
+        holder["state"], m = compiled(holder["state"], batch)
+        jax.block_until_ready(m)
+
+    info["optimizer"] = f"{cfg.optim.name} lr={cfg.optim.lr} wd={cfg.optim.weight_decay}"
+    return call, compiled, info
+
+
+def _torch_train_step(sizes, batch_size: int, dev: str, compile_model: bool = False):
+    import torch
+
+    from torch_bridge.reference_adair import AdaIR as TorchAdaIR
+
+    torch.manual_seed(0)
+    model = TorchAdaIR(**_torch_kwargs(sizes["variant"])).to(dev)
+    if compile_model:
+        model = torch.compile(model, dynamic=False)
+    o = _supervised_config().optim  # the Flax step's optimizer settings
+    assert o.name == "adamw" and not o.grad_clip, "the torch step mirrors AdamW without clipping"
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(batch_size, 3, sizes["size"], sizes["size"], generator=gen).to(dev)
+    y = torch.rand(batch_size, 3, sizes["size"], sizes["size"], generator=gen).to(dev)
+
+    def call():
+        opt.zero_grad(set_to_none=True)
+        loss = (model(x) - y).abs().mean()
+        loss.backward()
+        opt.step()
+        _torch_sync(dev)
+
+    return call
+
+
+def section_train(opts, sizes) -> dict:
+    from irpo_jax.models import flops
+
+    bs = sizes["train_batch"]
+    flax_call, compiled, info = _flax_train_step(sizes, bs)
+    torch_call = _torch_train_step(sizes, bs, _torch_device(opts))
+    for _ in range(sizes["warmup"]):
+        flax_call()
+        torch_call()
+    times = _interleaved({"flax": flax_call, "torch_eager": torch_call}, sizes["reps"])
+    fl = flops.train_step_flops(sizes["variant"], sizes["size"], sizes["size"], bs)
+    out = {
+        "variant": sizes["variant"], "batch": bs, "size": sizes["size"], "flax": info, "times": times,
+        "flax_images_per_s": bs / times["flax"]["median_s"],
+        "torch_eager_images_per_s": bs / times["torch_eager"]["median_s"],
+        "ratio_torch_eager_over_flax": times["torch_eager"]["median_s"] / times["flax"]["median_s"],
+        "train_step_flops_formula": fl, "train_step_flops_xla": _xla_flops(compiled),
+    }  # fmt: skip
+    return out
+
+
+def section_matmul(opts, sizes) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    n = sizes["matmul"]
+    out = {"n": n}
+    cases = [("bf16", jnp.bfloat16, None), ("fp32_default", jnp.float32, None), ("fp32_highest", jnp.float32, "highest")]
+    for name, dtype, precision in cases:
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+        with jax.default_matmul_precision(precision):
+            f, _ = _aot(jnp.dot, a, b)
+        jax.block_until_ready(f(a, b))
+        t = _median_time(lambda: jax.block_until_ready(f(a, b)), max(sizes["reps"], 3))
+        out[f"{name}_tflops"] = 2 * n**3 / t["median_s"] / 1e12
+    return out
+
+
+def section_roofline(results: dict) -> dict:
+    train, mm = results.get("train", {}), results.get("matmul", {})
+    if "flax_images_per_s" not in train or "fp32_default_tflops" not in mm:
+        return {"skipped": "needs the train and matmul sections"}
+    fl = train["train_step_flops_formula"]
+    out = {"train_step_gflop": fl / 1e9}
+    for who in ("flax", "torch_eager"):
+        achieved = fl / train["times"][who]["median_s"] / 1e12
+        out[f"{who}_tflops"] = achieved
+        for ceiling in ("fp32_default", "fp32_highest", "bf16"):
+            out[f"{who}_fraction_of_{ceiling}"] = achieved / mm[f"{ceiling}_tflops"]
+    return out
+
+
+def section_rewards(opts, sizes) -> dict:
+    from benchmarks import reward_bridge
+
+    dev = "cpu" if opts.cpu else "cuda:0"
+    args = argparse.Namespace(
+        device=dev, images=sizes["images"], group=sizes["group"], size=sizes["size"], models=opts.reward_bench_models,
+        reps=sizes["reps"] + 3, warmup=sizes["warmup"], threads=1,
+    )  # fmt: skip
+    out = {"device": dev, "standins": reward_bridge.run(args)}
+    if opts.reward_models:
+        out["real"] = _real_rewards(opts, sizes, dev)
+    else:
+        out["real"] = {"skipped": "no --reward-models FILE.json (reward.models settings of the real weights)"}
+    return out
+
+
+def _real_rewards(opts, sizes, dev: str) -> dict:
+    """Time one GRPO step's scoring by the configured components in the reward process."""
+    from irpo_jax.rewards.remote import RewardProcess
+
+    config = json.loads(pathlib.Path(opts.reward_models).read_text())
+    n = sizes["images"] * sizes["group"]
+    deg, restored, clean = (_images((n, sizes["size"], sizes["size"], 3), s) for s in (5, 6, 7))
+    out = {"components": sorted(config)}
+    t = time.perf_counter()
+    with RewardProcess.start(config, device=dev, registry=opts.reward_registry, transport="shm",
+                             start_timeout_s=600, request_timeout_s=600) as proc:  # fmt: skip
+        out["start_s"] = time.perf_counter() - t
+        out["live"] = sorted(proc.live_components)
+        ids = np.zeros((n,), np.int32)
+        proc.score(deg, restored, clean, task_ids=ids, sample_ids=np.arange(n))  # warm-up
+        out["score_step"] = _median_time(
+            lambda: proc.score(deg, restored, clean, task_ids=ids, sample_ids=np.arange(n)), sizes["reps"]
+        )
+    return out
+
+
+def section_torch_compile(opts, sizes, timeout: float) -> dict:
+    args = [sys.executable, str(pathlib.Path(__file__).resolve()), "--_worker", "torch_compile",
+            "--out", opts.out] + (["--cpu"] if opts.cpu else [])  # fmt: skip
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s (killed)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            res = json.loads(line[len(RESULT_MARKER) :])
+            res["wall_s"] = time.perf_counter() - t
+            return res
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"child exited {proc.returncode}: {' | '.join(tail)[:500]}"}
+
+
+def torch_compile_worker(opts, sizes) -> None:
+    import logging
+    import warnings
+
+    import torch
+
+    torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    bs, dev = sizes["train_batch"], _torch_device(opts)
+    out = {"batch": bs}
+    call = _torch_train_step(sizes, bs, dev, compile_model=True)
+    t = time.perf_counter()
+    call()
+    out["compile_s"] = time.perf_counter() - t  # includes the first step
+    eager = _torch_train_step(sizes, bs, dev)
+    for _ in range(sizes["warmup"]):
+        call()
+        eager()
+    times = _interleaved({"compiled": call, "eager": eager}, sizes["reps"])
+    out["times"] = times
+    out["images_per_s"] = bs / times["compiled"]["median_s"]
+    out["ratio_eager_over_compiled"] = times["eager"]["median_s"] / times["compiled"]["median_s"]
+    print(RESULT_MARKER + json.dumps(out), flush=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _f(v, fmt: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def markdown(results: dict) -> str:
+    env = results.get("env", {})
+    lines = [
+        f"### gpu_check ({env.get('mode', '?')} mode), {env.get('date', '?')}",
+        "",
+        f"Devices: {', '.join(env.get('devices', []))}; nvidia-smi: {env.get('nvidia_smi', 'n/a')}; "
+        f"jax {env.get('jax')}, jaxlib {env.get('jaxlib')}, flax {env.get('flax')}, torch {env.get('torch')} "
+        f"(CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn', 'n/a')}), Python {env.get('python')}.",
+        "",
+        "| check | result | target |",
+        "|---|---|---|",
+    ]
+    p = results.get("parity", {})
+    if "adair_max_abs_err_fp32_strict" in p:
+        lines += [
+            f"| parity AdaIR fp32 (TF32 off), {p['variant']} {p['input']} | max abs err {p['adair_max_abs_err_fp32_strict']:.2e} | <= 1e-4 |",
+            f"| parity policy deterministic mode fp32 | {p['policy_mean_max_abs_err_fp32_strict']:.2e} | <= 1e-4 |",
+            f"| Flax default precision vs torch fp32 | {p['adair_max_abs_err_flax_default_vs_torch_strict']:.2e} | reported |",
+            f"| torch default (cuDNN TF32) vs torch fp32 | {p['torch_default_vs_torch_strict']:.2e} | reported |",
+        ]  # fmt: skip
+    t = results.get("train", {})
+    if "ratio_torch_eager_over_flax" in t:
+        lines += [
+            f"| supervised train step {t['variant']} {t['batch']}x{t['size']}x{t['size']}: Flax | "
+            f"{t['times']['flax']['median_s'] * 1e3:.1f} ms, {t['flax_images_per_s']:.1f} img/s | |",
+            f"| same, PyTorch eager | {t['times']['torch_eager']['median_s'] * 1e3:.1f} ms, "
+            f"{t['torch_eager_images_per_s']:.1f} img/s | |",
+            f"| Flax speed-up over PyTorch eager | **{t['ratio_torch_eager_over_flax']:.2f}x** | >= 1.3x |",
+        ]
+    tc = results.get("torch_compile", {})
+    if "images_per_s" in tc:
+        lines.append(
+            f"| same, torch.compile | {tc['times']['compiled']['median_s'] * 1e3:.1f} ms, {tc['images_per_s']:.1f} img/s "
+            f"(compile {tc['compile_s']:.0f} s) | reported |"
+        )
+    elif tc:
+        lines.append(f"| torch.compile | {tc.get('error') or tc.get('skipped')} | reported |")
+    g = results.get("grpo", {})
+    if "step_s" in g:
+        tm = g["times"]
+        lines += [
+            f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image | "
+            f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
+            f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
+            f"{g['rollouts_per_s']:.1f} rollouts/s | |",
+            *([f"| same update backpropagating L_sup/L_cons through all G rollouts (before) | "
+               f"{tm['update_through_all_G']['median_s'] * 1e3:.1f} ms | |"] if "update_through_all_G" in tm else []),
+            f"| GRPO step / supervised step on 1 image | **{g['grpo_over_supervised_1_image']:.2f}x** | < 2.5x |",
+            f"| peak device memory (GRPO step) | {_f(g.get('peak_device_memory_gb'))} GB; XLA temporaries: rollout "
+            f"{_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
+            f"{_f(g['update'].get('xla_memory_gb', {}).get('temporaries'))} GB | < 24 GB |",
+        ]  # fmt: skip
+    r = results.get("roofline", {})
+    m = results.get("matmul", {})
+    if "flax_tflops" in r:
+        lines += [
+            f"| matmul ceilings ({m['n']}^3) | bf16 {m['bf16_tflops']:.1f}, fp32 default {m['fp32_default_tflops']:.1f}, "
+            f"fp32 highest {m['fp32_highest_tflops']:.1f} TFLOP/s | |",
+            f"| train step FLOPs: formula (XLA's count) | {r['train_step_gflop']:.0f} GFLOP "
+            f"({_f((t.get('train_step_flops_xla') or 0) / 1e9 or None, '.0f')} GFLOP: on GPU it misses the cuDNN "
+            f"convolutions, which are custom calls) | |",
+            f"| achieved: Flax / PyTorch eager | {r['flax_tflops']:.1f} / {r['torch_eager_tflops']:.1f} TFLOP/s = "
+            f"{100 * r['flax_fraction_of_fp32_default']:.0f} % / {100 * r['torch_eager_fraction_of_fp32_default']:.0f} % "
+            f"of fp32-default matmul, {100 * r['flax_fraction_of_bf16']:.1f} % of bf16 | |",
+        ]  # fmt: skip
+    rw = results.get("rewards", {})
+    for row in rw.get("standins", []):
+        lines.append(
+            f"| reward process, {row['model']} ({rw['device']}) | model {row['model_all'] * 1e3:.2f} ms; bridge cost "
+            f"socket {row['bridge_socket'] * 1e3:.2f} / shm {row['bridge_shm'] * 1e3:.2f} / in-process "
+            f"{row['bridge_inprocess'] * 1e3:.2f} ms | |"
+        )
+    real = rw.get("real", {})
+    if "score_step" in real:
+        lines.append(f"| real reward models {real['live']} | {real['score_step']['median_s'] * 1e3:.1f} ms per step | |")
+    elif real:
+        lines.append(f"| real reward models | {real.get('skipped') or real.get('error')} | |")
+    for name in SECTIONS:
+        sec = results.get(name, {})
+        if "error" in sec or "skipped" in sec:
+            if name in ("torch_compile",) or (name == "roofline" and "skipped" in sec):
+                continue
+            lines.append(f"| section {name} | {sec.get('error') or sec.get('skipped')} | |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
+    p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (the suite's check)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--deadline", type=float, default=420.0, help="seconds after which remaining sections are skipped")
+    p.add_argument("--compile-timeout", type=float, default=240.0, help="torch.compile child's limit (s)")
+    p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
+                   help="also time the GRPO update without grpo.supervise_best_only (one more compile)")
+    p.add_argument("--reward-models", default="", help="JSON file: {component: settings} of real reward models")
+    p.add_argument("--reward-registry", default="torch_bridge.reward_models:COMPONENTS")
+    p.add_argument("--reward-bench-models", default="light,conv,lpips", help="stand-ins for the transport timing")
+    for key in SIZES["gpu"]:
+        p.add_argument(f"--{key.replace('_', '-')}", type=type(SIZES["gpu"][key]), default=None)
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    opts = parse_args(argv)
+    sizes = dict(SIZES["cpu" if opts.cpu else "gpu"])
+    sizes.update({k: getattr(opts, k) for k in sizes if getattr(opts, k) is not None})
+    if opts._worker == "torch_compile":
+        torch_compile_worker(opts, sizes)
+        return {}
+    out_dir = pathlib.Path(opts.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [s for s in opts.sections.split(",") if s]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown --sections {unknown}; choose from {SECTIONS}")
+    results: dict = {}
+    start = time.perf_counter()
+
+    def save():
+        (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (out_dir / "gpu_check.md").write_text(markdown(results) + "\n")
+
+    for name in SECTIONS:
+        if name not in wanted:
+            continue
+        elapsed = time.perf_counter() - start
+        if elapsed > opts.deadline:
+            results[name] = {"skipped": f"deadline: {elapsed:.0f} s > --deadline {opts.deadline:.0f} s"}
+            continue
+        print(f"[gpu_check {elapsed:6.1f} s] {name} ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        try:
+            if name == "env":
+                results[name] = section_env(opts, sizes)
+            elif name == "roofline":
+                results[name] = section_roofline(results)
+            elif name == "torch_compile":
+                left = max(30.0, opts.deadline + 60 - elapsed)
+                results[name] = section_torch_compile(opts, sizes, min(opts.compile_timeout, left))
+            else:
+                results[name] = globals()[f"section_{name}"](opts, sizes)
+        except Exception as e:  # noqa: BLE001 - a failed section is a result; the others still run
+            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}",
+                             "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
+        results[name]["section_s"] = time.perf_counter() - t
+        save()
+    results["total_s"] = time.perf_counter() - start
+    save()
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
