@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -72,6 +73,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def mem_available_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1e6  # kB -> GB
+    except OSError:
+        pass
+    return None
 
 
 def loadavg() -> str:
@@ -222,8 +233,25 @@ def prepare_flax(variant: str, batch: int, size: int, impl: str, opts):
             vg = jax.jit(jax.value_and_grad(loss)).lower(params, rest, x, target).compile()
             out["compile_fwdbwd_s"] = time.perf_counter() - t
 
-    fns = {"fwd": lambda: jax.block_until_ready(fwd(params, rest, x))}
-    if not opts.skip_backward:
+    # XLA's buffer assignment: the scratch memory one call needs (activations kept for the
+    # backward live here). Skip a function that cannot fit, rather than be OOM-killed.
+    compiled = {"fwd": fwd} if opts.skip_backward else {"fwd": fwd, "fwdbwd": vg}
+    fits = {}
+    for name, comp in compiled.items():
+        try:
+            temp = comp.memory_analysis().temp_size_in_bytes
+        except Exception:  # noqa: BLE001 - not every backend reports it
+            temp = None
+        out[f"temp_gb_{name}"] = None if temp is None else round(temp / 1e9, 2)
+        avail = mem_available_gb()
+        fits[name] = temp is None or avail is None or temp / 1e9 < 0.85 * avail
+        if not fits[name]:
+            out[f"error_{name}"] = (f"skipped: XLA needs {temp / 1e9:.1f} GB of temporaries, "
+                                    f"{avail:.1f} GB available")
+    fns = {}
+    if fits["fwd"]:
+        fns["fwd"] = lambda: jax.block_until_ready(fwd(params, rest, x))
+    if not opts.skip_backward and fits["fwdbwd"]:
         fns["fwdbwd"] = lambda: jax.block_until_ready(vg(params, rest, x, target))
     return out, fns
 
@@ -514,28 +542,30 @@ def markdown(results: dict) -> str:
         lines.append(f"### {v}, batch {b} ({b}x{s}x{s}x3{f', {params/1e6:.2f}M params' if params else ''})")
         lines.append(f"Load average (1/5/15 min) at start / during the interleaved timing / end: "
                      f"{c['load_before']} / {c.get('load_timing_start', '?')} -> "
-                     f"{c.get('load_timing_end', '?')} / {c['load_after']}."
+                     f"{c.get('load_timing_end', '?')} / {c.get('load_after', '?')}."
                      + (f" Waited {c['quiet_wait']['waited_s']} s for a quiet machine before timing."
                         if c.get("quiet_wait", {}).get("waited_s", 0) > 5 else ""))
         lines.append("")
         lines.append("| implementation | forward (s) | fwd+bwd (s) | n (fwd/fwd+bwd) | compile fwd (s) "
-                     "| compile fwd+bwd (s) | other processes' CPU use while timing (cores) |")
-        lines.append("|---|---|---|---|---|---|---|")
+                     "| compile fwd+bwd (s) | XLA temp memory fwd/fwd+bwd (GB) "
+                     "| other processes' CPU use while timing (cores) |")
+        lines.append("|---|---|---|---|---|---|---|---|")
 
         def row(label, e):
             if e is None:
                 return
             if "error" in e:
-                lines.append(f"| {label} | failed: {e['error']} | | | | | |")
+                lines.append(f"| {label} | failed: {e['error']} | | | | | | |")
                 return
             n = f"{e['fwd']['n'] if 'fwd' in e else '—'}/{e['fwdbwd']['n'] if 'fwdbwd' in e else '—'}"
             err = "; ".join(f"{k}: {v}" for k, v in e.items() if k.startswith("error_"))
             foreign = "/".join(str(e[k].get("foreign_cores")) for k in ("fwd", "fwdbwd") if k in e)
             if "load_end" in e:
                 foreign += " (child process)"
+            mem = "/".join(str(e.get(f"temp_gb_{k}", "—")) for k in ("fwd", "fwdbwd"))
             lines.append(f"| {label} | {_ms(e, 'fwd')} | {_ms(e, 'fwdbwd')} | {n} | "
                          f"{_ms(e, 'compile_fwd_s')} | {_ms(e, 'compile_fwdbwd_s')}{' — ' + err if err else ''} "
-                         f"| {foreign} |")
+                         f"| {mem if 'temp_gb_fwd' in e else '—'} | {foreign} |")
 
         for label, e in c["flax"].items():
             row(f"Flax ({label})", e)
@@ -725,6 +755,8 @@ def main(argv=None) -> None:
                                                opts.compile_timeout)
             save()
         c["load_after"] = loadavg()
+        del fns, stats
+        gc.collect()  # drop the previous configuration's buffers before compiling the next
         save()
     if opts.blocks:
         log("per-block timing")
