@@ -147,6 +147,27 @@ def test_conv_implementations_agree(model, tiny_dir):
     np.testing.assert_allclose(outs["rewrite"], outs["xla"], rtol=0, atol=1e-5)
 
 
+def test_conv_implementations_have_the_same_gradients(model, tiny_dir):
+    """The rewrites' hand-written depthwise backward and 2-D 1x1 GEMMs against autodiff of XLA's
+    convolutions: gradients w.r.t. every parameter and the input."""
+    x = jnp.asarray(nhwc(np.load(tiny_dir / "input.npy")))
+    target = jnp.asarray(np.random.default_rng(0).uniform(size=x.shape).astype(np.float32))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, img):
+        return jnp.mean(jnp.abs(nnx.merge(graphdef, p, rest)(img) - target))
+
+    grads = {}
+    for impl in ("rewrite", "xla"):
+        with layers.conv_implementation(impl), jax.default_matmul_precision("highest"):
+            grads[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    flat = {impl: jax.tree_util.tree_leaves_with_path(g) for impl, g in grads.items()}
+    assert len(flat["rewrite"]) > 100
+    for (path, a), (_, b) in zip(flat["rewrite"], flat["xla"], strict=True):
+        scale = float(jnp.max(jnp.abs(b))) + 1e-12
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale + 1e-9, jax.tree_util.keystr(path)
+
+
 def test_rejects_sides_not_multiple_of_8(model):
     with pytest.raises(ValueError, match=r"multiples of 8.*60x64"):
         model(jnp.zeros((1, 60, 64, 3)))
