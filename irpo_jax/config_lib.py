@@ -47,6 +47,8 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3  # most recent checkpoints kept
     c.train.panel_every = 500  # steps between image panels in TensorBoard (0 = never)
     c.train.eval_every = 0  # steps between evaluations on data.eval_sets (0 = only at the end)
+    c.train.probe_every = 0  # GRPO: steps between reward probes on fixed training batches (0 = never)
+    c.train.probe_batches = 4  # GRPO: fixed batches (train.batch_size images each, G rollouts) per probe
     c.train.eval_max_images = 0  # images per evaluation set during training (0 = all)
     c.train.eval_at_end = True  # evaluate on data.eval_sets when training finishes
     c.train.allow_config_change = False  # resume a workdir whose saved config differs
@@ -120,6 +122,8 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.train.log_every = 5
         c.train.checkpoint_every = 20
         c.train.panel_every = 20
+        c.train.probe_every = 5  # the demo's evidence of learning: reward on fixed batches
+        c.train.probe_batches = 4
         c.train.eval_max_images = 2
         c.train.eval_at_end = False  # `make demo` evaluates before/after with python -m irpo_jax.evaluate
     else:  # smoke

@@ -4,7 +4,8 @@
 
 Reads ``runs/demo_eval/{before,after}/eval/*/results.json`` (written by ``irpo_jax.evaluate``)
 and ``runs/demo_grpo/metrics.jsonl`` (written by the trainer), prints both tables, the mean
-reward at the start and end of post-training, and the paths of images and TensorBoard logs.
+reward at the start and end of post-training (per step, and on the fixed probe batches when
+``train.probe_every`` is set), and the paths of images and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ def report(runs: pathlib.Path) -> str:
             f"Average PSNR/SSIM: {b['psnr']:.2f}/{b['ssim']:.3f} -> {a['psnr']:.2f}/{a['ssim']:.3f} "
             f"({a['psnr'] - b['psnr']:+.2f} dB)"
         )
-    records = [r for r in read_metrics(runs / "demo_grpo") if "reward/total/mean" in r]
+    metrics = read_metrics(runs / "demo_grpo")
+    probes = [r for r in metrics if "probe/reward/total/mean" in r]
+    if len(probes) >= 2:
+        curve = ", ".join(f"{r['probe/reward/total/mean']:.3f}" for r in probes)
+        lines.append(
+            f"Probe reward (G rollouts on {len(probes)} x the same fixed batches, steps "
+            f"{probes[0]['step']}..{probes[-1]['step']}): {curve}"
+        )
+    records = [r for r in metrics if "reward/total/mean" in r]
     if records:
         k = max(1, len(records) // 4)
         first = _mean([r["reward/total/mean"] for r in records[:k]])

@@ -335,6 +335,53 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
     return update
 
 
+def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
+    """``reward(jax_scores, remote_scores) -> {"total": (N,), component: (N,)}``: the composite
+    reward (Eq. 22) and the normalised components of N rollouts, as the update computes them."""
+    from irpo_jax.rewards.compose import compose
+
+    def reward(jax_scores, remote_scores):
+        flat = lambda d: {k: v.reshape(-1) for k, v in d.items()}  # noqa: E731
+        total, per = compose(flat(jax_scores), flat(remote_scores), cfg.reward)
+        scored = set(jax_scores) | set(remote_scores)
+        return {"total": total} | {k: v for k, v in per.items() if k in scored}
+
+    return reward
+
+
+class _RewardProbe:
+    """The mean reward of G rollouts on fixed training batches, with fixed sampling keys.
+
+    Why: the per-step ``reward/total/mean`` is dominated by which images the step drew (a hazy
+    image scores low whatever the policy does), so it cannot show progress over a short run.
+    Scoring the same batches with the same keys at every probe removes that noise; the curve
+    moves only because the parameters did. The batches come from their own iterator (seed
+    ``seed + 1``), so the training data order is untouched and a resumed run probes the same
+    images.
+    """
+
+    def __init__(self, cfg, sharded, rollout_fn, score_remotely):
+        from irpo_jax.data.pipeline import make_train_iterator
+
+        source = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+        try:
+            self.batches = [_to_global(next(source), sharded) for _ in range(int(cfg.train.probe_batches))]
+        finally:
+            getattr(source, "close", lambda: None)()
+        self.keys = [jax.random.fold_in(jax.random.key(cfg.seed + 1), i) for i in range(len(self.batches))]
+        self.rollout_fn, self.score_remotely = rollout_fn, score_remotely
+        self.reward_fn = jax.jit(make_probe_reward(cfg))
+
+    def __call__(self, params) -> dict[str, float]:
+        values: dict[str, list[np.ndarray]] = {}
+        for batch, key in zip(self.batches, self.keys):
+            rollout = self.rollout_fn(params, batch, key)
+            rewards = self.reward_fn(rollout["jax_scores"], self.score_remotely(batch, rollout))
+            for k, v in rewards.items():
+                values.setdefault(k, []).append(_host(v))
+        return {f"probe/reward/{k}/mean": float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
+
+
 def _effective_weight(reward_cfg, name: str) -> float:
     """A component's weight in the total reward (group weight x weight inside the group)."""
     for group in reward_cfg.groups.values():
@@ -468,6 +515,7 @@ def _config_json(cfg: ml_collections.ConfigDict) -> dict:
 
 # Fields that may change between a run and its resumption without changing the numbers.
 _RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.checkpoint_every", "train.panel_every",
+                      "train.probe_every", "train.probe_batches",
                       "train.steps", "train.keep_checkpoints", "train.compilation_cache", "train.devices", "reward.bridge",
                       "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
 
@@ -692,6 +740,15 @@ def run(
     def save() -> None:
         ckpt.save(state, data.get_state(), meta, current_model(), pending.tree() if pending is not None else None)
 
+    probe = None
+    if stage == "grpo" and cfg.train.probe_every:
+        remote = lambda batch, rollout: (  # noqa: E731
+            _score_remotely(bridge, cfg, 0, batch, rollout, live_remote) if bridge is not None else {}
+        )
+        probe = _RewardProbe(cfg, sharded, rollout_fn, remote)
+        if int(jax.device_get(state.step)) == 0:
+            writer.scalars(0, probe(state.params))
+
     start_step = int(jax.device_get(state.step))
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
                desc=f"{cfg.name} {stage}", unit="step", dynamic_ncols=True)  # fmt: skip
@@ -760,6 +817,8 @@ def run(
                 if panel_due:
                     tag = "degraded_rollouts_mean_clean" if rollout is not None else "degraded_restored_clean"
                     writer.image(new_step, f"panels/{tag}", _panel(batch, rollout, remote_scores, y_det, rewards))
+                if probe is not None and (new_step % cfg.train.probe_every == 0 or new_step == total_steps):
+                    writer.scalars(new_step, probe(state.params))
                 if cfg.train.eval_every and new_step % cfg.train.eval_every == 0 and new_step < total_steps:
                     _evaluate(cfg, workdir, current_model(), new_step, writer)
                 if new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
