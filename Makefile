@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers overlap the tests' XLA compiles (mostly one thread each); the grouping
+# of tests into units is in tests/conftest.py. PYTEST_XDIST= runs the suite in one process.
+PYTEST_XDIST ?= -n 2 --dist loadfile
 
 .PHONY: test demo venv bench clean
 
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The whole product on the built-in demo data: supervised AdaIR -> mine the hard 30 % ->
 # IRPO GRPO post-training -> evaluate before/after. Outputs under runs/demo_*.
