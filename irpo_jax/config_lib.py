@@ -82,6 +82,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.lambda_cons = (0.2, 0.05)  # L_cons weight, linear from start to end over training (paper)
     c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
     c.grpo.supervise_best_only = True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
+    c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same losses; False: G decoder passes)
 
     c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
 

@@ -16,7 +16,10 @@ A GRPO step (``train.stage="grpo"``):
 3. ``update`` (``grpo.policy_iters`` times): teacher-forced log-probs of the stored actions
    under the current parameters and under the frozen reference policy, the deterministic
    output ``y_det``; advantages (Eq. 8), L_RL (Eq. 6/10/11), L_sup and L_cons (Eq. 1, 2) with
-   their annealed weights (Eq. 7), one optimizer step.
+   their annealed weights (Eq. 7), one optimizer step. On fresh rollouts (one policy iteration,
+   not stale) with L_RL confined to the heads, the current log-probs come from the heads applied
+   to the pooled features the rollout stored (``grpo.reuse_head_inputs``): the rollout computed
+   them with these very parameters, so the G teacher-forced decoder passes are not repeated.
 
 With ``grpo.one_step_stale`` the update of step t consumes the batch and rollouts sampled one
 step earlier (by theta_{t-1}) with their remote scores, while the reward process scores the
@@ -220,12 +223,25 @@ def make_supervised_step(graphdef, tx) -> Callable:
     return step
 
 
+def reuses_head_inputs(g: ml_collections.ConfigDict) -> bool:
+    """Whether the update scores the actions from the rollout's stored head inputs.
+
+    Exact when the update's parameters are the rollout's (one policy iteration on fresh rollouts)
+    and L_RL's gradient stops at the heads' inputs; the best-only supervision is needed too, as
+    the all-rollout form uses the teacher-forced restorations themselves.
+    """
+    fresh = g.policy_iters == 1 and not g.one_step_stale
+    return bool(g.reuse_head_inputs and fresh and not g.rl_updates_backbone and g.supervise_best_only)
+
+
 def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple[str, ...]) -> Callable:
     """``rollout(params, batch, key) -> dict``: G sampled restorations, their actions and log-probs,
-    and the raw JAX reward components (B, G) of each."""
+    the raw JAX reward components (B, G) of each and, when the update reuses them
+    (:func:`reuses_head_inputs`), the pooled inputs of the policy heads."""
     from irpo_jax.rewards.compose import jax_reward_scores
 
     group = cfg.grpo.group_size
+    keep_head_inputs = reuses_head_inputs(cfg.grpo)
 
     def rollout(params, batch, key):
         out = nnx.merge(graphdef, params).sample(batch["degraded"], key, group)
@@ -235,12 +251,15 @@ def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple
         scores = jax_reward_scores(
             rep(batch["degraded"]), restored, rep(batch["clean"]), rep(batch["task_id"]), names=jax_names
         ) if jax_names else {}  # fmt: skip
-        return {
+        result = {
             "restored": out.restored,
             "actions": out.actions,
             "log_prob": out.log_prob,
             "jax_scores": {k: v.reshape(b, group) for k, v in scores.items()},
         }
+        if keep_head_inputs:
+            result["head_inputs"] = out.head_inputs
+        return result
 
     return rollout
 
@@ -256,6 +275,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
 
     g = cfg.grpo
     reward_cfg = cfg.reward
+    heads_only = reuses_head_inputs(g)
 
     def update(state: TrainState, batch, rollout, remote_scores):
         img, clean = batch["degraded"], batch["clean"]
@@ -279,13 +299,16 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
-            out = model.given(img, rollout["actions"], detach_head_inputs=not g.rl_updates_backbone)
+            if heads_only:
+                out = model.score_actions(rollout["head_inputs"], rollout["actions"])
+            else:
+                out = model.given(img, rollout["actions"], detach_head_inputs=not g.rl_updates_backbone)
             if g.supervise_best_only:
                 # L_sup/L_cons need the backbone's gradient through y_g* and y_det only: re-decode
                 # the best rollout with y_det from one shared encoding, so the backward runs
-                # through 2 decoders instead of G + 1 (and one encoder instead of two). The G
-                # teacher-forced restorations above are then unused and XLA drops their decoder
-                # tail after the last head. Same losses, same gradients.
+                # through 2 decoders instead of G + 1 (and one encoder instead of two). Same
+                # losses, same gradients. (Without heads_only the G teacher-forced restorations
+                # above are unused and XLA drops their decoder tail after the last head.)
                 best = losses.best_rollout(rewards)
                 best_actions = losses.take_rollout(rollout["actions"], best)[:, None]
                 given_best, det = model.given_and_mean(img, best_actions, detach_actions=True)

@@ -16,9 +16,10 @@ def test_cpu_mode_runs_every_section(tmp_path):
     # The real-weights path of the reward section, with the benchmark's stand-in registry.
     models = tmp_path / "reward_models.json"
     models.write_text(json.dumps({"light": {}}))
-    sections = [s for s in gpu_check.SECTIONS if s != "torch_compile"]  # inductor: minutes on CPU
+    sections = list(gpu_check.SECTIONS)
     results = gpu_check.main([
         "--cpu", "--out", str(tmp_path / "out"), "--sections", ",".join(sections), "--size", "16",
+        "--torch-compile-backend", "eager",  # the child's protocol; inductor takes minutes on CPU
         "--reps", "1", "--warmup", "0", "--matmul", "64", "--reward-bench-models", "light",
         "--reward-models", str(models), "--reward-registry", "benchmarks.reward_bridge:BENCH_COMPONENTS",
     ])  # fmt: skip
@@ -34,11 +35,15 @@ def test_cpu_mode_runs_every_section(tmp_path):
     assert t["train_step_flops_formula"] > 0 and t["flax_images_per_s"] > 0 and t["torch_eager_images_per_s"] > 0
     assert results["roofline"]["flax_tflops"] > 0
     assert results["rewards"]["real"]["live"] == ["light"]
+    tc = results["torch_compile"]  # compiled while the JAX sections ran, timed after them
+    assert tc["backend"] == "eager" and tc["images_per_s"] > 0 and tc["waited_for_parent_s"] >= 0
+    assert not (tmp_path / "out" / ".torch_compile_go").exists()
     saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert saved["parity"]["adair_max_abs_err_fp32_strict"] == p["adair_max_abs_err_fp32_strict"]
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     for row in ("parity AdaIR fp32", "Flax speed-up over PyTorch eager", "GRPO step / supervised step",
-                "achieved: Flax", "reward process, light", "real reward models ['light']"):  # fmt: skip
+                "achieved: Flax", "reward process, light", "real reward models ['light']",
+                "same, torch.compile (eager)", "Flax speed-up over torch.compile"):  # fmt: skip
         assert row in md, row
 
 

@@ -1,5 +1,7 @@
-"""The GRPO update's backbone losses through the best rollout alone (``grpo.supervise_best_only``)
-give the same losses and gradients as backpropagating through all G teacher-forced rollouts."""
+"""The GRPO update's two shortcuts give the same losses and gradients as the direct form
+(backpropagating through all G teacher-forced rollouts): the backbone losses through the best
+rollout alone (``grpo.supervise_best_only``) and the current log-probs from the heads applied to
+the rollout's stored pooled inputs (``grpo.reuse_head_inputs``)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +11,10 @@ from flax import nnx
 from irpo_jax import config_lib, trainer
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
+from test_flops import jaxpr_product_flops  # the independent count of conv and dot products
 
 
-def test_best_only_backward_equals_backward_through_all_rollouts():
+def test_shortcut_updates_equal_the_update_through_all_rollouts():
     cfg = config_lib.load_config("configs/allinone5.py:smoke")
     # Adam's first step is -lr * g / (|g| + eps): with lr = eps = 1e8 the update is -g (to 1e-8
     # relative), so the parameter changes compare the gradients themselves, not their signs.
@@ -31,15 +34,25 @@ def test_best_only_backward_equals_backward_through_all_rollouts():
     rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
     assert len(set(np.asarray(rollout["jax_scores"]["psnr"]).ravel().tolist())) == 6  # a real choice of g*
 
-    new = {}
-    for best_only in (True, False):
-        cfg.grpo.supervise_best_only = best_only
-        update = jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 10))
-        s, m = jax.block_until_ready(update(state, batch, rollout, {}))
-        new[best_only] = (jax.flatten_util.ravel_pytree(s.params)[0], m)
+    assert set(rollout["head_inputs"]) == {f"fre{i}/{h}" for i in (1, 2, 3) for h in ("rate", "fuse")}
+
+    new, products = {}, {}
+    variants = {"direct": (False, False), "best_only": (True, False), "best_only+head_inputs": (True, True)}
+    for name, (best_only, reuse) in variants.items():
+        cfg.grpo.update(supervise_best_only=best_only, reuse_head_inputs=reuse)
+        assert trainer.reuses_head_inputs(cfg.grpo) == reuse
+        update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
+        products[name] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
+        s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
+        new[name] = (jax.flatten_util.ravel_pytree(s.params)[0], m)
+    # The head-input path really skips the G teacher-forced decoder passes.
+    assert products["best_only+head_inputs"] < products["best_only"]
     old = jax.flatten_util.ravel_pytree(params)[0]
-    step_best, step_all = new[True][0] - old, new[False][0] - old
+    step_all = new["direct"][0] - old
     assert float(jnp.max(jnp.abs(step_all))) > 1e-3  # the backbone and the heads did move
-    np.testing.assert_allclose(np.asarray(step_best), np.asarray(step_all), rtol=1e-4, atol=1e-6)
-    for term in ("loss/rl", "loss/sup", "loss/cons", "loss/total"):
-        np.testing.assert_allclose(float(new[True][1][term]), float(new[False][1][term]), rtol=1e-5, err_msg=term)
+    for name in ("best_only", "best_only+head_inputs"):
+        np.testing.assert_allclose(np.asarray(new[name][0] - old), np.asarray(step_all), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)  # fmt: skip
+        for term in ("loss/rl", "loss/sup", "loss/cons", "loss/total", "grpo/entropy", "grpo/kl_ref"):
+            np.testing.assert_allclose(float(new[name][1][term]), float(new["direct"][1][term]), rtol=1e-5,
+                                       err_msg=f"{name} {term}")  # fmt: skip

@@ -1,6 +1,7 @@
 """The IRPO policy: Beta heads on AdaIR's FreModules, in sample / mean / given modes."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -232,3 +233,41 @@ def test_which_parameters_each_loss_trains(pol, rollouts):
             assert heads > 0 and backbone == 0, (name, heads, leaked)
         else:
             assert heads == 0 and backbone > 0, (name, heads, backbone)
+
+
+def test_score_actions_from_stored_head_inputs_equals_the_teacher_forced_pass(pol, rollouts):
+    """The GRPO update's shortcut on fresh rollouts: the heads applied to the pooled inputs a
+    sampled pass stored give the teacher-forced pass's concentrations, log-probs, entropies and
+    head gradients (the head inputs detached, as L_RL trains the heads only)."""
+    img, out = rollouts
+    graphdef, params = nnx.split(pol, nnx.Param)
+    params = jax.tree.map(jnp.copy, params)  # split shares the module's variables
+    # Trained-looking heads: the zero-initialised last layers would make the output input-free.
+    keys = iter(jax.random.split(jax.random.key(7), 6))
+    for heads in params["heads"].values():
+        for head in (heads["policy_rate"], heads["policy_fuse"]):
+            head["fc2"]["kernel"][...] = 0.3 * jax.random.normal(next(keys), head["fc2"]["kernel"].shape)
+    assert {k: v.shape for k, v in out.head_inputs.items()} == {
+        f"fre{i}/{h}": (2, G, pol.config.dim * m) for i, m in zip((1, 2, 3), (8, 4, 2)) for h in ("rate", "fuse")
+    }
+
+    def rl(p, shortcut):
+        model = nnx.merge(graphdef, p)
+        if shortcut:
+            s = model.score_actions(out.head_inputs, out.actions)
+        else:
+            s = model.given(img, out.actions, detach_head_inputs=True)
+        return jnp.sum(s.log_prob * jnp.arange(1.0, 1 + G)) + jnp.sum(s.entropy), s
+
+    results = {}
+    for shortcut in (True, False):
+        (_, s), grads = jax.jit(jax.value_and_grad(lambda p: rl(p, shortcut), has_aux=True))(params)
+        results[shortcut] = (s, nnx.to_pure_dict(grads))
+    (fast, g_fast), (slow, g_slow) = results[True], results[False]
+    for field in ("concentrations", "log_prob", "entropy"):
+        np.testing.assert_allclose(getattr(fast, field), getattr(slow, field), rtol=1e-5, atol=1e-5, err_msg=field)
+    assert float(jnp.std(fast.concentrations[..., 0])) > 0.1  # the heads do read their inputs
+    assert fast.log_prob.shape == (2, G) and fast.concentrations.shape == (2, G, 12, 2)
+    assert float(jnp.abs(jax.flatten_util.ravel_pytree(g_fast["heads"])[0]).max()) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_fast["heads"], g_slow["heads"])
+    assert "net" not in g_fast or not any(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_fast["net"]))

@@ -145,6 +145,9 @@ class PolicyOutput:
       concentrations: (N, 12, 2) the (alpha, beta) each action was drawn from.
       log_prob: (N,) joint log-probability of ``actions`` (Eq. 23 summed over the 3 modules).
       entropy: (N,) sum of the 12 Beta entropies along this pass.
+      head_inputs: ``{"fre1/rate": (N, C), "fre1/fuse": (N, C), ...}`` the pooled features each
+        head read (gradient-stopped): with the actions they determine the log-probs given the
+        heads' parameters (:meth:`IRPOPolicy.score_actions`).
     """
 
     restored: jax.Array
@@ -152,11 +155,26 @@ class PolicyOutput:
     concentrations: jax.Array
     log_prob: jax.Array
     entropy: jax.Array
+    head_inputs: dict[str, jax.Array]
 
 
 jax.tree_util.register_dataclass(
-    PolicyOutput, data_fields=["restored", "actions", "concentrations", "log_prob", "entropy"], meta_fields=[]
+    PolicyOutput,
+    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "head_inputs"],
+    meta_fields=[],
 )
+
+
+@dataclasses.dataclass
+class ActionScores:
+    """Concentrations (..., 12, 2), joint log-probs (...) and entropies (...) of given actions."""
+
+    concentrations: jax.Array
+    log_prob: jax.Array
+    entropy: jax.Array
+
+
+jax.tree_util.register_dataclass(ActionScores, data_fields=["concentrations", "log_prob", "entropy"], meta_fields=[])
 
 
 def beta(concentrations: jax.Array) -> distrax.Beta:
@@ -214,7 +232,7 @@ class IRPOPolicy(nnx.Module):
         entropies) from reaching the backbone through the heads' pooled inputs.
         """
         pcfg = self.policy_config
-        actions, concs = [], []
+        actions, concs, inputs = [], [], {}
         detach = jax.lax.stop_gradient if detach_head_inputs else (lambda t: t)
 
         def hook(name: str, module: adair.FreModule, img: jax.Array, y: jax.Array) -> jax.Array:
@@ -222,10 +240,14 @@ class IRPOPolicy(nnx.Module):
             features = module.image_features(img, h, w)
             heads = self.heads[name]
             k = 2 * adair.FRE_NAMES.index(name)
-            rate_conc = heads.policy_rate(detach(jnp.mean(features, axis=(1, 2))))
+            pooled_features = jnp.mean(features, axis=(1, 2))
+            rate_conc = heads.policy_rate(detach(pooled_features))
             rates = choose(k, rate_conc)
-            fuse_conc = heads.policy_fuse(detach(jnp.mean(y, axis=(1, 2))))
+            pooled_y = jnp.mean(y, axis=(1, 2))
+            fuse_conc = heads.policy_fuse(detach(pooled_y))
             gates = choose(k + 1, fuse_conc)
+            inputs[f"{name}/rate"] = jax.lax.stop_gradient(pooled_features)
+            inputs[f"{name}/fuse"] = jax.lax.stop_gradient(pooled_y)
             actions.extend([rates, gates])
             concs.extend([rate_conc, fuse_conc])
             return module.fuse(features, y, rates=rates, gates=gates, fuse_mode=pcfg.fuse_mode)
@@ -240,6 +262,7 @@ class IRPOPolicy(nnx.Module):
             concentrations=concs,
             log_prob=jnp.sum(dist.log_prob(actions), axis=-1),
             entropy=jnp.sum(dist.entropy(), axis=-1),
+            head_inputs=inputs,
         )
 
     def _clamp(self, a: jax.Array) -> jax.Array:
@@ -312,6 +335,30 @@ class IRPOPolicy(nnx.Module):
         detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
         mean = self._run(img, enc, lambda i, c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1]))))
         return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), given), mean
+
+    def score_actions(self, head_inputs: Mapping[str, jax.Array], actions: jax.Array) -> ActionScores:
+        """Log-probs and entropies of ``actions`` (..., 12) from the heads alone.
+
+        ``head_inputs`` are a pass's :attr:`PolicyOutput.head_inputs` (leading shape ``...``).
+        Given the same backbone parameters this equals :meth:`given` with
+        ``detach_head_inputs=True`` in everything but the restorations, at the cost of six
+        small MLPs instead of a decoder pass per action set: the GRPO update uses it on fresh
+        rollouts, whose head inputs were computed with the current parameters.
+        """
+        lead = actions.shape[:-1]
+        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+        concs = []
+        for name in adair.FRE_NAMES:
+            heads = self.heads[name]
+            concs.append(heads.policy_rate(flat(head_inputs[f"{name}/rate"])))
+            concs.append(heads.policy_fuse(flat(head_inputs[f"{name}/fuse"])))
+        concs = jnp.concatenate(concs, axis=1)  # (N, 12, 2)
+        dist = beta(concs)
+        return ActionScores(
+            concentrations=concs.reshape(*lead, *concs.shape[1:]),
+            log_prob=jnp.sum(dist.log_prob(flat(actions)), axis=-1).reshape(lead),
+            entropy=jnp.sum(dist.entropy(), axis=-1).reshape(lead),
+        )
 
     def __call__(self, img: jax.Array) -> jax.Array:
         """The deterministic restoration (what evaluation and :func:`irpo_jax.load_model` use)."""
