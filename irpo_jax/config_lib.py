@@ -29,6 +29,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.variant = "base"  # AdaIR size (irpo_jax.models.adair.VARIANTS): base|small|tiny
     c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
+    c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
     c.model.policy.mask_rule = "fraction"  # "fraction": mask half-size floor(r*(H//2)); "adair": official rule
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5

@@ -10,6 +10,9 @@ biased two-pass variance, exact-erf GELU, ``F.normalize`` semantics with a NaN-f
 no 1/sqrt(d) in the channel attention, PixelShuffle channel order, bilinear resize without
 antialiasing, ``norm='forward'`` FFTs with the asymmetric half-open low-pass rectangle.
 
+Activations are float32, or bfloat16 under ``layers.compute_dtype("bfloat16")`` (parameters
+stay float32; the policy there says which parts stay float32).
+
 The forward is split into :meth:`AdaIR.encode` (everything before ``fre1``; it does not depend
 on the frequency controls) and :meth:`AdaIR.decode`, so that the IRPO policy can branch several
 rollouts from one encoding.
@@ -122,14 +125,19 @@ def channel_attention(q, k, v, temperature: jax.Array, heads: int) -> jax.Array:
     Channels are grouped head-major (channel = head * C/heads + c) as PyTorch's
     ``rearrange('b (head c) h w -> b head c (h w)')``; q and k are L2-normalised over the tokens;
     the logits are scaled by the learnt per-head temperature (no 1/sqrt(d)).
+
+    With bfloat16 inputs the two matmuls take bfloat16 operands; the norms over the H*W tokens,
+    the logits (accumulated as float32) and the softmax stay float32.
     """
     b, h, w, c = q.shape
     d = c // heads
     q, k, v = (t.reshape(b, h * w, heads, d) for t in (q, k, v))  # (B, N, heads, d)
-    q = layers.l2_normalize_tokens(q, axis=1)
-    k = layers.l2_normalize_tokens(k, axis=1)
-    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature.reshape(1, heads, 1, 1).astype(q.dtype)
-    attn = jax.nn.softmax(attn, axis=-1)  # (B, heads, d, d)
+    q = layers.l2_normalize_tokens(layers.at_least_float32(q), axis=1).astype(v.dtype)
+    k = layers.l2_normalize_tokens(layers.at_least_float32(k), axis=1).astype(v.dtype)
+    logits_dtype = jnp.promote_types(v.dtype, jnp.float32)
+    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, preferred_element_type=logits_dtype)
+    attn = attn * temperature.reshape(1, heads, 1, 1).astype(logits_dtype)
+    attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)  # (B, heads, d, d)
     out = jnp.einsum("bhcd,bnhd->bnhc", attn, v)
     return out.reshape(b, h, w, c)
 
@@ -318,8 +326,12 @@ class FreModule(nnx.Module):
         self.rate_conv = nnx.List([Conv2d(dim, dim // 8, 1, rngs=rngs), None, Conv2d(dim // 8, 2, 1, rngs=rngs)])
 
     def image_features(self, img: jax.Array, height: int, width: int) -> jax.Array:
-        """``conv1`` of the input image resized to the feature size -> (B, height, width, C)."""
-        return self.conv1(layers.downscale_bilinear(img, height, width))
+        """``conv1`` of the input image resized to the feature size -> (B, height, width, C).
+
+        Float32 whatever the compute dtype: it feeds the FFT band split, the rate logits that
+        set the mask sizes, and the policy's rate heads (``conv1`` has only 3 input channels).
+        """
+        return self.conv1(layers.downscale_bilinear(layers.at_least_float32(img), height, width))
 
     def rate_logits(self, features: jax.Array) -> jax.Array:
         """``rate_conv(GAP(features))`` -> (B, 2) logits of the mask thresholds."""
@@ -363,8 +375,8 @@ class FreModule(nnx.Module):
         """The module after :meth:`image_features`: band split, attention, refinement, fusion.
 
         Args:
-          features: :meth:`image_features` of the input image (B, H, W, C).
-          y: the decoder feature (B, H, W, C).
+          features: :meth:`image_features` of the input image (B, H, W, C), float32.
+          y: the decoder feature (B, H, W, C); it is cast to the compute dtype, as is the result.
           rates: optional (B, 2) mask thresholds in (0, 1) replacing ``sigmoid(rate_conv(.))``
             (the IRPO policy's ``r_h, r_l``).
           gates: optional (B, 2) fusion actions ``(g_f, g_o)`` in (0, 1). ``fuse_mode="modulate"``:
@@ -373,27 +385,30 @@ class FreModule(nnx.Module):
           intermediates: if a dict is given, stage outputs are stored in it.
         """
         _, h, w, _ = y.shape
+        y = layers.to_compute_dtype(y)
         logits = self.rate_logits(features)
         if rates is None:
             rates = jax.nn.sigmoid(logits)
         mask = low_pass_mask(mask_half_sizes(rates, h, w, self.mask_rule), h, w)
-        low, high = frequency_split(features, mask)
+        low, high = (layers.to_compute_dtype(band) for band in frequency_split(features, mask))
         # The naming is swapped in the official code: channel_cross_l sees the HIGH band.
         high_attended = self.channel_cross_l(high, y)
         low_attended = self.channel_cross_h(low, y)
         agg = self.frequency_refine(low_attended, high_attended)
         out = self.channel_cross_agg(y, agg)
-        para1 = self.para1[...].reshape(-1).astype(y.dtype)
-        para2 = self.para2[...].reshape(-1).astype(y.dtype)
+        # The fusion runs in float32 at least: para1/para2's gradients are sums over B*H*W.
+        out_f, y_f = layers.at_least_float32(out), layers.at_least_float32(y)
+        para1 = self.para1[...].reshape(-1).astype(y_f.dtype)
+        para2 = self.para2[...].reshape(-1).astype(y_f.dtype)
         if gates is None:
-            fused = out * para1 + y * para2
+            fused = out_f * para1 + y_f * para2
         else:
-            g = gates.astype(y.dtype)[:, None, None, :]  # (B, 1, 1, 2)
+            g = gates.astype(y_f.dtype)[:, None, None, :]  # (B, 1, 1, 2)
             g_f, g_o = g[..., :1], g[..., 1:]
             if fuse_mode == "modulate":
-                fused = (2 * g_o) * para1 * out + (2 * g_f) * para2 * y
+                fused = (2 * g_o) * para1 * out_f + (2 * g_f) * para2 * y_f
             elif fuse_mode == "literal":
-                fused = g_o * out + g_f * y
+                fused = g_o * out_f + g_f * y_f
             else:
                 raise ValueError(f"fuse_mode must be 'modulate' or 'literal', got {fuse_mode!r}")
         if intermediates is not None:
@@ -401,7 +416,7 @@ class FreModule(nnx.Module):
                 rate_logits=logits, low=low, high=high, cross_l=high_attended,
                 cross_h=low_attended, refine=agg, cross_agg=out,
             )  # fmt: skip
-        return fused
+        return fused.astype(y.dtype)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -516,7 +531,7 @@ class AdaIR(nnx.Module):
     def encode(self, img: jax.Array, intermediates: dict | None = None) -> Encoding:
         """Everything before ``fre1``; independent of the frequency controls."""
         self.check_input(img)
-        x = self.patch_embed(img)
+        x = self.patch_embed(layers.to_compute_dtype(img))
         if intermediates is not None and len(self.encoder_level1):
             intermediates["encoder_level1_0"] = self.encoder_level1[0](x)
         e1 = _run(self.encoder_level1, x)
@@ -541,7 +556,8 @@ class AdaIR(nnx.Module):
           img: the network input (B, H, W, 3) (the FreModules and the residual use it).
           enc: :meth:`encode`'s result for the same batch.
           fre_hook: optional ``hook(name, module, img, y) -> y'`` run instead of each FreModule
-            (the IRPO policy uses it to choose the module's actions).
+            (the IRPO policy uses it to choose the module's actions). ``y`` is handed over in
+            float32 (the policy heads pool it) and ``y'`` is cast back to the compute dtype.
           intermediates: if a dict is given, named intermediate tensors are stored in it.
         """
 
@@ -550,7 +566,7 @@ class AdaIR(nnx.Module):
                 return y
             module = getattr(self, name)
             if fre_hook is not None:
-                out = fre_hook(name, module, img, y)
+                out = layers.to_compute_dtype(fre_hook(name, module, img, layers.at_least_float32(y)))
                 if intermediates is not None:
                     intermediates[name] = out
                 return out
@@ -572,7 +588,8 @@ class AdaIR(nnx.Module):
         d2 = fre("fre3", keep("decoder_level2", _run(self.decoder_level2, d2)))
         d1 = jnp.concatenate([self.up2_1(d2), enc.e1], -1)
         d1 = _run(self.refinement, _run(self.decoder_level1, d1))
-        return self.output(d1) + img
+        # The global residual in the input's dtype: the image itself never passes through bfloat16.
+        return self.output(d1).astype(img.dtype) + img
 
     def __call__(self, img: jax.Array, *, intermediates: dict | None = None) -> jax.Array:
         """Restore ``img`` (B, H, W, 3) -> (B, H, W, 3)."""
