@@ -19,7 +19,8 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              to a supervised step on one image (target < 2.5).
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
              Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
-             images/s and the ratio (target >= 1.3).
+             images/s and the ratio (target >= 1.3); also with bfloat16 activations
+             (``--train-dtypes``, ``model.compute_dtype``; float32 parameters).
 ``matmul``   the card's measured matmul rates (bf16, and float32 at default and highest
              precision), the ceilings for the roofline.
 ``roofline`` the train step's achieved FLOP/s against those rates; FLOPs from
@@ -414,9 +415,9 @@ def _supervised_config():
     return config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
 
 
-def _flax_train_step(sizes, batch_size: int):
-    """The trainer's supervised step (AdamW, donated state) on the plain AdaIR; returns
-    (call, compiled, info)."""
+def _flax_train_step(sizes, batch_size: int, compute_dtype: str = "float32"):
+    """The trainer's supervised step (AdamW, donated state) on the plain AdaIR, activations in
+    ``compute_dtype``; returns (call, compiled, info)."""
     import jax
     from flax import nnx
 
@@ -431,7 +432,7 @@ def _flax_train_step(sizes, batch_size: int):
     state = _train_state(params, tx, with_ref=False)
     b = _batch(batch_size, sizes["size"], seed=4)
     batch = {"degraded": b["degraded"], "clean": b["clean"]}
-    compiled, info = _aot(trainer.make_supervised_step(graphdef, tx), state, batch, donate=(0,))
+    compiled, info = _aot(trainer.make_supervised_step(graphdef, tx, compute_dtype), state, batch, donate=(0,))
     holder = {"state": state}
 
     def call():
@@ -473,11 +474,15 @@ def section_train(opts, sizes) -> dict:
 
     bs = sizes["train_batch"]
     flax_call, compiled, info = _flax_train_step(sizes, bs)
-    torch_call = _torch_train_step(sizes, bs, _torch_device(opts))
+    calls = {"flax": flax_call}
+    extra = {}
+    for dtype in (d for d in opts.train_dtypes.split(",") if d and d != "float32"):
+        calls[f"flax_{dtype}"], _, extra[f"flax_{dtype}"] = _flax_train_step(sizes, bs, dtype)
+    calls["torch_eager"] = _torch_train_step(sizes, bs, _torch_device(opts))
     for _ in range(sizes["warmup"]):
-        flax_call()
-        torch_call()
-    times = _interleaved({"flax": flax_call, "torch_eager": torch_call}, sizes["reps"])
+        for call in calls.values():
+            call()
+    times = _interleaved(calls, sizes["reps"])
     fl = flops.train_step_flops(sizes["variant"], sizes["size"], sizes["size"], bs)
     out = {
         "variant": sizes["variant"], "batch": bs, "size": sizes["size"], "flax": info, "times": times,
@@ -486,6 +491,10 @@ def section_train(opts, sizes) -> dict:
         "ratio_torch_eager_over_flax": times["torch_eager"]["median_s"] / times["flax"]["median_s"],
         "train_step_flops_formula": fl, "train_step_flops_xla": _xla_flops(compiled),
     }  # fmt: skip
+    for name, compile_info in extra.items():
+        out[name] = compile_info
+        out[f"ratio_torch_eager_over_{name}"] = times["torch_eager"]["median_s"] / times[name]["median_s"]
+        out[f"speedup_{name}_over_flax"] = times["flax"]["median_s"] / times[name]["median_s"]
     return out
 
 
@@ -666,6 +675,12 @@ def markdown(results: dict) -> str:
             f"{t['torch_eager_images_per_s']:.1f} img/s | |",
             f"| Flax speed-up over PyTorch eager | **{t['ratio_torch_eager_over_flax']:.2f}x** | >= 1.3x |",
         ]
+        for name in (k for k in t["times"] if k.startswith("flax_")):
+            lines.append(
+                f"| same, Flax with {name[5:]} activations (float32 params) | {t['times'][name]['median_s'] * 1e3:.1f} ms: "
+                f"{t[f'speedup_{name}_over_flax']:.2f}x the float32 step, {t[f'ratio_torch_eager_over_{name}']:.2f}x "
+                f"PyTorch eager | reported |"
+            )
     tc = results.get("torch_compile", {})
     if "images_per_s" in tc:
         lines.append(
@@ -737,6 +752,8 @@ def parse_args(argv=None):
                    help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)")
     p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)")
+    p.add_argument("--train-dtypes", default="float32,bfloat16",
+                   help="activation dtypes of the Flax train step (model.compute_dtype); float32 is always timed")
     p.add_argument("--reward-models", default="", help="JSON file: {component: settings} of real reward models")
     p.add_argument("--reward-registry", default="torch_bridge.reward_models:COMPONENTS")
     p.add_argument("--reward-bench-models", default="light,conv,lpips", help="stand-ins for the transport timing")

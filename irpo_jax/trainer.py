@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -64,7 +65,7 @@ from jax.sharding import PartitionSpec as P
 from irpo_jax import checkpointing
 from irpo_jax.grpo import advantages as adv_lib
 from irpo_jax.grpo import losses
-from irpo_jax.models import adair
+from irpo_jax.models import adair, layers
 
 log = logging.getLogger("irpo_jax.train")
 
@@ -208,7 +209,19 @@ def _apply(state: TrainState, grads, tx: FlatOptimizer, loss_terms: Mapping[str,
 # ----------------------------------------------------------------------------- step functions
 
 
-def make_supervised_step(graphdef, tx) -> Callable:
+def _computing_in(dtype: str, fn: Callable) -> Callable:
+    """``fn`` traced under ``layers.compute_dtype(dtype)``: the activations' dtype of the model
+    calls inside it (``model.compute_dtype``; the parameters and losses stay float32)."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with layers.compute_dtype(dtype):
+            return fn(*args)
+
+    return traced
+
+
+def make_supervised_step(graphdef, tx, compute_dtype: str = "float32") -> Callable:
     """``step(state, batch) -> (state, metrics)``: AdaIR's L1 recipe."""
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -220,7 +233,7 @@ def make_supervised_step(graphdef, tx) -> Callable:
         state, metrics = _apply(state, grads, tx, {"l1": loss})
         return state, {"loss/l1": loss, "loss/total": loss, **metrics}
 
-    return step
+    return _computing_in(compute_dtype, step)
 
 
 def reuses_head_inputs(g: ml_collections.ConfigDict) -> bool:
@@ -261,7 +274,7 @@ def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple
             result["head_inputs"] = out.head_inputs
         return result
 
-    return rollout
+    return _computing_in(cfg.model.compute_dtype, rollout)
 
 
 def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: int) -> Callable:
@@ -355,7 +368,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
             metrics[f"reward/{name}/std"] = jnp.nanstd(v)
         return state, metrics
 
-    return update
+    return _computing_in(cfg.model.compute_dtype, update)
 
 
 def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
@@ -672,6 +685,8 @@ def run(
     stage = cfg.train.stage
     if stage not in ("supervised", "grpo"):
         raise TrainingError(f"train.stage must be 'supervised' or 'grpo', got {stage!r}")
+    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
+        raise TrainingError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {cfg.model.compute_dtype!r}")
     init_distributed(cfg)
     if cfg.train.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(cfg.train.compilation_cache))
@@ -741,7 +756,7 @@ def run(
     scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring") if bridge is not None else None
 
     if stage == "supervised":
-        step_fn = jax.jit(make_supervised_step(graphdef, tx), donate_argnums=0)
+        step_fn = jax.jit(make_supervised_step(graphdef, tx, cfg.model.compute_dtype), donate_argnums=0)
     else:
         rollout_fn = jax.jit(make_rollout_step(graphdef, cfg, jax_names))
         update_fn = jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0)

@@ -222,3 +222,43 @@ def test_depthwise_rewrite_vjp_dtypes_and_values():
     for got, ref in ((y16, y32), (gx16, gx32), (gk16, gk32)):
         got, ref = np.asarray(got, np.float32), np.asarray(ref)
         assert np.abs(got - ref).max() < 2e-2 * np.abs(ref).max()
+
+
+def test_trainer_steps_compute_in_the_configured_dtype():
+    """``model.compute_dtype`` reaches the trainer's rollout and update: bfloat16 products in the
+    update's jaxpr, and its losses close to the float32 update's on the same rollouts."""
+    from irpo_jax import config_lib, trainer
+    from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
+
+    cfg = config_lib.load_config("configs/allinone5.py:smoke")
+    cfg.grpo.group_size = 2
+    model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx = trainer.build_optimizer(cfg, params, 10)
+    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                               rng=jax.random.key_data(jax.random.key(0)), ref_params=params)  # fmt: skip
+    clean = images((2, 32, 32, 3), seed=1)
+    batch = {"clean": clean, "degraded": jnp.clip(clean + 0.1 * images((2, 32, 32, 3), seed=2), 0, 1),
+             "task_id": jnp.asarray([0, 1], jnp.int32)}  # fmt: skip
+    rollout = trainer.make_rollout_step(graphdef, cfg, ("psnr",))(params, batch, jax.random.key(1))
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg.model.compute_dtype = dtype
+        update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
+        ops = _ops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
+        assert any(op == "dot_general" and d[:2] == ("bfloat16",) * 2 for op, d, _ in ops) == (dtype == "bfloat16")
+        _, metrics = jax.jit(update)(state, batch, rollout, {})
+        losses[dtype] = {k: float(v) for k, v in metrics.items() if k.startswith("loss/")}
+    for term, value in losses["float32"].items():
+        assert np.isfinite(losses["bfloat16"][term])
+        np.testing.assert_allclose(losses["bfloat16"][term], value, rtol=2e-2, atol=1e-3, err_msg=term)
+
+
+def test_trainer_refuses_an_unknown_compute_dtype(tmp_path):
+    from irpo_jax import config_lib, trainer
+
+    cfg = config_lib.load_config("configs/allinone5.py:smoke")
+    cfg.model.compute_dtype = "float16"
+    with pytest.raises(trainer.TrainingError, match="model.compute_dtype must be 'float32' or 'bfloat16'.*float16"):
+        trainer.run(cfg, tmp_path, progress=False)

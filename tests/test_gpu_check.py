@@ -33,6 +33,7 @@ def test_cpu_mode_runs_every_section(tmp_path):
     assert g["rollouts_per_s"] > 0
     t = results["train"]
     assert t["train_step_flops_formula"] > 0 and t["flax_images_per_s"] > 0 and t["torch_eager_images_per_s"] > 0
+    assert t["speedup_flax_bfloat16_over_flax"] > 0  # model.compute_dtype="bfloat16", timed beside float32
     assert results["roofline"]["flax_tflops"] > 0
     assert results["rewards"]["real"]["live"] == ["light"]
     tc = results["torch_compile"]  # compiled while the JAX sections ran, timed after them
@@ -43,7 +44,8 @@ def test_cpu_mode_runs_every_section(tmp_path):
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     for row in ("parity AdaIR fp32", "Flax speed-up over PyTorch eager", "GRPO step / supervised step",
                 "achieved: Flax", "reward process, light", "real reward models ['light']",
-                "same, torch.compile (eager)", "Flax speed-up over torch.compile"):  # fmt: skip
+                "same, torch.compile (eager)", "Flax speed-up over torch.compile",
+                "Flax with bfloat16 activations"):  # fmt: skip
         assert row in md, row
 
 
