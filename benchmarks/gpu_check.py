@@ -16,7 +16,8 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
 ``grpo``     one GRPO step at the paper's setting (base model, G=4, 128x128, 1 image) with the
              trainer's own step functions, split into rollout, JAX rewards and update; rollouts/s;
              XLA's memory analysis of each program and the device's peak memory; and the ratio
-             to a supervised step on one image (target < 2.5).
+             to a supervised step on one image (target < 2.5). ``--compute-dtype bfloat16`` runs
+             both steps with bfloat16 activations.
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
              Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
              images/s and the ratio (target >= 1.3).
@@ -65,8 +66,10 @@ RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the settings. CPU: the same code on sizes that run in seconds.
 SIZES = {
-    "gpu": dict(variant="base", size=128, train_batch=8, group=4, images=1, reps=10, warmup=2, matmul=8192),
-    "cpu": dict(variant="tiny", size=32, train_batch=2, group=2, images=1, reps=2, warmup=1, matmul=512),
+    "gpu": dict(variant="base", size=128, train_batch=8, group=4, images=1, reps=10, warmup=2, matmul=8192,
+                compute_dtype="float32"),
+    "cpu": dict(variant="tiny", size=32, train_batch=2, group=2, images=1, reps=2, warmup=1, matmul=512,
+                compute_dtype="float32"),
 }
 
 
@@ -284,6 +287,7 @@ def _grpo_config(sizes):
     cfg.grpo.group_size = sizes["group"]
     cfg.train.batch_size = sizes["images"]
     cfg.reward.bridge.mode = "off"  # the reward process is timed in its own section
+    cfg.model.compute_dtype = sizes["compute_dtype"]
     return cfg
 
 
@@ -333,7 +337,8 @@ def section_grpo(opts, sizes) -> dict:
     jax_names = tuple(
         k for k in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[k].backend == "jax"
     )
-    out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": size, "jax_rewards": list(jax_names)}
+    out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": size,
+                 "jax_rewards": list(jax_names), "compute_dtype": cfg.model.compute_dtype}  # fmt: skip
 
     rollout_fn, out["rollout"] = _aot(trainer.make_rollout_step(graphdef, cfg, jax_names), params, batch, key)
     rollout = jax.block_until_ready(rollout_fn(params, batch, key))
@@ -394,7 +399,8 @@ def section_grpo(opts, sizes) -> dict:
     tx2 = trainer.build_optimizer(cfg, p2, 1000)
     sup_state = _train_state(p2, tx2, with_ref=False)
     sup_batch = {k: batch[k] for k in ("degraded", "clean")}
-    sup_fn, out["supervised_1_image"] = _aot(trainer.make_supervised_step(g2, tx2), sup_state, sup_batch, donate=(0,))
+    sup_step_fn = trainer.make_supervised_step(g2, tx2, cfg.model.compute_dtype)
+    sup_fn, out["supervised_1_image"] = _aot(sup_step_fn, sup_state, sup_batch, donate=(0,))
     holder = {"state": sup_state}
 
     def sup_step():
@@ -718,7 +724,8 @@ def markdown(results: dict) -> str:
     if "step_s" in g:
         tm = g["times"]
         lines += [
-            f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image | "
+            f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image, "
+            f"{g.get('compute_dtype', 'float32')} | "
             f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
             f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
             f"{g['rollouts_per_s']:.1f} rollouts/s | |",
