@@ -17,7 +17,9 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              trainer's own step functions, split into rollout, JAX rewards and update; rollouts/s;
              XLA's memory analysis of each program and the device's peak memory; and the ratio
              to a supervised step on one image (target < 2.5). ``--compute-dtype bfloat16`` runs
-             both steps with bfloat16 activations.
+             both steps with bfloat16 activations. With ``--profile`` (default) both steps are
+             traced with ``jax.profiler`` (``OUT/profile``, for TensorBoard/XProf) and the op time
+             per step is summarised by category (convolutions, matmuls, FFTs, fusions).
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
              Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
              images/s and the ratio (target >= 1.3).
@@ -127,6 +129,82 @@ def _xla_flops(compiled) -> float | None:
         return float(cost["flops"])
     except Exception:  # noqa: BLE001
         return None
+
+
+# Op categories of a profile, by the first match in the op's (HLO instruction) name.
+_OP_CATEGORIES = (
+    ("convolution", ("conv",)),
+    ("matmul", ("gemm", "dot", "cublas", "matmul")),
+    ("fft", ("fft",)),
+    ("reduction fusion", ("reduce",)),
+    ("copy/transpose", ("copy", "transpose")),
+    ("other fusion", ("fusion",)),
+)
+
+
+_CONTAINER_OPS = {"while", "call", "conditional"}
+
+
+def _op_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in _OP_CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def profile_summary(trace_dir: pathlib.Path, steps: int) -> dict:
+    """Device time per step by op category and the top ops, from a ``jax.profiler`` trace.
+
+    On a GPU the ops are the events of the device planes' "XLA Ops" line; on the CPU, the host
+    events that carry an ``hlo_op`` statistic (the XLA:CPU thunks). Times are summed over the
+    trace and divided by ``steps``.
+    """
+    from jax.profiler import ProfileData
+
+    files = sorted(trace_dir.glob("**/*.xplane.pb"))
+    if not files:
+        return {"error": f"no .xplane.pb under {trace_dir}"}
+    data = ProfileData.from_file(str(files[-1]))
+    device_lines = [
+        line for plane in data.planes if plane.name.startswith("/device:") for line in plane.lines if line.name == "XLA Ops"
+    ]
+    events = []
+    if device_lines:
+        events = [(e.name, e.duration_ns) for line in device_lines for e in line.events]
+    else:
+        for plane in data.planes:
+            for line in plane.lines:
+                for e in line.events:
+                    op = dict(e.stats).get("hlo_op")
+                    if op:
+                        events.append((str(op), e.duration_ns))
+    per_op: dict[str, float] = {}
+    for name, ns in events:
+        if name.split(".")[0] in _CONTAINER_OPS:
+            continue  # its body's ops are counted themselves
+        per_op[name] = per_op.get(name, 0.0) + ns / 1e6 / steps
+    total = sum(per_op.values())
+    per_cat: dict[str, float] = {}
+    for name, ms in per_op.items():
+        per_cat[_op_category(name)] = per_cat.get(_op_category(name), 0.0) + ms
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "source": "device XLA Ops" if device_lines else "host hlo_op events",
+        "op_ms_per_step": total, "ops": len(per_op),
+        "categories_ms": dict(sorted(per_cat.items(), key=lambda kv: -kv[1])),
+        "top_ops_ms": dict(top),
+    }  # fmt: skip
+
+
+def _profiled(fn, steps: int, trace_dir: pathlib.Path) -> dict:
+    """``steps`` calls of ``fn`` under ``jax.profiler.trace`` and :func:`profile_summary` of them."""
+    import jax
+
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(trace_dir)):
+        for _ in range(steps):
+            fn()
+    summary = profile_summary(trace_dir, steps)
+    summary["trace_dir"] = str(trace_dir)
+    return summary
 
 
 def _peak_memory_gb() -> float | None:
@@ -390,6 +468,11 @@ def section_grpo(opts, sizes) -> dict:
     out["step_s"] = step
     out["rollouts_per_s"] = n * group / step
     out["peak_device_memory_gb"] = _peak_memory_gb()
+    if opts.profile:
+        out["profile"] = {"grpo_step": _profiled(
+            lambda: (jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), step_update()),
+            min(reps, 3), pathlib.Path(opts.out) / "profile" / "grpo_step",
+        )}  # fmt: skip
     del holder, state, update_fn, update_all_fn
 
     # The reference for the 2.5x target: a supervised step of the plain AdaIR on one image.
@@ -412,6 +495,9 @@ def section_grpo(opts, sizes) -> dict:
     out["times"]["supervised_1_image"] = _median_time(sup_step, reps)
     out["grpo_over_supervised_1_image"] = step / out["times"]["supervised_1_image"]["median_s"]
     out["peak_device_memory_gb_after_supervised"] = _peak_memory_gb()
+    if opts.profile:
+        trace_dir = pathlib.Path(opts.out) / "profile" / "supervised_1_image"
+        out["profile"]["supervised_1_image"] = _profiled(sup_step, min(reps, 3), trace_dir)
     return out
 
 
@@ -736,6 +822,11 @@ def markdown(results: dict) -> str:
             f"{_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
             f"{_f(g['update'].get('xla_memory_gb', {}).get('temporaries'))} GB | < 24 GB |",
         ]  # fmt: skip
+    for name, prof in g.get("profile", {}).items():
+        if "categories_ms" in prof:
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in list(prof["categories_ms"].items())[:5])
+            lines.append(f"| profile, {name.replace('_', ' ')}: op time per step by category (ms) | "
+                         f"{prof['op_ms_per_step']:.1f} ms in {prof['ops']} ops: {cats} | |")  # fmt: skip
     r = results.get("roofline", {})
     m = results.get("matmul", {})
     if "flax_tflops" in r:
@@ -780,6 +871,8 @@ def parse_args(argv=None):
                    help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)")
     p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace the GRPO and supervised steps with jax.profiler (OUT/profile) and summarise the ops")
     p.add_argument("--reward-models", default="", help="JSON file: {component: settings} of real reward models")
     p.add_argument("--reward-registry", default="torch_bridge.reward_models:COMPONENTS")
     p.add_argument("--reward-bench-models", default="light,conv,lpips", help="stand-ins for the transport timing")

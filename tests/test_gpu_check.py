@@ -31,6 +31,10 @@ def test_cpu_mode_runs_every_section(tmp_path):
     g = results["grpo"]
     assert set(g["times"]) >= {"rollout_with_rewards", "jax_rewards", "update", "supervised_1_image"}
     assert g["rollouts_per_s"] > 0
+    for name in ("grpo_step", "supervised_1_image"):  # jax.profiler traces, summarised by op category
+        prof = g["profile"][name]
+        assert prof["op_ms_per_step"] > 0 and prof["categories_ms"]["convolution"] > 0, prof
+        assert sum(prof["categories_ms"].values()) == pytest.approx(prof["op_ms_per_step"])
     t = results["train"]
     assert t["train_step_flops_formula"] > 0 and t["flax_images_per_s"] > 0 and t["torch_eager_images_per_s"] > 0
     assert results["train_bf16"]["speedup_over_float32"] > 0  # model.compute_dtype="bfloat16"
@@ -45,7 +49,7 @@ def test_cpu_mode_runs_every_section(tmp_path):
     for row in ("parity AdaIR fp32", "Flax speed-up over PyTorch eager", "GRPO step / supervised step",
                 "achieved: Flax", "reward process, light", "real reward models ['light']",
                 "same, torch.compile (eager)", "Flax speed-up over torch.compile",
-                "Flax with bfloat16 activations"):  # fmt: skip
+                "Flax with bfloat16 activations", "profile, grpo step"):  # fmt: skip
         assert row in md, row
 
 
