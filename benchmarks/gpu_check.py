@@ -1,6 +1,6 @@
 """One-card check of the whole system: parity, speed against PyTorch, GRPO step, reward process.
 
-    python benchmarks/gpu_check.py --out gpu_check_out          # on one GPU, < 8 minutes
+    python benchmarks/gpu_check.py --out gpu_check_out          # one GPU: ~11 min on an H200, ~7 of them compiling
     python benchmarks/gpu_check.py --cpu --out /tmp/gpu_check   # the same on CPU, tiny sizes (CI)
 
 Sections (each writes into ``OUT/gpu_check.json`` as soon as it is done, so
