@@ -36,6 +36,10 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
 
     assert set(rollout["head_inputs"]) == {f"fre{i}/{h}" for i in (1, 2, 3) for h in ("rate", "fuse")}
 
+    # Run: the direct form and both shortcuts together. L_RL alone trains the heads and L_sup/L_cons
+    # alone the backbone (test_policy), so equal head and backbone steps check each shortcut on its
+    # own part; the middle form (best-only with teacher-forced log-probs: stale rollouts, several
+    # policy iterations) is their composition and is only traced here, to keep the test short.
     new, products = {}, {}
     variants = {"direct": (False, False), "best_only": (True, False), "best_only+head_inputs": (True, True)}
     for name, (best_only, reuse) in variants.items():
@@ -43,14 +47,15 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
         assert trainer.reuses_head_inputs(cfg.grpo) == reuse
         update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
         products[name] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
-        s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
-        new[name] = (jax.flatten_util.ravel_pytree(s.params)[0], m)
-    # The head-input path really skips the G teacher-forced decoder passes.
-    assert products["best_only+head_inputs"] < products["best_only"]
+        if name != "best_only":
+            s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
+            new[name] = (jax.flatten_util.ravel_pytree(s.params)[0], m)
+    # Each shortcut really removes decoder passes.
+    assert products["best_only+head_inputs"] < products["best_only"] < products["direct"]
     old = jax.flatten_util.ravel_pytree(params)[0]
     step_all = new["direct"][0] - old
-    assert float(jnp.max(jnp.abs(step_all))) > 1e-3  # the backbone and the heads did move
-    for name in ("best_only", "best_only+head_inputs"):
+    assert float(jnp.max(jnp.abs(step_all))) > 1e-3  # the parameters did move
+    for name in ("best_only+head_inputs",):
         np.testing.assert_allclose(np.asarray(new[name][0] - old), np.asarray(step_all), rtol=1e-4, atol=1e-6,
                                    err_msg=name)  # fmt: skip
         for term in ("loss/rl", "loss/sup", "loss/cons", "loss/total", "grpo/entropy", "grpo/kl_ref"):
