@@ -37,8 +37,9 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              run: inductor compiles while the JAX sections before it run; at its turn the child
              times its steps (compiled and eager, interleaved) while this process waits.
 
-Sections run in the order ``--sections`` gives (``roofline`` moved after the others). Every section catches its own failure (reported, the run goes on), and
-``--deadline`` seconds after the start the remaining sections are skipped and said so.
+Sections run in the order ``--sections`` gives (``roofline`` moved after the others). Every
+section catches its own failure (reported, the run goes on), and ``--deadline`` seconds after the
+start the remaining sections are skipped and said so.
 """
 
 from __future__ import annotations
@@ -163,9 +164,8 @@ def profile_summary(trace_dir: pathlib.Path, steps: int) -> dict:
     if not files:
         return {"error": f"no .xplane.pb under {trace_dir}"}
     data = ProfileData.from_file(str(files[-1]))
-    device_lines = [
-        line for plane in data.planes if plane.name.startswith("/device:") for line in plane.lines if line.name == "XLA Ops"
-    ]
+    device_planes = [plane for plane in data.planes if plane.name.startswith("/device:")]
+    device_lines = [line for plane in device_planes for line in plane.lines if line.name == "XLA Ops"]
     events = []
     if device_lines:
         events = [(e.name, e.duration_ns) for line in device_lines for e in line.events]
