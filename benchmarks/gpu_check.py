@@ -382,16 +382,9 @@ def _batch(n: int, size: int, seed: int) -> dict:
 
 
 def _train_state(params, tx, with_ref: bool):
-    import jax
-    import jax.numpy as jnp
-
     from irpo_jax import trainer
 
-    return trainer.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-        ref_params=jax.tree.map(jnp.copy, params) if with_ref else None,
-    )  # fmt: skip
+    return trainer.TrainState.initial(params, tx, 0, with_ref=with_ref)
 
 
 def section_grpo(opts, sizes) -> dict:

@@ -84,6 +84,18 @@ class TrainState:
     rng: jax.Array  # raw key data (uint32), so the state is a plain array pytree
     ref_params: dict | None  # frozen reference policy (GRPO), None for supervised
 
+    @classmethod
+    def initial(cls, params: dict, tx, seed: int, *, with_ref: bool) -> "TrainState":
+        """Step 0: ``tx``'s fresh state, the key of ``seed`` and, for GRPO, the reference policy
+        as a copy of ``params``."""
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.key(seed)),
+            ref_params=jax.tree.map(jnp.copy, params) if with_ref else None,
+        )
+
 
 jax.tree_util.register_dataclass(
     TrainState, data_fields=["step", "params", "opt_state", "rng", "ref_params"], meta_fields=[]
@@ -706,14 +718,7 @@ def run(
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = build_optimizer(cfg, params, total_steps)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(cfg.seed)),
-        ref_params=jax.tree.map(jnp.copy, params) if stage == "grpo" else None,
-    )
-    state = jax.device_put(state, replicated)
+    state = jax.device_put(TrainState.initial(params, tx, cfg.seed, with_ref=stage == "grpo"), replicated)
     meta = checkpointing.model_metadata(model) | {"stage": stage, "total_steps": total_steps}
 
     ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)

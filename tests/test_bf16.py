@@ -238,8 +238,7 @@ def test_trainer_steps_compute_in_the_configured_dtype():
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               rng=jax.random.key_data(jax.random.key(0)), ref_params=params)  # fmt: skip
+    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
     clean = images((2, 32, 32, 3), seed=1)
     batch = {"clean": clean, "degraded": jnp.clip(clean + 0.1 * images((2, 32, 32, 3), seed=2), 0, 1),
              "task_id": jnp.asarray([0, 1], jnp.int32)}  # fmt: skip
@@ -259,8 +258,7 @@ def test_trainer_steps_compute_in_the_configured_dtype():
     # Adam's first step with lr = eps = 1e8 is -g (to 1e-8 relative): the steps compare gradients.
     cfg.optim.update(name="adam", lr=1e8, eps=1e8, schedule="constant", warmup_steps=0)
     sup_tx = trainer.build_optimizer(cfg, sup_params, 10)
-    sup_state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=sup_params, opt_state=sup_tx.init(sup_params),
-                                   rng=state.rng, ref_params=None)  # fmt: skip
+    sup_state = trainer.TrainState.initial(sup_params, sup_tx, 0, with_ref=False)
     steps, losses = {}, {}
     for dtype in ("float32", "bfloat16"):
         new, metrics = jax.jit(trainer.make_supervised_step(plain, sup_tx, dtype))(sup_state, batch)

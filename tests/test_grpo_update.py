@@ -24,8 +24,7 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               rng=jax.random.key_data(jax.random.key(0)), ref_params=jax.tree.map(jnp.copy, params))  # fmt: skip
+    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
     rng = np.random.default_rng(0)
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
