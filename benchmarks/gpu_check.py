@@ -1,6 +1,6 @@
 """One-card check of the whole system: parity, speed against PyTorch, GRPO step, reward process.
 
-    python benchmarks/gpu_check.py --out gpu_check_out          # one GPU: ~11 min on an H200, ~7 of them compiling
+    python benchmarks/gpu_check.py --out gpu_check_out          # one GPU (the serial run took ~11 min on an H200)
     python benchmarks/gpu_check.py --cpu --out /tmp/gpu_check   # the same on CPU, tiny sizes (CI)
 
 Sections (each writes into ``OUT/gpu_check.json`` as soon as it is done, so
@@ -34,17 +34,24 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              ``benchmarks/reward_bridge.py``), and with the real LPIPS/CLIP/aesthetic/judge when
              ``--reward-models FILE.json`` gives their ``reward.models`` settings.
 ``torch_compile``  ``torch.compile`` of the same train step in a child process started with the
-             run: inductor compiles while the JAX sections before it run; at its turn the child
-             times its steps (compiled and eager, interleaved) while this process waits.
+             run: inductor compiles while the JAX programs compile; at its turn the child times
+             its steps (compiled and eager, interleaved) while this process waits.
 
-Sections run in the order ``--sections`` gives (``roofline`` moved after the others). Every
-section catches its own failure (reported, the run goes on), and ``--deadline`` seconds after the
-start the remaining sections are skipped and said so.
+The run has two phases. First every selected section lowers its XLA programs (from the shapes
+of its inputs; nothing is held on the card) and :class:`Compiler` compiles them all,
+``--compile-workers`` at a time (XLA's GPU compile of one base-model program takes 40-90 s and
+keeps few of the box's cores busy); ``compile`` in the JSON has each program's lower and compile
+times. Then the sections run in the order ``--sections`` gives (``roofline`` moved after the
+others), each building its inputs, timing programs that are already compiled and freeing its
+buffers when it ends, so no compile runs beside a timing and each section's memory is its own.
+Every section catches its own failure (reported, the run goes on), and ``--deadline`` seconds
+after the start the remaining sections are skipped and said so.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import math
@@ -62,9 +69,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Default run order: the headline targets first (XLA's GPU compile of the base model's programs
-# takes 20-110 s each, so a short lease may not reach the end; see --deadline).
-SECTIONS = ("env", "train", "grpo", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16")
+# Default run order (of the timed phase; every program is compiled before it): the headline
+# targets first; grpo before train, so that the allocator's peak is the GRPO step's own (the
+# 8-image train step needs ~26 GB of XLA temporaries on the GPU, and the peak cannot be reset).
+SECTIONS = ("env", "grpo", "train", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16")
 RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the issue's settings. CPU: the same code on sizes that run in seconds.
@@ -104,12 +112,10 @@ def _interleaved(fns: dict, reps: int) -> dict:
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "n": reps} for k, v in times.items()}
 
 
-def _aot(fn, *args, donate=None):
-    """``jax.jit(fn).lower(*args).compile()``, its compile time and XLA's memory analysis."""
-    import jax
-
+def _compile(lowered) -> tuple:
+    """``lowered.compile()``, its wall time and XLA's memory analysis of the program."""
     t = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate or ()).lower(*args).compile()
+    compiled = lowered.compile()
     info = {"compile_s": time.perf_counter() - t}
     try:
         m = compiled.memory_analysis()
@@ -121,6 +127,92 @@ def _aot(fn, *args, donate=None):
     except Exception:  # noqa: BLE001 - not every backend reports it
         pass
     return compiled, info
+
+
+def _aot(fn, *args, donate=None):
+    """``jax.jit(fn).lower(*args).compile()`` now, its compile time and memory analysis."""
+    import jax
+
+    return _compile(jax.jit(fn, donate_argnums=donate or ()).lower(*args))
+
+
+class Program:
+    """A lowered program, compiling in :class:`Compiler`'s pool; :meth:`get` waits for it."""
+
+    def __init__(self, lowered, future: concurrent.futures.Future, lower_s: float):
+        self.out_info = lowered.out_info  # the outputs' shapes, to lower a consumer before this compiles
+        self._future = future
+        self.lower_s = lower_s
+
+    def get(self) -> tuple:
+        """``(compiled, info)``: info holds ``lower_s``, ``compile_s`` and XLA's memory analysis."""
+        compiled, info = self._future.result()
+        return compiled, {"lower_s": self.lower_s, **info}
+
+
+class Compiler:
+    """Lowers each program in the calling thread and compiles it in ``workers`` threads.
+
+    XLA's compile releases the GIL, so independent programs can compile side by side (the JAX
+    maintainers' way to warm many programs, jax-ml/jax#11788). On the H200 the base-model
+    programs took 40-90 s each one after another, on a box with 16 cores. Tracing and lowering
+    are Python and stay serial. The run waits for every compile (:meth:`wait`) before it times
+    anything, so no compile thread, nor the autotuner's kernels on the card, runs beside a
+    measurement. ``workers=1`` compiles each program as it is submitted.
+
+    Not known before a GPU run: the gain (XLA may autotune a kernel shape twice when two
+    programs that contain it compile at once, openxla/xla#41620), and whether concurrent
+    autotuning changes the kernels XLA picks: the step times are compared with the serial run's.
+    On the 2-core development CPU there is no gain (the gpu_check --cpu run took 211 s with two
+    workers, 210 s with one: one XLA:CPU compile already keeps both cores busy).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = max(1, int(workers))
+        self._pool = None
+        if self.workers > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, "xla-compile")
+        self.programs: dict[str, Program] = {}
+
+    def submit(self, name: str, fn, *args, donate=()) -> Program:
+        """Lower ``jax.jit(fn)`` on ``args`` (arrays or ``jax.ShapeDtypeStruct``) and compile it."""
+        import jax
+
+        t = time.perf_counter()
+        lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+        lower_s = time.perf_counter() - t
+        if self._pool is not None:
+            future = self._pool.submit(_compile, lowered)
+        else:
+            future = concurrent.futures.Future()
+            try:
+                future.set_result(_compile(lowered))
+            except Exception as e:  # noqa: BLE001 - raised again by Program.get
+                future.set_exception(e)
+        self.programs[name] = Program(lowered, future, lower_s)
+        return self.programs[name]
+
+    def wait(self) -> dict:
+        """Block until every submitted program is compiled; their times (failures by name)."""
+        concurrent.futures.wait([p._future for p in self.programs.values()])
+        out = {}
+        for name, prog in self.programs.items():
+            try:
+                out[name] = prog.get()[1]
+            except Exception as e:  # noqa: BLE001 - the section that needs it reports it
+                out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _abstract(tree):
+    """The shapes and dtypes of a pytree of arrays (what :meth:`Compiler.submit` needs to lower)."""
+    import jax
+
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
 def _xla_flops(compiled) -> float | None:
@@ -207,11 +299,19 @@ def _profiled(fn, steps: int, trace_dir: pathlib.Path) -> dict:
     return summary
 
 
-def _peak_memory_gb() -> float | None:
+def _memory_stat_gb(key: str) -> float | None:
     import jax
 
     stats = jax.local_devices()[0].memory_stats() or {}
-    return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
+    return stats[key] / 1e9 if key in stats else None
+
+
+def _peak_memory_gb() -> float | None:
+    return _memory_stat_gb("peak_bytes_in_use")
+
+
+def _bytes_in_use_gb() -> float | None:
+    return _memory_stat_gb("bytes_in_use")
 
 
 def _torch_device(opts) -> str:
@@ -290,20 +390,46 @@ def _weights(variant: str, seed: int = 0) -> dict:
     return weights
 
 
-def section_parity(opts, sizes) -> dict:
+def prepare_parity(opts, sizes, compiler: Compiler):
+    """Lower the three Flax forwards (AdaIR at highest and default precision, the policy's
+    deterministic mode); the returned measure compares them with the PyTorch reference."""
     import jax
-    import jax.numpy as jnp
-    import torch
     from flax import nnx
 
     from irpo_jax.models import adair, convert, policy
-    from torch_bridge.reference_adair import AdaIR as TorchAdaIR
 
     variant, size = sizes["variant"], sizes["size"]
     weights = _weights(variant)
     x = _images((1, size, size, 3), seed=1)
-    dev = _torch_device(opts)
+    model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
+    convert.load_state_dict(model, weights)
+    pol = policy.IRPOPolicy(variant, rngs=nnx.Rngs(1))
+    convert.load_state_dict(pol.net, weights)
+    programs = {}
+    for name, module, mean, precision in (
+        ("adair_highest", model, False, "highest"),
+        ("adair_default", model, False, None),
+        ("policy_mean_highest", pol, True, "highest"),
+    ):
+        graphdef, state = nnx.split(module)
 
+        def forward(state, img, graphdef=graphdef, mean=mean):
+            m = nnx.merge(graphdef, state)
+            return m.mean(img).restored if mean else m(img)
+
+        with jax.default_matmul_precision(precision):  # read at trace time
+            prog = compiler.submit(f"parity/{name}", forward, _abstract(state), _abstract(x))
+        programs[name] = (prog, jax.device_get(state))  # host copies: nothing stays on the card
+    return lambda: _measure_parity(opts, sizes, weights, x, programs)
+
+
+def _measure_parity(opts, sizes, weights, x, programs) -> dict:
+    import jax
+    import torch
+
+    from torch_bridge.reference_adair import AdaIR as TorchAdaIR
+
+    variant, dev = sizes["variant"], _torch_device(opts)
     tmodel = TorchAdaIR(**_torch_kwargs(variant))
     tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
     tmodel = tmodel.to(dev).eval()
@@ -324,35 +450,20 @@ def section_parity(opts, sizes) -> dict:
     # torch's own defaults: TF32 off for matmuls, on for cuDNN convolutions.
     torch_default = torch_forward(torch.backends.cudnn.allow_tf32)
 
-    model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
-    convert.load_state_dict(model, weights)
-    pol = policy.IRPOPolicy(variant, rngs=nnx.Rngs(1))
-    convert.load_state_dict(pol.net, weights)
-    xj = jnp.asarray(x)
-
-    def flax_forward(module, mean: bool, precision: str | None):
-        graphdef, state = nnx.split(module)
-
-        def f(state, img):
-            m = nnx.merge(graphdef, state)
-            return m.mean(img).restored if mean else m(img)
-
-        with jax.default_matmul_precision(precision):  # read at trace time
-            compiled, info = _aot(f, state, xj)
-        return np.asarray(jax.block_until_ready(compiled(state, xj))), info["compile_s"]
-
-    flax_strict, c1 = flax_forward(model, False, "highest")
-    flax_default, c2 = flax_forward(model, False, None)
-    pol_strict, c3 = flax_forward(pol, True, "highest")
+    flax, compile_s = {}, 0.0
+    for name, (prog, state) in programs.items():
+        compiled, info = prog.get()
+        flax[name] = np.asarray(jax.block_until_ready(compiled(jax.device_put(state), jax.device_put(x))))
+        compile_s += info["compile_s"]
     return {
         "input": list(x.shape), "variant": variant,
-        "adair_max_abs_err_fp32_strict": _max_err(flax_strict, torch_strict),
-        "policy_mean_max_abs_err_fp32_strict": _max_err(pol_strict, torch_strict),
-        "adair_max_abs_err_flax_default_vs_torch_strict": _max_err(flax_default, torch_strict),
+        "adair_max_abs_err_fp32_strict": _max_err(flax["adair_highest"], torch_strict),
+        "policy_mean_max_abs_err_fp32_strict": _max_err(flax["policy_mean_highest"], torch_strict),
+        "adair_max_abs_err_flax_default_vs_torch_strict": _max_err(flax["adair_default"], torch_strict),
         "torch_default_vs_torch_strict": _max_err(torch_default, torch_strict),
         "output_abs_mean": float(np.mean(np.abs(torch_strict))),
         "tolerance_strict": 1e-4,
-        "compile_s": c1 + c2 + c3,
+        "compile_s": compile_s,
     }  # fmt: skip
 
 
@@ -370,25 +481,39 @@ def _grpo_config(sizes):
 
 
 def _batch(n: int, size: int, seed: int) -> dict:
-    import jax.numpy as jnp
-
+    """A noisy/clean batch as host arrays (put on the card when a section is measured)."""
     clean = _images((n, size, size, 3), seed)
     noise = np.random.default_rng(seed + 1).normal(0, 25 / 255, clean.shape).astype(np.float32)
-    return {
-        "degraded": jnp.asarray(np.clip(clean + noise, 0, 1)),
-        "clean": jnp.asarray(clean),
-        "task_id": jnp.zeros((n,), jnp.int32),
-    }
+    return {"degraded": np.clip(clean + noise, 0, 1), "clean": clean, "task_id": np.zeros((n,), np.int32)}
 
 
-def _train_state(params, tx, with_ref: bool):
-    from irpo_jax import trainer
+class StepZero:
+    """The step-0 :class:`~irpo_jax.trainer.TrainState` of ``make_model()``: its shapes now (to
+    lower the programs that take it), the arrays when :meth:`build` is called (as the section is
+    measured, so that nothing is held on the card between sections)."""
 
-    return trainer.TrainState.initial(params, tx, 0, with_ref=with_ref)
+    def __init__(self, make_model, cfg, *, with_ref: bool):
+        import jax
+
+        self._make_model, self._cfg, self._with_ref = make_model, cfg, with_ref
+        self.abstract = jax.eval_shape(self.build)
+
+    def build(self):
+        from flax import nnx
+
+        from irpo_jax import trainer
+
+        self.graphdef, params = nnx.split(self._make_model(), nnx.Param)
+        params = nnx.to_pure_dict(params)
+        self.tx = trainer.build_optimizer(self._cfg, params, 1000)
+        return trainer.TrainState.initial(params, self.tx, 0, with_ref=self._with_ref)
 
 
-def section_grpo(opts, sizes) -> dict:
+def prepare_grpo(opts, sizes, compiler: Compiler):
+    """Lower the trainer's own GRPO programs (rollout, update) at the paper's setting, the JAX
+    rewards alone, and the one-image supervised step the 2.5x target refers to."""
     import jax
+    import jax.numpy as jnp
     from flax import nnx
 
     from irpo_jax import trainer
@@ -397,43 +522,75 @@ def section_grpo(opts, sizes) -> dict:
     from irpo_jax.rewards import compose as compose_lib
 
     cfg = _grpo_config(sizes)
-    group, n, size, reps = sizes["group"], sizes["images"], sizes["size"], sizes["reps"]
-    model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 1000)
-    state = _train_state(params, tx, with_ref=True)
+    group, n, size = sizes["group"], sizes["images"], sizes["size"]
+    pcfg = PolicyConfig.from_dict(cfg.model.policy.to_dict())
+    variant = cfg.model.variant
+    init = StepZero(lambda: IRPOPolicy(variant, pcfg, rngs=nnx.Rngs(0)), cfg, with_ref=True)
+    graphdef, tx = init.graphdef, init.tx
     batch = _batch(n, size, seed=2)
     key = jax.random.key(3)
     jax_names = tuple(
         k for k in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[k].backend == "jax"
     )
-    out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": size,
-                 "jax_rewards": list(jax_names), "compute_dtype": cfg.model.compute_dtype}  # fmt: skip
-
-    rollout_fn, out["rollout"] = _aot(trainer.make_rollout_step(graphdef, cfg, jax_names), params, batch, key)
-    rollout = jax.block_until_ready(rollout_fn(params, batch, key))
+    state_abs, batch_abs = init.abstract, _abstract(batch)
+    p = {"init": init}
+    rollout = trainer.make_rollout_step(graphdef, cfg, jax_names)
+    p["rollout"] = compiler.submit("grpo/rollout", rollout, state_abs.params, batch_abs, _abstract(key))
 
     def rewards(restored, batch):
-        rep = lambda t: jax.numpy.repeat(t, group, axis=0)  # noqa: E731
-        flat = jax.numpy.clip(restored, 0, 1).reshape(n * group, *restored.shape[2:])
+        rep = lambda t: jnp.repeat(t, group, axis=0)  # noqa: E731
+        flat = jnp.clip(restored, 0, 1).reshape(n * group, *restored.shape[2:])
         return compose_lib.jax_reward_scores(rep(batch["degraded"]), flat, rep(batch["clean"]),
                                              rep(batch["task_id"]), names=jax_names)  # fmt: skip
 
-    rewards_fn, out["jax_rewards_only"] = _aot(rewards, rollout["restored"], batch)
-    update_fn, out["update"] = _aot(
-        trainer.make_grpo_update(graphdef, tx, cfg, 1000), state, batch, rollout, {}, donate=(0,)
-    )
-    update_all_fn = None
+    rollout_abs = p["rollout"].out_info
+    p["jax_rewards_only"] = compiler.submit("grpo/jax_rewards", rewards, rollout_abs["restored"], batch_abs)
+    update = trainer.make_grpo_update(graphdef, tx, cfg, 1000)
+    p["update"] = compiler.submit("grpo/update", update, state_abs, batch_abs, rollout_abs, {}, donate=(0,))
     if opts.compare_update:
         # The same update in its direct form: L_sup/L_cons backpropagated through all G rollouts and
         # the log-probs from their teacher-forced decoder passes (no grpo.reuse_head_inputs).
         cfg_all = _grpo_config(sizes)
         cfg_all.grpo.supervise_best_only = False
-        update_all_fn, out["update_through_all_G"] = _aot(
-            trainer.make_grpo_update(graphdef, tx, cfg_all, 1000), state, batch, rollout, {}
+        update_all = trainer.make_grpo_update(graphdef, tx, cfg_all, 1000)
+        p["update_through_all_G"] = compiler.submit(
+            "grpo/update_through_all_G", update_all, state_abs, batch_abs, rollout_abs, {}
         )
+
+    # The reference for the 2.5x target: a supervised step of the plain AdaIR on one image.
+    p["supervised_init"] = StepZero(lambda: adair.AdaIR(variant, rngs=nnx.Rngs(0)), cfg, with_ref=False)
+    g2, tx2 = p["supervised_init"].graphdef, p["supervised_init"].tx
+    sup_batch = {k: batch[k] for k in ("degraded", "clean")}
+    p["supervised_1_image"] = compiler.submit(
+        "grpo/supervised_1_image", trainer.make_supervised_step(g2, tx2, cfg.model.compute_dtype),
+        p["supervised_init"].abstract, _abstract(sup_batch), donate=(0,),
+    )  # fmt: skip
+    return lambda: _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names)
+
+
+def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names) -> dict:
+    import jax
+
+    group, n, reps = sizes["group"], sizes["images"], sizes["reps"]
+    out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": sizes["size"],
+                 "jax_rewards": list(jax_names), "compute_dtype": cfg.model.compute_dtype}  # fmt: skip
+    # The allocator's high-water mark cannot be reset: it is this step's only if the step raises it.
+    peak_before = _peak_memory_gb()
+    fns = {}
+    for name in ("rollout", "jax_rewards_only", "update", "update_through_all_G"):
+        if name in p:
+            fns[name], out[name] = p[name].get()
+    batch = jax.device_put(batch)
+    t = time.perf_counter()
+    state = jax.block_until_ready(p["init"].build())
+    out["init_s"] = time.perf_counter() - t  # the eager NNX init of the policy
+    rollout_fn, update_fn = fns["rollout"], fns["update"]
+    rollout = jax.block_until_ready(rollout_fn(state.params, batch, key))
+    rewards_fn = fns["jax_rewards_only"]
+    update_all_fn = fns.get("update_through_all_G")
+    if update_all_fn is not None:
         _, metrics_all = update_all_fn(state, batch, rollout, {})
+    in_use_before_update = _bytes_in_use_gb()
     state, metrics = update_fn(state, batch, rollout, {})
     jax.block_until_ready(metrics)
     if update_all_fn is not None:
@@ -460,24 +617,17 @@ def section_grpo(opts, sizes) -> dict:
     step = times["rollout_with_rewards"]["median_s"] + times["update"]["median_s"]
     out["step_s"] = step
     out["rollouts_per_s"] = n * group / step
-    out["peak_device_memory_gb"] = _peak_memory_gb()
+    out.update(_memory_report(peak_before, in_use_before_update, out["update"]))
     if opts.profile:
         out["profile"] = {"grpo_step": _profiled(
             lambda: (jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), step_update()),
             min(reps, 3), pathlib.Path(opts.out) / "profile" / "grpo_step",
         )}  # fmt: skip
-    del holder, state, update_fn, update_all_fn
+    del holder, state, rollout, update_fn, update_all_fn, fns
 
-    # The reference for the 2.5x target: a supervised step of the plain AdaIR on one image.
-    plain = adair.AdaIR(cfg.model.variant, rngs=nnx.Rngs(0))
-    g2, p2 = nnx.split(plain, nnx.Param)
-    p2 = nnx.to_pure_dict(p2)
-    tx2 = trainer.build_optimizer(cfg, p2, 1000)
-    sup_state = _train_state(p2, tx2, with_ref=False)
+    sup_fn, out["supervised_1_image"] = p["supervised_1_image"].get()
     sup_batch = {k: batch[k] for k in ("degraded", "clean")}
-    sup_step_fn = trainer.make_supervised_step(g2, tx2, cfg.model.compute_dtype)
-    sup_fn, out["supervised_1_image"] = _aot(sup_step_fn, sup_state, sup_batch, donate=(0,))
-    holder = {"state": sup_state}
+    holder = {"state": p["supervised_init"].build()}
 
     def sup_step():
         holder["state"], m = sup_fn(holder["state"], sup_batch)
@@ -487,10 +637,23 @@ def section_grpo(opts, sizes) -> dict:
         sup_step()
     out["times"]["supervised_1_image"] = _median_time(sup_step, reps)
     out["grpo_over_supervised_1_image"] = step / out["times"]["supervised_1_image"]["median_s"]
-    out["peak_device_memory_gb_after_supervised"] = _peak_memory_gb()
     if opts.profile:
         trace_dir = pathlib.Path(opts.out) / "profile" / "supervised_1_image"
         out["profile"]["supervised_1_image"] = _profiled(sup_step, min(reps, 3), trace_dir)
+    return out
+
+
+def _memory_report(peak_before, in_use_before_update, update_info) -> dict:
+    """The GRPO step's device memory: the allocator's peak when this step set it, and the live
+    buffers at the update's call plus the update program's XLA temporaries."""
+    peak = _peak_memory_gb()
+    raised = peak is not None and (peak_before is None or peak > peak_before)
+    out = {"peak_device_memory_gb": peak if raised else None}
+    if peak is not None and out["peak_device_memory_gb"] is None:
+        out["peak_device_memory_note"] = f"the allocator's peak ({peak:.2f} GB) was set before this section"
+    temporaries = update_info.get("xla_memory_gb", {}).get("temporaries")
+    if in_use_before_update is not None and temporaries is not None:
+        out["update_live_plus_temporaries_gb"] = in_use_before_update + temporaries
     return out
 
 
@@ -500,31 +663,44 @@ def _supervised_config():
     return config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
 
 
-def _flax_train_step(sizes, batch_size: int, compute_dtype: str = "float32"):
-    """The trainer's supervised step (AdamW, donated state) on the plain AdaIR, activations in
-    ``compute_dtype``; returns (call, compiled, info)."""
-    import jax
+# The Flax train steps' programs by compute dtype, built once per run (``train`` and
+# ``train_bf16`` share the float32 one).
+_TRAIN_PROGRAMS: dict = {}
+
+
+def _train_programs(sizes, compiler: Compiler, compute_dtype: str) -> dict:
+    """The trainer's supervised step (AdamW, donated state) on the plain AdaIR at the train
+    batch, activations in ``compute_dtype``: its state and step programs and the batch."""
     from flax import nnx
 
-    from irpo_jax import config_lib, trainer
+    from irpo_jax import trainer
     from irpo_jax.models import adair
 
-    cfg = _supervised_config()
-    model = adair.AdaIR(sizes["variant"], rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 1000)
-    state = _train_state(params, tx, with_ref=False)
-    b = _batch(batch_size, sizes["size"], seed=4)
-    batch = {"degraded": b["degraded"], "clean": b["clean"]}
-    compiled, info = _aot(trainer.make_supervised_step(graphdef, tx, compute_dtype), state, batch, donate=(0,))
-    holder = {"state": state}
+    if compute_dtype not in _TRAIN_PROGRAMS:
+        cfg = _supervised_config()
+        init = StepZero(lambda: adair.AdaIR(sizes["variant"], rngs=nnx.Rngs(0)), cfg, with_ref=False)
+        b = _batch(sizes["train_batch"], sizes["size"], seed=4)
+        batch = {"degraded": b["degraded"], "clean": b["clean"]}
+        step_fn = trainer.make_supervised_step(init.graphdef, init.tx, compute_dtype)
+        step = compiler.submit(f"train/{compute_dtype}", step_fn, init.abstract, _abstract(batch), donate=(0,))
+        optimizer = f"{cfg.optim.name} lr={cfg.optim.lr} wd={cfg.optim.weight_decay}"
+        _TRAIN_PROGRAMS[compute_dtype] = {"init": init, "step": step, "batch": batch, "optimizer": optimizer}
+    return _TRAIN_PROGRAMS[compute_dtype]
+
+
+def _flax_train_call(programs: dict):
+    """``(call, compiled, info)``: one train step per call on a fresh step-0 state."""
+    import jax
+
+    compiled, info = programs["step"].get()
+    info["optimizer"] = programs["optimizer"]
+    batch = jax.device_put(programs["batch"])
+    holder = {"state": programs["init"].build()}
 
     def call():
         holder["state"], m = compiled(holder["state"], batch)
         jax.block_until_ready(m)
 
-    info["optimizer"] = f"{cfg.optim.name} lr={cfg.optim.lr} wd={cfg.optim.weight_decay}"
     return call, compiled, info
 
 
@@ -554,21 +730,16 @@ def _torch_train_step(sizes, batch_size: int, dev: str, compile_backend: str | N
     return call
 
 
-# The float32 Flax train step, compiled once and shared by ``train`` and ``train_bf16``.
-_TRAIN_STEP: dict = {}
+def prepare_train(opts, sizes, compiler: Compiler):
+    programs = _train_programs(sizes, compiler, "float32")
+    return lambda: _measure_train(opts, sizes, programs)
 
 
-def _float32_train_step(sizes):
-    if "call" not in _TRAIN_STEP:
-        _TRAIN_STEP["call"], _TRAIN_STEP["compiled"], _TRAIN_STEP["info"] = _flax_train_step(sizes, sizes["train_batch"])
-    return _TRAIN_STEP["call"], _TRAIN_STEP["compiled"], _TRAIN_STEP["info"]
-
-
-def section_train(opts, sizes) -> dict:
+def _measure_train(opts, sizes, programs) -> dict:
     from irpo_jax.models import flops
 
     bs = sizes["train_batch"]
-    flax_call, compiled, info = _float32_train_step(sizes)
+    flax_call, compiled, info = _flax_train_call(programs)
     torch_call = _torch_train_step(sizes, bs, _torch_device(opts))
     for _ in range(sizes["warmup"]):
         flax_call()
@@ -585,11 +756,16 @@ def section_train(opts, sizes) -> dict:
     return out
 
 
-def section_train_bf16(opts, sizes) -> dict:
+def prepare_train_bf16(opts, sizes, compiler: Compiler):
     """The same train step with ``model.compute_dtype="bfloat16"`` against float32 and PyTorch eager."""
+    programs = {dtype: _train_programs(sizes, compiler, dtype) for dtype in ("float32", "bfloat16")}
+    return lambda: _measure_train_bf16(opts, sizes, programs)
+
+
+def _measure_train_bf16(opts, sizes, programs) -> dict:
     bs = sizes["train_batch"]
-    calls = {"flax_float32": _float32_train_step(sizes)[0]}
-    calls["flax_bfloat16"], _, info = _flax_train_step(sizes, bs, "bfloat16")
+    calls = {"flax_float32": _flax_train_call(programs["float32"])[0]}
+    calls["flax_bfloat16"], _, info = _flax_train_call(programs["bfloat16"])
     calls["torch_eager"] = _torch_train_step(sizes, bs, _torch_device(opts))
     for _ in range(sizes["warmup"]):
         for call in calls.values():
@@ -811,8 +987,10 @@ def markdown(results: dict) -> str:
             *([f"| same update without its shortcuts (all G rollouts re-decoded and backpropagated) | "
                f"{tm['update_through_all_G']['median_s'] * 1e3:.1f} ms | |"] if "update_through_all_G" in tm else []),
             f"| GRPO step / supervised step on 1 image | **{g['grpo_over_supervised_1_image']:.2f}x** | < 2.5x |",
-            f"| peak device memory (GRPO step) | {_f(g.get('peak_device_memory_gb'))} GB; XLA temporaries: rollout "
-            f"{_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
+            f"| peak device memory (GRPO step) | {_f(g.get('peak_device_memory_gb'))} GB"
+            f"{' (' + g['peak_device_memory_note'] + ')' if 'peak_device_memory_note' in g else ''}; live buffers "
+            f"at the update + its XLA temporaries {_f(g.get('update_live_plus_temporaries_gb'))} GB; XLA "
+            f"temporaries: rollout {_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
             f"{_f(g['update'].get('xla_memory_gb', {}).get('temporaries'))} GB | < 24 GB |",
         ]  # fmt: skip
     for name, prof in g.get("profile", {}).items():
@@ -845,6 +1023,17 @@ def markdown(results: dict) -> str:
         lines.append(f"| real reward models {real['live']} | {real['score_step']['median_s'] * 1e3:.1f} ms per step | |")
     elif real:
         lines.append(f"| real reward models | {real.get('skipped') or real.get('error')} | |")
+    c = results.get("compile", {})
+    if "phase_s" in c:
+        slowest = sorted(((v.get("compile_s", 0.0), k) for k, v in c["programs"].items()), reverse=True)[:3]
+        lines.append(
+            f"| building {len(c['programs'])} XLA programs, {c['workers']} compiling at a time | {c['phase_s']:.0f} s "
+            f"(lowering {c['lower_s_sum']:.0f} s; the compiles add up to {c['compile_s_sum']:.0f} s; slowest: "
+            f"{', '.join(f'{k} {v:.0f} s' for v, k in slowest)}) | |"
+        )
+        failed = [k for k, v in c["programs"].items() if "error" in v]
+        if failed:
+            lines.append(f"| programs that failed to compile | {', '.join(failed)} | |")
     for name in SECTIONS:
         sec = results.get(name, {})
         if "error" in sec or "skipped" in sec:
@@ -862,6 +1051,9 @@ def parse_args(argv=None):
     p.add_argument("--deadline", type=float, default=420.0, help="seconds after which remaining sections are skipped")
     p.add_argument("--compile-timeout", type=float, default=240.0,
                    help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)")
+    p.add_argument("--compile-workers", type=int, default=None,
+                   help="XLA programs compiled at a time, all before any timing (default 4 on a GPU; 1 with "
+                        "--cpu, where one XLA:CPU compile already keeps two cores busy)")
     p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
@@ -881,6 +1073,8 @@ def main(argv=None) -> dict:
     opts = parse_args(argv)
     sizes = dict(SIZES["cpu" if opts.cpu else "gpu"])
     sizes.update({k: getattr(opts, k) for k in sizes if getattr(opts, k) is not None})
+    if opts.compile_workers is None:
+        opts.compile_workers = 1 if opts.cpu else 4
     if opts._worker == "torch_compile":
         torch_compile_worker(opts, sizes)
         return {}
@@ -893,7 +1087,7 @@ def main(argv=None) -> dict:
     # In the given order, except that the roofline needs train and matmul.
     wanted.sort(key=lambda name: name == "roofline")
     results: dict = {}
-    _TRAIN_STEP.clear()
+    _TRAIN_PROGRAMS.clear()
     start = time.perf_counter()
     child = TorchCompileChild(opts) if "torch_compile" in wanted else None
     try:
@@ -912,13 +1106,56 @@ def _save(out_dir: pathlib.Path, results: dict) -> None:
     (out_dir / "gpu_check.md").write_text(markdown(results) + "\n")
 
 
+# Sections whose XLA programs are lowered and compiled before anything is timed.
+PREPARE = {
+    "parity": prepare_parity, "grpo": prepare_grpo, "train": prepare_train, "train_bf16": prepare_train_bf16,
+}  # fmt: skip
+
+
+def _error(e: Exception) -> dict:
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}",
+            "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
+
+
+def _log(start: float, what: str) -> None:
+    print(f"[gpu_check {time.perf_counter() - start:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
 def _run_sections(opts, sizes, wanted, results, start, child, out_dir) -> None:
+    """Phase 1 lowers every section's programs and compiles them (``--compile-workers`` at a
+    time); phase 2 runs the sections in order, each timing programs that are already built."""
+    measures = {}
+    compiler = Compiler(opts.compile_workers)
+    phase = time.perf_counter()
+    try:
+        for name in wanted:
+            if name in PREPARE:
+                _log(start, f"lowering {name} ...")
+                t = time.perf_counter()
+                try:
+                    measures[name] = PREPARE[name](opts, sizes, compiler)
+                except Exception as e:  # noqa: BLE001 - reported as the section's result
+                    results[name] = _error(e)
+                    results[name]["section_s"] = time.perf_counter() - t
+        _log(start, f"compiling {len(compiler.programs)} programs, {compiler.workers} at a time ...")
+        programs = compiler.wait()
+        results["compile"] = {
+            "workers": compiler.workers, "phase_s": time.perf_counter() - phase,
+            "lower_s_sum": sum(prog.lower_s for prog in compiler.programs.values()),
+            "compile_s_sum": sum(info.get("compile_s", 0.0) for info in programs.values()),
+            "programs": programs,
+        }  # fmt: skip
+        _save(out_dir, results)
+    finally:
+        compiler.close()
     for name in wanted:
+        if name in results:  # failed while lowering
+            continue
         elapsed = time.perf_counter() - start
         if elapsed > opts.deadline and name != "roofline":  # the roofline is arithmetic on results
             results[name] = {"skipped": f"deadline: {elapsed:.0f} s > --deadline {opts.deadline:.0f} s"}
             continue
-        print(f"[gpu_check {elapsed:6.1f} s] {name} ...", file=sys.stderr, flush=True)
+        _log(start, f"{name} ...")
         t = time.perf_counter()
         try:
             if name == "env":
@@ -928,14 +1165,14 @@ def _run_sections(opts, sizes, wanted, results, start, child, out_dir) -> None:
             elif name == "torch_compile":
                 left = max(30.0, opts.deadline + 60 - elapsed)
                 results[name] = child.result(min(opts.compile_timeout, left))
+            elif name in measures:
+                results[name] = measures.pop(name)()  # the section's buffers go with its closure
             else:
                 results[name] = globals()[f"section_{name}"](opts, sizes)
         except Exception as e:  # noqa: BLE001 - a failed section is a result; the others still run
-            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}",
-                             "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
+            results[name] = _error(e)
         results[name]["section_s"] = time.perf_counter() - t
         _save(out_dir, results)
-
 
 if __name__ == "__main__":
     main()

@@ -20,11 +20,17 @@ def test_cpu_mode_runs_every_section(tmp_path):
     results = gpu_check.main([
         "--cpu", "--out", str(tmp_path / "out"), "--sections", ",".join(sections), "--size", "16",
         "--torch-compile-backend", "eager",  # the child's protocol; inductor takes minutes on CPU
+        "--compile-workers", "2",  # every program built in a pool before the timed phase
         "--reps", "1", "--warmup", "0", "--matmul", "64", "--reward-bench-models", "light",
         "--reward-models", str(models), "--reward-registry", "benchmarks.reward_bridge:BENCH_COMPONENTS",
     ])  # fmt: skip
     for name in sections:
         assert "error" not in results[name] and "skipped" not in results[name], (name, results[name])
+    built = results["compile"]
+    assert built["workers"] == 2 and built["compile_s_sum"] > 0
+    assert {"grpo/rollout", "grpo/update", "grpo/supervised_1_image", "train/float32", "train/bfloat16",
+            "parity/adair_highest"} <= set(built["programs"])  # fmt: skip
+    assert all("error" not in v for v in built["programs"].values()), built["programs"]
     p = results["parity"]
     assert p["adair_max_abs_err_fp32_strict"] < 1e-4 and p["policy_mean_max_abs_err_fp32_strict"] < 1e-4
     assert p["output_abs_mean"] > 0.1  # a real output was compared
@@ -49,10 +55,58 @@ def test_cpu_mode_runs_every_section(tmp_path):
     for row in ("parity AdaIR fp32", "Flax speed-up over PyTorch eager", "GRPO step / supervised step",
                 "achieved: Flax", "reward process, light", "real reward models ['light']",
                 "same, torch.compile (eager)", "Flax speed-up over torch.compile",
-                "Flax with bfloat16 activations", "profile, grpo step"):  # fmt: skip
+                "Flax with bfloat16 activations", "profile, grpo step", "XLA programs, 2 compiling"):  # fmt: skip
         assert row in md, row
 
 
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown --sections"):
         gpu_check.main(["--cpu", "--out", str(tmp_path), "--sections", "parity,warp"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compiler_builds_programs_before_their_inputs_exist(workers, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    compiler = gpu_check.Compiler(workers)
+    x = jax.ShapeDtypeStruct((4, 3), jnp.float32)
+    produce = compiler.submit("produce", lambda a: {"y": jnp.tanh(a) @ a.T, "s": a.sum()}, x)
+    # A consumer lowered from the producer's output shapes, before either has run.
+    consume = compiler.submit("consume", lambda out: out["y"] * out["s"], produce.out_info)
+    real_compile = gpu_check._compile
+
+    def failing(lowered):
+        if "boom" in lowered.as_text():
+            raise RuntimeError("no kernel for boom")
+        return real_compile(lowered)
+
+    def boom(a):  # its module is named jit_boom
+        return a + 1
+
+    monkeypatch.setattr(gpu_check, "_compile", failing)
+    compiler.submit("boom", boom, x)
+    try:
+        report = compiler.wait()
+    finally:
+        compiler.close()
+    assert report["boom"] == {"error": "RuntimeError: no kernel for boom"}
+    assert report["produce"]["compile_s"] > 0 and report["produce"]["lower_s"] > 0
+    a = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    got = compiler.programs["consume"].get()[0](compiler.programs["produce"].get()[0](a))
+    np.testing.assert_allclose(got, (np.tanh(a) @ a.T) * a.sum(), rtol=1e-5)
+    with pytest.raises(RuntimeError, match="no kernel"):
+        compiler.programs["boom"].get()
+
+
+def test_grpo_memory_is_only_the_steps_own(monkeypatch):
+    """The allocator's peak cannot be reset: it is reported only when the GRPO step raised it."""
+    update = {"xla_memory_gb": {"temporaries": 5.5}}
+    monkeypatch.setattr(gpu_check, "_peak_memory_gb", lambda: 7.6)
+    assert gpu_check._memory_report(2.0, 1.2, update) == {
+        "peak_device_memory_gb": 7.6, "update_live_plus_temporaries_gb": pytest.approx(6.7)}  # fmt: skip
+    earlier = gpu_check._memory_report(26.4, 1.2, update)  # e.g. the 8-image train step ran first
+    assert earlier["peak_device_memory_gb"] is None and "set before this section" in earlier["peak_device_memory_note"]
+    monkeypatch.setattr(gpu_check, "_peak_memory_gb", lambda: None)  # XLA:CPU keeps no statistics
+    assert gpu_check._memory_report(None, None, update) == {"peak_device_memory_gb": None}
