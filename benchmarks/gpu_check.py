@@ -17,7 +17,8 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              trainer's own step functions, split into rollout, JAX rewards and update; rollouts/s;
              XLA's memory analysis of each program and the device's peak memory; and the ratio
              to a supervised step on one image (target < 2.5). ``--compute-dtype bfloat16`` runs
-             both steps with bfloat16 activations. With ``--profile`` (default) both steps are
+             both steps with bfloat16 activations; ``--kl-coef 0`` drops the KL term and with it
+             the reference policy's pass. With ``--profile`` (default) both steps are
              traced with ``jax.profiler`` (``OUT/profile``, for TensorBoard/XProf) and the op time
              per step is summarised by category (convolutions, matmuls, FFTs, fusions).
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
@@ -477,6 +478,8 @@ def _grpo_config(sizes):
     cfg.train.batch_size = sizes["images"]
     cfg.reward.bridge.mode = "off"  # the reward process is timed in its own section
     cfg.model.compute_dtype = sizes["compute_dtype"]
+    if sizes.get("kl_coef") is not None:  # 0 drops the reference policy's pass from the update
+        cfg.grpo.kl_coef = sizes["kl_coef"]
     return cfg
 
 
@@ -573,7 +576,8 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names) -> dict:
 
     group, n, reps = sizes["group"], sizes["images"], sizes["reps"]
     out: dict = {"variant": cfg.model.variant, "group": group, "images": n, "size": sizes["size"],
-                 "jax_rewards": list(jax_names), "compute_dtype": cfg.model.compute_dtype}  # fmt: skip
+                 "jax_rewards": list(jax_names), "compute_dtype": cfg.model.compute_dtype,
+                 "kl_coef": cfg.grpo.kl_coef}  # fmt: skip
     # The allocator's high-water mark cannot be reset: it is this step's only if the step raises it.
     peak_before = _peak_memory_gb()
     fns = {}
@@ -980,7 +984,7 @@ def markdown(results: dict) -> str:
         tm = g["times"]
         lines += [
             f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image, "
-            f"{g.get('compute_dtype', 'float32')} | "
+            f"{g.get('compute_dtype', 'float32')}, KL coefficient {_f(g.get('kl_coef'))} | "
             f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
             f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
             f"{g['rollouts_per_s']:.1f} rollouts/s | |",
@@ -1054,6 +1058,8 @@ def parse_args(argv=None):
     p.add_argument("--compile-workers", type=int, default=None,
                    help="XLA programs compiled at a time, all before any timing (default 4 on a GPU; 1 with "
                         "--cpu, where one XLA:CPU compile already keeps two cores busy)")
+    p.add_argument("--kl-coef", type=float, default=None,
+                   help="the GRPO section's grpo.kl_coef (default: the config's; 0 drops the reference pass)")
     p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
@@ -1073,6 +1079,7 @@ def main(argv=None) -> dict:
     opts = parse_args(argv)
     sizes = dict(SIZES["cpu" if opts.cpu else "gpu"])
     sizes.update({k: getattr(opts, k) for k in sizes if getattr(opts, k) is not None})
+    sizes["kl_coef"] = opts.kl_coef
     if opts.compile_workers is None:
         opts.compile_workers = 1 if opts.cpu else 4
     if opts._worker == "torch_compile":

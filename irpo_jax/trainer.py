@@ -330,10 +330,11 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
                 out = model.given(img, rollout["actions"], detach_head_inputs=not g.rl_updates_backbone)
             if g.supervise_best_only:
                 # L_sup/L_cons need the backbone's gradient through y_g* and y_det only: re-decode
-                # the best rollout with y_det from one shared encoding, so the backward runs
-                # through 2 decoders instead of G + 1 (and one encoder instead of two). Same
-                # losses, same gradients. (Without heads_only the G teacher-forced restorations
-                # above are unused and XLA drops their decoder tail after the last head.)
+                # the best rollout with y_det from one shared encoding (one decoder batch on
+                # accelerators), so the backward runs through 2 decoders instead of G + 1 (and
+                # one encoder instead of two). Same losses, same gradients. (Without heads_only
+                # the G teacher-forced restorations above are unused and XLA drops their decoder
+                # tail after the last head.)
                 best = losses.best_rollout(rewards)
                 best_actions = losses.take_rollout(rollout["actions"], best)[:, None]
                 given_best, det = model.given_and_mean(img, best_actions, detach_actions=True)

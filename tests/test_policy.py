@@ -271,3 +271,41 @@ def test_score_actions_from_stored_head_inputs_equals_the_teacher_forced_pass(po
     assert float(jnp.abs(jax.flatten_util.ravel_pytree(g_fast["heads"])[0]).max()) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_fast["heads"], g_slow["heads"])
     assert "net" not in g_fast or not any(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_fast["net"]))
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_given_and_mean_equal_the_separate_passes(pol, rollouts, one_batch):
+    """The GRPO update's backbone pass: the best rollout re-decoded and y_det from one encoding,
+    as one batch of B*K + B rows (GPU default) or two decodes (CPU default), give what ``given``
+    and ``mean`` give on their own, outputs and gradients."""
+    img, out = rollouts
+    graphdef, params = nnx.split(pol, nnx.Param)
+    params = jax.tree.map(jnp.copy, params)  # split shares the module's variables
+    keys = iter(jax.random.split(jax.random.key(3), 6))
+    for heads in params["heads"].values():  # heads whose means depend on the features
+        for head in (heads["policy_rate"], heads["policy_fuse"]):
+            head["fc2"]["kernel"][...] = 0.3 * jax.random.normal(next(keys), head["fc2"]["kernel"].shape)
+    actions = out.actions[:, 1:3]  # K = 2 action sets per image
+
+    def passes(p, together):
+        model = nnx.merge(graphdef, p)
+        if together:
+            given, det = model.given_and_mean(img, actions, detach_actions=True, one_batch=one_batch)
+        else:
+            given, det = model.given(img, actions), model.mean(img, detach_actions=True)
+        loss = jnp.mean(jnp.abs(given.restored - img[:, None])) + jnp.mean(jnp.abs(given.restored[:, 0] - det.restored))
+        return loss, (given, det)
+
+    results = {}
+    for together in (True, False):
+        (_, o), grads = jax.jit(jax.value_and_grad(lambda p: passes(p, together), has_aux=True))(params)
+        results[together] = (o, nnx.to_pure_dict(grads))
+    ((given, det), g_one), ((given_ref, det_ref), g_two) = results[True], results[False]
+    assert given.restored.shape == (2, 2, 32, 32, 3) and det.restored.shape == (2, 32, 32, 3)
+    for a, b, name in ((given, given_ref, "given"), (det, det_ref, "mean")):
+        for field in ("restored", "actions", "concentrations", "log_prob", "entropy"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5, atol=2e-6, err_msg=(name, field))
+    assert float(jnp.std(det.actions)) > 1e-3  # the means do vary with the image
+    flat_one, flat_two = (jax.flatten_util.ravel_pytree(g)[0] for g in (g_one, g_two))
+    assert float(jnp.abs(flat_two).max()) > 0
+    np.testing.assert_allclose(flat_one, flat_two, rtol=1e-4, atol=1e-6)
