@@ -21,6 +21,8 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              the reference policy's pass. With ``--profile`` (default) both steps are
              traced with ``jax.profiler`` (``OUT/profile``, for TensorBoard/XProf) and the op time
              per step is summarised by category (convolutions, matmuls, FFTs, fusions).
+``grpo_bf16``, ``grpo_nokl``  the same with bfloat16 activations, and without the KL term (so
+             without the reference policy's pass); not in the default run, asked for by name.
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
              Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
              images/s and the ratio (target >= 1.3).
@@ -54,6 +56,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import json
 import math
 import os
@@ -73,7 +76,13 @@ sys.path.insert(0, str(ROOT))
 # Default run order (of the timed phase; every program is compiled before it): the headline
 # targets first; grpo before train, so that the allocator's peak is the GRPO step's own (the
 # 8-image train step needs ~26 GB of XLA temporaries on the GPU, and the peak cannot be reset).
-SECTIONS = ("env", "grpo", "train", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16")
+SECTIONS = ("env", "grpo", "train", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16",
+            "grpo_bf16", "grpo_nokl")  # fmt: skip
+# The default run; the GRPO variants are asked for by name (each adds two programs to build).
+DEFAULT_SECTIONS = SECTIONS[:9]
+# The GRPO sections: the paper's setting (as --compute-dtype / --kl-coef give it), the same step
+# with bfloat16 activations, and without the KL term (so without the reference policy's pass).
+GRPO_VARIANTS = {"grpo": {}, "grpo_bf16": {"compute_dtype": "bfloat16"}, "grpo_nokl": {"kl_coef": 0.0}}
 RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the issue's settings. CPU: the same code on sizes that run in seconds.
@@ -141,6 +150,7 @@ class Program:
     """A lowered program, compiling in :class:`Compiler`'s pool; :meth:`get` waits for it."""
 
     def __init__(self, lowered, future: concurrent.futures.Future, lower_s: float):
+        self.lowered = lowered
         self.out_info = lowered.out_info  # the outputs' shapes, to lower a consumer before this compiles
         self._future = future
         self.lower_s = lower_s
@@ -512,9 +522,10 @@ class StepZero:
         return trainer.TrainState.initial(params, self.tx, 0, with_ref=self._with_ref)
 
 
-def prepare_grpo(opts, sizes, compiler: Compiler):
-    """Lower the trainer's own GRPO programs (rollout, update) at the paper's setting, the JAX
-    rewards alone, and the one-image supervised step the 2.5x target refers to."""
+def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
+    """Lower the trainer's own GRPO programs (rollout, update) at the paper's setting (changed
+    as ``GRPO_VARIANTS[name]`` says), the JAX rewards alone, and the one-image supervised step
+    the 2.5x target refers to (in the same compute dtype; shared by the variants)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -524,6 +535,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler):
     from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
     from irpo_jax.rewards import compose as compose_lib
 
+    sizes = {**sizes, **GRPO_VARIANTS[name]}
     cfg = _grpo_config(sizes)
     group, n, size = sizes["group"], sizes["images"], sizes["size"]
     pcfg = PolicyConfig.from_dict(cfg.model.policy.to_dict())
@@ -538,7 +550,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler):
     state_abs, batch_abs = init.abstract, _abstract(batch)
     p = {"init": init}
     rollout = trainer.make_rollout_step(graphdef, cfg, jax_names)
-    p["rollout"] = compiler.submit("grpo/rollout", rollout, state_abs.params, batch_abs, _abstract(key))
+    p["rollout"] = compiler.submit(f"{name}/rollout", rollout, state_abs.params, batch_abs, _abstract(key))
 
     def rewards(restored, batch):
         rep = lambda t: jnp.repeat(t, group, axis=0)  # noqa: E731
@@ -547,9 +559,9 @@ def prepare_grpo(opts, sizes, compiler: Compiler):
                                              rep(batch["task_id"]), names=jax_names)  # fmt: skip
 
     rollout_abs = p["rollout"].out_info
-    p["jax_rewards_only"] = compiler.submit("grpo/jax_rewards", rewards, rollout_abs["restored"], batch_abs)
+    p["jax_rewards_only"] = compiler.submit(f"{name}/jax_rewards", rewards, rollout_abs["restored"], batch_abs)
     update = trainer.make_grpo_update(graphdef, tx, cfg, 1000)
-    p["update"] = compiler.submit("grpo/update", update, state_abs, batch_abs, rollout_abs, {}, donate=(0,))
+    p["update"] = compiler.submit(f"{name}/update", update, state_abs, batch_abs, rollout_abs, {}, donate=(0,))
     if opts.compare_update:
         # The same update in its direct form: L_sup/L_cons backpropagated through all G rollouts and
         # the log-probs from their teacher-forced decoder passes (no grpo.reuse_head_inputs).
@@ -557,21 +569,27 @@ def prepare_grpo(opts, sizes, compiler: Compiler):
         cfg_all.grpo.supervise_best_only = False
         update_all = trainer.make_grpo_update(graphdef, tx, cfg_all, 1000)
         p["update_through_all_G"] = compiler.submit(
-            "grpo/update_through_all_G", update_all, state_abs, batch_abs, rollout_abs, {}
+            f"{name}/update_through_all_G", update_all, state_abs, batch_abs, rollout_abs, {}
         )
 
     # The reference for the 2.5x target: a supervised step of the plain AdaIR on one image.
-    p["supervised_init"] = StepZero(lambda: adair.AdaIR(variant, rngs=nnx.Rngs(0)), cfg, with_ref=False)
-    g2, tx2 = p["supervised_init"].graphdef, p["supervised_init"].tx
-    sup_batch = {k: batch[k] for k in ("degraded", "clean")}
-    p["supervised_1_image"] = compiler.submit(
-        "grpo/supervised_1_image", trainer.make_supervised_step(g2, tx2, cfg.model.compute_dtype),
-        p["supervised_init"].abstract, _abstract(sup_batch), donate=(0,),
-    )  # fmt: skip
-    return lambda: _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names)
+    dtype = cfg.model.compute_dtype
+    if dtype not in _SUPERVISED_1_IMAGE:
+        sup_init = StepZero(lambda: adair.AdaIR(variant, rngs=nnx.Rngs(0)), cfg, with_ref=False)
+        sup_batch = {k: batch[k] for k in ("degraded", "clean")}
+        _SUPERVISED_1_IMAGE[dtype] = sup_init, compiler.submit(
+            f"supervised_1_image/{dtype}", trainer.make_supervised_step(sup_init.graphdef, sup_init.tx, dtype),
+            sup_init.abstract, _abstract(sup_batch), donate=(0,),
+        )  # fmt: skip
+    p["supervised_init"], p["supervised_1_image"] = _SUPERVISED_1_IMAGE[dtype]
+    return lambda: _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names, name)
 
 
-def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names) -> dict:
+# The one-image supervised steps by compute dtype, built once per run (the GRPO sections share them).
+_SUPERVISED_1_IMAGE: dict = {}
+
+
+def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names, name: str) -> dict:
     import jax
 
     group, n, reps = sizes["group"], sizes["images"], sizes["reps"]
@@ -625,7 +643,7 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names) -> dict:
     if opts.profile:
         out["profile"] = {"grpo_step": _profiled(
             lambda: (jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), step_update()),
-            min(reps, 3), pathlib.Path(opts.out) / "profile" / "grpo_step",
+            min(reps, 3), pathlib.Path(opts.out) / "profile" / f"{name}_step",
         )}  # fmt: skip
     del holder, state, rollout, update_fn, update_all_fn, fns
 
@@ -642,7 +660,7 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names) -> dict:
     out["times"]["supervised_1_image"] = _median_time(sup_step, reps)
     out["grpo_over_supervised_1_image"] = step / out["times"]["supervised_1_image"]["median_s"]
     if opts.profile:
-        trace_dir = pathlib.Path(opts.out) / "profile" / "supervised_1_image"
+        trace_dir = pathlib.Path(opts.out) / "profile" / f"{name}_supervised_1_image"
         out["profile"]["supervised_1_image"] = _profiled(sup_step, min(reps, 3), trace_dir)
     return out
 
@@ -930,6 +948,35 @@ def _f(v, fmt: str = ".3g") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _grpo_rows(g: dict, section: str) -> list[str]:
+    """The summary rows of one GRPO section."""
+    lines: list[str] = []
+    label = "" if section == "grpo" else f" ({section})"
+    if "step_s" in g:
+        tm = g["times"]
+        lines += [
+            f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image, "
+            f"{g.get('compute_dtype', 'float32')}, KL coefficient {_f(g.get('kl_coef'))} | "
+            f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
+            f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
+            f"{g['rollouts_per_s']:.1f} rollouts/s | |",
+            *([f"| same update without its shortcuts (all G rollouts re-decoded and backpropagated) | "
+               f"{tm['update_through_all_G']['median_s'] * 1e3:.1f} ms | |"] if "update_through_all_G" in tm else []),
+            f"| GRPO step / supervised step on 1 image | **{g['grpo_over_supervised_1_image']:.2f}x** | < 2.5x |",
+            f"| peak device memory (GRPO step) | {_f(g.get('peak_device_memory_gb'))} GB"
+            f"{' (' + g['peak_device_memory_note'] + ')' if 'peak_device_memory_note' in g else ''}; live buffers "
+            f"at the update + its XLA temporaries {_f(g.get('update_live_plus_temporaries_gb'))} GB; XLA "
+            f"temporaries: rollout {_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
+            f"{_f(g['update'].get('xla_memory_gb', {}).get('temporaries'))} GB | < 24 GB |",
+        ]  # fmt: skip
+    for name, prof in g.get("profile", {}).items():
+        if "categories_ms" in prof:
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in list(prof["categories_ms"].items())[:5])
+            lines.append(f"| profile, {name.replace('_', ' ')}{label}: op time per step by category (ms) | "
+                         f"{prof['op_ms_per_step']:.1f} ms in {prof['ops']} ops: {cats} | |")  # fmt: skip
+    return lines
+
+
 def markdown(results: dict) -> str:
     env = results.get("env", {})
     lines = [
@@ -979,29 +1026,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| Flax speed-up over torch.compile | **{ratio:.2f}x** | reported |")
     elif tc:
         lines.append(f"| torch.compile | {tc.get('error') or tc.get('skipped')} | reported |")
-    g = results.get("grpo", {})
-    if "step_s" in g:
-        tm = g["times"]
-        lines += [
-            f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image, "
-            f"{g.get('compute_dtype', 'float32')}, KL coefficient {_f(g.get('kl_coef'))} | "
-            f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
-            f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
-            f"{g['rollouts_per_s']:.1f} rollouts/s | |",
-            *([f"| same update without its shortcuts (all G rollouts re-decoded and backpropagated) | "
-               f"{tm['update_through_all_G']['median_s'] * 1e3:.1f} ms | |"] if "update_through_all_G" in tm else []),
-            f"| GRPO step / supervised step on 1 image | **{g['grpo_over_supervised_1_image']:.2f}x** | < 2.5x |",
-            f"| peak device memory (GRPO step) | {_f(g.get('peak_device_memory_gb'))} GB"
-            f"{' (' + g['peak_device_memory_note'] + ')' if 'peak_device_memory_note' in g else ''}; live buffers "
-            f"at the update + its XLA temporaries {_f(g.get('update_live_plus_temporaries_gb'))} GB; XLA "
-            f"temporaries: rollout {_f(g['rollout'].get('xla_memory_gb', {}).get('temporaries'))} GB, update "
-            f"{_f(g['update'].get('xla_memory_gb', {}).get('temporaries'))} GB | < 24 GB |",
-        ]  # fmt: skip
-    for name, prof in g.get("profile", {}).items():
-        if "categories_ms" in prof:
-            cats = ", ".join(f"{k} {v:.1f}" for k, v in list(prof["categories_ms"].items())[:5])
-            lines.append(f"| profile, {name.replace('_', ' ')}: op time per step by category (ms) | "
-                         f"{prof['op_ms_per_step']:.1f} ms in {prof['ops']} ops: {cats} | |")  # fmt: skip
+    for name in GRPO_VARIANTS:
+        lines += _grpo_rows(results.get(name, {}), name)
     r = results.get("roofline", {})
     m = results.get("matmul", {})
     if "flax_tflops" in r:
@@ -1051,7 +1077,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (the suite's check)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated, from {SECTIONS} (default: all but the GRPO variants)")
     p.add_argument("--deadline", type=float, default=420.0, help="seconds after which remaining sections are skipped")
     p.add_argument("--compile-timeout", type=float, default=240.0,
                    help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)")
@@ -1095,6 +1122,7 @@ def main(argv=None) -> dict:
     wanted.sort(key=lambda name: name == "roofline")
     results: dict = {}
     _TRAIN_PROGRAMS.clear()
+    _SUPERVISED_1_IMAGE.clear()
     start = time.perf_counter()
     child = TorchCompileChild(opts) if "torch_compile" in wanted else None
     try:
@@ -1115,7 +1143,8 @@ def _save(out_dir: pathlib.Path, results: dict) -> None:
 
 # Sections whose XLA programs are lowered and compiled before anything is timed.
 PREPARE = {
-    "parity": prepare_parity, "grpo": prepare_grpo, "train": prepare_train, "train_bf16": prepare_train_bf16,
+    "parity": prepare_parity, "train": prepare_train, "train_bf16": prepare_train_bf16,
+    **{name: functools.partial(prepare_grpo, name=name) for name in GRPO_VARIANTS},
 }  # fmt: skip
 
 

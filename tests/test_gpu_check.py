@@ -16,7 +16,7 @@ def test_cpu_mode_runs_every_section(tmp_path):
     # The real-weights path of the reward section, with the benchmark's stand-in registry.
     models = tmp_path / "reward_models.json"
     models.write_text(json.dumps({"light": {}}))
-    sections = list(gpu_check.SECTIONS)
+    sections = list(gpu_check.DEFAULT_SECTIONS)
     results = gpu_check.main([
         "--cpu", "--out", str(tmp_path / "out"), "--sections", ",".join(sections), "--size", "16",
         "--torch-compile-backend", "eager",  # the child's protocol; inductor takes minutes on CPU
@@ -28,7 +28,7 @@ def test_cpu_mode_runs_every_section(tmp_path):
         assert "error" not in results[name] and "skipped" not in results[name], (name, results[name])
     built = results["compile"]
     assert built["workers"] == 2 and built["compile_s_sum"] > 0
-    assert {"grpo/rollout", "grpo/update", "grpo/supervised_1_image", "train/float32", "train/bfloat16",
+    assert {"grpo/rollout", "grpo/update", "supervised_1_image/float32", "train/float32", "train/bfloat16",
             "parity/adair_highest"} <= set(built["programs"])  # fmt: skip
     assert all("error" not in v for v in built["programs"].values()), built["programs"]
     p = results["parity"]
@@ -110,3 +110,24 @@ def test_grpo_memory_is_only_the_steps_own(monkeypatch):
     assert earlier["peak_device_memory_gb"] is None and "set before this section" in earlier["peak_device_memory_note"]
     monkeypatch.setattr(gpu_check, "_peak_memory_gb", lambda: None)  # XLA:CPU keeps no statistics
     assert gpu_check._memory_report(None, None, update) == {"peak_device_memory_gb": None}
+
+
+def test_grpo_variants_build_what_they_say(tmp_path, monkeypatch):
+    """grpo_nokl's update has no reference-policy pass (fewer convolutions than an update with
+    one), grpo_bf16's convolutions are bfloat16, and each compute dtype gets its own supervised
+    baseline (checked on the lowered programs, nothing compiled)."""
+    monkeypatch.setattr(gpu_check, "_compile", lambda lowered: (None, {"compile_s": 0.0}))
+    opts = gpu_check.parse_args(["--cpu", "--out", str(tmp_path)])
+    sizes = dict(gpu_check.SIZES["cpu"], size=16, kl_coef=None)
+    gpu_check._SUPERVISED_1_IMAGE.clear()
+    compiler = gpu_check.Compiler(1)
+    for name in ("grpo_bf16", "grpo_nokl"):
+        gpu_check.PREPARE[name](opts, sizes, compiler)
+    text = {name: prog.lowered.as_text() for name, prog in compiler.programs.items()}
+    convs = {name: t.count("stablehlo.convolution") for name, t in text.items()}
+    assert 0 < convs["grpo_nokl/update"] < convs["grpo_bf16/update"], convs
+    assert convs["grpo_nokl/rollout"] == convs["grpo_bf16/rollout"]
+    bf16_convs = lambda t: sum("stablehlo.convolution" in line and "bf16" in line for line in t.splitlines())  # noqa: E731
+    assert bf16_convs(text["grpo_bf16/update"]) > 0 and bf16_convs(text["grpo_nokl/update"]) == 0
+    assert set(n for n in compiler.programs if n.startswith("supervised_1_image/")) == {
+        "supervised_1_image/float32", "supervised_1_image/bfloat16"}  # fmt: skip
