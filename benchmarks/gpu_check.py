@@ -410,12 +410,13 @@ def prepare_parity(opts, sizes, compiler: Compiler):
     from irpo_jax.models import adair, convert, policy
 
     variant, size = sizes["variant"], sizes["size"]
-    weights = _weights(variant)
     x = _images((1, size, size, 3), seed=1)
-    model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
-    convert.load_state_dict(model, weights)
-    pol = policy.IRPOPolicy(variant, rngs=nnx.Rngs(1))
-    convert.load_state_dict(pol.net, weights)
+    with jax.default_device(_host()):  # the lowering below targets the default device
+        weights = _weights(variant)
+        model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
+        convert.load_state_dict(model, weights)
+        pol = policy.IRPOPolicy(variant, rngs=nnx.Rngs(1))
+        convert.load_state_dict(pol.net, weights)
     programs = {}
     for name, module, mean, precision in (
         ("adair_highest", model, False, "highest"),
@@ -500,6 +501,15 @@ def _batch(n: int, size: int, seed: int) -> dict:
     return {"degraded": np.clip(clean + noise, 0, 1), "clean": clean, "task_id": np.zeros((n,), np.int32)}
 
 
+def _host():
+    """The CPU device, where models are initialised: an eager NNX init runs ~90 small programs
+    (one per initialiser and shape), each compiled for the device it runs on, which on a GPU
+    is an XLA:GPU compile apiece; on XLA:CPU they take ~3 s in all (the base policy)."""
+    import jax
+
+    return jax.devices("cpu")[0]
+
+
 class StepZero:
     """The step-0 :class:`~irpo_jax.trainer.TrainState` of ``make_model()``: its shapes now (to
     lower the programs that take it), the arrays when :meth:`build` is called (as the section is
@@ -509,9 +519,17 @@ class StepZero:
         import jax
 
         self._make_model, self._cfg, self._with_ref = make_model, cfg, with_ref
-        self.abstract = jax.eval_shape(self.build)
+        self.abstract = jax.eval_shape(self._init)
 
     def build(self):
+        """The state on the first device, initialised on the host."""
+        import jax
+
+        with jax.default_device(_host()):
+            state = self._init()
+        return jax.device_put(state, jax.local_devices()[0])
+
+    def _init(self):
         from flax import nnx
 
         from irpo_jax import trainer
@@ -605,7 +623,7 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names, name: str) -> dict
     batch = jax.device_put(batch)
     t = time.perf_counter()
     state = jax.block_until_ready(p["init"].build())
-    out["init_s"] = time.perf_counter() - t  # the eager NNX init of the policy
+    out["init_s"] = time.perf_counter() - t  # the policy's init on the host and its transfer
     rollout_fn, update_fn = fns["rollout"], fns["update"]
     rollout = jax.block_until_ready(rollout_fn(state.params, batch, key))
     rewards_fn = fns["jax_rewards_only"]
