@@ -42,9 +42,8 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
 
 The run has two phases. First every selected section lowers its XLA programs (from the shapes
 of its inputs; nothing is held on the card) and :class:`Compiler` compiles them all,
-``--compile-workers`` at a time (XLA's GPU compile of one base-model program takes 40-90 s and
-keeps few of the box's cores busy); ``compile`` in the JSON has each program's lower and compile
-times. Then the sections run in the order ``--sections`` gives (``roofline`` moved after the
+``--compile-workers`` at a time (XLA's GPU compile of one base-model program took 40-90 s on an
+H200); ``compile`` in the JSON has each program's lower and compile times. Then the sections run in the order ``--sections`` gives (``roofline`` moved after the
 others), each building its inputs, timing programs that are already compiled and freeing its
 buffers when it ends, so no compile runs beside a timing and each section's memory is its own.
 Every section catches its own failure (reported, the run goes on), and ``--deadline`` seconds
@@ -78,11 +77,11 @@ sys.path.insert(0, str(ROOT))
 # 8-image train step needs ~26 GB of XLA temporaries on the GPU, and the peak cannot be reset).
 SECTIONS = ("env", "grpo", "train", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16",
             "grpo_bf16", "grpo_nokl")  # fmt: skip
-# The default run; the GRPO variants are asked for by name (each adds two programs to build).
-DEFAULT_SECTIONS = SECTIONS[:9]
 # The GRPO sections: the paper's setting (as --compute-dtype / --kl-coef give it), the same step
 # with bfloat16 activations, and without the KL term (so without the reference policy's pass).
 GRPO_VARIANTS = {"grpo": {}, "grpo_bf16": {"compute_dtype": "bfloat16"}, "grpo_nokl": {"kl_coef": 0.0}}
+# The default run; the GRPO variants are asked for by name (each adds its own rollout and update).
+DEFAULT_SECTIONS = tuple(name for name in SECTIONS if name not in ("grpo_bf16", "grpo_nokl"))
 RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the issue's settings. CPU: the same code on sizes that run in seconds.
@@ -502,9 +501,9 @@ def _batch(n: int, size: int, seed: int) -> dict:
 
 
 def _host():
-    """The CPU device, where models are initialised: an eager NNX init runs ~90 small programs
-    (one per initialiser and shape), each compiled for the device it runs on, which on a GPU
-    is an XLA:GPU compile apiece; on XLA:CPU they take ~3 s in all (the base policy)."""
+    """The CPU device, where models are initialised: an eager NNX init of the base policy runs
+    89 small XLA programs (counted on the CPU), each compiled for the device it runs on, which
+    on a GPU is an XLA:GPU compile apiece; on XLA:CPU the whole init takes ~3 s."""
     import jax
 
     return jax.devices("cpu")[0]
@@ -617,9 +616,9 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names, name: str) -> dict
     # The allocator's high-water mark cannot be reset: it is this step's only if the step raises it.
     peak_before = _peak_memory_gb()
     fns = {}
-    for name in ("rollout", "jax_rewards_only", "update", "update_through_all_G"):
-        if name in p:
-            fns[name], out[name] = p[name].get()
+    for program in ("rollout", "jax_rewards_only", "update", "update_through_all_G"):
+        if program in p:
+            fns[program], out[program] = p[program].get()
     batch = jax.device_put(batch)
     t = time.perf_counter()
     state = jax.block_until_ready(p["init"].build())

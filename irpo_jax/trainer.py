@@ -142,6 +142,18 @@ def build_model(cfg: ml_collections.ConfigDict) -> nnx.Module:
     return policy
 
 
+def on_mesh(mesh: jax.sharding.Mesh, fn: Callable) -> Callable:
+    """``fn`` called (and so traced) under ``jax.set_mesh(mesh)``: the model reads the mesh to
+    keep its FFTs on each device's part of the batch (:func:`irpo_jax.models.adair.frequency_split`)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def head_count(params: Mapping) -> int:
     """Scalars in the IRPO policy heads (``params["heads"]``); 0 for a plain AdaIR."""
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params.get("heads", {})))
@@ -762,12 +774,13 @@ def run(
     scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring") if bridge is not None else None
 
     if stage == "supervised":
-        step_fn = jax.jit(make_supervised_step(graphdef, tx, cfg.model.compute_dtype), donate_argnums=0)
+        supervised_step = make_supervised_step(graphdef, tx, cfg.model.compute_dtype)
+        step_fn = on_mesh(mesh, jax.jit(supervised_step, donate_argnums=0))
     else:
-        rollout_fn = jax.jit(make_rollout_step(graphdef, cfg, jax_names))
-        update_fn = jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0)
+        rollout_fn = on_mesh(mesh, jax.jit(make_rollout_step(graphdef, cfg, jax_names)))
+        update_fn = on_mesh(mesh, jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0))
     # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
-    mean_fn = jax.jit(lambda params, img: nnx.merge(graphdef, params)(img))
+    mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
 
     def current_model() -> nnx.Module:
         return nnx.merge(graphdef, jax.device_get(state.params))

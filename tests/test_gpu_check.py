@@ -39,6 +39,7 @@ def test_cpu_mode_runs_every_section(tmp_path):
     assert g["rollouts_per_s"] > 0
     for name in ("grpo_step", "supervised_1_image"):  # jax.profiler traces, summarised by op category
         prof = g["profile"][name]
+        assert prof["trace_dir"].endswith(f"grpo_{name.removeprefix('grpo_')}"), prof["trace_dir"]
         assert prof["op_ms_per_step"] > 0 and prof["categories_ms"]["convolution"] > 0, prof
         assert sum(prof["categories_ms"].values()) == pytest.approx(prof["op_ms_per_step"])
     t = results["train"]

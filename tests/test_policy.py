@@ -309,3 +309,33 @@ def test_given_and_mean_equal_the_separate_passes(pol, rollouts, one_batch):
     flat_one, flat_two = (jax.flatten_util.ravel_pytree(g)[0] for g in (g_one, g_two))
     assert float(jnp.abs(flat_two).max()) > 0
     np.testing.assert_allclose(flat_one, flat_two, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_data_parallel_pass_needs_no_collective(pol, rollouts, one_batch):
+    """Under the trainer's mesh (``jax.set_mesh``) the backbone-loss pass of the GRPO update,
+    forward and backward, stays on each device's images: the FFT band splits run per device
+    (XLA alone all-gathers an FFT's batch) and the one-batch decode lays each image's rows next
+    to each other. Only the parameter gradient's sum over devices is a collective."""
+    img, out = rollouts
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    graphdef, params = nnx.split(pol, nnx.Param)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    sharded = lambda t: jax.device_put(t, NamedSharding(mesh, P("data")))  # noqa: E731
+    actions = out.actions[:, :1]
+
+    def backbone_loss(p, x, a):
+        given, det = nnx.merge(graphdef, p).given_and_mean(x, a, detach_actions=True, one_batch=one_batch)
+        return jnp.mean(jnp.abs(given.restored[:, 0] - x)) + jnp.mean(jnp.abs(given.restored[:, 0] - det.restored))
+
+    fn = jax.jit(jax.value_and_grad(backbone_loss))
+    with jax.set_mesh(mesh):
+        hlo = fn.lower(params, sharded(img), sharded(actions)).compile().as_text()
+        loss, grads = fn(params, sharded(img), sharded(actions))
+    assert "all-gather(" not in hlo and "all-to-all(" not in hlo and "collective-permute(" not in hlo
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(backbone_loss))(jax.device_get(params), img, actions)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.flatten_util.ravel_pytree(nnx.to_pure_dict(grads))[0],
+        jax.flatten_util.ravel_pytree(nnx.to_pure_dict(ref_grads))[0], rtol=1e-4, atol=1e-7,
+    )  # fmt: skip

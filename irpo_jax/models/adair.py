@@ -295,7 +295,19 @@ def frequency_split(f: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
     PyTorch shifts the spectrum (roll by H//2, W//2), multiplies by the mask and rolls back;
     rolling the (real, small) mask the other way instead is the same permutation and saves two
     rolls of the complex spectrum. Returns ``(low, high)``, the moduli of the inverse transforms.
+
+    Under a mesh with a ``"data"`` axis (``jax.set_mesh``, as the trainer traces its steps) the
+    split runs per device with ``jax.shard_map``: XLA's SPMD partitioner does not partition an
+    FFT along its batch dimension and all-gathers the whole batch onto every device instead.
     """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.shape.get("data", 1) > 1 and f.shape[0] % mesh.shape["data"] == 0:
+        spec = jax.sharding.PartitionSpec("data")
+        return jax.shard_map(_frequency_split, in_specs=(spec, spec), out_specs=(spec, spec))(f, mask)
+    return _frequency_split(f, mask)
+
+
+def _frequency_split(f: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     h, w = f.shape[1], f.shape[2]
     spectrum = jnp.fft.fft2(f, axes=(1, 2), norm="forward")
     mask = jnp.roll(mask, (-(h // 2), -(w // 2)), axis=(1, 2))[..., None].astype(f.dtype)

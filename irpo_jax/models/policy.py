@@ -327,32 +327,39 @@ class IRPOPolicy(nnx.Module):
         (``actions`` (B, K, 12), usually K = 1) and ``y_det``. Sharing the encoding makes the
         backward run through the encoder once, with the two cotangents summed.
 
-        ``one_batch`` runs the two decodes as one batch of B*K + B rows (the given actions, then
-        the Beta means): at the paper's one image, one batch of two instead of two batches of
-        one, to keep a GPU busier (its one-image steps use it worst). The decoder treats every
-        row on its own (per-sample LayerNorm, channel attention, FFT and pooling), so only the
-        kernels' summation order can differ. ``None`` (default) picks it on accelerators and
-        not on the CPU, where it measured slower (base, 64x64, forward and backward: 3.83 s
-        against 3.32 s for the two passes on the 2-core development machine).
+        ``one_batch`` runs the two decodes as one batch of B*(K+1) rows, image b's K given
+        action sets and then its Beta means at rows b*(K+1) ... b*(K+1)+K (the layout of
+        :meth:`sample`, so a batch sharded over devices stays where it is): at the paper's one
+        image, one batch of two instead of two batches of one, to keep a GPU busier (its
+        one-image steps use it worst). The decoder treats every row on its own (per-sample
+        LayerNorm, channel attention, FFT and pooling), so only the kernels' summation order
+        can differ. ``None`` (default) picks it on accelerators and not on the CPU, where it
+        measured slower (base, 64x64, forward and backward: 3.83 s against 3.32 s for the two
+        passes on the 2-core development machine).
         """
         b, k = actions.shape[:2]
-        n = b * k
         enc = self.net.encode(img)
-        flat = jax.lax.stop_gradient(actions.reshape(n, -1))
+        flat = jax.lax.stop_gradient(actions.reshape(b * k, -1))
         detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
         means = lambda c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))  # noqa: E731
         if one_batch is None:
             one_batch = jax.default_backend() != "cpu"
-        if one_batch:
-            rows = lambda t: jnp.concatenate([jnp.repeat(t, k, axis=0), t], axis=0)  # noqa: E731
-            choose = lambda i, c: jnp.concatenate([flat[:, 2 * i : 2 * i + 2], means(c[n:])], axis=0)  # noqa: E731
-            out = self._run(rows(img), jax.tree.map(rows, enc), choose)
-            given, mean = jax.tree.map(lambda t: t[:n], out), jax.tree.map(lambda t: t[n:], out)
-        else:
+        if not one_batch:
             rep = lambda t: jnp.repeat(t, k, axis=0)  # noqa: E731
             given = self._run(rep(img), jax.tree.map(rep, enc), lambda i, c: flat[:, 2 * i : 2 * i + 2])
             mean = self._run(img, enc, lambda i, c: means(c))
-        return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), given), mean
+            return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), given), mean
+
+        per_image = lambda t: t.reshape(b, k + 1, *t.shape[1:])  # noqa: E731
+        given_actions = flat.reshape(b, k, -1)
+
+        def choose(i: int, c: jax.Array) -> jax.Array:
+            chosen = jnp.concatenate([given_actions[:, :, 2 * i : 2 * i + 2], means(per_image(c)[:, k:])], axis=1)
+            return chosen.reshape(b * (k + 1), -1)
+
+        rep = lambda t: jnp.repeat(t, k + 1, axis=0)  # noqa: E731
+        out = jax.tree.map(per_image, self._run(rep(img), jax.tree.map(rep, enc), choose))
+        return jax.tree.map(lambda t: t[:, :k], out), jax.tree.map(lambda t: t[:, k], out)
 
     def score_actions(self, head_inputs: Mapping[str, jax.Array], actions: jax.Array) -> ActionScores:
         """Log-probs and entropies of ``actions`` (..., 12) from the heads alone.
