@@ -778,7 +778,8 @@ def run(
         step_fn = on_mesh(mesh, jax.jit(supervised_step, donate_argnums=0))
     else:
         rollout_fn = on_mesh(mesh, jax.jit(make_rollout_step(graphdef, cfg, jax_names)))
-        update_fn = on_mesh(mesh, jax.jit(make_grpo_update(graphdef, tx, cfg, total_steps), donate_argnums=0))
+        grpo_update = make_grpo_update(graphdef, tx, cfg, total_steps)
+        update_fn = on_mesh(mesh, jax.jit(grpo_update, donate_argnums=0))
     # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
     mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
 

@@ -273,11 +273,13 @@ def test_score_actions_from_stored_head_inputs_equals_the_teacher_forced_pass(po
     assert "net" not in g_fast or not any(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_fast["net"]))
 
 
-@pytest.mark.parametrize("one_batch", [True, False])
-def test_given_and_mean_equal_the_separate_passes(pol, rollouts, one_batch):
-    """The GRPO update's backbone pass: the best rollout re-decoded and y_det from one encoding,
-    as one batch of B*K + B rows (GPU default) or two decodes (CPU default), give what ``given``
-    and ``mean`` give on their own, outputs and gradients."""
+def test_backbone_pass_as_one_batch_on_two_devices_equals_the_separate_passes(pol, rollouts):
+    """The GRPO update's backbone pass on accelerators: the best rollout re-decoded and y_det
+    from one encoding, as one batch of B*(K+1) rows, data-parallel over two devices under the
+    trainer's mesh, gives what ``given`` and ``mean`` give on their own on one device (outputs
+    and gradients); and it compiles without a collective on the batch: the FFT band splits run
+    per device (XLA alone all-gathers an FFT's batch) and each image's rows lie together. (The
+    CPU's two-decode form is the trainer's path in test_grpo_update.)"""
     img, out = rollouts
     graphdef, params = nnx.split(pol, nnx.Param)
     params = jax.tree.map(jnp.copy, params)  # split shares the module's variables
@@ -287,55 +289,30 @@ def test_given_and_mean_equal_the_separate_passes(pol, rollouts, one_batch):
             head["fc2"]["kernel"][...] = 0.3 * jax.random.normal(next(keys), head["fc2"]["kernel"].shape)
     actions = out.actions[:, 1:3]  # K = 2 action sets per image
 
-    def passes(p, together):
+    def passes(p, x, a, together):
         model = nnx.merge(graphdef, p)
         if together:
-            given, det = model.given_and_mean(img, actions, detach_actions=True, one_batch=one_batch)
+            given, det = model.given_and_mean(x, a, detach_actions=True, one_batch=True)
         else:
-            given, det = model.given(img, actions), model.mean(img, detach_actions=True)
-        loss = jnp.mean(jnp.abs(given.restored - img[:, None])) + jnp.mean(jnp.abs(given.restored[:, 0] - det.restored))
+            given, det = model.given(x, a), model.mean(x, detach_actions=True)
+        loss = jnp.mean(jnp.abs(given.restored - x[:, None])) + jnp.mean(jnp.abs(given.restored[:, 0] - det.restored))
         return loss, (given, det)
 
-    results = {}
-    for together in (True, False):
-        (_, o), grads = jax.jit(jax.value_and_grad(lambda p: passes(p, together), has_aux=True))(params)
-        results[together] = (o, nnx.to_pure_dict(grads))
-    ((given, det), g_one), ((given_ref, det_ref), g_two) = results[True], results[False]
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = lambda t: jax.device_put(t, NamedSharding(mesh, P("data")))  # noqa: E731
+    one = jax.jit(jax.value_and_grad(lambda p, x, a: passes(p, x, a, True), has_aux=True))
+    with jax.set_mesh(mesh):
+        args = (jax.device_put(params, NamedSharding(mesh, P())), sharded(img), sharded(actions))
+        hlo = one.lower(*args).compile().as_text()
+        (_, (given, det)), g_one = one(*args)
+    assert not [op for op in ("all-gather(", "all-to-all(", "collective-permute(") if op in hlo]
+    two = jax.jit(jax.value_and_grad(lambda p: passes(p, img, actions, False), has_aux=True))
+    (_, (given_ref, det_ref)), g_two = two(params)
     assert given.restored.shape == (2, 2, 32, 32, 3) and det.restored.shape == (2, 32, 32, 3)
     for a, b, name in ((given, given_ref, "given"), (det, det_ref, "mean")):
         for field in ("restored", "actions", "concentrations", "log_prob", "entropy"):
             np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5, atol=2e-6, err_msg=(name, field))
     assert float(jnp.std(det.actions)) > 1e-3  # the means do vary with the image
-    flat_one, flat_two = (jax.flatten_util.ravel_pytree(g)[0] for g in (g_one, g_two))
+    flat_one, flat_two = (jax.flatten_util.ravel_pytree(nnx.to_pure_dict(g))[0] for g in (g_one, g_two))
     assert float(jnp.abs(flat_two).max()) > 0
     np.testing.assert_allclose(flat_one, flat_two, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("one_batch", [True, False])
-def test_data_parallel_pass_needs_no_collective(pol, rollouts, one_batch):
-    """Under the trainer's mesh (``jax.set_mesh``) the backbone-loss pass of the GRPO update,
-    forward and backward, stays on each device's images: the FFT band splits run per device
-    (XLA alone all-gathers an FFT's batch) and the one-batch decode lays each image's rows next
-    to each other. Only the parameter gradient's sum over devices is a collective."""
-    img, out = rollouts
-    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    graphdef, params = nnx.split(pol, nnx.Param)
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    sharded = lambda t: jax.device_put(t, NamedSharding(mesh, P("data")))  # noqa: E731
-    actions = out.actions[:, :1]
-
-    def backbone_loss(p, x, a):
-        given, det = nnx.merge(graphdef, p).given_and_mean(x, a, detach_actions=True, one_batch=one_batch)
-        return jnp.mean(jnp.abs(given.restored[:, 0] - x)) + jnp.mean(jnp.abs(given.restored[:, 0] - det.restored))
-
-    fn = jax.jit(jax.value_and_grad(backbone_loss))
-    with jax.set_mesh(mesh):
-        hlo = fn.lower(params, sharded(img), sharded(actions)).compile().as_text()
-        loss, grads = fn(params, sharded(img), sharded(actions))
-    assert "all-gather(" not in hlo and "all-to-all(" not in hlo and "collective-permute(" not in hlo
-    ref_loss, ref_grads = jax.jit(jax.value_and_grad(backbone_loss))(jax.device_get(params), img, actions)
-    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
-    np.testing.assert_allclose(
-        jax.flatten_util.ravel_pytree(nnx.to_pure_dict(grads))[0],
-        jax.flatten_util.ravel_pytree(nnx.to_pure_dict(ref_grads))[0], rtol=1e-4, atol=1e-7,
-    )  # fmt: skip
