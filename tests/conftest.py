@@ -8,7 +8,10 @@ import importlib.util
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# Two fake CPU devices, and XLA:CPU's classic elemental emitters instead of its MLIR fusion
+# emitters: compiles ~35 % faster (the suite: 16.6 -> 12.4 min on 2 cores), results within ~1e-6
+# (two programs of the same arithmetic may fuse, and so round, differently).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

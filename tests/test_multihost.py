@@ -10,9 +10,7 @@ import textwrap
 from test_train import assert_trees_close, params_of
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# The workers compile with XLA:CPU's classic elemental emitters: 2-3x faster to compile than its
-# MLIR fusion emitters, and within ~1e-6 of them (they fuse differently), far inside this test's
-# tolerance. (The suite's own process keeps the default: some tests compare programs bit for bit.)
+# One device per worker process, and the suite's XLA:CPU emitters (conftest.py).
 WORKER_XLA_FLAGS = "--xla_force_host_platform_device_count=1 --xla_cpu_use_fusion_emitters=false"
 
 WORKER = textwrap.dedent(

@@ -68,7 +68,9 @@ def test_mean_mode_is_the_pretrained_adair_at_128(pol, weights):
     plain = convert.from_state_dict(weights)  # mask_rule="adair", sigmoid thresholds, no gates
     expected = _plain(*nnx.split(plain), img)
     got = _mean(*nnx.split(pol), img)
-    np.testing.assert_array_equal(np.asarray(got.restored), np.asarray(expected))
+    # The same arithmetic in two programs: equal up to how XLA fuses each (max 2.4e-6 with the
+    # suite's XLA:CPU flags, bit for bit with its default fusion emitters).
+    np.testing.assert_allclose(np.asarray(got.restored), np.asarray(expected), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got.actions[:, 2::4]), 0.5, rtol=0, atol=0)  # g_f exactly 0.5
 
 
@@ -120,11 +122,14 @@ def test_entropy_and_kl_match_closed_forms():
     assert np.all(np.asarray(policy.kl_divergence(jnp.asarray(p), jnp.asarray(p))) == 0)
 
 
-def test_given_reproduces_sample_bit_for_bit(pol, rollouts):
+def test_given_reproduces_sample(pol, rollouts):
+    """Bit for bit, except the restorations: the decoder's arithmetic is the same in both programs
+    but XLA may fuse it differently (1.9e-6 here with the suite's XLA:CPU flags)."""
     img, out = rollouts
     again = _given(*nnx.split(pol), img, out.actions)
-    for name in ("restored", "log_prob", "entropy", "concentrations", "actions"):
+    for name in ("log_prob", "entropy", "concentrations", "actions"):
         np.testing.assert_array_equal(np.asarray(getattr(again, name)), np.asarray(getattr(out, name)), err_msg=name)
+    np.testing.assert_allclose(np.asarray(again.restored), np.asarray(out.restored), rtol=0, atol=1e-5)
 
 
 def test_shared_encoder_equals_independent_forwards(pol, rollouts):
@@ -191,8 +196,11 @@ def test_policy_checkpoint_round_trip(pol, tmp_path):
     restorer = checkpointing.load_model(dst)
     assert isinstance(restorer.module, policy.IRPOPolicy)
     assert restorer.meta["policy"]["mask_rule"] == "fraction"
-    img = images((1, 32, 32, 3), seed=5)
-    np.testing.assert_array_equal(np.asarray(restorer(img)), np.asarray(_mean(*nnx.split(pol), img).restored))
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(restorer.module)), nnx.to_flat_state(nnx.state(pol)),
+                                 strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+    img = images((1, 32, 32, 3), seed=5)  # calling it runs the deterministic policy
+    np.testing.assert_allclose(np.asarray(restorer(img)), np.asarray(_mean(*nnx.split(pol), img).restored), atol=1e-5)
 
 
 def test_bad_policy_configs():
