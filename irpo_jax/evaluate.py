@@ -216,12 +216,9 @@ def _make_fns(graphdef: Any, fn: Callable | None, ensemble: bool, oracle_k: int)
 
 def _oracle(model: nnx.Module, degraded, clean, ids, seed, k: int) -> dict[str, jax.Array]:
     """Best of ``k`` sampled restorations per image, by PSNR against ``clean``."""
-    base = jax.random.PRNGKey(seed)
-
-    def one(img, i):  # per-image keys: results do not depend on how images are batched
-        return model.sample(img[None], jax.random.fold_in(base, i), k).restored[0]  # (K, H, W, 3)
-
-    samples = jnp.clip(jax.vmap(one)(degraded, ids), 0.0, 1.0)  # (B, K, H, W, 3)
+    # Per-image keys: the results do not depend on how the images are batched.
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
+    samples = jnp.clip(model.sample(degraded, keys, k).restored, 0.0, 1.0)  # (B, K, H, W, 3)
     b = degraded.shape[0]
     flat = samples.reshape(b * k, *samples.shape[2:])
     ref = jnp.repeat(clean, k, axis=0)
@@ -260,7 +257,8 @@ def _local_copy(a: Any) -> Any:
 
 @dataclasses.dataclass
 class Runner:
-    """The model placed on a local mesh, with its compiled functions."""
+    """The model placed on a local mesh, with its compiled functions (traced under the mesh, so
+    the model's FFTs run on each device's images: :func:`irpo_jax.models.adair.frequency_split`)."""
 
     fns: _Fns
     state: Any
@@ -279,13 +277,13 @@ class Runner:
 
     def run_batch(self, degraded: np.ndarray, clean: np.ndarray, ids: np.ndarray, seed: int) -> dict:
         """Restores, clips and scores a batch: ``{"restored", "psnr", "ssim"[, "oracle_*"]}``."""
-        with jax.default_matmul_precision(self.precision):
+        with jax.default_matmul_precision(self.precision), jax.set_mesh(self.mesh):
             return self.fns.batch(self.state, self.put(degraded), self.put(clean), self.put(ids),
                                   jnp.uint32(seed))
 
     def apply_host(self, x: np.ndarray) -> np.ndarray:
         """The raw (unclipped) restoration of a host batch, back on the host."""
-        with jax.default_matmul_precision(self.precision):
+        with jax.default_matmul_precision(self.precision), jax.set_mesh(self.mesh):
             return np.asarray(self.fns.apply(self.state, self.put(x)))
 
     def score(self, restored: np.ndarray, clean: np.ndarray) -> dict:

@@ -403,7 +403,8 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
                     cln = np.concatenate([cln, np.repeat(cln[-1:], pad, 0)])
                 deg = jax.device_put(deg, batch_sharding)
                 cln = jax.device_put(cln, batch_sharding)
-                p, s = score(restorer(deg), cln)
+                with jax.set_mesh(mesh):  # the model's FFTs run per device (adair.frequency_split)
+                    p, s = score(restorer(deg), cln)
                 p, s = np.asarray(p), np.asarray(s)
                 for k, (i, _) in enumerate(good):
                     lines.append({"id": records[i].id, "psnr": float(p[k]), "ssim": float(s[k])})

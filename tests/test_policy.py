@@ -189,6 +189,29 @@ def test_runs_sharded_over_a_two_device_mesh(pol, rollouts):
     np.testing.assert_array_equal(np.asarray(got.actions), np.asarray(out.actions))
 
 
+def test_per_image_keys_on_two_devices_sample_each_image_as_alone(pol, rollouts):
+    """``sample`` with one key per image (evaluate's best-of-K oracle) gives image b what
+    ``sample(img[b:b+1], key[b])`` gives, here data-parallel on two devices under a mesh, where
+    the program keeps each device's images local (no collective in its HLO)."""
+    img, _ = rollouts
+    keys = jax.random.split(jax.random.key(7), 2)
+    graphdef, state = nnx.split(pol)
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        args = (graphdef, jax.device_put(state, NamedSharding(mesh, P())),
+                *(jax.device_put(t, NamedSharding(mesh, P("data"))) for t in (img, keys)))  # fmt: skip
+        compiled = _sample.lower(*args).compile()
+        got = jax.block_until_ready(compiled(*args))
+    assert not [op for op in ("all-gather(", "all-to-all(", "collective-permute(") if op in compiled.as_text()]
+    for b in range(2):
+        alone = _sample(graphdef, state, img[b : b + 1], keys[b])
+        np.testing.assert_array_equal(np.asarray(got.actions[b]), np.asarray(alone.actions[0]))
+        np.testing.assert_allclose(np.asarray(got.restored[b]), np.asarray(alone.restored[0]), atol=1e-5)
+    assert not np.array_equal(np.asarray(got.actions[0]), np.asarray(got.actions[1]))
+    with pytest.raises(ValueError, match=r"one per image \(2,\), got shape \(3,\)"):
+        jax.eval_shape(lambda s: nnx.merge(graphdef, s).sample(img, jax.random.split(keys[0], 3), G), state)
+
+
 def test_policy_checkpoint_round_trip(pol, tmp_path):
     dst = tmp_path / "policy"
     with checkpointing.atomic_directory(dst) as tmp:

@@ -287,19 +287,37 @@ class IRPOPolicy(nnx.Module):
         are repeated ``group_size`` times along the batch before the decoder (rollout ``g`` of
         image ``b`` sits at row ``b * G + g``).
 
+        Args:
+          img: (B, H, W, 3) degraded images.
+          key: one key for the whole batch, or (B,) keys, one per image: image ``b``'s actions
+            are then those of ``sample(img[b:b+1], key[b], group_size)``, whatever the batch.
+          group_size: rollouts per image (G).
+
         Returns:
           A :class:`PolicyOutput` whose arrays have leading shape (B, G).
         """
+        b = img.shape[0]
+        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw uint32 key data
+            key = jax.random.wrap_key_data(key)
         enc = self.net.encode(img)
         rep = lambda t: jnp.repeat(t, group_size, axis=0)  # noqa: E731
-        keys = jax.random.split(key, 2 * len(adair.FRE_NAMES))
+        n_keys = 2 * len(adair.FRE_NAMES)
+        if key.ndim == 0:
+            keys = jax.random.split(key, n_keys)
+            draw = lambda k, conc: jax.random.beta(keys[k], conc[..., 0], conc[..., 1])  # noqa: E731
+        elif key.shape == (b,):
+            keys = jax.vmap(lambda one: jax.random.split(one, n_keys))(key)  # (B, n_keys)
+
+            def draw(k: int, conc: jax.Array) -> jax.Array:  # conc (B*G, 2, 2) -> (B*G, 2)
+                per_image = jax.vmap(lambda kb, c: jax.random.beta(kb, c[..., 0], c[..., 1]))
+                return per_image(keys[:, k], conc.reshape(b, group_size, *conc.shape[1:])).reshape(b * group_size, -1)
+        else:
+            raise ValueError(f"key must be one key or one per image ({b},), got shape {key.shape}")
 
         def choose(k: int, conc: jax.Array) -> jax.Array:
-            draw = jax.random.beta(keys[k], conc[..., 0], conc[..., 1])
-            return self._clamp(jax.lax.stop_gradient(draw))
+            return self._clamp(jax.lax.stop_gradient(draw(k, conc)))
 
         out = self._run(rep(img), jax.tree.map(rep, enc), choose)
-        b = img.shape[0]
         return jax.tree.map(lambda t: t.reshape(b, group_size, *t.shape[1:]), out)
 
     def given(self, img: jax.Array, actions: jax.Array, *, detach_head_inputs: bool = False) -> PolicyOutput:
