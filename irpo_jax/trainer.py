@@ -658,6 +658,15 @@ def _done(value: Any) -> concurrent.futures.Future:
     return future
 
 
+def _host_device() -> jax.Device | None:
+    """This process's CPU device, or None (the default device) when the CPU backend is off
+    (``JAX_PLATFORMS=cuda``)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
+
+
 def _host(x: jax.Array) -> np.ndarray:
     """The whole (global) array on every process; every process must call it."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -727,11 +736,15 @@ def run(
     data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
     total_steps = int(cfg.train.steps) or max(1, math.ceil(cfg.train.epochs * data.epoch_size / cfg.train.batch_size))
 
-    model = build_model(cfg)
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params)
-    tx = build_optimizer(cfg, params, total_steps)
-    state = jax.device_put(TrainState.initial(params, tx, cfg.seed, with_ref=stage == "grpo"), replicated)
+    # Built on the host, then placed: an eager NNX init runs ~90 small XLA programs, each an
+    # XLA:GPU compile on a card, and a checkpoint's weights need not pass through device 0.
+    with jax.default_device(_host_device()):
+        model = build_model(cfg)
+        graphdef, params = nnx.split(model, nnx.Param)
+        params = nnx.to_pure_dict(params)
+        tx = build_optimizer(cfg, params, total_steps)
+        state = jax.tree.map(np.asarray, TrainState.initial(params, tx, cfg.seed, with_ref=stage == "grpo"))
+    state = jax.device_put(state, replicated)
     meta = checkpointing.model_metadata(model) | {"stage": stage, "total_steps": total_steps}
 
     ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)

@@ -174,8 +174,9 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
                                rng=jax.random.key_data(jax.random.key(cfg.seed)),
                                ref_params=jax.tree.map(np.copy, params))  # fmt: skip
     state = jax.device_put(state, replicated)
-    rollout_fn = jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task")))
-    update_fn = jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0)
+    # The trainer's programs, built the trainer's way (also: the compilation cache has them).
+    rollout_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task"))))
+    update_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0))
     key = lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i)  # noqa: E731
     batches = [trainer._to_global(next(data), sharded) for _ in range(3)]
     sampled = rollout_fn(state.params, batches[0], key(0))
