@@ -14,7 +14,8 @@ the joint log-probability is the sum of the 12 Beta log-densities (Eq. 23).
 
 Three modes of one forward pass (:meth:`IRPOPolicy.sample`, :meth:`IRPOPolicy.mean`,
 :meth:`IRPOPolicy.given`). Sampled actions are clamped to ``[eps, 1 - eps]`` *before* they are
-stored, so teacher-forcing the stored actions reproduces the sampled pass bit for bit.
+stored, so teacher-forcing the stored actions reproduces the sampled pass (its log-probs bit
+for bit; its restorations up to how XLA fuses the two programs, ~1e-6).
 
 Initialisation preserves the pretrained backbone: the heads' last layer starts with zero
 weights, so the concentrations are the constants ``rate_init`` (default alpha=1, beta=35, mean
@@ -310,7 +311,8 @@ class IRPOPolicy(nnx.Module):
 
             def draw(k: int, conc: jax.Array) -> jax.Array:  # conc (B*G, 2, 2) -> (B*G, 2)
                 per_image = jax.vmap(lambda kb, c: jax.random.beta(kb, c[..., 0], c[..., 1]))
-                return per_image(keys[:, k], conc.reshape(b, group_size, *conc.shape[1:])).reshape(b * group_size, -1)
+                drawn = per_image(keys[:, k], conc.reshape(b, group_size, *conc.shape[1:]))
+                return drawn.reshape(b * group_size, -1)
         else:
             raise ValueError(f"key must be one key or one per image ({b},), got shape {key.shape}")
 
@@ -323,7 +325,7 @@ class IRPOPolicy(nnx.Module):
     def given(self, img: jax.Array, actions: jax.Array, *, detach_head_inputs: bool = False) -> PolicyOutput:
         """Teacher-forced pass: use stored ``actions`` (B, G, 12); log-probs under the current parameters.
 
-        Same layout and result as :meth:`sample` for the same actions (bit for bit). The
+        Same layout and result as :meth:`sample` for the same actions (see the module docstring). The
         restorations depend on the backbone only (the actions are constants); the log-probs depend
         on the heads and, unless ``detach_head_inputs``, on the backbone through the heads' inputs.
         """
