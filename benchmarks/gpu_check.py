@@ -410,7 +410,9 @@ def prepare_parity(opts, sizes, compiler: Compiler):
 
     variant, size = sizes["variant"], sizes["size"]
     x = _images((1, size, size, 3), seed=1)
-    with jax.default_device(_host()):  # the lowering below targets the default device
+    from irpo_jax.trainer import host_device
+
+    with jax.default_device(host_device()):  # the lowering below targets the default device
         weights = _weights(variant)
         model = adair.AdaIR(variant, rngs=nnx.Rngs(0))
         convert.load_state_dict(model, weights)
@@ -500,15 +502,6 @@ def _batch(n: int, size: int, seed: int) -> dict:
     return {"degraded": np.clip(clean + noise, 0, 1), "clean": clean, "task_id": np.zeros((n,), np.int32)}
 
 
-def _host():
-    """The CPU device, where models are initialised: an eager NNX init of the base policy runs
-    89 small XLA programs (counted on the CPU), each compiled for the device it runs on, which
-    on a GPU is an XLA:GPU compile apiece; on XLA:CPU the whole init takes ~3 s."""
-    import jax
-
-    return jax.devices("cpu")[0]
-
-
 class StepZero:
     """The step-0 :class:`~irpo_jax.trainer.TrainState` of ``make_model()``: its shapes now (to
     lower the programs that take it), the arrays when :meth:`build` is called (as the section is
@@ -524,7 +517,9 @@ class StepZero:
         """The state on the first device, initialised on the host."""
         import jax
 
-        with jax.default_device(_host()):
+        from irpo_jax.trainer import host_device
+
+        with jax.default_device(host_device()):
             state = self._init()
         return jax.device_put(state, jax.local_devices()[0])
 

@@ -658,9 +658,10 @@ def _done(value: Any) -> concurrent.futures.Future:
     return future
 
 
-def _host_device() -> jax.Device | None:
-    """This process's CPU device, or None (the default device) when the CPU backend is off
-    (``JAX_PLATFORMS=cuda``)."""
+def host_device() -> jax.Device | None:
+    """This process's CPU device, where models are built before they are placed (an eager NNX
+    init runs ~90 small XLA programs, each an XLA:GPU compile on a card); None (the default
+    device) when the CPU backend is off (``JAX_PLATFORMS=cuda``)."""
     try:
         return jax.local_devices(backend="cpu")[0]
     except RuntimeError:
@@ -736,9 +737,8 @@ def run(
     data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
     total_steps = int(cfg.train.steps) or max(1, math.ceil(cfg.train.epochs * data.epoch_size / cfg.train.batch_size))
 
-    # Built on the host, then placed: an eager NNX init runs ~90 small XLA programs, each an
-    # XLA:GPU compile on a card, and a checkpoint's weights need not pass through device 0.
-    with jax.default_device(_host_device()):
+    # Built on the host, then placed (a checkpoint's weights need not pass through device 0).
+    with jax.default_device(host_device()):
         model = build_model(cfg)
         graphdef, params = nnx.split(model, nnx.Param)
         params = nnx.to_pure_dict(params)
