@@ -104,6 +104,26 @@ def test_supervision_losses_pick_the_best_rollout():
     assert float(sup) == pytest.approx(0.3)
 
 
+def test_images_without_a_scored_rollout_are_left_out_of_the_supervision_losses():
+    rng = np.random.default_rng(0)
+    restored = jnp.asarray(rng.uniform(size=(3, 2, 4, 4, 3)), jnp.float32)
+    clean, y_det = (jnp.asarray(rng.uniform(size=(3, 4, 4, 3)), jnp.float32) for _ in range(2))
+    rewards = jnp.asarray([[0.1, 0.9], [np.nan, np.nan], [0.5, 0.2]])  # image 1: nothing scored
+    scored = jnp.any(~jnp.isnan(rewards), axis=1)
+    sup, cons = losses.supervision_losses(restored, y_det, clean, rewards, scored=scored)
+    # By hand over images 0 (best rollout 1) and 2 (best rollout 0) only.
+    best = np.stack([np.asarray(restored)[0, 1], np.asarray(restored)[2, 0]])
+    keep = np.asarray([0, 2])
+    assert float(sup) == pytest.approx(np.mean(np.abs(best - np.asarray(clean)[keep])), rel=1e-6)
+    assert float(cons) == pytest.approx(np.mean(np.abs(best - np.asarray(y_det)[keep])), rel=1e-6)
+    # All scored: the plain means. Nothing scored: 0, not NaN.
+    all_scored = losses.supervision_losses(restored, y_det, clean, rewards.at[1].set(0.0), scored=jnp.ones(3, bool))
+    plain = losses.supervision_losses(restored, y_det, clean, rewards.at[1].set(0.0))
+    np.testing.assert_allclose(all_scored, plain, rtol=1e-6)
+    none = losses.supervision_losses(restored, y_det, clean, rewards, scored=jnp.zeros(3, bool))
+    assert float(none[0]) == 0.0 and float(none[1]) == 0.0
+
+
 def test_linear_annealing():
     assert float(losses.linear_anneal(0.35, 0.1, 0, 11)) == pytest.approx(0.35)
     assert float(losses.linear_anneal(0.35, 0.1, 5, 11)) == pytest.approx(0.225)

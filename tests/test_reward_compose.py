@@ -66,6 +66,33 @@ def test_nan_renormalises_within_each_group():
     np.testing.assert_allclose(total, [TOTAL, 0.6 * gen1 + 0.075 + 0.18, total2], atol=1e-6)
 
 
+def test_a_component_failed_for_one_rollout_is_left_out_for_its_whole_group():
+    """GRPO groups (group_size): every rollout an advantage compares is scored by one formula."""
+    cfg = C.default_reward_config()
+    psnr = np.array([30.0, 30.5, 31.0, 31.5], np.float32)  # two groups of two; worst first
+    jax_raw = {"psnr": psnr, "ssim": np.full(4, 0.8, np.float32), "task": np.full(4, 0.6, np.float32)}
+    remote = {k: np.full(4, v[0], np.float32) for k, v in REMOTE_RAW.items()}
+    remote["qwen"] = np.array([np.nan, 0.25, 0.25, 0.25], np.float32)  # rollout 0's answer did not parse
+    gen = [0.25 * 0.95 + 0.25 * 0.9 + 0.15 * 0.5 + 0.20 * (p - 15) / 30 + 0.15 * 0.8 for p in psnr]
+    with_judge = [0.6 * g + 0.1 * 0.25 + 0.3 * 0.6 for g in gen]
+    without_judge = [(0.6 * g + 0.3 * 0.6) / 0.9 for g in gen]
+    total, parts = C.compose(jax_raw, remote, cfg, group_size=2)
+    # Group 0 (rollouts 0, 1): the judge is left out of both; group 1 keeps it.
+    np.testing.assert_allclose(total, without_judge[:2] + with_judge[2:], atol=1e-6)
+    assert np.isnan(parts["group/judge"][:2]).all() and not np.isnan(parts["group/judge"][2:]).any()
+    np.testing.assert_allclose(parts["qwen"][1:], 0.25, atol=1e-6)  # the sibling's score is still logged
+    # Per sample (no groups), rollout 0 alone is rescaled; here that makes the worst rollout the best.
+    per_sample, _ = C.compose(jax_raw, remote, cfg)
+    np.testing.assert_allclose(per_sample, without_judge[:1] + with_judge[1:], atol=1e-6)
+    assert per_sample[0] > per_sample[1] and total[0] < total[1]
+    # Strict mode is unchanged by groups: only the failed rollout is NaN.
+    cfg.missing = "strict"
+    strict, _ = C.compose(jax_raw, remote, cfg, group_size=2)
+    assert np.isnan(strict[0]) and np.allclose(strict[1:], with_judge[1:], atol=1e-6)
+    with pytest.raises(ValueError, match="group_size 3 does not divide the batch of 4"):
+        C.compose(jax_raw, remote, cfg, group_size=3)
+
+
 def test_missing_component_counts_as_nan_and_all_missing_is_nan():
     cfg = C.default_reward_config()
     # The bridge is off: no remote scores at all -> only PSNR/SSIM (gen) and task remain.

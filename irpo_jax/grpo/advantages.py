@@ -21,9 +21,9 @@ def group_advantages(rewards: jax.Array, *, eps: float = 1e-8, scale: str = "gro
     Args:
       rewards: (B, G); NaN marks a rollout whose reward failed.
       eps: added to the variance inside the square root (paper: epsilon in Eq. 8).
-      scale: ``"group"`` (paper: divide by the group's std), ``"batch"`` (divide by the std of
-        all centred rewards in the batch, Dr.GRPO-style, so easy groups are not inflated) or
-        ``"none"`` (centre only).
+      scale: ``"group"`` (paper: divide by the group's std), ``"batch"`` (divide by one std
+        pooled over all centred rewards in the batch, so groups with a small spread are not
+        inflated; flow_grpo's ``global_std``) or ``"none"`` (centre only, as Dr. GRPO).
 
     Returns:
       (B, G) advantages, 0 where the reward is NaN.

@@ -86,7 +86,11 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def supervision_losses(
-    restored: jax.Array, y_det: jax.Array, clean: jax.Array, rewards: jax.Array
+    restored: jax.Array,
+    y_det: jax.Array,
+    clean: jax.Array,
+    rewards: jax.Array,
+    scored: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """L_sup = l1(y_g*, clean) (Eq. 1) and L_cons = l1(y_g*, y_det) (Eq. 2).
 
@@ -95,9 +99,22 @@ def supervision_losses(
       y_det: (B, H, W, 3) the deterministic (Beta-mean) output.
       clean: (B, H, W, 3) ground truth.
       rewards: (B, G) composite rewards choosing g*.
+      scored: optional (B,) bool, False for an image none of whose rollouts has a reward (every
+        one NaN): it has no g*, so it is left out of both means (0 when no image is scored).
+
+    Returns:
+      ``(L_sup, L_cons)``, means over the (scored) images' pixels.
     """
     y_best = take_rollout(restored, best_rollout(rewards))
-    return l1(y_best, clean), l1(y_best, y_det)
+    if scored is None:
+        return l1(y_best, clean), l1(y_best, y_det)
+    weight = scored.astype(y_best.dtype)
+
+    def masked_l1(a, b):
+        per_image = jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
+        return jnp.sum(per_image * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+    return masked_l1(y_best, clean), masked_l1(y_best, y_det)
 
 
 def linear_anneal(start: float, end: float, step: jax.Array, total_steps: int) -> jax.Array:

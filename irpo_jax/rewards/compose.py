@@ -30,9 +30,16 @@ parse, a torch component that raised, a remote component not requested this step
 weight is spread over the live components of the same group (``gen``, ``judge``, ``task``):
 ``R_g = (sum_live w_i x_i) * (sum_all w_i / sum_live w_i)``; a group with no live component is
 left out of ``R`` the same way; a sample with nothing live is NaN. When nothing is missing this
-is exactly the weighted sum of Eq. 22. With ``missing="strict"`` any NaN in a weighted component
-makes the sample's total NaN, which the trainer treats as a failed step. A component with weight
-0 is off: never required, never counted.
+is exactly the weighted sum of Eq. 22. Given ``group_size=G`` (the trainer's G rollouts of one
+image, consecutive), a component that failed for one rollout is left out for its G - 1 siblings
+too: the rollouts an advantage compares must be scored by the same formula. Per sample, a
+rollout whose judge answer did not parse would otherwise get (0.6 R_gen + 0.3 R_task) / 0.9
+against its siblings' 0.6 R_gen + 0.1 R_qwen + 0.3 R_task, a difference of the order of the
+whole within-group spread that Eq. 8 then amplifies into a large advantage. With
+``missing="strict"`` any NaN in a weighted component makes the sample's total NaN: the rollout
+gets advantage 0 (Eq. 8's statistics leave it out) and cannot be g*; an image none of whose
+rollouts was scored is left out of L_sup and L_cons (:func:`irpo_jax.grpo.losses.supervision_losses`).
+A component with weight 0 is off: never required, never counted.
 
 The JAX part is jittable: ``jax.jit(functools.partial(compose, cfg=cfg))`` (the config is read at
 trace time and is static).
@@ -319,6 +326,7 @@ def compose(
     jax_scores: Mapping[str, jax.Array],
     remote_scores: Mapping[str, jax.Array],
     cfg: ml_collections.ConfigDict,
+    group_size: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The composite reward of Eq. 22 from raw per-component scores.
 
@@ -328,16 +336,21 @@ def compose(
         (``RewardResult.scores``); NaN = failed. An active component found in neither mapping is
         treated as NaN for every sample (unavailable this step).
       cfg: reward config (:func:`default_reward_config`); read at trace time.
+      group_size: G when the B samples are B / G groups of G consecutive rollouts of one image
+        (GRPO): with ``missing="renormalise"`` a component missing for any rollout of a group is
+        left out of the whole group's totals (module docstring). ``None``: samples are
+        independent.
 
     Returns:
       ``(total, per_component)``: ``total`` ``(B,)`` float32 (NaN where the composite failed, see
       the module docstring); ``per_component`` maps each active component to its normalised
-      ``(B,)`` value (NaN where missing) and ``"group/gen"``, ``"group/judge"``, ``"group/task"``
-      to the group values, for logging.
+      ``(B,)`` value (NaN where it failed for that sample; a sibling's failure does not hide a
+      score here) and ``"group/gen"``, ``"group/judge"``, ``"group/task"`` to the group values
+      that ``total`` combines, for logging.
 
     Raises:
-      ValueError: unknown component names, a name in both mappings, mismatched shapes, or no
-        scores at all.
+      ValueError: unknown component names, a name in both mappings, mismatched shapes, no
+        scores at all, or a ``group_size`` that does not divide B.
     """
     validate_reward_config(cfg)
     for name in (*jax_scores, *remote_scores):
@@ -353,8 +366,20 @@ def compose(
     batch_shape = next(iter(shapes.values()))
     if len(batch_shape) != 1 or any(s != batch_shape for s in shapes.values()):
         raise ValueError(f"compose: every score must have the same shape (B,), got {shapes}")
+    if group_size is not None and (group_size < 1 or batch_shape[0] % group_size):
+        raise ValueError(
+            f"compose: group_size {group_size} does not divide the batch of {batch_shape[0]} scores"
+        )
     nan = jnp.full(batch_shape, jnp.nan, jnp.float32)
     renormalise = cfg.missing == "renormalise"
+
+    def same_for_the_group(value: jax.Array) -> jax.Array:
+        """NaN for every rollout of a group in which ``value`` is NaN for any (renormalise)."""
+        if group_size is None or not renormalise:
+            return value
+        grouped = value.reshape(-1, group_size)
+        failed = jnp.any(jnp.isnan(grouped), axis=1, keepdims=True)
+        return jnp.where(failed, jnp.nan, grouped).reshape(value.shape)
 
     per_component: dict[str, jax.Array] = {}
     group_values, group_weights = [], []
@@ -367,7 +392,7 @@ def compose(
         for name in live:
             value = normalise(name, given[name], cfg) if name in given else nan
             per_component[name] = value
-            values.append(value)
+            values.append(same_for_the_group(value))
         per_component[f"group/{group}"] = _weighted(values, list(live.values()), renormalise)
         group_values.append(per_component[f"group/{group}"])
         group_weights.append(gw)
