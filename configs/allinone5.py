@@ -8,10 +8,11 @@ COMMAND:
 EXPECTED:
   30 epochs of GRPO over the mined subset (G=4, 1 image per device); the mean reward rises over
   training (paper, Fig. 6) and the five-task average goes from AdaIR's 30.20 dB / 0.910 to about
-  31.03 dB / 0.917 (IRPO Table 1). Not reproduced here: needs the datasets, the checkpoint and GPUs.
+  31.03 dB / 0.917 (IRPO Table 2). Not reproduced here: needs the datasets, the checkpoint and GPUs.
 
 VARIANTS (append to the path, comma separated):
-  :supervised  AdaIR's own supervised recipe (L1, AdamW 2e-4, cosine) from scratch.
+  :supervised  AdaIR's own supervised recipe from scratch (L1, AdamW 2e-4, 15 warm-up epochs then
+               cosine per epoch, 32 images per step, augmentation modes 1-7, 150 epochs).
   :demo        the built-in demo data (make demo), the small model, CPU-sized.
   :smoke       a few steps of the tiny model (tests).
 """

@@ -159,7 +159,27 @@ def head_count(params: Mapping) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params.get("heads", {})))
 
 
-def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+SCHEDULES = ("constant", "cosine", "adair")
+
+
+def updates_per_batch(cfg: ml_collections.ConfigDict) -> int:
+    """Optimizer steps per training batch: ``grpo.policy_iters`` in the GRPO stage, else 1."""
+    return int(cfg.grpo.policy_iters) if cfg.train.stage == "grpo" else 1
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int, epoch_size: int | None = None) -> optax.Schedule:
+    """The learning rate per optimizer step (``optim.schedule``).
+
+    ``"constant"`` (optionally after ``optim.warmup_steps`` of linear warm-up), ``"cosine"``
+    (linear warm-up then cosine to 0 at ``total_steps``, per step), or ``"adair"``: AdaIR's
+    ``LinearWarmupCosineAnnealingLR(warmup_epochs, max_epochs)`` stepped once per epoch with the
+    epoch index (adair-spec section 11): ``lr * e / (warmup_epochs - 1)`` for ``e <
+    warmup_epochs``, then ``lr / 2 * (1 + cos(pi * (e - warmup_epochs) / (max_epochs -
+    warmup_epochs)))``, where ``e`` is the epoch of the step's batch's first sample, ``floor(batch
+    * train.batch_size / epoch_size)`` (``batch = step // updates_per_batch(cfg)``). AdaIR trains 150 of the 180 epochs the cosine spans, so
+    it stops near 1.7e-5 rather than 0. ``epoch_size``: samples per epoch (the data mixture's
+    length), required by ``"adair"``.
+    """
     o = cfg.optim
     if o.schedule == "constant":
         if o.warmup_steps:
@@ -167,7 +187,26 @@ def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
         return optax.constant_schedule(o.lr)
     if o.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 0), max(total_steps, o.warmup_steps + 1))
-    raise TrainingError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+    if o.schedule == "adair":
+        warmup, span = int(o.warmup_epochs), int(o.cosine_epochs)
+        if not 1 <= warmup < span:
+            raise TrainingError(
+                f"optim.schedule='adair' needs 1 <= optim.warmup_epochs < optim.cosine_epochs, got "
+                f"{warmup} and {span} (AdaIR: 15 and 180)"
+            )
+        if not epoch_size:
+            raise TrainingError("optim.schedule='adair' counts epochs: it needs the data set's epoch size")
+        lr, batch_size, per_batch = float(o.lr), int(cfg.train.batch_size), updates_per_batch(cfg)
+
+        def adair(step):
+            batch = jnp.asarray(step, jnp.int32) // per_batch
+            epoch = jnp.floor(batch.astype(jnp.float32) * batch_size / epoch_size)
+            warm = lr * epoch / max(warmup - 1, 1)
+            cosine = 0.5 * lr * (1.0 + jnp.cos(jnp.pi * (epoch - warmup) / (span - warmup)))
+            return jnp.where(epoch < warmup, warm, cosine)
+
+        return adair
+    raise TrainingError(f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,10 +237,15 @@ class FlatOptimizer:
         return flat_params + updates, opt_state
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict, params: Mapping, total_steps: int) -> FlatOptimizer:
-    """Adam/AdamW (+ optional global-norm clipping) with the policy heads at ``head_lr_mult`` x lr."""
+def build_optimizer(
+    cfg: ml_collections.ConfigDict, params: Mapping, total_steps: int, epoch_size: int | None = None
+) -> FlatOptimizer:
+    """Adam/AdamW (+ optional global-norm clipping) with the policy heads at ``head_lr_mult`` x lr.
+
+    ``total_steps`` and ``epoch_size`` (samples per epoch) are what :func:`learning_rate` needs.
+    """
     o = cfg.optim
-    schedule = learning_rate(cfg, total_steps)
+    schedule = learning_rate(cfg, total_steps, epoch_size)
     if o.name == "adam":
         tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
     elif o.name == "adamw":
@@ -318,7 +362,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
         img, clean = batch["degraded"], batch["clean"]
         b, group = rollout["actions"].shape[:2]
         flat = lambda d: {k: v.reshape(b * group) for k, v in d.items()}  # noqa: E731
-        total, per = compose(flat(rollout["jax_scores"]), flat(remote_scores), reward_cfg)
+        total, per = compose(flat(rollout["jax_scores"]), flat(remote_scores), reward_cfg, group)
         rewards = total.reshape(b, group)
         if g.aggregation == "normalize_then_sum":
             names = sorted(k for k in per if not k.startswith("group/"))
@@ -368,7 +412,9 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
                 clip_eps=g.clip_eps, kl_coef=g.kl_coef, entropy_coef=g.entropy_coef,
                 kl_estimator=g.kl_estimator if ref is not None else "paper", kl_analytic=kl_analytic,
             )  # fmt: skip
-            l_sup, l_cons = losses.supervision_losses(restored_for_sup, y_det, clean, rewards_for_sup)
+            l_sup, l_cons = losses.supervision_losses(
+                restored_for_sup, y_det, clean, rewards_for_sup, scored=jnp.any(~jnp.isnan(rewards), axis=1)
+            )
             total_loss = l_rl + lam_sup * l_sup + lam_cons * l_cons
             terms = {"rl": l_rl, "sup": l_sup, "cons": l_cons, "total": total_loss}
             return total_loss, (terms, rl_metrics)
@@ -403,7 +449,9 @@ def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
 
     def reward(jax_scores, remote_scores):
         flat = lambda d: {k: v.reshape(-1) for k, v in d.items()}  # noqa: E731
-        total, per = compose(flat(jax_scores), flat(remote_scores), cfg.reward)
+        shapes = [v.shape for v in (*jax_scores.values(), *remote_scores.values())]  # (B, G) each
+        group = shapes[0][-1] if shapes else None
+        total, per = compose(flat(jax_scores), flat(remote_scores), cfg.reward, group)
         scored = set(jax_scores) | set(remote_scores)
         return {"total": total} | {k: v for k, v in per.items() if k in scored}
 
@@ -735,14 +783,27 @@ def run(
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    total_steps = int(cfg.train.steps) or max(1, math.ceil(cfg.train.epochs * data.epoch_size / cfg.train.batch_size))
+    if stage == "grpo" and not cfg.data.manifest:
+        log.warning(
+            "GRPO on every training pair (data.manifest is empty); IRPO post-trains on the hardest "
+            "30 %%: python -m irpo_jax.mine ... --out hard.jsonl, then --config.data.manifest=hard.jsonl"
+        )
+    # Optimizer steps: one per batch, grpo.policy_iters per GRPO batch (a whole number of batches).
+    per_batch = updates_per_batch(cfg)
+    batches = max(1, math.ceil(cfg.train.epochs * data.epoch_size / cfg.train.batch_size))
+    total_steps = int(cfg.train.steps) or batches * per_batch
+    if total_steps % per_batch:
+        raise TrainingError(
+            f"train.steps={total_steps} counts optimizer steps, and each GRPO batch makes "
+            f"grpo.policy_iters={per_batch} of them: use a multiple of {per_batch}"
+        )
 
     # Built on the host, then placed (a checkpoint's weights need not pass through device 0).
     with jax.default_device(host_device()):
         model = build_model(cfg)
         graphdef, params = nnx.split(model, nnx.Param)
         params = nnx.to_pure_dict(params)
-        tx = build_optimizer(cfg, params, total_steps)
+        tx = build_optimizer(cfg, params, total_steps, data.epoch_size)
         state = jax.tree.map(np.asarray, TrainState.initial(params, tx, cfg.seed, with_ref=stage == "grpo"))
     state = jax.device_put(state, replicated)
     meta = checkpointing.model_metadata(model) | {"stage": stage, "total_steps": total_steps}
@@ -881,7 +942,7 @@ def run(
                 bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
                 last = {k: float(v) for k, v in metrics.items() if not k.startswith("finite/") and k != "ok"}
                 if new_step % cfg.train.log_every == 0 or new_step == total_steps:
-                    extra = {"opt/lr": float(learning_rate(cfg, total_steps)(step)), **rate}
+                    extra = {"opt/lr": float(learning_rate(cfg, total_steps, data.epoch_size)(step)), **rate}
                     extra.update({f"perf/{k}_s": v / max(new_step - start_step, 1) for k, v in timings.items()})
                     extra.update(_memory_stats())
                     writer.scalars(new_step, last | extra)

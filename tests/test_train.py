@@ -5,6 +5,7 @@ The fixtures ``demo_root`` and ``supervised_run`` live in conftest.py (shared wi
 """
 
 import json
+import math
 import pathlib
 import time
 import types
@@ -211,6 +212,32 @@ def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
     cfg = smoke_config(demo_root, "supervised", **{"optim.lr": 1e-3})
     with pytest.raises(trainer.TrainingError, match="different config.*optim.lr"):
         trainer.run(cfg, workdir, progress=False)
+
+
+def test_adair_schedule_is_the_official_per_epoch_rule():
+    """adair-spec section 11: lr(e) = e * 2e-4 / 14 for e < 15, then 1e-4 (1 + cos(pi (e - 15) / 165))."""
+    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
+    assert (cfg.optim.schedule, cfg.train.batch_size, cfg.data.augment) == ("adair", 32, "official")
+    epoch_size = 100  # 32-image batches: epoch e starts inside batch ceil(100 e / 32)
+    schedule = trainer.learning_rate(cfg, total_steps=10_000, epoch_size=epoch_size)
+    for step in (0, 3, 4, 40, 46, 47, 51, 300, 467, 468, 469):
+        e = step * 32 // epoch_size  # the epoch of the batch's first sample
+        want = e * 2e-4 / 14 if e < 15 else 1e-4 * (1 + math.cos(math.pi * (e - 15) / 165))
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+    assert float(schedule(150 * epoch_size // 32)) == pytest.approx(1.7e-5, rel=0.02)  # where AdaIR stops
+    with pytest.raises(trainer.TrainingError, match="epoch size"):
+        trainer.learning_rate(cfg, total_steps=10)
+    cfg.optim.warmup_epochs = 200
+    with pytest.raises(trainer.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
+        trainer.learning_rate(cfg, total_steps=10, epoch_size=epoch_size)
+    demo = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised,demo")
+    assert demo.optim.schedule == "cosine"  # 40 steps: the per-step shape
+
+
+def test_grpo_steps_must_be_whole_batches_of_policy_iterations(demo_root, tmp_path):
+    cfg = smoke_config(demo_root, **{"grpo.policy_iters": 2, "train.steps": 3})
+    with pytest.raises(trainer.TrainingError, match="train.steps=3 .* grpo.policy_iters=2 .* multiple of 2"):
+        trainer.run(cfg, tmp_path, progress=False)
 
 
 def test_grpo_without_a_starting_model_says_what_to_do(demo_root, tmp_path):
