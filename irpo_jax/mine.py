@@ -5,8 +5,9 @@
 
 IRPO post-trains only on the 30 % of training pairs the pre-trained model restores worst
 (DESIGN.md decision 5: ranked by PSNR **per task** by default, since a global ranking would drop
-whole tasks; ``--selection global`` ranks all pairs together, ``--selection random`` draws the
-same number per task at random -- the paper's control). Train on the result with
+whole tasks, and each denoising sigma ranked on its own for the same reason (:func:`select`);
+``--selection global`` ranks all pairs together, ``--selection random`` draws the same number
+per task and sigma at random -- the paper's control). Train on the result with
 ``data.manifest = "hard.jsonl"`` (:func:`irpo_jax.data.pipeline.make_train_iterator`).
 
 What is measured: every unique training pair of the configured mixture (no repetition; one
@@ -147,8 +148,12 @@ def select(entries: Sequence[dict[str, Any]], *, mode: str = "per_task", fractio
            rank_by: str = "psnr", seed: int = 0) -> dict[str, tuple[bool, int]]:
     """Chooses the hard set. Returns ``{id: (selected, rank)}`` for every scored entry.
 
-    ``rank`` orders each ranking group (a task for ``per_task`` and ``random``; everything for
-    ``global``) from worst (0) to best by ``rank_by`` (lower PSNR/SSIM = harder), ties by id.
+    ``rank`` orders each ranking group (a degradation for ``per_task`` and ``random``; everything
+    for ``global``) from worst (0) to best by ``rank_by`` (lower PSNR/SSIM = harder), ties by id.
+    A degradation is a task, with each denoising sigma on its own (AdaIR's degradation ids
+    ``denoise_15/25/50``): ranked together, the sigma-50 pairs are the worst denoising PSNRs and
+    would fill the whole denoising share, and post-training would never see sigma 15 or 25 (the
+    same reason a global ranking is not the default: it drops whole tasks).
     ``k = ceil(fraction * n)`` of a group's ``n`` pairs are selected: the ``k`` worst, or for
     ``random`` ``k`` drawn uniformly (numpy ``default_rng(seed)``, over ids sorted by name).
     Entries without a score (decode errors) are left out.
@@ -163,7 +168,8 @@ def select(entries: Sequence[dict[str, Any]], *, mode: str = "per_task", fractio
     for e in entries:
         if e.get(rank_by) is None:
             continue
-        groups.setdefault("all" if mode == "global" else e["task"], []).append(e)
+        degradation = f"{e['task']} s{e['sigma']}" if e.get("sigma") else e["task"]
+        groups.setdefault("all" if mode == "global" else degradation, []).append(e)
     out: dict[str, tuple[bool, int]] = {}
     rng = np.random.default_rng(int(seed))
     for key in sorted(groups):
@@ -403,7 +409,9 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
                     cln = np.concatenate([cln, np.repeat(cln[-1:], pad, 0)])
                 deg = jax.device_put(deg, batch_sharding)
                 cln = jax.device_put(cln, batch_sharding)
-                with jax.set_mesh(mesh):  # the model's FFTs run per device (adair.frequency_split)
+                # The mesh: the model's FFTs run per device (adair.frequency_split). Full float32
+                # as in evaluate (a GPU's default TF32 moves the output by ~3e-4).
+                with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
                     p, s = score(restorer(deg), cln)
                 p, s = np.asarray(p), np.asarray(s)
                 for k, (i, _) in enumerate(good):

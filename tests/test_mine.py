@@ -78,13 +78,15 @@ def test_manifest_records_every_pair_and_the_model(mined, demo_root, model_dir):
 
 def test_per_task_worst_30_percent_matches_an_independent_sort(mined):
     _, entries = R.read_manifest(mined)
-    for task in ("denoise", "derain", "dehaze", "deblur", "lowlight"):
-        es = [e for e in entries if e["task"] == task]
+    # Ranking groups: the tasks, each denoising sigma on its own.
+    groups = [("denoise", s) for s in (15, 25, 50)] + [(t, None) for t in ("derain", "dehaze", "deblur", "lowlight")]
+    for task, sigma in groups:
+        es = [e for e in entries if e["task"] == task and (sigma is None or e["sigma"] == sigma)]
         k = math.ceil(0.3 * len(es))
         worst = sorted(es, key=lambda e: e["psnr"])[:k]
-        assert {e["id"] for e in es if e["selected"]} == {e["id"] for e in worst}, task
+        assert {e["id"] for e in es if e["selected"]} == {e["id"] for e in worst}, (task, sigma)
         assert sorted(e["rank"] for e in es) == list(range(len(es)))
-    assert sum(e["selected"] for e in entries) == 6 + 2 + 2 + 2 + 2  # ceil(0.3 n) per task
+    assert sum(e["selected"] for e in entries) == 3 * 2 + 2 + 2 + 2 + 2  # ceil(0.3 n) per group
 
 
 def test_global_and_random_selection():
