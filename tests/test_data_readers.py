@@ -155,6 +155,11 @@ def test_eval_sets_pairing_and_official_noise_protocol(demo_root):
         np.testing.assert_array_equal(item["degraded"], expected[(sigma, k)][0])
         np.testing.assert_array_equal(item["clean"], expected[(sigma, k)][1])
         assert item["sigma"] == sigma and item["task"] == "denoise"
+    # Evaluating fewer levels (data.sigmas is also the training setting) keeps each one's noise.
+    only = R.eval_sets({"root": str(demo_root), "sigmas": (50, 25)}, names=["bsd68"])
+    assert list(only) == ["bsd68_s50", "bsd68_s25"]
+    for sigma, k in [(25, 1), (50, 0)]:
+        np.testing.assert_array_equal(only[f"bsd68_s{sigma}"][k]["degraded"], expected[(sigma, k)][0])
 
 
 def test_eval_sets_missing_folder_and_unknown_name(demo_root):

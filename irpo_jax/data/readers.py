@@ -33,7 +33,9 @@ file in ``os.listdir`` order draws ``np.random.randn(H, W, 3)`` for the ``crop_i
 clean image and forms ``uint8(clip(clean + sigma * n, 0, 255))`` (truncated), the stream
 continuing across files and sigmas. ``os.listdir`` order depends on the filesystem, so here the
 files are **sorted by name**; otherwise the stream is the same (legacy ``RandomState(seed)``,
-``randn`` draws, one stream per folder starting at ``data.test_noise_seed``, default 0).
+``randn`` draws, one stream per folder starting at ``data.test_noise_seed``, default 0). The
+stream always runs through sigma 15, 25, 50 in that order, whichever of them ``data.sigmas``
+evaluates.
 
 **Bad input** is handled before training where possible (:func:`train_records` scans headers):
 missing or unreadable files, degraded/clean size mismatches and images smaller than the
@@ -872,10 +874,14 @@ def _eval_set(name: str, cfg: Mapping[str, Any], root: Path) -> dict[str, EvalSe
         raise DataError(f"test set {name}: no images in {folder}")
     shapes = [(*cropped_size(_header(str(p), decode=False), base), 3) for p in files]
     sigmas = [int(s) for s in cfg["sigmas"]]
-    stream = _NoiseStream(int(cfg["test_noise_seed"]), shapes * len(sigmas))
+    # The stream runs over the official sigmas in their order whatever data.sigmas holds (it is
+    # also the training setting): sigma 25's test noise stays the published one when training
+    # uses only some levels. Other levels continue the stream after sigma 50.
+    stream_sigmas = list(OFFICIAL_SIGMAS) + [s for s in sigmas if s not in OFFICIAL_SIGMAS]
+    stream = _NoiseStream(int(cfg["test_noise_seed"]), shapes * len(stream_sigmas))
     out = {}
-    for j, s in enumerate(sigmas):
+    for s in sigmas:
         recs = [Record(f"{name}:{p.name}@s{s}", "denoise", s, str(p), None) for p in files]
-        out[f"{name}_s{s}"] = EvalSet(f"{name}_s{s}", task, recs, sigma=s, crop_base=base,
-                                      noise=stream, noise_offset=j * len(files))
+        out[f"{name}_s{s}"] = EvalSet(f"{name}_s{s}", task, recs, sigma=s, crop_base=base, noise=stream,
+                                      noise_offset=stream_sigmas.index(s) * len(files))
     return out
