@@ -15,6 +15,7 @@ fakes and should not pay for jax.
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -406,7 +407,8 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [sys.executable, "-m", "torch_bridge.reward_server", "--address", address,
-         "--config", '{"mean_abs": {}, "nan_odd": {}}', "--components", REGISTRY,
+         "--config", json.dumps({"mean_abs": {}, "nan_odd": {}, "sleep": {"seconds": 3, "marker": str(tmp_path / "slept")}}),
+         "--components", REGISTRY,
          "--ready-file", str(ready), "--parent-pid", str(parent.pid), "--torch-threads", "1"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -420,6 +422,15 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
             sock.sendall(wire._PREFIX.pack(wire.MAGIC, 9, 0) + b'{"v":999}')
             reply = wire.recv_message(sock)
         assert reply.header["type"] == "error" and "version mismatch" in reply.header["message"]
+        # A client that times out leaves while the server is still scoring its request, and
+        # reconnects: the server's reply hits a closed connection; it must serve the new one.
+        degraded, restored, clean = _batch(seed=2)
+        with RewardProcess.connect(address, request_timeout_s=1.0, max_restarts=1) as client:
+            result = client.score(degraded, restored, clean, components=["sleep"], timeout=60)
+            assert result.attempts == 2
+            want = _reference("mean_abs", degraded, restored, clean, np.arange(8))
+            np.testing.assert_array_equal(result.scores["sleep"], want)
+        assert server.poll() is None
 
         degraded, restored, clean = _batch(seed=2)
         ids = np.arange(8)

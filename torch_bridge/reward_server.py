@@ -298,7 +298,18 @@ class RewardServer:
             self._shm.close()
 
     def _serve_connection(self, conn) -> bool:
-        """Handles messages on one connection; returns True when asked to shut down."""
+        """Handles messages on one connection; returns True when asked to shut down.
+
+        A client that goes away mid-exchange (a trainer killed, or one that timed out and
+        reconnects) ends its connection only: the server goes on to the next client.
+        """
+        try:
+            return self._handle_messages(conn)
+        except OSError as e:  # BrokenPipeError / ConnectionResetError on the reply or the request
+            log.warning("client connection lost (%s: %s); waiting for the next one", type(e).__name__, e)
+            return False
+
+    def _handle_messages(self, conn) -> bool:
         while True:
             try:
                 msg = wire.recv_message(conn, shm=self._shm)
