@@ -193,5 +193,10 @@ def test_judge_every_k_steps():
     cfg.judge_every = 3
     assert set(C.remote_components_for_step(cfg, 0)) == {"clip", "lpips", "aesthetic", "qwen"}
     assert set(C.remote_components_for_step(cfg, 1)) == {"clip", "lpips", "aesthetic"}
-    cfg.judge_every = 0
+    cfg.judge_every = 0  # never: the judge is off, as with weight 0 (not loaded, not missing)
     assert "qwen" not in C.remote_components_for_step(cfg, 0)
+    assert "qwen" not in C.active_components(cfg) and "qwen" not in C.remote_components(cfg)
+    cfg.missing = "strict"
+    total, parts = C.compose(JAX_RAW, {k: v for k, v in REMOTE_RAW.items() if k != "qwen"}, cfg)
+    np.testing.assert_allclose(total, 0.6 * GEN + 0.3 * 0.6, atol=1e-6)
+    assert "qwen" not in parts

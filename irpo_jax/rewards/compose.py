@@ -165,7 +165,7 @@ def default_reward_config() -> ml_collections.ConfigDict:
     cfg.windows.qwen = (0.0, 1.0)  # the judge's 1..5 score, already rescaled to [0, 1]
 
     cfg.missing = "renormalise"  # a NaN component: "renormalise" over live ones or "strict" (NaN)
-    cfg.judge_every = 1  # request the judge every k steps (0 = never); absent steps count as NaN
+    cfg.judge_every = 1  # request the judge every k steps (0 = never: the judge is off); absent steps count as NaN
 
     cfg.bridge = ml_collections.ConfigDict()
     cfg.bridge.mode = "process"  # "process" (own torch process), "inprocess" (DLPack), or "off"
@@ -187,9 +187,18 @@ def default_reward_config() -> ml_collections.ConfigDict:
 
 
 def _component_weights(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, float]]:
-    """group -> {component: weight} with the config's values as floats."""
+    """group -> {component: weight} with the config's values as floats.
+
+    ``judge_every=0`` (never ask the judge) is the judge's weight 0: off, not a component that
+    is missing at every step (which would load the judge model for nothing and fail every
+    sample under ``missing="strict"``).
+    """
+    never_judge = int(cfg.get("judge_every", 1)) == 0
     return {
-        group: {name: float(w) for name, w in cfg.groups[group].components.items()}
+        group: {
+            name: 0.0 if never_judge and name == "qwen" else float(w)
+            for name, w in cfg.groups[group].components.items()
+        }
         for group in GROUPS
         if group in cfg.groups
     }
