@@ -476,14 +476,23 @@ def test_in_process_mode_gives_the_same_scores(proc):
     degraded, restored, clean = _batch(seed=4)
     ids = np.arange(20, 28)
     remote = proc.score(degraded, restored, clean, sample_ids=ids, timeout=60)
-    with InProcessRewards(BASIC, registry=REGISTRY) as local:
-        assert sorted(local.info["components"]) == sorted(BASIC)
+    with InProcessRewards(BASIC | {"sleep": {"seconds": 1}}, registry=REGISTRY) as local:
+        assert sorted(local.info["components"]) == sorted(BASIC) + ["sleep"]
         # jax arrays enter torch through DLPack.
         jx = [jnp.asarray(a) for a in (degraded, restored, clean)]
         result = local.request(*jx, sample_ids=ids).result(timeout=60)
+        # numpy inputs are copied at the request: overwriting them afterwards changes nothing.
+        buffers = [a.copy() for a in (degraded, restored, clean)]
+        busy = local.request(*buffers, components=["sleep"])  # the scoring thread is busy for 1 s
+        future = local.request(*buffers, sample_ids=ids, components=list(BASIC))
+        for a in buffers:
+            a[...] = 0.5
+        from_numpy = future.result(timeout=60)
+        busy.result(timeout=60)
     for name in BASIC:
         np.testing.assert_array_equal(result.scores[name], remote.scores[name])
-    assert result.errors == remote.errors == {}
+        np.testing.assert_array_equal(from_numpy.scores[name], remote.scores[name])
+    assert result.errors == remote.errors == from_numpy.errors == {}
 
 
 @pytest.mark.torch

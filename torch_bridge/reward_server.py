@@ -581,6 +581,9 @@ class InProcessRewards:
         if ids is not None and len(ids) != batch:
             raise ValueError(f"sample_ids must have {batch} entries, got {len(ids)}")
         rid = next(self._ids)
+        # Scored later, on another thread: numpy buffers are copied now, as RewardProcess does,
+        # so a caller reusing them cannot change the scores (jax arrays are immutable).
+        degraded, restored, clean = (np.array(a) if isinstance(a, np.ndarray) else a for a in (degraded, restored, clean))
         return self._pool.submit(self._run, rid, names, degraded, restored, clean, ids)
 
     def _run(self, rid: int, names: list[str], degraded: Any, restored: Any, clean: Any, ids: Any):
