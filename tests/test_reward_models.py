@@ -87,6 +87,14 @@ def test_missing_weights_name_the_key_and_the_path(tmp_path, name, section, key)
     assert isinstance(err.value, ValueError)
 
 
+def test_every_missing_model_is_named_at_once(tmp_path):
+    cfg = {"lpips": {"trunk_path": str(tmp_path / "alexnet.pth")}, "qwen": {"model_path": str(tmp_path / "no_qwen")}}
+    with pytest.raises(rm.RewardModelUnavailable, match="2 reward models are unavailable") as err:
+        rm.build_components(cfg)
+    for key in ("reward.models.lpips.trunk_path", "reward.models.qwen.model_path"):
+        assert key in str(err.value)
+
+
 def test_uncached_hub_id_and_weightless_directory_are_unavailable(tmp_path):
     with pytest.raises(rm.RewardModelUnavailable) as err:
         rm.build_components({"clip": {"model_path": "irpo-jax-tests/no-such-model"}})

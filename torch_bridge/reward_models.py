@@ -1401,11 +1401,21 @@ def build_components(cfg: dict, device: str = "cpu") -> dict[str, RewardComponen
         )
     shared: dict = {}
     built: dict[str, RewardComponent] = {}
+    missing: list[str] = []  # every absent model in one message, not one per start attempt
     for name, factory in COMPONENTS.items():  # clip before aesthetic: it owns the GT cache size
         if name not in cfg:
             continue
         section = _merged_config(name, cfg[name])
         if float(section["weight"]) == 0.0:
             continue  # switched off: its weights are not needed
-        built[name] = factory(cfg[name] or {}, device, shared=shared)
+        try:
+            built[name] = factory(cfg[name] or {}, device, shared=shared)
+        except RewardModelUnavailable as e:
+            missing.append(str(e))
+    if len(missing) == 1:
+        raise RewardModelUnavailable(missing[0])
+    if missing:
+        raise RewardModelUnavailable(
+            f"{len(missing)} reward models are unavailable:\n" + "\n".join(f"- {m}" for m in missing)
+        )
     return built
