@@ -786,7 +786,7 @@ def run(
     if stage == "grpo" and not cfg.data.manifest:
         log.warning(
             "GRPO on every training pair (data.manifest is empty); IRPO post-trains on the hardest "
-            "30 %%: python -m irpo_jax.mine ... --out hard.jsonl, then --config.data.manifest=hard.jsonl"
+            "30 %: python -m irpo_jax.mine ... --out hard.jsonl, then --config.data.manifest=hard.jsonl"
         )
     # Optimizer steps: one per batch, grpo.policy_iters per GRPO batch (a whole number of batches).
     per_batch = updates_per_batch(cfg)
@@ -869,8 +869,33 @@ def run(
             return _Sampled(batch, rollout, _done({}))
         return _Sampled(batch, rollout, scorer.submit(_score_remotely, bridge, cfg, index, batch, rollout, live_remote))
 
-    def save() -> None:
-        ckpt.save(state, data.get_state(), meta, current_model(), pending.tree() if pending is not None else None)
+    def save(pending_grace_s: float | None = None) -> None:
+        """Checkpoints the state (and, one-step-stale, the pending sample with its scores).
+
+        ``pending_grace_s``: how long to wait for the pending sample's scores (None: as long as
+        the request takes). After a failure or a signal the reward process may be hung or gone:
+        the state is saved without the pending sample then, and the resumed run samples its
+        next update afresh (a one-step-stale run's only inexact resume).
+        """
+        tree = None
+        if pending is not None:
+            try:
+                pending.scores.result(timeout=pending_grace_s)
+                tree = pending.tree()
+            except Exception as e:  # noqa: BLE001 - timed out or failed: save without it
+                log.warning("checkpoint without the pending rollouts (their reward scores: %s); a resumed "
+                            "run samples the next update afresh", type(e).__name__)  # fmt: skip
+        ckpt.save(state, data.get_state(), meta, current_model(), tree)
+
+    def scores_of(sampled: _Sampled, stop: _StopSignal) -> dict[str, jax.Array] | None:
+        """The sample's remote scores; None if a signal arrives first (a hung reward process
+        must not hold a preempted job past its grace period)."""
+        while True:
+            try:
+                return sampled.scores.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if stop.received:
+                    return None
 
     probe = None
     if stage == "grpo" and cfg.train.probe_every:
@@ -908,7 +933,18 @@ def run(
                     if panel_due:
                         y_det = _host(mean_fn(state.params, batch["degraded"]))
                     t1 = time.perf_counter()
-                    remote_scores = used.scores.result()  # stale: requested one step ago
+                    try:
+                        remote_scores = scores_of(used, stop)  # stale: requested one step ago
+                    except Exception as e:
+                        save(pending_grace_s=0)
+                        raise TrainingError(
+                            f"the reward scores of step {step} failed: {e}\nThe state before this step was saved "
+                            f"in {workdir / 'checkpoints'}; fix the reward process (or set reward.bridge.mode=off) "
+                            "and rerun the same command to resume."
+                        ) from e
+                    if remote_scores is None:
+                        stop_reason = f"stopped by {stop.received} while waiting for the reward process"
+                        break
                     t2 = time.perf_counter()
                     for _ in range(cfg.grpo.policy_iters):
                         state, metrics = update_fn(state, batch, rollout, remote_scores)
@@ -961,17 +997,17 @@ def run(
                 if stop_after is not None and new_step - start_step >= stop_after and new_step < total_steps:
                     stop_reason = f"stopped after {stop_after} steps (stop_after)"
                     break
-        save()
+        save(pending_grace_s=30.0 if stop.received else None)
         if cfg.train.eval_at_end and stop_reason == "finished":
             _evaluate(cfg, workdir, current_model(), int(jax.device_get(state.step)), writer)
     finally:
         bar.close()
         writer.close()
         ckpt.close()
+        if bridge is not None:  # first: a request in flight then fails instead of being waited for
+            bridge.close()
         if scorer is not None:
             scorer.shutdown(wait=True, cancel_futures=True)
-        if bridge is not None:
-            bridge.close()
     summary = {"stage": stage, "steps": int(jax.device_get(state.step)), "total_steps": total_steps,
                "stop": stop_reason, "workdir": str(workdir), "last_metrics": last}  # fmt: skip
     if jax.process_index() == 0:
@@ -995,21 +1031,43 @@ def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) 
     print(table)
 
 
+def _process_rows(x: jax.Array) -> tuple[jax.Array, int]:
+    """This process's rows of a batch-sharded global array, in order, and the first one's index.
+
+    With several processes each one holds only its devices' rows (the global array cannot be
+    fetched whole); its own reward process scores those, as :func:`_to_global` assembles them.
+    The rows stay on the accelerator: the in-process bridge takes them through DLPack, the
+    reward process's client copies them to its transport.
+    """
+    if x.is_fully_addressable:
+        return x, 0
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # replicas: once
+    first, device = min(shards), jax.local_devices()[0]
+    return jnp.concatenate([jax.device_put(shards[k], device) for k in sorted(shards)]), first
+
+
 def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:
-    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays."""
+    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays sharded like the batch.
+
+    Each process sends its own images' rollouts to its own reward process.
+    """
     from irpo_jax.rewards.compose import remote_components_for_step
 
     names = [n for n in remote_components_for_step(cfg.reward, step) if n in live]
     if not names:
         return {}
-    restored = np.clip(np.asarray(jax.device_get(rollout["restored"])), 0, 1)  # (B, G, H, W, 3)
+    restored, first = _process_rows(rollout["restored"])  # (b, G, H, W, 3), this process's b
+    restored = jnp.clip(restored, 0, 1)
     b, g = restored.shape[:2]
-    rep = lambda k: np.repeat(np.asarray(jax.device_get(batch[k])), g, axis=0)  # noqa: E731
+    rep = lambda k: jnp.repeat(_process_rows(batch[k])[0], g, axis=0)  # noqa: E731
+    b_global = batch["degraded"].shape[0]
     result = bridge.score(
         rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
-        task_ids=rep("task_id"), sample_ids=np.repeat(np.arange(b) + step * b, g), components=names,
+        task_ids=np.asarray(rep("task_id")), components=names,
+        sample_ids=np.repeat(np.arange(first, first + b) + step * b_global, g),
     )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
-    return {k: jnp.asarray(v.reshape(b, g)) for k, v in result.scores.items()}
+    sharding = NamedSharding(batch["degraded"].sharding.mesh, P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, v.reshape(b, g)) for k, v in result.scores.items()}
 
 
 def _memory_stats() -> dict[str, float]:

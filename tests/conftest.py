@@ -45,7 +45,7 @@ HAS_TORCH = _has_torch()
 
 # ``make test`` runs two pytest-xdist workers with ``--dist loadfile``: each test module is one
 # work unit (its module fixtures are built once), except that the modules sharing the session
-# fixtures below (``demo_root``, ``supervised_run``) form one unit together. The units that take
+# fixtures below (``demo_root``, ``supervised_run``, ``stale_run``) form one unit together. The units that take
 # longest go first (longest-first keeps the two workers' loads even); the rest keep file order.
 # (Not ``--dist loadgroup``: xdist 3.8 tags grouped tests through ``item._nodeid``, which pytest 9
 # no longer reads, so its ``xdist_group`` marks are silently ignored.) Both workers share the
@@ -117,3 +117,22 @@ def supervised_run(demo_root, tmp_path_factory):
     cfg.data.eval_sets = ("rain100l", "gopro")  # the tasks smoke_config trains on
     summary = trainer.run(cfg, workdir, progress=False)
     return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def stale_run(demo_root, supervised_run, tmp_path_factory):
+    """One-step-stale GRPO with a (fake) remote reward: 2 steps, preempted after 1 and resumed
+    (the second update consumes the rollouts saved with the checkpoint), a panel at the end."""
+    from irpo_jax import trainer
+    from irpo_jax.rewards import remote
+    from test_train import FakeRewardBridge, smoke_config
+
+    workdir = tmp_path_factory.mktemp("stale")
+    cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 2,
+                                     "grpo.one_step_stale": True, "train.panel_every": 2})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
+        first = trainer.run(cfg, workdir, progress=False, stop_after=1)
+        summary = trainer.run(cfg, workdir, progress=False)
+    assert first["steps"] == 1 and summary["steps"] == 2 and summary["stop"] == "finished"
+    return workdir, cfg

@@ -6,7 +6,11 @@ The fixtures ``demo_root`` and ``supervised_run`` live in conftest.py (shared wi
 
 import json
 import math
+import os
 import pathlib
+import shutil
+import signal
+import threading
 import time
 import types
 
@@ -131,19 +135,77 @@ class FakeRewardBridge:
         pass
 
 
-@pytest.fixture(scope="module")
-def stale_run(demo_root, supervised_run, tmp_path_factory):
-    """One-step-stale GRPO with a (fake) remote reward: 2 steps, preempted after 1 and resumed
-    (the second update consumes the rollouts saved with the checkpoint), a panel at the end."""
-    workdir = tmp_path_factory.mktemp("stale")
-    cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 2,
-                                     "grpo.one_step_stale": True, "train.panel_every": 2})  # fmt: skip
+class FailingRewardBridge(FakeRewardBridge):
+    """The fake reward process, gone from its ``fail_at``-th request on."""
+
+    def __init__(self, fail_at: int):
+        self.calls, self.fail_at = 0, fail_at
+
+    def score(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise remote.RewardProcessError("the reward process is gone (test)")
+        return super().score(*args, **kwargs)
+
+
+def test_a_failed_reward_request_saves_the_state_and_the_run_resumes(stale_run, tmp_path):
+    workdir, cfg = stale_run
+    shutil.copytree(workdir, tmp_path / "run")
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.steps, cfg.train.allow_config_change = 5, True
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FailingRewardBridge(fail_at=2))
+        # From step 2: update 3 consumes the saved rollouts, update 4 those of request 1, and
+        # update 5 needs request 2, which failed.
+        with pytest.raises(trainer.TrainingError, match=r"(?s)reward scores of step 4 failed.*rerun the same command"):
+            trainer.run(cfg, tmp_path / "run", progress=False)
+        ckpt = trainer.TrainCheckpointer(tmp_path / "run", keep=3)
+        assert ckpt.latest_step() == 4
+        ckpt.close()
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
-        first = trainer.run(cfg, workdir, progress=False, stop_after=1)
-        summary = trainer.run(cfg, workdir, progress=False)
-    assert first["steps"] == 1 and summary["steps"] == 2 and summary["stop"] == "finished"
-    return workdir, cfg
+        summary = trainer.run(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 5 and summary["stop"] == "finished"
+
+
+class HungRewardBridge(FakeRewardBridge):
+    """A reward process that never answers (until closed)."""
+
+    def __init__(self):
+        self.entered, self.closed = threading.Event(), threading.Event()
+
+    def score(self, *args, **kwargs):
+        self.entered.set()
+        if not self.closed.wait(120):
+            raise AssertionError("the trainer never closed the hung reward bridge")
+        raise remote.RewardProcessError("closed while a request was in flight")
+
+    def close(self):
+        self.closed.set()
+
+
+def test_sigterm_while_the_reward_process_hangs_stops_with_a_checkpoint(grpo_run, tmp_path):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    _, _, cfg = grpo_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.probe_every, cfg.train.steps = 0, 2
+    bridge = HungRewardBridge()
+
+    def preempt():
+        if bridge.entered.wait(120):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=preempt, daemon=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: bridge)
+        killer.start()
+        t0 = time.monotonic()
+        summary = trainer.run(cfg, tmp_path, progress=False)
+    assert summary["stop"] == "stopped by SIGTERM while waiting for the reward process"
+    assert summary["steps"] == 0 and time.monotonic() - t0 < 100
+    ckpt = trainer.TrainCheckpointer(tmp_path, keep=3)
+    assert ckpt.latest_step() == 0
+    ckpt.close()
 
 
 def test_stale_grpo_ratio_uses_the_sampling_log_probs(stale_run):
