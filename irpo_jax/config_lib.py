@@ -78,7 +78,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.entropy_coef = 0.01  # tau, the entropy bonus (paper: 0.01)
     c.grpo.adv_eps = 1e-8  # epsilon inside the sqrt of the group std (Eq. 8)
     c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
-    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation)
+    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed component adds 0, reward.missing does not apply)
     c.grpo.policy_iters = 1  # updates per rollout batch (1 = paper: ratio 1, REINFORCE with a group baseline)
     c.grpo.one_step_stale = False  # update on the previous step's rollouts while the reward process scores this step's
     c.grpo.lambda_sup = (0.35, 0.1)  # L_sup weight, linear from start to end over training (paper)
