@@ -43,8 +43,8 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.train.steps = 0  # optimizer steps (grpo.policy_iters per GRPO batch); 0 = derive from train.epochs and the data set size
     c.train.epochs = 30  # passes over the training mixture (data.repeats per pair; the mined pairs with data.manifest) when steps == 0 (paper: 30)
     c.train.batch_size = 2  # global images per step (paper: 1 per GPU on 2 GPUs)
-    c.train.log_every = 10  # steps between metric writes (JSONL + TensorBoard)
-    c.train.checkpoint_every = 1000  # steps between orbax checkpoints (also at the end and on SIGTERM/SIGINT)
+    c.train.log_every = 10  # steps between metric writes (JSONL + TensorBoard; 0 = only at the end)
+    c.train.checkpoint_every = 1000  # steps between orbax checkpoints (0 = none between; always at the end and on SIGTERM/SIGINT)
     c.train.keep_checkpoints = 3  # most recent checkpoints kept
     c.train.panel_every = 500  # steps between image panels in TensorBoard (0 = never)
     c.train.eval_every = 0  # steps between evaluations on data.eval_sets (0 = only at the end)

@@ -7,13 +7,20 @@
 
 ``--workdir`` defaults to ``runs/<config name>`` and is printed at start; a workdir that holds
 checkpoints is resumed. Any config field can be overridden: ``--config.optim.lr=1e-5``.
+
+Exit status: 0 when the run finished (or was already finished, or left after ``--stop_after``),
+1 for an error, 2 for bad flags, 128 + the signal's number when SIGINT (130) or SIGTERM (143)
+stopped it early (checkpointed; the same command resumes it), so that schedulers and ``&&``
+chains see the run as unfinished.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import signal
 import sys
+from typing import Any
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -33,6 +40,12 @@ def main(argv: list[str]) -> int:
     from irpo_jax import trainer
 
     cfg = _CONFIG.value
+    try:
+        cfg is None or cfg.name  # noqa: B018 - a file that failed to load raises on first use
+    except OSError as e:
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        print(f"error: --config: {reason}", file=sys.stderr)
+        return 2
     if cfg is None:
         print("error: --config is required, e.g. --config configs/allinone5.py", file=sys.stderr)
         return 2
@@ -48,8 +61,38 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
           f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if summary["stop"].startswith(f"stopped by {sig.name}"):
+            return 128 + sig.value
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error instead of a traceback for a mistyped flag,
+    config file, variant or config override (``--config.optim.lrr=1``)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+        detail: Any = e
+        while isinstance(detail, BaseException) and detail.args:  # ml_collections nests a KeyError
+            detail = detail.args[0]
+        detail = str(detail)
+        message = "no such config field " + " ".join(line.strip() for line in detail.splitlines())
+    except Exception as e:  # noqa: BLE001 - flags.Error, or whatever loading the config file raised
+        message = _one_line(str(e)) or type(e).__name__
+    print(f"error: {message}\n(python -m irpo_jax.train --helpfull lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    """A config file's error arrives with its traceback as text: keep what precedes it and the
+    exception's last line."""
+    head, marker, trace = message.partition("Traceback (most recent call last):")
+    lines = [line.strip() for line in (trace if marker else message).splitlines() if line.strip()]
+    if marker:
+        lines = [head.strip(), lines[-1]] if lines else [head.strip()]
+    return " ".join(line for line in lines if line)
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

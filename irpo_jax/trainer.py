@@ -629,11 +629,52 @@ _RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.che
                       "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
 
 
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """The training settings a run cannot start with, named by their keys (before any work)."""
+    t = cfg.train
+    problems = []
+    if t.stage not in ("supervised", "grpo"):
+        problems.append(f"train.stage must be 'supervised' or 'grpo', got {t.stage!r}")
+    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
+        problems.append(f"model.compute_dtype must be 'float32' or 'bfloat16', got {cfg.model.compute_dtype!r}")
+    if t.steps < 0 or (t.steps == 0 and not t.epochs > 0):
+        problems.append(f"train.steps={t.steps}, train.epochs={t.epochs}: give steps > 0, or steps=0 and epochs > 0")
+    if t.batch_size < 1:
+        problems.append(f"train.batch_size must be at least 1, got {t.batch_size}")
+    for key in ("log_every", "checkpoint_every", "panel_every", "eval_every", "probe_every"):
+        if t[key] < 0:
+            problems.append(f"train.{key} must be >= 0 (0 = never, or only at the end), got {t[key]}")
+    if cfg.data.patch_size < 8 or cfg.data.patch_size % 8:
+        problems.append(f"data.patch_size={cfg.data.patch_size}: AdaIR needs a multiple of 8 (the paper: 128)")
+    if t.stage == "grpo" and cfg.grpo.policy_iters < 1:
+        problems.append(f"grpo.policy_iters must be at least 1, got {cfg.grpo.policy_iters}")
+    if problems:
+        raise TrainingError("invalid config: " + "; ".join(problems))
+
+
 def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
-    """Save the resolved config; refuse a workdir made by a different config unless allowed."""
+    """Save the resolved config; refuse a workdir made by a different config unless allowed.
+
+    A workdir is a new or empty directory, or one this trainer wrote (it has ``config.json``):
+    anything else is refused, so that nothing a user keeps there is overwritten (the run
+    replaces ``model/`` and ``summary.json``). A ``config.json`` without a checkpoint is the
+    record of a start that failed before its first save: the new config replaces it.
+    """
     path = workdir / "config.json"
     new = _config_json(cfg)
-    if path.exists():
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+    if workdir.is_dir() and not path.exists() and any(workdir.iterdir()):
+        found = ", ".join(sorted(p.name for p in workdir.iterdir())[:5])
+        raise TrainingError(
+            f"--workdir {workdir} is not empty and holds no irpo-jax run (it has {found}); a run writes "
+            "model/, summary.json and checkpoints/ there. Choose a new or empty --workdir."
+        )
+    checkpoints = workdir / "checkpoints"
+    saved = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if path.exists() and not saved:
+        log.info("%s has no checkpoint yet: its config.json (a start that failed) is replaced", workdir)
+    elif path.exists():
         old = json.loads(path.read_text())
         diffs = sorted(k for k in _flat_diff(old, new) if not k.startswith(_RESUMABLE_CHANGES))
         if diffs and not cfg.train.allow_config_change:
@@ -766,10 +807,7 @@ def run(
 
     workdir = pathlib.Path(workdir)
     stage = cfg.train.stage
-    if stage not in ("supervised", "grpo"):
-        raise TrainingError(f"train.stage must be 'supervised' or 'grpo', got {stage!r}")
-    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
-        raise TrainingError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {cfg.model.compute_dtype!r}")
+    validate_config(cfg)
     init_distributed(cfg)
     if cfg.train.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(cfg.train.compilation_cache))
@@ -977,7 +1015,7 @@ def run(
                     rate["perf/rollouts_per_s"] = images_seen * cfg.grpo.group_size / elapsed
                 bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
                 last = {k: float(v) for k, v in metrics.items() if not k.startswith("finite/") and k != "ok"}
-                if new_step % cfg.train.log_every == 0 or new_step == total_steps:
+                if (cfg.train.log_every and new_step % cfg.train.log_every == 0) or new_step == total_steps:
                     extra = {"opt/lr": float(learning_rate(cfg, total_steps, data.epoch_size)(step)), **rate}
                     extra.update({f"perf/{k}_s": v / max(new_step - start_step, 1) for k, v in timings.items()})
                     extra.update(_memory_stats())
@@ -989,7 +1027,7 @@ def run(
                     writer.scalars(new_step, probe(state.params))
                 if cfg.train.eval_every and new_step % cfg.train.eval_every == 0 and new_step < total_steps:
                     _evaluate(cfg, workdir, current_model(), new_step, writer)
-                if new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
+                if cfg.train.checkpoint_every and new_step % cfg.train.checkpoint_every == 0 and new_step < total_steps:
                     save()
                 if stop.received:
                     stop_reason = f"stopped by {stop.received}"
@@ -1010,8 +1048,11 @@ def run(
             scorer.shutdown(wait=True, cancel_futures=True)
     summary = {"stage": stage, "steps": int(jax.device_get(state.step)), "total_steps": total_steps,
                "stop": stop_reason, "workdir": str(workdir), "last_metrics": last}  # fmt: skip
+    previous = workdir / "summary.json"
+    if start_step >= total_steps and previous.exists():  # nothing ran: keep the finished run's record
+        return json.loads(previous.read_text()) | {"stop": "already finished"}
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        previous.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -10,6 +10,8 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -300,6 +302,56 @@ def test_grpo_steps_must_be_whole_batches_of_policy_iterations(demo_root, tmp_pa
     cfg = smoke_config(demo_root, **{"grpo.policy_iters": 2, "train.steps": 3})
     with pytest.raises(trainer.TrainingError, match="train.steps=3 .* grpo.policy_iters=2 .* multiple of 2"):
         trainer.run(cfg, tmp_path, progress=False)
+
+
+def test_a_workdir_that_is_not_a_run_is_refused_and_kept(demo_root, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights.pth").write_bytes(b"the user's")
+    with pytest.raises(trainer.TrainingError, match="not empty and holds no irpo-jax run .*model"):
+        trainer.run(smoke_config(demo_root, "supervised"), mine, progress=False)
+    assert (mine / "model" / "weights.pth").read_bytes() == b"the user's" and not (mine / "config.json").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(trainer.TrainingError, match="is a file"):
+        trainer.run(smoke_config(demo_root, "supervised"), tmp_path / "file", progress=False)
+
+
+def test_a_start_that_failed_does_not_block_the_corrected_command(demo_root, tmp_path):
+    with pytest.raises(ValueError, match="data.root"):
+        trainer.run(smoke_config(demo_root, **{"data.root": ""}), tmp_path, progress=False)
+    assert (tmp_path / "config.json").exists()  # written before the data was read
+    # The corrected command gets past the config check (to the next missing piece, here).
+    with pytest.raises(trainer.TrainingError, match="model.init_from is empty"):
+        trainer.run(smoke_config(demo_root), tmp_path, progress=False)
+
+
+def test_bad_settings_are_named_before_any_work(demo_root, tmp_path):
+    cfg = smoke_config(demo_root, "supervised", **{"train.steps": -1, "train.log_every": -1, "data.patch_size": 30})
+    with pytest.raises(trainer.TrainingError, match=r"train\.steps=-1.*train\.log_every.*data\.patch_size=30"):
+        trainer.run(cfg, tmp_path, progress=False)
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_zero_intervals_mean_only_at_the_end_and_a_finished_run_keeps_its_summary(demo_root, tmp_path):
+    cfg = smoke_config(demo_root, "supervised", **{"train.steps": 2, "train.log_every": 0, "train.checkpoint_every": 0})
+    summary = trainer.run(cfg, tmp_path, progress=False)
+    assert summary["stop"] == "finished" and summary["last_metrics"]
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss/l1" in r] == [2]
+    again = trainer.run(cfg, tmp_path, progress=False)
+    assert again["stop"] == "already finished" and again["last_metrics"] == summary["last_metrics"]
+    assert json.loads((tmp_path / "summary.json").read_text())["last_metrics"] == summary["last_metrics"]
+
+
+def test_train_cli_reports_flag_mistakes_in_one_line(tmp_path):
+    cases = {
+        "configs/nope.py": "error: --config: [Errno 2] No such file or directory: 'configs/nope.py'",
+        "configs/allinone5.py:smokey": "unknown config argument 'smokey'",
+    }
+    runs = [[f"--config={c}"] for c in cases] + [["--config=configs/allinone5.py:smoke", "--config.optim.lrr=1"]]
+    for args, want in zip(runs, [*cases.values(), 'no such config field \'lrr\' Did you mean "lr"']):
+        out = subprocess.run([sys.executable, "-m", "irpo_jax.train", *args, f"--workdir={tmp_path / 'w'}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_grpo_without_a_starting_model_says_what_to_do(demo_root, tmp_path):
