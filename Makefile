@@ -26,6 +26,7 @@ test: $(STAMP)
 # IRPO GRPO post-training -> evaluate before/after. Outputs under runs/demo_*.
 DEMO_CFG := configs/allinone5.py
 demo: $(STAMP)
+	rm -rf runs/demo_supervised runs/demo_grpo runs/demo_eval runs/demo_mined.*  # its own outputs: start afresh
 	$(PY) -m irpo_jax.data.demo --out demo_data --overwrite
 	$(PY) -m irpo_jax.train --config $(DEMO_CFG):supervised,demo --workdir runs/demo_supervised
 	$(PY) -m irpo_jax.mine --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
