@@ -54,6 +54,7 @@ def test_load_model_reproduces_the_golden_output(converted, tiny_dir):
     np.testing.assert_allclose(out, nhwc(np.load(tiny_dir / "output.npy")), rtol=0, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # torch.from_numpy on a read-only JAX view warns
 def test_round_trip_to_torch_is_bit_exact_and_strict_loadable(converted, tiny_dir, tmp_path):
     out = tmp_path / "back.pth"
     assert convert("--to-torch", converted, out) == 0
@@ -181,8 +182,80 @@ def test_destination_that_is_not_ours_is_never_replaced(tiny_dir, tmp_path, caps
     (dst / "thesis.tex").write_text("important")
     for extra in ([], ["--overwrite"]):
         assert convert(tiny_dir / "state_dict.pth", dst, *extra) == 1
-        assert "not an irpo-jax conversion" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "not a directory written by convert_adair" in err and "thesis.tex" in err
     assert (dst / "thesis.tex").read_text() == "important"
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(converted, tmp_path_factory):
+    """A model directory as the trainer writes it (``runs/<name>/model``): its own manifest.json."""
+    module, meta = checkpointing.restore_model(converted)
+    dst = tmp_path_factory.mktemp("run") / "model"
+    manifest = {"trained_steps": 3, **meta, "stage": "supervised", "total_steps": 3}
+    with checkpointing.atomic_directory(dst) as tmp:
+        checkpointing.write_model(tmp, module, {"manifest.json": manifest})
+    return dst
+
+
+def test_a_folder_with_someone_elses_manifest_is_never_replaced(tiny_dir, tmp_path, capsys):
+    """A data set (or anything else) that happens to hold a manifest.json is not a conversion."""
+    dst = tmp_path / "data"
+    (dst / "Train" / "Derain").mkdir(parents=True)
+    (dst / "Train" / "Derain" / "rain-001.png").write_bytes(b"pixels")
+    (dst / "test").mkdir()
+    (dst / "manifest.json").write_text(json.dumps({"samples": 1, "files": {}}))
+    before = snapshot(dst)
+    for extra in ([], ["--overwrite"]):
+        assert convert(tiny_dir / "state_dict.pth", dst, *extra) == 1
+        err = capsys.readouterr().err
+        assert str(dst) in err and "not a directory written by convert_adair" in err
+        assert "Train/" in err and "test/" in err
+        assert "Pass --overwrite" not in err and "sha256 None" not in err
+        assert snapshot(dst) == before
+    assert not leftovers(tmp_path)
+
+
+def test_a_trained_model_directory_is_never_replaced(trained_model_dir, tiny_dir, capsys):
+    before = snapshot(trained_model_dir)
+    for extra in ([], ["--overwrite"]):
+        assert convert(tiny_dir / "state_dict.pth", trained_model_dir, *extra) == 1
+        err = capsys.readouterr().err
+        assert str(trained_model_dir) in err and "not a directory written by convert_adair" in err
+        assert "trained_steps=3" in err and "--to-torch" in err and "Pass --overwrite" not in err
+        assert snapshot(trained_model_dir) == before
+    assert not leftovers(trained_model_dir.parent)
+
+
+def test_overwrite_keeps_files_the_converter_did_not_write(converted, tiny_dir, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    shutil.copytree(converted, dst)
+    (dst / "notes.txt").write_text("my notes")
+    sd = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
+    sd["output.weight"] = sd["output.weight"] * 2
+    other = tmp_path / "other.pth"
+    torch.save(sd, other)
+    before = snapshot(dst)
+    for extra in ([], ["--overwrite"]):
+        assert convert(other, dst, *extra) == 1
+        err = capsys.readouterr().err
+        assert "notes.txt" in err and "Pass --overwrite" not in err
+        assert snapshot(dst) == before
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["converted", "trained_model_dir"])
+def test_a_model_directory_as_source_suggests_to_torch(which, request, tmp_path, capsys):
+    src = request.getfixturevalue(which)
+    assert convert(src, tmp_path / "out.pth") == 1
+    err = capsys.readouterr().err
+    assert str(src) in err and "already an irpo-jax model directory" in err
+    assert f"--to-torch {src} {tmp_path / 'out.pth'}" in err
+    assert not (tmp_path / "out.pth").exists()
 
 
 def test_export_refuses_to_overwrite(converted, tmp_path, capsys):
@@ -191,6 +264,17 @@ def test_export_refuses_to_overwrite(converted, tmp_path, capsys):
     assert convert("--to-torch", converted, out) == 1
     assert "exists.pth" in capsys.readouterr().err
     assert out.read_bytes() == b"user data"
+
+
+def test_export_to_a_directory_is_refused(converted, tmp_path, capsys):
+    out = tmp_path / "adir"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    for extra in ([], ["--overwrite"]):
+        assert convert("--to-torch", converted, out, *extra) == 1
+        err = capsys.readouterr().err
+        assert str(out) in err and "is an existing directory" in err and "existing file" not in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
 
 
 def test_load_model_errors(tmp_path, tiny_dir):

@@ -23,6 +23,7 @@ import json
 import pathlib
 import shutil
 import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -87,32 +88,101 @@ def verify(model, weights: dict[str, np.ndarray], atol: float = VERIFY_ATOL) -> 
     }
 
 
-def _existing_destination(dst: pathlib.Path, manifest: dict[str, Any], overwrite: bool) -> bool:
-    """Decide what to do with an existing ``dst``. Returns True when it already holds this conversion."""
-    if not dst.exists():
-        return False
-    old_manifest = dst / "manifest.json"
-    if dst.is_dir() and not any(dst.iterdir()):
-        dst.rmdir()
-        return False
-    if not old_manifest.is_file():
-        raise ConvertError(
-            f"the destination {dst} already exists and is not an irpo-jax conversion (no manifest.json). "
-            "Nothing was written; choose a new destination directory (existing files are never replaced)."
+CONVERTER_NAME = "torch_bridge.convert_adair"
+# What to_flax writes into a destination; anything else there was put by someone else.
+_OUR_ENTRIES = frozenset({"model.json", "params", "manifest.json"})
+
+
+def _listing(path: pathlib.Path, limit: int = 5) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _read_manifest(directory: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _is_model_directory(path: pathlib.Path) -> bool:
+    return path.is_dir() and (path / "model.json").is_file()
+
+
+def _not_ours(dst: pathlib.Path) -> str | None:
+    """Why the existing directory ``dst`` was not written by this converter, or None if it was.
+
+    Recognised positively: ``model.json``, ``params/`` and a ``manifest.json`` whose ``converter``
+    names this module. A manifest.json alone proves nothing (training runs and data sets write
+    one too), and a directory we cannot recognise is never deleted, with or without --overwrite.
+    """
+    manifest = _read_manifest(dst)
+    converter = (manifest or {}).get("converter")
+    ours = isinstance(converter, dict) and converter.get("name") == CONVERTER_NAME
+    if ours and _is_model_directory(dst):
+        if not (dst / "params").is_dir():
+            return "its convert_adair manifest.json has no params/ beside it: an incomplete copy?"
+        return None
+    if manifest is not None and "trained_steps" in manifest and _is_model_directory(dst):
+        return (
+            f"it is a model directory written by training (manifest.json: trained_steps="
+            f"{manifest['trained_steps']}), already an irpo-jax model; to export it to PyTorch use "
+            f"`python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
         )
-    old = json.loads(old_manifest.read_text())
-    same = old.get("source", {}).get("sha256") == manifest["source"]["sha256"] and old.get(
-        "model_config"
-    ) == manifest["model_config"]
+    if _is_model_directory(dst):
+        return (
+            "it is an irpo-jax model directory that convert_adair did not write; to export it to "
+            f"PyTorch use `python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
+        )
+    return f"it holds {_listing(dst)}"
+
+
+def _existing_destination(dst: pathlib.Path, manifest: dict[str, Any], overwrite: bool) -> str:
+    """Decide what to do with ``dst`` before anything is written.
+
+    Returns ``"new"`` (nothing there), ``"empty"`` (an empty directory to fill), ``"same"`` (it
+    already holds this conversion) or ``"replace"`` (an older conversion, and ``overwrite``).
+    Raises ConvertError for anything else; nothing is touched here.
+    """
+    if not dst.exists():
+        return "new"
+    if not dst.is_dir():
+        raise ConvertError(
+            f"the destination {dst} is an existing file, not a directory. Nothing was written; "
+            "choose a new destination directory (existing files are never replaced)."
+        )
+    if not any(dst.iterdir()):
+        return "empty"
+    reason = _not_ours(dst)
+    if reason is not None:
+        raise ConvertError(
+            f"the destination {dst} is not a directory written by convert_adair ({reason}). "
+            "Nothing was written, and the converter never replaces such a directory; choose "
+            "another destination."
+        )
+    old = _read_manifest(dst)
+    old_source = old.get("source") if isinstance(old.get("source"), dict) else {}
+    same = (
+        old_source.get("sha256") == manifest["source"]["sha256"]
+        and old.get("model_config") == manifest["model_config"]
+    )
     if same and not overwrite:
-        return True
+        return "same"
+    foreign = sorted(p.name for p in dst.iterdir() if p.name not in _OUR_ENTRIES)
+    if foreign:  # replacing the conversion would delete them too
+        raise ConvertError(
+            f"the destination {dst} holds a different conversion plus files convert_adair did not "
+            f"write ({', '.join(foreign[:5])}). Nothing was written; move those files out or choose "
+            "another destination."
+        )
     if not overwrite:
         raise ConvertError(
             f"the destination {dst} already holds a different converted checkpoint (from "
-            f"{old.get('source', {}).get('path')}, sha256 {str(old.get('source', {}).get('sha256'))[:12]}...). "
+            f"{old_source.get('path')}, sha256 {str(old_source.get('sha256'))[:12]}...). "
             "Nothing was written. Pass --overwrite to replace it, or choose another destination."
         )
-    return False
+    return "replace"
 
 
 def to_flax(
@@ -129,6 +199,13 @@ def to_flax(
     from irpo_jax.models import convert
 
     src, dst = pathlib.Path(src), pathlib.Path(dst)
+    if _is_model_directory(src):
+        out = dst if dst.suffix in (".pth", ".safetensors") else "OUT.pth"
+        raise ConvertError(
+            f"{src} is already an irpo-jax model directory (it has model.json), not a PyTorch "
+            "checkpoint. To export it to PyTorch pass --to-torch: "
+            f"`python -m torch_bridge.convert_adair --to-torch {src} {out}`."
+        )
     weights, info = checkpoint_io.read_state_dict(src)
     bad = checkpoint_io.find_nonfinite(weights)
     if bad:
@@ -141,11 +218,12 @@ def to_flax(
     manifest = {
         "source": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in info.items()},
         "model_config": model.config.to_dict(),
-        "converter": {"name": "torch_bridge.convert_adair", "version": convert.CONVERTER_VERSION},
+        "converter": {"name": CONVERTER_NAME, "version": convert.CONVERTER_VERSION},
         "verification": None,
     }
     manifest["source"]["path"] = str(src)
-    if _existing_destination(dst, manifest, overwrite):
+    action = _existing_destination(dst, manifest, overwrite)
+    if action == "same":
         log(f"{dst} already holds this conversion (same source sha256 and config); nothing to do.")
         return json.loads((dst / "manifest.json").read_text())
     if run_verify:
@@ -157,22 +235,36 @@ def to_flax(
                 f"verification failed: the converted model differs from the PyTorch reference by "
                 f"{result['max_abs_error']:.3g} > {result['tolerance']:g}. Nothing was written."
             )
-    if dst.exists():  # overwrite confirmed above: replace only after the new one is complete
-        backup = dst.with_name(f".{dst.name}.replaced")
-        shutil.rmtree(backup, ignore_errors=True)
-        dst.rename(backup)
+    if action == "replace":  # our own older conversion: replace it once the new one is complete
+        # A fresh, uniquely named parking directory, so that nothing else is ever deleted.
+        backup = pathlib.Path(
+            tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".replaced", dir=dst.parent)
+        )
+        dst.rename(backup / dst.name)
         try:
             with checkpointing.atomic_directory(dst) as tmp:
                 checkpointing.write_model(tmp, model, {"manifest.json": manifest})
         except BaseException:
-            backup.rename(dst)
+            (backup / dst.name).rename(dst)
+            backup.rmdir()
             raise
         shutil.rmtree(backup, ignore_errors=True)
     else:
+        if action == "empty":
+            dst.rmdir()  # only now, after verification: atomic_directory renames into place
         with checkpointing.atomic_directory(dst) as tmp:
             checkpointing.write_model(tmp, model, {"manifest.json": manifest})
     log(f"wrote {dst}")
     return manifest
+
+
+def _check_output_file(path: pathlib.Path) -> None:
+    if path.is_dir():
+        raise ConvertError(
+            f"the output path {path} is an existing directory, but --to-torch writes a single "
+            f".pth or .safetensors file. Nothing was written; give a file path such as "
+            f"{path / 'adair.pth'}."
+        )
 
 
 def to_torch(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: bool = False, log=print) -> None:
@@ -180,12 +272,16 @@ def to_torch(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: boo
     from irpo_jax import checkpointing
     from irpo_jax.models import convert
 
-    module, meta = checkpointing.restore_model(src)
-    backbone = getattr(module, "net", module)  # an IRPO policy wraps the AdaIR as `net`
-    weights = convert.state_dict(backbone)
-    extra = convert.extra_parameters(module)
     dst = pathlib.Path(dst)
     extra_dst = dst.with_name(dst.stem + ".policy_heads" + dst.suffix)
+    _check_output_file(dst)
+    module, meta = checkpointing.restore_model(src)
+    backbone = getattr(module, "net", module)  # an IRPO policy wraps the AdaIR as `net`
+    # np.array copies: arrays viewed from JAX are read-only, and torch.from_numpy warns on those.
+    weights = {k: np.array(v) for k, v in convert.state_dict(backbone).items()}
+    extra = {k: np.array(v) for k, v in convert.extra_parameters(module).items()}
+    if extra:
+        _check_output_file(extra_dst)
     if extra and extra_dst.exists() and not overwrite:
         raise FileExistsError(f"{extra_dst} already exists; pass --overwrite to replace it.")
     checkpoint_io.write_state_dict(weights, dst, overwrite=overwrite)
@@ -211,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--config", help="model config instead of inferring it: base|small|tiny, a JSON object or a .json file"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a destination holding another checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier convert_adair output (never another directory); with --to-torch, an existing file",
+    )
     args = parser.parse_args(argv)
     from irpo_jax.checkpointing import CheckpointError
     from irpo_jax.models.convert import ConversionError
