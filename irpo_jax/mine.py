@@ -26,6 +26,11 @@ manifest ``OUT`` (JSON lines) and a per-task table ``OUT`` with suffix ``.summar
 atomically and the partial file is removed. With several JAX processes each mines every n-th
 batch into its own partial file and process 0 merges them.
 
+Nothing a user wrote is replaced (:func:`check_arguments`, before any data is read or the model
+loaded): an existing ``OUT`` (or summary) that mining did not write is refused, and so is an
+existing mining manifest -- another run's result -- unless ``--overwrite`` is given or the run
+resumes its partial file (whose run already passed this check).
+
 Manifest format (JSON lines): the first line is a header ``{"kind": "irpo-jax-mining-manifest",
 "version": 1, "data_root", "data_fingerprint", "records", "model": {"checkpoint", "id",
 "source"}, "measure": {...}, "selection": {...}, "summary": {...}}``; then one line per record
@@ -62,11 +67,13 @@ from irpo_jax.data.readers import DataError, Record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MiningInterrupted", "checkpoint_id", "mine", "mining_input", "select", "main"]
+__all__ = ["MiningInterrupted", "check_arguments", "checkpoint_id", "mine", "mining_input",
+           "select", "main"]
 
 PARTIAL_KIND = "irpo-jax-mining-partial"
 SELECTIONS = ("per_task", "global", "random")
 RANK_BY = ("psnr", "ssim")
+SUMMARY_TITLE = "# Mining summary:"  # the first line of every summary mining writes
 
 
 class MiningInterrupted(RuntimeError):
@@ -162,8 +169,7 @@ def select(entries: Sequence[dict[str, Any]], *, mode: str = "per_task", fractio
         raise ValueError(f"unknown selection {mode!r}; valid: {', '.join(SELECTIONS)}")
     if rank_by not in RANK_BY:
         raise ValueError(f"unknown rank_by {rank_by!r}; valid: {', '.join(RANK_BY)}")
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    _check_fraction(fraction)
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         if e.get(rank_by) is None:
@@ -225,6 +231,133 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
             f"{f(r['selected_ssim'], 4)} | {f(r['max_selected_psnr'], 2)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _check_fraction(fraction: float) -> None:
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"--fraction must be a number in [0, 1] (the share of pairs selected, "
+                         f"e.g. 0.3), got {fraction!r}")
+
+
+def _first_line(path: Path) -> bytes:
+    """The first line of a file (at most 16 MiB of it), or b"" if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline(1 << 24)
+    except OSError:
+        return b""
+
+
+def _first_json_kind(path: Path) -> Any:
+    """The ``kind`` of a file's first line when that line is a JSON object, else None."""
+    try:
+        head = json.loads(_first_line(path))
+    except (ValueError, RecursionError):  # not UTF-8 / not JSON / absurdly nested
+        return None
+    return head.get("kind") if isinstance(head, dict) else None
+
+
+def _partial_files(out: Path) -> list[Path]:
+    """Every partial file of ``out`` on disk: single-process and per-process ones."""
+    if not out.parent.is_dir():
+        return []
+    names = {out.name + ".partial.jsonl"}
+    return sorted(
+        p for p in out.parent.iterdir()
+        if p.name in names or (p.name.startswith(out.name + ".partial.")
+                               and p.name.endswith(".jsonl")
+                               and p.name[len(out.name) + 9 : -6].isdigit())
+    )
+
+
+def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
+                    selection: str = "per_task", rank_by: str = "psnr", crop: int = 0,
+                    base: int = 16, resume: bool = True, overwrite: bool = False) -> Path:
+    """Checks mining's arguments before any data is read or the model loaded.
+
+    Mining takes minutes to hours; an argument it only uses at the end (the fraction, the output
+    path) must not fail after the run. ``out`` may not replace anything a user wrote:
+
+    * an existing ``out`` (or its ``.summary.md``) that mining did not write: refused unless
+      ``overwrite``;
+    * an existing mining manifest: another run's result; replaced only with ``overwrite``, or when
+      this run resumes a partial file (``resume`` and ``out.partial.jsonl`` exists: the run that
+      wrote it passed this check, and the partial's own header check keeps other settings out);
+    * a partial file that mining did not write: refused unless ``overwrite`` (mining would
+      append to it, or delete it with ``resume=False``).
+
+    Args:
+      out: the manifest path; the other arguments as in :func:`mine`.
+      base: the data config's ``crop_base``.
+
+    Returns:
+      ``out`` as an absolute path.
+
+    Raises:
+      ValueError: a bad fraction, selection, rank_by or crop.
+      DataError: an unusable or protected output path (the message names it and the fix).
+    """
+    _check_fraction(fraction)
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    if rank_by not in RANK_BY:
+        raise ValueError(f"unknown --rank_by {rank_by!r}; valid: {', '.join(RANK_BY)}")
+    crop = int(crop)
+    if crop and (crop < base or crop % 8):
+        raise ValueError(f"--crop must be 0 (whole images) or a multiple of 8 >= {base}, "
+                         f"got {crop}")
+
+    out = Path(out).expanduser().absolute()
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give a file path for the manifest, e.g. "
+                        f"--out {out / 'hard.jsonl'}", out)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"--out {out}: its folder {out.parent} cannot be created because {folder} "
+                        "is a file; choose another --out", folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: {folder} is not writable; choose another --out", folder)
+
+    summary = out.with_suffix(".summary.md")
+    if summary.is_dir():
+        raise DataError(f"{summary} (where mining writes the summary of --out {out}) is a "
+                        "directory; choose another --out", summary)
+    if overwrite:
+        return out
+
+    # An empty partial file holds nothing (mining writes its header first), and resumes nothing.
+    partials = [p for p in _partial_files(out) if p.is_file() and p.stat().st_size > 0]
+    for p in partials:
+        if _first_json_kind(p) != PARTIAL_KIND:
+            raise DataError(
+                f"{p} exists and was not written by mining (its first line is not a "
+                f"{PARTIAL_KIND!r} header), and mining keeps its partial results there. Move it "
+                "away, choose another --out, or pass --overwrite to replace it.", p)
+    if out.exists():
+        if _first_json_kind(out) != readers.MANIFEST_KIND:
+            raise DataError(
+                f"--out {out} exists and is not a mining manifest (its first line is not a "
+                f"{readers.MANIFEST_KIND!r} header); mining does not replace a file it did not "
+                "write. Choose another --out, or pass --overwrite to replace it.", out)
+        if not (resume and partials):
+            raise DataError(
+                f"--out {out} already holds a mining manifest (an earlier run's result). Pass "
+                "--overwrite to replace it with this run's, or choose another --out.", out)
+    if summary.exists() and not _first_line(summary).startswith(SUMMARY_TITLE.encode()):
+        raise DataError(
+            f"{summary} exists and is not a mining summary (mining writes the per-task table "
+            f"of --out {out} there). Move it away, choose another --out, or pass --overwrite to "
+            "replace it.", summary)
+    return out
 
 
 # --------------------------------------------------------------------------- partial results
@@ -289,8 +422,8 @@ def _load_config(spec: str) -> Any:
 def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
          fraction: float = 0.3, selection: str = "per_task", rank_by: str = "psnr",
          crop: int = 0, batch_size: int = 8, seed: int = 0, resume: bool = True,
-         restorer: Callable[[Any], Any] | None = None, progress: bool = True,
-         stop_after: int | None = None) -> dict[str, Any]:
+         overwrite: bool = False, restorer: Callable[[Any], Any] | None = None,
+         progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Mines the training set of ``data_cfg`` with the model at ``checkpoint``; writes ``out``.
 
     Args:
@@ -304,6 +437,8 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
       batch_size: images per forward (rounded up to a multiple of the local device count).
       seed: seed of the denoise noise and of random selection.
       resume: continue from ``OUT.partial.jsonl`` if present (else start over).
+      overwrite: replace an existing ``out`` (and summary) even if mining did not write it, or
+        an earlier run did (see :func:`check_arguments`).
       restorer: a ready model callable (tests); default ``irpo_jax.load_model(checkpoint)``.
       progress: show a tqdm progress bar.
       stop_after: test hook: raise :class:`MiningInterrupted` once at least this many records
@@ -311,7 +446,17 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
 
     Returns:
       The manifest header (with ``summary``), plus ``"table"``: the markdown summary.
+
+    Raises:
+      ValueError, DataError: bad arguments (before anything is read, see
+        :func:`check_arguments`), or data problems.
     """
+    cfg = readers.resolve_config(data_cfg)
+    base = int(cfg["crop_base"])
+    crop = int(crop)
+    out = check_arguments(out, fraction=fraction, selection=selection, rank_by=rank_by,
+                          crop=crop, base=base, resume=resume, overwrite=overwrite)
+
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -319,18 +464,9 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
 
     from irpo_jax import metrics
 
-    cfg = readers.resolve_config(data_cfg)
     if cfg["validate"] == "none":
         cfg["validate"] = "header"  # shapes are needed for the buckets
-    out = Path(out).absolute()
     checkpoint = Path(checkpoint).absolute()
-    if selection not in SELECTIONS:
-        raise ValueError(f"unknown selection {selection!r}; valid: {', '.join(SELECTIONS)}")
-    base = int(cfg["crop_base"])
-    crop = int(crop)
-    if crop and (crop < base or crop % 8):
-        raise ValueError(f"--crop must be 0 (whole images) or a multiple of 8 >= {base}, "
-                         f"got {crop}")
     records, _ = readers.train_records(cfg)
     root = str(Path(cfg["root"]).expanduser().absolute())
     if restorer is None:
@@ -468,9 +604,9 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     }
     text = json.dumps(header, sort_keys=True) + "\n" + "".join(
         json.dumps(e, sort_keys=True) + "\n" for e in entries)
-    title = (f"Mining summary: {len(entries)} pairs under {root}, model {model_id}, "
+    title = (f"{SUMMARY_TITLE} {len(entries)} pairs under {root}, model {model_id}, "
              f"{selection} {fraction:g} by {rank_by}")
-    table = summary_table(rows, "# " + title)
+    table = summary_table(rows, title)
     for path, content in ((out, text), (out.with_suffix(".summary.md"), table)):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(content)
@@ -500,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="denoise noise and random selection")
     parser.add_argument("--no_resume", action="store_true", help="ignore OUT.partial.jsonl")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (an earlier manifest or any other file)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.data_root and not args.config:
@@ -509,6 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from irpo_jax.checkpointing import CheckpointError
 
     try:
+        # Before the config file runs: the flags alone (crop_base comes from the data config,
+        # so mine() checks --crop against it again).
+        check_arguments(args.out, fraction=args.fraction, selection=args.selection,
+                        rank_by=args.rank_by, resume=not args.no_resume,
+                        overwrite=args.overwrite)
         data = _load_config(args.config) if args.config else readers.default_data_config()
         data = readers.resolve_config(data)
         if args.data_root:
@@ -516,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = mine(data, args.checkpoint, args.out, fraction=args.fraction,
                       selection=args.selection, rank_by=args.rank_by, crop=args.crop,
                       batch_size=args.batch_size, seed=args.seed, resume=not args.no_resume,
-                      progress=not args.no_progress)
+                      overwrite=args.overwrite, progress=not args.no_progress)
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -337,3 +337,40 @@ def test_manifest_with_missing_pairs_or_another_root_is_refused(demo_root, tmp_p
         R.read_manifest(man)
     with pytest.raises(R.DataError, match="does not exist"):
         R.read_manifest(tmp_path / "none.jsonl")
+
+
+def test_bad_manifest_lines_name_the_file_and_the_line(tmp_path):
+    # data.manifest is read through records_from_manifest; every bad line is a DataError naming
+    # the file and its 1-based line in the file (not json's line within the one-line string).
+    man = tmp_path / "m.jsonl"
+    head = json.dumps({"kind": R.MANIFEST_KIND, "version": 1, "data_root": str(tmp_path)})
+    ok = json.dumps({"id": "derain:a.png", "selected": True})
+
+    def refused(lines, match, path=man):
+        if lines is not None:
+            path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(R.DataError, match=match) as err:
+            R.records_from_manifest([], path, tmp_path)
+        assert err.value.path == str(path)
+        return str(err.value)
+
+    refused([head, ok, "[1, 2, 3]"], rf"{man}, line 3: expected a JSON object .*got list")
+    refused([head, ok, json.dumps({"task": "derain", "selected": True})],
+            rf'{man}, line 3: the record has no "id"')
+    refused([head, ok, json.dumps({"id": "x", "selected": "yes"})],
+            rf'{man}, line 3: "selected" must be true or false')
+    msg = refused([head, ok, "", ok, '{"id": "derain:b.png", "selected": tru}'],
+                  rf"{man}, line 5: not valid JSON \(Expecting value at column 36\)")
+    assert "line 1" not in msg
+    refused(["[]", ok], rf"{man}, line 1: expected a JSON object \(the header line")
+    refused(["{not json", ok], rf"{man}, line 1: not valid JSON")
+    refused([], rf"{man} is empty")
+    png = tmp_path / "m.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    refused(None, rf"{png}, line 1: not UTF-8 text \(byte 0x89\)", path=png)
+    png.write_bytes(head.encode() + b"\n" + ok.encode() + b"\n\xff\xfe\n")
+    refused(None, rf"{png}, line 3: not UTF-8 text \(byte 0xff\)", path=png)
+    # read_manifest itself gives the same errors.
+    man.write_text(head + "\n[1, 2, 3]\n")
+    with pytest.raises(R.DataError, match=rf"{man}, line 2: expected a JSON object"):
+        R.read_manifest(man)

@@ -8,6 +8,7 @@ and the pipeline's manifest-subset mode against the manifest's selected ids. Min
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -118,11 +119,18 @@ def test_interrupted_mining_resumes_to_the_same_manifest(mined, demo_root, model
     mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
     assert out.read_text() == mined.read_text()
     assert not partial.exists()
-    # A partial file from other settings is refused, not silently mixed in.
+    # The finished manifest is another run's result: replaced only with overwrite=True.
+    with pytest.raises(R.DataError, match=f"{out} already holds a mining manifest.*--overwrite"):
+        mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
+    assert out.read_text() == mined.read_text()
     with pytest.raises(mine.MiningInterrupted):
-        mine.mine({"root": str(demo_root)}, model_dir, out, stop_after=1, **kw)
+        mine.mine({"root": str(demo_root)}, model_dir, out, stop_after=1, overwrite=True, **kw)
+    # A partial file from other settings is refused, not silently mixed in.
     with pytest.raises(R.DataError, match="different settings.*measure"):
         mine.mine({"root": str(demo_root)}, model_dir, out, **{**kw, "crop": 32})
+    # Resuming it needs no overwrite: the run that started it was allowed to replace the manifest.
+    mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
+    assert out.read_text() == mined.read_text() and not partial.exists()
 
 
 def test_whole_images_are_bucketed_by_shape_and_scored_like_skimage(demo_root, model_dir, tmp_path):
@@ -202,3 +210,97 @@ def test_cli(demo_root, model_dir, tmp_path, capsys):
     assert mine.main(["--data_root", str(tmp_path / "none"), "--checkpoint", str(model_dir),
                       "--out", str(tmp_path / "x.jsonl"), "--no_progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- arguments, no model
+
+
+REACHED = "reached the data or the model"
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Mining that gets as far as reading the data or loading a model fails with ``REACHED``."""
+    def refuse(*args, **kwargs):
+        raise R.DataError(REACHED)
+
+    monkeypatch.setattr(R, "train_records", refuse)
+    monkeypatch.setattr(checkpointing, "load_model", refuse)
+
+
+def _cli(tmp_path, *flags):
+    # A data root and checkpoint that do not exist: any error about them means the arguments
+    # were checked too late.
+    return mine.main(["--data_root", str(tmp_path / "no_data"), "--checkpoint",
+                      str(tmp_path / "no_model"), "--no_progress", *flags])
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "-0.1", "nan", "inf"])
+def test_cli_bad_fraction_fails_before_data_or_model(tmp_path, capsys, no_model, fraction):
+    out = tmp_path / "m" / "hard.jsonl"
+    assert _cli(tmp_path, "--out", str(out), "--fraction", fraction) == 1
+    err = capsys.readouterr().err
+    assert "--fraction must be a number in [0, 1]" in err and REACHED not in err
+    assert not (tmp_path / "m").exists()  # no partial file, no folder
+
+
+def test_cli_out_directory_or_under_a_file_fails_before_data_or_model(tmp_path, capsys, no_model):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    assert _cli(tmp_path, "--out", str(folder)) == 1
+    err = capsys.readouterr().err
+    assert f"--out {folder} is a directory" in err and REACHED not in err
+    assert list(folder.iterdir()) == []  # no temp or partial files left
+    (tmp_path / "afile").write_text("x")
+    assert _cli(tmp_path, "--out", str(tmp_path / "afile" / "sub" / "m.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert "cannot be created because" in err and REACHED not in err
+    with pytest.raises(ValueError, match="unknown --selection 'best'"):
+        mine.check_arguments(tmp_path / "m.jsonl", selection="best")
+    with pytest.raises(ValueError, match="unknown --rank_by 'lpips'"):
+        mine.check_arguments(tmp_path / "m.jsonl", rank_by="lpips")
+
+
+def test_cli_never_replaces_a_file_it_did_not_write(tmp_path, capsys, no_model):
+    notes = tmp_path / "m" / "hard.jsonl"
+    notes.parent.mkdir()
+    notes.write_text("my notes\n")
+    assert _cli(tmp_path, "--out", str(notes)) == 1
+    err = capsys.readouterr().err
+    assert f"--out {notes} exists and is not a mining manifest" in err and "--overwrite" in err
+    assert REACHED not in err and notes.read_text() == "my notes\n"
+    assert not (tmp_path / "m" / "hard.jsonl.partial.jsonl").exists()
+    # With --overwrite the check passes and mining goes on to the data.
+    assert _cli(tmp_path, "--out", str(notes), "--overwrite") == 1
+    assert REACHED in capsys.readouterr().err
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite_or_when_resuming(tmp_path):
+    out = tmp_path / "hard.jsonl"
+    partial = tmp_path / "hard.jsonl.partial.jsonl"
+    summary = tmp_path / "hard.summary.md"
+    check = mine.check_arguments
+    # A user's file at the summary or the partial path is protected too.
+    summary.write_text("my table\n")
+    with pytest.raises(R.DataError, match=f"{summary} exists and is not a mining summary"):
+        check(out)
+    summary.write_text(f"{mine.SUMMARY_TITLE} 39 pairs\n")
+    assert check(out) == out
+    partial.write_text("my log\n")
+    with pytest.raises(R.DataError, match=f"{partial} exists and was not written by mining"):
+        check(out)
+    assert check(out, overwrite=True) == out
+    partial.unlink()
+    # An earlier mining manifest: only with overwrite, or when resuming a partial file.
+    out.write_text(json.dumps({"kind": R.MANIFEST_KIND, "version": 1}) + "\n")
+    with pytest.raises(R.DataError, match=f"{out} already holds a mining manifest.*--overwrite"):
+        check(out)
+    assert check(out, overwrite=True) == out
+    partial.write_text(json.dumps({"kind": mine.PARTIAL_KIND}) + "\n")
+    assert check(out) == out
+    with pytest.raises(R.DataError, match="already holds a mining manifest"):
+        check(out, resume=False)  # --no_resume would start over and replace it
+    # Per-process partial files of a multi-process run count as well.
+    partial.unlink()
+    (tmp_path / "hard.jsonl.partial.1.jsonl").write_text(json.dumps({"kind": mine.PARTIAL_KIND}))
+    assert check(out) == out
