@@ -15,6 +15,7 @@ renamed into place at the end, so an interrupted write never leaves a half-writt
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -63,6 +64,23 @@ def params_dict(model: nnx.Module) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def params_sha256(model: nnx.Module) -> str:
+    """sha256 of what a model computes: its kind and config (``model.json``) and every parameter.
+
+    Hashes the parameter values, not the files (orbax writes random file names and timestamps),
+    so the same weights saved twice, or copied elsewhere, give the same hash.
+    """
+    meta = model_metadata(model)
+    described = {k: meta.get(k) for k in ("model", "config", "policy")}
+    h = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    leaves = jax.tree_util.tree_leaves_with_path(params_dict(model))
+    for path, leaf in sorted(leaves, key=lambda t: jax.tree_util.keystr(t[0])):
+        a = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype.str} {a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: pathlib.Path) -> Iterator[pathlib.Path]:
     """Yield a fresh temporary directory beside ``dst``; move it to ``dst`` only on success.
@@ -109,6 +127,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             "`python -m torch_bridge.convert_adair` or by training (`runs/<name>/...`)."
         )
     meta_file = path / "model.json"
+    if path.is_dir() and not meta_file.is_file() and (path / "model" / "model.json").is_file():
+        raise CheckpointError(
+            f"{path} is not an irpo-jax model directory (it has no model.json); did you mean "
+            f"{path / 'model'}? (a training run's model directory)"
+        )
     if not path.is_dir() or not meta_file.is_file():
         raise CheckpointError(
             f"{path} is not an irpo-jax model directory (it has no model.json). PyTorch files "
@@ -163,10 +186,13 @@ def restore_model(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
 
 
 class Restorer:
-    """A restored model, ready to call: ``restorer(batch)`` with ``batch`` (B, H, W, 3) float32 in [0,1].
+    """A restored model, ready to call: ``restorer(batch)`` with ``batch`` (B, H, W, 3) float in [0,1].
 
-    The forward is jitted once per input shape. ``module`` is the NNX model itself; for an IRPO
-    policy, calling it runs the deterministic policy (every action at its Beta mean).
+    Returns the model's raw output, (B, H, W, 3) float32 and *not clipped*: values can fall a
+    little outside [0, 1]; clip (``jnp.clip(y, 0, 1)``) before saving or scoring, as
+    :mod:`irpo_jax.evaluate` and :mod:`irpo_jax.restore` do. The forward is jitted once per input
+    shape. ``module`` is the NNX model itself; for an IRPO policy, calling it runs the
+    deterministic policy (every action at its Beta mean).
     """
 
     def __init__(self, module: nnx.Module, meta: Mapping[str, Any]):
@@ -180,6 +206,25 @@ class Restorer:
         return self.module.config
 
     def __call__(self, batch: jax.Array | np.ndarray) -> jax.Array:
+        """Restores ``batch`` (B, H, W, 3), float in [0, 1]; returns the raw (unclipped) output.
+
+        Raises:
+          TypeError: a non-floating batch (uint8 pixels would be read as 0..255 intensities).
+          ValueError: a batch that is not (B, H, W, 3).
+        """
+        if not isinstance(batch, (jax.Array, np.ndarray)):
+            batch = np.asarray(batch)
+        if not jnp.issubdtype(batch.dtype, jnp.floating):
+            raise TypeError(
+                f"the restorer takes float images in [0, 1], got dtype {batch.dtype}: convert to "
+                "float32 in [0, 1] first, e.g. x.astype(np.float32) / 255 for 8-bit pixels."
+            )
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(
+                f"the restorer takes RGB batches (B, H, W, 3), got shape {tuple(batch.shape)}. One "
+                "image: x[None]; grey images: repeat the channel (np.repeat(x[..., None], 3, -1)), "
+                "or use `python -m irpo_jax.restore`, which handles grey/RGBA files."
+            )
         batch = jnp.asarray(batch, jnp.float32)
         return self._forward(self._graphdef, self._state, batch)
 

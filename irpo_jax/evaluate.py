@@ -2,10 +2,14 @@
 
     python -m irpo_jax.evaluate --checkpoint checkpoints/adair5d --config configs/allinone5.py \
         [--sets sots,rain100l,bsd68,gopro,lol] [--data_root data] [--out .] [--save_images] \
-        [--self_ensemble] [--oracle_k 8] [--tile 512 --tile_overlap 64] [--max_images N]
+        [--self_ensemble] [--oracle_k 8] [--tile 512 --tile_overlap 64] [--max_images N] [--overwrite]
 
 writes ``<out>/eval/<step or name>/{results.json, per_image.csv, table.md}`` (plus
-``images/<row>/*.png`` with ``--save_images``) and prints the table. The library entry point,
+``images/<row>/*.png`` with ``--save_images``) and prints the table. A folder that already holds
+results is replaced only when they are of the same checkpoint (``model.params_sha256``: the
+parameter values and model config) under the same settings (``settings``: data, rows, options);
+otherwise the CLI refuses unless ``--overwrite`` is given. A relative ``--config`` missing from
+the current directory is looked up in the project root. The library entry point,
 which the trainer calls every ``train.eval_every`` steps, is::
 
     results = evaluate(model, data_cfg, sets=None, max_images=0)
@@ -60,6 +64,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +93,7 @@ __all__ = [
     "Runner",
     "THREE_TASK_ROWS",
     "available_rows",
+    "check_existing_results",
     "check_writable",
     "describe_checkpoint",
     "evaluate",
@@ -100,6 +106,8 @@ __all__ = [
     "write_results",
 ]
 
+# The directory holding irpo_jax/ (and configs/, in a source checkout).
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EVAL_FORMAT = "irpo-jax-eval"
 EVAL_VERSION = 1
 # IRPO Table 2 (= AdaIR's five-task table; denoising at sigma 25) and IRPO Table 7 (three tasks).
@@ -731,16 +739,95 @@ def output_dir(out: pathlib.Path, name: str, step: int | None, *, self_ensemble:
     return out / "eval" / leaf
 
 
+RESULT_FILES = ("results.json", "per_image.csv", "table.md", "images")
+
+
+def check_existing_results(directory: pathlib.Path, params_sha256: str, settings: Mapping[str, Any], *,
+                           overwrite: bool = False) -> bool:
+    """Refuses to replace results in ``directory`` that another checkpoint or other settings made.
+
+    Results of the same checkpoint (``model.params_sha256`` in ``results.json``) under the same
+    ``settings`` are the same numbers and may be replaced. The CLI checks this; the trainer
+    writes its own run's folders directly (a resumed run re-evaluates a step it evaluated before).
+
+    Args:
+      directory: the folder :func:`output_dir` chose.
+      params_sha256: :func:`irpo_jax.checkpointing.params_sha256` of the model about to be evaluated.
+      settings: what, besides the parameters, decides the numbers (recorded as ``settings``).
+      overwrite: replace whatever is there (``--overwrite``).
+
+    Returns:
+      True when ``directory`` holds other results that ``overwrite`` allows replacing.
+
+    Raises:
+      EvalError: ``directory`` holds other results and ``overwrite`` is False; it names the
+        folder, what differs, and the two ways on (``--out``, ``--overwrite``).
+    """
+    present = [n for n in RESULT_FILES if (directory / n).exists()]
+    if not present:
+        return False
+    try:
+        old = json.loads((directory / "results.json").read_text())
+        old_model = old.get("model") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        old, old_model = {}, {}
+    settings = json.loads(json.dumps(settings, default=str))  # as read back (tuples -> lists)
+    old_settings = old.get("settings")
+    if not old_model.get("params_sha256") or not isinstance(old_settings, dict):
+        why = ("that do not record which checkpoint and settings made them (written by training, an "
+               "earlier version or an interrupted run)")
+    else:
+        differs = ["checkpoint"] if old_model["params_sha256"] != params_sha256 else []
+        differs += [k for k in settings if old_settings.get(k) != settings[k]]
+        if not differs:
+            return False
+        why = f"made with a different {', '.join(differs)}"
+    if overwrite:
+        log.warning("--overwrite: replacing the results in %s (%s)", directory, why)
+        return True
+    origin = f" from {old_model['checkpoint']}" if old_model.get("checkpoint") else ""
+    raise EvalError(
+        f"{directory} already holds evaluation results{origin} ({', '.join(present)}) {why}. Nothing "
+        "was evaluated or written. Write elsewhere with --out DIR, or pass --overwrite to replace them."
+    )
+
+
+def _settings(resolved: Mapping[str, Any], rows: Sequence[str], name: str, step: int | None,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the numbers besides the parameters (compared by :func:`check_existing_results`)."""
+    root = str(resolved["root"])
+    data = {"root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
+            **{k: resolved[k] for k in ("test_dirs", "eval_paired", "sigmas", "test_noise_seed", "crop_base")}}
+    return {"data": data, "rows": list(rows), "name": name, "step": step, "max_images": args.max_images,
+            "self_ensemble": args.self_ensemble, "oracle_k": args.oracle_k,
+            "seed": args.seed if args.oracle_k else None, "tile": args.tile,
+            "tile_overlap": args.tile_overlap if args.tile else None, "precision": args.precision}
+
+
+def _config_spec(spec: str) -> str:
+    """``spec`` (``path[:arg]``) with a relative path that is missing from the current directory
+    looked up in :data:`PROJECT_ROOT` (so the default works from any directory)."""
+    path, sep, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if path and not file.is_absolute() and not file.is_file() and (PROJECT_ROOT / file).is_file():
+        return str(PROJECT_ROOT / file) + sep + arg
+    return spec
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m irpo_jax.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model directory (convert_adair output or <workdir>/model)")
-    p.add_argument("--config", default="configs/allinone5.py", help="config file[:variant]; its .data is used")
+    p.add_argument("--config", default="configs/allinone5.py",
+                   help="config file[:variant]; its .data is used (a relative path missing here is "
+                        "looked up in the project root)")
     p.add_argument("--sets", default="", help="comma-separated rows (default: the config's data.eval_sets)")
     p.add_argument("--data_root", default="", help="override data.root")
     p.add_argument("--out", default="", help="results go to OUT/eval/<step or name>/ (default: the "
                                              "workdir for <workdir>/model, else .)")
     p.add_argument("--save_images", action="store_true", help="also save restored PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results of another checkpoint or other settings in the output folder")
     p.add_argument("--self_ensemble", action="store_true", help="x8 geometric self-ensemble")
     p.add_argument("--oracle_k", type=int, default=0, help="best-of-K sampled oracle (policy checkpoints)")
     p.add_argument("--seed", type=int, default=0, help="oracle sampling seed")
@@ -764,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpointing.read_metadata(ckpt)  # a clear error before anything slow
         name, step = describe_checkpoint(ckpt.absolute())
         try:
-            config = config_lib.load_config(args.config)
+            config = config_lib.load_config(_config_spec(args.config))
         except (FileNotFoundError, ValueError) as err:
             raise EvalError(f"--config {args.config}: {err}") from err
         data_cfg = config.data
@@ -772,7 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_cfg.root = args.data_root
         sets = [s for s in args.sets.split(",") if s.strip()] or None
         resolved = readers.resolve_config(data_cfg)
-        readers.eval_sets(resolved, _resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0])
+        bases, rows = _resolve_rows(resolved, sets or list(resolved["eval_sets"]))
+        readers.eval_sets(resolved, bases)
         if args.out:
             out = pathlib.Path(args.out)
         else:
@@ -781,12 +869,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                              max_images=args.max_images, tile=args.tile)
         check_writable(out_dir)
         model = checkpointing.load_model(ckpt)
+        params_sha256 = checkpointing.params_sha256(model.module)
+        settings = _settings(resolved, rows, name, step, args)
+        if check_existing_results(out_dir, params_sha256, settings, overwrite=args.overwrite):
+            shutil.rmtree(out_dir / "images", ignore_errors=True)  # the other model's restorations
         results = evaluate(model, data_cfg, sets, max_images=args.max_images,
                            self_ensemble=args.self_ensemble, oracle_k=args.oracle_k, seed=args.seed,
                            tile=args.tile, tile_overlap=args.tile_overlap,
                            image_dir=out_dir / "images" if args.save_images else None, name=name,
                            step=step, precision=args.precision)
-        results["model"]["checkpoint"] = str(ckpt.absolute())
+        results["model"].update(checkpoint=str(ckpt.absolute()), params_sha256=params_sha256)
+        results["settings"] = settings
         paths = write_results(results, out_dir)
     except (EvalError, DataError, checkpointing.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -251,6 +251,80 @@ def test_policy_checkpoint_with_best_of_k_oracle(policy_dir, tiny_model_dir, dem
         ev.evaluate(identity, default_data_config(demo_root), ["lol"], oracle_k=2, progress=False)
 
 
+def _step2_model(parent: pathlib.Path, tiny_dir: pathlib.Path, shift: float) -> pathlib.Path:
+    """A trainer-style ``<run>/model`` at step 2: the tiny weights, one tensor moved by ``shift``."""
+    from irpo_jax.models.convert import from_state_dict
+
+    weights = dict(np.load(tiny_dir / "state_dict.npz"))
+    key = sorted(weights)[0]
+    weights[key] = weights[key] + np.float32(shift)
+    dst = parent / "model"
+    with checkpointing.atomic_directory(dst) as tmp:
+        checkpointing.write_model(tmp, from_state_dict(weights), {"manifest.json": {"trained_steps": 2}})
+    return dst
+
+
+def test_cli_never_replaces_results_of_another_checkpoint_or_settings(tiny_dir, demo_root, tmp_path, capsys):
+    """Two models at step 2 (or one model on other data) share ``<out>/eval/2_first1``: the second
+    evaluation is refused unless it is the same checkpoint under the same settings, or --overwrite."""
+    a = _step2_model(tmp_path / "run_a", tiny_dir, 0.0)
+    b = _step2_model(tmp_path / "run_b", tiny_dir, 0.05)
+    out = tmp_path / "ev"
+    folder = out / "eval" / "2_first1"
+
+    def run(model, *extra, root=demo_root):
+        return _cli("--checkpoint", model, "--config", "configs/allinone5.py:smoke", "--data_root", root,
+                    "--sets", "lol", "--max_images", "1", "--out", out, *extra)
+
+    def recorded():
+        return json.loads((folder / "results.json").read_text())
+
+    assert run(a) == 0, capsys.readouterr().err
+    first = recorded()
+    assert first["model"]["checkpoint"] == str(a) and len(first["model"]["params_sha256"]) == 64
+    assert first["settings"]["rows"] == ["lol"] and first["settings"]["data"]["root"] == str(demo_root)
+    assert run(a) == 0, capsys.readouterr().err  # the same checkpoint and settings: the same numbers
+    assert recorded()["model"]["params_sha256"] == first["model"]["params_sha256"]
+    first = recorded()
+    capsys.readouterr()
+
+    assert run(b) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "different checkpoint" in err and "--out" in err and "--overwrite" in err
+    assert recorded() == first  # nothing written
+
+    other_root = tmp_path / "data2"
+    shutil.copytree(demo_root / "test" / "enhance", other_root / "test" / "enhance")
+    assert run(a, root=other_root) == 2
+    assert "different data" in capsys.readouterr().err and recorded() == first
+
+    assert run(b, "--overwrite", "--save_images") == 0, capsys.readouterr().err
+    second = recorded()
+    assert second["model"]["checkpoint"] == str(b)
+    assert second["model"]["params_sha256"] != first["model"]["params_sha256"]
+    assert second["rows"]["lol"]["psnr"] != first["rows"]["lol"]["psnr"]
+    assert (folder / "images" / "lol" / "1.png").is_file()
+
+    # The trainer's path (library functions) still writes its run's folder as before ...
+    mine = ev.evaluate(identity, default_data_config(demo_root), ["lol"], max_images=1, step=2, progress=False)
+    ev.write_results(mine, ev.output_dir(out, "run", 2, max_images=1))
+    # ... and results that do not say which checkpoint made them are never replaced by the CLI.
+    assert run(b) == 2
+    assert "do not record which checkpoint" in capsys.readouterr().err
+    assert recorded()["model"]["kind"] == "function"
+
+
+def test_cli_default_config_is_found_from_another_directory(tiny_model_dir, demo_root, tmp_path, monkeypatch,
+                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = _cli("--checkpoint", tiny_model_dir, "--data_root", demo_root, "--sets", "lol", "--max_images", "1",
+              "--out", tmp_path / "o")
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "eval" / "adair_tiny_first1" / "results.json").is_file()
+    assert _cli("--checkpoint", tiny_model_dir, "--config", "configs/nope.py", "--data_root", demo_root) == 2
+    assert "--config configs/nope.py: config file configs/nope.py does not exist" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 
