@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 def load_model(path):
     """Load a model directory (converted or trained) into a :class:`irpo_jax.checkpointing.Restorer`.
 
-    ``load_model(path)(batch)`` restores a float32 NHWC batch in [0, 1].
+    ``load_model(path)(batch)`` restores a float NHWC RGB batch in [0, 1]; the output is the
+    model's raw float32 output, not clipped.
     """
     from irpo_jax.checkpointing import load_model as _load
 
