@@ -692,9 +692,13 @@ def _memory_report(peak_before, in_use_before_update, update_info) -> dict:
 
 
 def _supervised_config():
+    """AdaIR's supervised recipe, at a constant learning rate: the torch step's AdamW has no
+    schedule (and the recipe's per-epoch schedule needs a data set's epoch size)."""
     from irpo_jax import config_lib
 
-    return config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
+    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
+    cfg.optim.schedule = "constant"
+    return cfg
 
 
 # The Flax train steps' programs by compute dtype, built once per run (``train`` and
