@@ -102,6 +102,7 @@ __all__ = [
     "main",
     "make_runner",
     "output_dir",
+    "result_identity",
     "scalars",
     "write_results",
 ]
@@ -792,16 +793,23 @@ def check_existing_results(directory: pathlib.Path, params_sha256: str, settings
     )
 
 
-def _settings(resolved: Mapping[str, Any], rows: Sequence[str], name: str, step: int | None,
-              args: argparse.Namespace) -> dict[str, Any]:
-    """What decides the numbers besides the parameters (compared by :func:`check_existing_results`)."""
+def result_identity(module: Any, data_cfg: Any, sets: Sequence[str] | None = None, *, max_images: int = 0,
+                    self_ensemble: bool = False, oracle_k: int = 0, seed: int = 0, tile: int = 0,
+                    tile_overlap: int = 32, precision: str = "highest") -> tuple[str, dict[str, Any]]:
+    """``(params_sha256, settings)``: what decides an evaluation's numbers, as results.json records
+    it and :func:`check_existing_results` compares it: the model (parameters and config) and the
+    data, rows and options of :func:`evaluate` (not the folder's name or step)."""
+    from irpo_jax import checkpointing
+
+    resolved = readers.resolve_config(data_cfg)
+    _, rows = _resolve_rows(resolved, list(resolved["eval_sets"] if sets is None else sets))
     root = str(resolved["root"])
     data = {"root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
             **{k: resolved[k] for k in ("test_dirs", "eval_paired", "sigmas", "test_noise_seed", "crop_base")}}
-    return {"data": data, "rows": list(rows), "name": name, "step": step, "max_images": args.max_images,
-            "self_ensemble": args.self_ensemble, "oracle_k": args.oracle_k,
-            "seed": args.seed if args.oracle_k else None, "tile": args.tile,
-            "tile_overlap": args.tile_overlap if args.tile else None, "precision": args.precision}
+    settings = {"data": data, "rows": list(rows), "max_images": max_images, "self_ensemble": self_ensemble,
+                "oracle_k": oracle_k, "seed": seed if oracle_k else None, "tile": tile,
+                "tile_overlap": tile_overlap if tile else None, "precision": precision}
+    return checkpointing.params_sha256(module), settings
 
 
 def _config_spec(spec: str) -> str:
@@ -859,8 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_cfg.root = args.data_root
         sets = [s for s in args.sets.split(",") if s.strip()] or None
         resolved = readers.resolve_config(data_cfg)
-        bases, rows = _resolve_rows(resolved, sets or list(resolved["eval_sets"]))
-        readers.eval_sets(resolved, bases)
+        readers.eval_sets(resolved, _resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0])
         if args.out:
             out = pathlib.Path(args.out)
         else:
@@ -869,8 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              max_images=args.max_images, tile=args.tile)
         check_writable(out_dir)
         model = checkpointing.load_model(ckpt)
-        params_sha256 = checkpointing.params_sha256(model.module)
-        settings = _settings(resolved, rows, name, step, args)
+        params_sha256, settings = result_identity(
+            model.module, data_cfg, sets, max_images=args.max_images, self_ensemble=args.self_ensemble,
+            oracle_k=args.oracle_k, seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
+            precision=args.precision,
+        )
         if check_existing_results(out_dir, params_sha256, settings, overwrite=args.overwrite):
             shutil.rmtree(out_dir / "images", ignore_errors=True)  # the other model's restorations
         results = evaluate(model, data_cfg, sets, max_images=args.max_images,

@@ -154,19 +154,19 @@ def test_a_failed_reward_request_saves_the_state_and_the_run_resumes(stale_run, 
     workdir, cfg = stale_run
     shutil.copytree(workdir, tmp_path / "run")
     cfg = cfg.copy_and_resolve_references()
-    cfg.train.steps, cfg.train.allow_config_change = 5, True
+    cfg.train.steps, cfg.train.allow_config_change = 4, True
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FailingRewardBridge(fail_at=2))
-        # From step 2: update 3 consumes the saved rollouts, update 4 those of request 1, and
-        # update 5 needs request 2, which failed.
-        with pytest.raises(trainer.TrainingError, match=r"(?s)reward scores of step 4 failed.*rerun the same command"):
+        patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FailingRewardBridge(fail_at=1))
+        # From step 2: update 3 consumes the rollouts saved with the checkpoint, update 4 needs
+        # those of request 1, which failed.
+        with pytest.raises(trainer.TrainingError, match=r"(?s)reward scores of step 3 failed.*rerun the same command"):
             trainer.run(cfg, tmp_path / "run", progress=False)
         ckpt = trainer.TrainCheckpointer(tmp_path / "run", keep=3)
-        assert ckpt.latest_step() == 4
+        assert ckpt.latest_step() == 3
         ckpt.close()
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
         summary = trainer.run(cfg, tmp_path / "run", progress=False)
-    assert summary["steps"] == 5 and summary["stop"] == "finished"
+    assert summary["steps"] == 4 and summary["stop"] == "finished"
 
 
 class HungRewardBridge(FakeRewardBridge):
@@ -269,6 +269,24 @@ def test_two_devices_equal_one(grpo_run, tmp_path):
     one.train.devices = 1
     trainer.run(one, tmp_path, progress=False)
     assert_trees_close(params_of(tmp_path), params_of(workdir), atol=2e-5)
+
+
+def test_the_evaluate_cli_recognises_the_trainers_results(supervised_run, demo_root, capsys):
+    """The trainer's end-of-run evaluation records the model and settings as the evaluate CLI does,
+    so evaluating the run's model the same way replaces it (the same numbers) without --overwrite."""
+    from irpo_jax import evaluate as ev
+
+    workdir, _ = supervised_run
+    path = next((workdir / "eval").glob("3*/results.json"))
+    before = json.loads(path.read_text())
+    args = ["--checkpoint", workdir / "model", "--config", "configs/allinone5.py:supervised,smoke",
+            "--data_root", demo_root, "--sets", "rain100l,gopro", "--max_images", "1"]  # fmt: skip
+    assert ev.main([str(a) for a in args]) == 0, capsys.readouterr().err
+    after = json.loads(path.read_text())
+    assert after["model"]["params_sha256"] == before["model"]["params_sha256"]
+    assert after["settings"] == before["settings"] and after["model"]["checkpoint"] == str((workdir / "model").absolute())
+    for row in ("rain100l", "gopro"):
+        assert after["rows"][row]["psnr"] == pytest.approx(before["rows"][row]["psnr"], abs=1e-4)
 
 
 def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
