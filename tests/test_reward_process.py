@@ -404,12 +404,15 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
     address = f"unix:{tmp_path / 'by_hand.sock'}"
     ready = tmp_path / "ready"
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (tmp_path / "parents_folder").mkdir()  # a spawning client's socket, config and log folder
+    (tmp_path / "parents_folder" / "server.log").write_text("...")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [sys.executable, "-m", "torch_bridge.reward_server", "--address", address,
          "--config", json.dumps({"mean_abs": {}, "nan_odd": {}, "sleep": {"seconds": 3, "marker": str(tmp_path / "slept")}}),
          "--components", REGISTRY,
-         "--ready-file", str(ready), "--parent-pid", str(parent.pid), "--torch-threads", "1"],
+         "--ready-file", str(ready), "--parent-pid", str(parent.pid), "--torch-threads", "1",
+         "--parent-workdir", str(tmp_path / "parents_folder")],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -458,6 +461,7 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
         parent.wait()
         assert server.wait(timeout=10) == 0
         assert not (tmp_path / "by_hand.sock").exists()
+        assert not (tmp_path / "parents_folder").exists()  # the killed client cannot remove it
         with pytest.raises(OSError):
             socket.socket(socket.AF_UNIX).connect(str(tmp_path / "by_hand.sock"))
     finally:

@@ -47,6 +47,7 @@ import logging
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -424,6 +425,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--components", default=DEFAULT_REGISTRY, help="module:attr of the factories")
     p.add_argument("--ready-file", default=None, help="written with the bound address once serving")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--parent-workdir", default=None,
+                   help="the spawning client's private folder (socket, config, log): removed when "
+                        "the parent is gone, as the client removes it on close")
     p.add_argument("--once", action="store_true", help="exit when the first client disconnects")
     p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads (0: default)")
     return p.parse_args(argv)
@@ -463,8 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError:
                 pass
 
+    def orphaned() -> None:  # a killed trainer cannot remove its folder: the server does
+        cleanup()
+        if args.parent_workdir:
+            shutil.rmtree(args.parent_workdir, ignore_errors=True)
+
     if args.parent_pid is not None:
-        _watch_parent(args.parent_pid, cleanup)
+        _watch_parent(args.parent_pid, orphaned)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally blocks
     try:
         t0 = time.perf_counter()

@@ -203,7 +203,8 @@ class RewardProcess:
             python or sys.executable, "-m", "torch_bridge.reward_server",
             "--address", address, "--config", config_path, "--device", device,
             "--components", registry, "--ready-file", os.path.join(workdir, "ready"),
-            "--parent-pid", str(os.getpid()), "--once", "--torch-threads", str(int(torch_threads)),
+            "--parent-pid", str(os.getpid()), "--parent-workdir", workdir, "--once",
+            "--torch-threads", str(int(torch_threads)),
         ]  # fmt: skip
         child_env = dict(os.environ)
         child_env.update(env or {})
