@@ -9,6 +9,7 @@ computations or against the property their model guarantees.
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import time
 from pathlib import Path
@@ -364,3 +365,10 @@ def test_cli(tmp_path, capsys):
     assert str(out) in capsys.readouterr().err
     assert demo.main(["--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / demo.MANIFEST).read_text())["seed"] == 0
+    # An --out that cannot be created: one line, no traceback.
+    (tmp_path / "a_file").write_text("x")
+    assert demo.main(["--out", str(tmp_path / "a_file" / "demo")]) == 1
+    assert "Not a directory" in capsys.readouterr().err
+    if pathlib.Path("/proc/self").is_dir():  # Linux: nothing can be created under /proc
+        assert demo.main(["--out", "/proc/irpo_jax_demo"]) == 1
+        assert "cannot write the demo set to /proc/irpo_jax_demo" in capsys.readouterr().err

@@ -532,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # an --out that cannot be created or written
+        print(f"error: cannot write the demo set to {args.out}: {err.strerror or err}; choose a "
+              "writable --out", file=sys.stderr)
+        return 1
     for split in _SPLITS:
         row = ", ".join(f"{task} {n}" for task, n in summary["counts"][split].items())
         print(f"{split:5s}: {row}")
