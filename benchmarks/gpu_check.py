@@ -57,7 +57,6 @@ import concurrent.futures
 import datetime
 import functools
 import json
-import math
 import os
 import pathlib
 import platform
