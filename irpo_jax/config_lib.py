@@ -31,9 +31,10 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
     c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
-    c.model.policy.mask_rule = "fraction"  # "fraction": mask half-size floor(r*(H//2)); "adair": official rule
+    c.model.policy.mask_rule = "anchored"  # "anchored": r=0.5 is AdaIR's own mask, r<0.5 shrinks it, r>0.5 widens it; "fraction": floor(r*(H//2)); "adair": official
+    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 16 FFT band statistics of x (Appendix D); "pooled": the GAP only
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
-    c.model.policy.rate_init = (1.0, 35.0)  # initial Beta (alpha, beta) of r_h, r_l (mean 1/36: empty masks at 128)
+    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
     c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.readers)
@@ -86,6 +87,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
     c.grpo.supervise_best_only = True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
     c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same losses; False: G decoder passes)
+    c.grpo.cons_target = "both"  # L_cons = l1(y_g*, y_det) backpropagates into both (Eq. 2); "det_anchor": into y_g* only
 
     c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
 

@@ -23,6 +23,7 @@ import pytest
 from irpo_jax import checkpointing, config_lib, trainer
 from irpo_jax.metrics_log import read_metrics
 from irpo_jax.rewards import remote
+from irpo_jax.training.loop import _score_remotely
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -243,11 +244,11 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     rollout_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task"))))
     update_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0))
     key = lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i)  # noqa: E731
-    batches = [trainer._to_global(next(data), sharded) for _ in range(3)]
+    batches = [trainer.to_global(next(data), sharded) for _ in range(3)]
     sampled = rollout_fn(state.params, batches[0], key(0))
     for t in range(2):
         following = rollout_fn(state.params, batches[t + 1], key(t + 1))  # by theta_t, for update t + 1
-        scores = trainer._score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
+        scores = _score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
         state, _ = update_fn(state, batches[t], sampled, scores)
         sampled = following
     assert_trees_close(params_of(workdir), state.params, atol=0)
@@ -256,7 +257,7 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     pending = ckpt.restore_pending(mesh)
     ckpt.close()
     want = {"batch": batches[2], "rollout": sampled,
-            "remote_scores": trainer._score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
+            "remote_scores": _score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
     assert_trees_close(pending, want, atol=0)
 
 

@@ -1,0 +1,594 @@
+"""The training loop: :func:`run` builds a run from its config and steps it to the end.
+
+What happens outside jit lives here: batches onto the mesh, rollouts and the requests for their
+torch reward scores, the NaN guard's verdict, logging, image panels, reward probes,
+evaluations, checkpoints and signals. The pure step functions are in
+:mod:`irpo_jax.training.steps`.
+
+With ``grpo.one_step_stale`` the update of step t consumes the batch and rollouts sampled one
+step earlier (by theta_{t-1}) with their remote scores, while the reward process scores the
+rollouts just sampled by theta_t in a background thread: the scoring overlaps the update
+instead of preceding it. The PPO ratio then uses the log-probs stored at sampling time, so the
+clip is active. The first step of a fresh run samples twice (the batch it updates on and the
+next one), so a run still ends after ``train.steps`` updates and every update t consumes data
+batch t, with its rollout key ``fold_in(rng, t)`` as in the normal mode. The sampled-but-not-yet-
+used batch is part of every checkpoint (orbax item ``pending``), so resuming gives the same
+parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from irpo_jax import checkpointing
+from irpo_jax.models import adair
+from irpo_jax.training import TrainingError
+from irpo_jax.training.checkpoints import TrainCheckpointer
+from irpo_jax.training.mesh import (
+    host_device, init_distributed, make_mesh, memory_stats, on_mesh, process_rows, to_global, to_host,
+)  # fmt: skip
+from irpo_jax.training.optimizer import TrainState, build_optimizer, learning_rate, updates_per_batch
+from irpo_jax.training.steps import (
+    make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
+)  # fmt: skip
+from irpo_jax.training.workdir import check_workdir_config, validate_config
+
+log = logging.getLogger("irpo_jax.train")
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> nnx.Module:
+    """The model a run trains: AdaIR (supervised) or IRPOPolicy (grpo), from ``model.init_from`` if set."""
+    from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
+
+    rngs = nnx.Rngs(cfg.seed)
+    start = None
+    if cfg.model.init_from:
+        start, meta = checkpointing.restore_model(cfg.model.init_from)
+        log.info("starting from %s (%s, dim=%d)", cfg.model.init_from, meta["model"], start.config.dim)
+    if cfg.train.stage == "supervised":
+        if start is None:
+            return adair.AdaIR(cfg.model.variant, rngs=rngs)
+        return getattr(start, "net", start)  # a policy's backbone can be trained further
+    if start is None:
+        raise TrainingError(
+            "GRPO post-training starts from a pretrained AdaIR, but model.init_from is empty. "
+            "Convert the official checkpoint (`python -m torch_bridge.convert_adair adair5d.ckpt "
+            "checkpoints/adair5d`) and pass --config.model.init_from=checkpoints/adair5d, or train one "
+            "with the supervised stage (--config configs/allinone5.py:supervised)."
+        )
+    if isinstance(start, IRPOPolicy):
+        return start
+    pcfg = PolicyConfig.from_dict(cfg.model.policy.to_dict())
+    policy = IRPOPolicy(start.config, pcfg, rngs=rngs)
+    nnx.update(policy.net, nnx.state(start, nnx.Param))
+    return policy
+
+
+def total_steps_of(cfg: ml_collections.ConfigDict, epoch_size: int) -> int:
+    """The run's optimizer steps: ``train.steps``, or ``train.epochs`` over ``epoch_size`` samples
+    (one step per batch, ``grpo.policy_iters`` per GRPO batch: a whole number of batches)."""
+    per_batch = updates_per_batch(cfg)
+    batches = max(1, math.ceil(cfg.train.epochs * epoch_size / cfg.train.batch_size))
+    total = int(cfg.train.steps) or batches * per_batch
+    if total % per_batch:
+        raise TrainingError(
+            f"train.steps={total} counts optimizer steps, and each GRPO batch makes "
+            f"grpo.policy_iters={per_batch} of them: use a multiple of {per_batch}"
+        )
+    return total
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (preemption-safe)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class _Sampled:
+    """A batch, its G rollouts per image and the (future) remote scores: what one update consumes."""
+
+    batch: dict[str, jax.Array]
+    rollout: dict[str, Any]
+    scores: concurrent.futures.Future  # of name -> (B, G) raw remote scores
+
+    def tree(self) -> dict[str, Any]:
+        """As a checkpointable pytree (waits for the scores)."""
+        return {"batch": self.batch, "rollout": self.rollout, "remote_scores": self.scores.result()}
+
+
+def _done(value: Any) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+@dataclasses.dataclass
+class _StepResult:
+    """What one training step hands to the logging after it."""
+
+    step: int  # the optimizer step the update started from
+    metrics: dict[str, Any]
+    batch: dict[str, jax.Array]
+    rollout: dict[str, Any] | None = None  # GRPO: the rollouts the update consumed
+    remote_scores: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    y_det: np.ndarray | None = None  # the deterministic restoration, on panel steps
+    rewards: jax.Array | None = None  # GRPO: the (B, G) composite rewards (panels)
+
+
+class _RewardProbe:
+    """The mean reward of G rollouts on fixed training batches, with fixed sampling keys.
+
+    Why: the per-step ``reward/total/mean`` is dominated by which images the step drew (a hazy
+    image scores low whatever the policy does), so it cannot show progress over a short run.
+    Scoring the same batches with the same keys at every probe removes that noise; the curve
+    moves only because the parameters did. The batches come from their own iterator (seed
+    ``seed + 1``), so the training data order is untouched and a resumed run probes the same
+    images.
+    """
+
+    def __init__(self, cfg, sharded, rollout_fn, score_remotely):
+        from irpo_jax.data.pipeline import make_train_iterator
+
+        source = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+        try:
+            self.batches = [to_global(next(source), sharded) for _ in range(int(cfg.train.probe_batches))]
+        finally:
+            getattr(source, "close", lambda: None)()
+        self.keys = [jax.random.fold_in(jax.random.key(cfg.seed + 1), i) for i in range(len(self.batches))]
+        self.rollout_fn, self.score_remotely = rollout_fn, score_remotely
+        self.reward_fn = jax.jit(make_probe_reward(cfg))
+
+    def __call__(self, params) -> dict[str, float]:
+        values: dict[str, list[np.ndarray]] = {}
+        for batch, key in zip(self.batches, self.keys):
+            rollout = self.rollout_fn(params, batch, key)
+            rewards = self.reward_fn(rollout["jax_scores"], self.score_remotely(batch, rollout))
+            for k, v in rewards.items():
+                values.setdefault(k, []).append(to_host(v))
+        return {f"probe/reward/{k}/mean": float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
+
+
+class _Run:
+    """One invocation of a run: everything :func:`run` builds, and the loop over its steps.
+
+    Construction builds (or restores) the state; :meth:`loop` steps until the end, a signal or
+    ``stop_after``; :meth:`close` releases the reward process, the writers and the checkpoint
+    manager whatever happened.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
+        from irpo_jax.data.pipeline import make_train_iterator
+        from irpo_jax.metrics_log import MetricWriter
+
+        self.cfg, self.workdir, self.stage = cfg, workdir, cfg.train.stage
+        self.stale = self.stage == "grpo" and bool(cfg.grpo.one_step_stale)
+        self.pending: _Sampled | None = None  # one-step-stale: the sample the next update consumes
+        self.bridge = self.scorer = self.ckpt = self.writer = self.probe = None
+        self.jax_names: tuple[str, ...] = ()
+        self.live_remote: tuple[str, ...] = ()
+        self.timings = {"rollout": 0.0, "reward_wait": 0.0, "update": 0.0}
+        self.mesh = make_mesh(jax.devices()[: cfg.train.devices] if cfg.train.devices else None)
+        if cfg.train.batch_size % self.mesh.size:
+            raise TrainingError(
+                f"train.batch_size={cfg.train.batch_size} must be a multiple of the {self.mesh.size} devices "
+                "(each device restores whole images and their G rollouts)."
+            )
+        self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))
+
+        self.data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
+        if self.stage == "grpo" and not cfg.data.manifest:
+            log.warning(
+                "GRPO on every training pair (data.manifest is empty); IRPO post-trains on the hardest "
+                "30 %: python -m irpo_jax.mine ... --out hard.jsonl, then --config.data.manifest=hard.jsonl"
+            )
+        self.total_steps = total_steps_of(cfg, self.data.epoch_size)
+
+        # Built on the host, then placed (a checkpoint's weights need not pass through device 0).
+        with jax.default_device(host_device()):
+            model = build_model(cfg)
+            self.graphdef, params = nnx.split(model, nnx.Param)
+            params = nnx.to_pure_dict(params)
+            self.tx = build_optimizer(cfg, params, self.total_steps, self.data.epoch_size)
+            state = TrainState.initial(params, self.tx, cfg.seed, with_ref=self.stage == "grpo")
+            state = jax.tree.map(np.asarray, state)
+        self.state = jax.device_put(state, self.replicated)
+        self.meta = checkpointing.model_metadata(model) | {"stage": self.stage, "total_steps": self.total_steps}
+
+        try:
+            self.ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)
+            if self.ckpt.latest_step() is not None:
+                self._restore()
+            self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+            if self.stage == "grpo":
+                self._open_rewards()
+            # One worker keeps requests in step order; in the stale mode it scores while the update runs.
+            if self.bridge is not None:
+                self.scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring")
+            self._compile()
+        except BaseException:
+            self.close()
+            raise
+        self.start_step = self.step
+
+    # ------------------------------------------------------------------------- start-up
+
+    def _restore(self) -> None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+        self.state, data_state, _ = self.ckpt.restore(abstract)
+        self.data.set_state(data_state)
+        saved = self.ckpt.restore_pending(self.mesh) if self.stale else None
+        if saved is not None:  # (a checkpoint of the normal mode has none: the next step samples anew)
+            self.pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
+        log.info("resumed %s at step %d", self.workdir, self.step)
+        print(f"resuming {self.workdir} at step {self.step} of {self.total_steps}")
+
+    def _open_rewards(self) -> None:
+        """The reward process (or in-process bridge) and the report of the live components."""
+        from irpo_jax.rewards import compose as compose_lib
+        from irpo_jax.rewards.remote import open_reward_bridge
+
+        cfg = self.cfg
+        self.jax_names = tuple(
+            n for n in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[n].backend == "jax"
+        )
+        self.bridge = open_reward_bridge(cfg.reward)
+        self.live_remote = tuple(self.bridge.live_components) if self.bridge is not None else ()
+        missing = [n for n in compose_lib.remote_components(cfg.reward) if n not in self.live_remote]
+        report = {"jax": list(self.jax_names), "torch_live": list(self.live_remote), "torch_unavailable": missing,
+                  "bridge_mode": cfg.reward.bridge.mode}  # fmt: skip
+        print("reward components: " + json.dumps(report))
+        if missing and cfg.reward.missing == "strict":
+            raise TrainingError(
+                f"reward components {missing} have nonzero weight but are not live (reward.bridge.mode="
+                f"{cfg.reward.bridge.mode!r}); with reward.missing='strict' the run cannot start. Start the "
+                "reward process (reward.bridge.mode=process, weights under reward.models.<name>) or set "
+                "their weights to 0."
+            )
+        if jax.process_index() == 0:
+            (self.workdir / "reward_components.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def _compile(self) -> None:
+        """The jitted step functions (traced under the mesh: the model's FFTs stay per device)."""
+        cfg, graphdef, mesh = self.cfg, self.graphdef, self.mesh
+        if self.stage == "supervised":
+            self.step_fn = on_mesh(mesh, jax.jit(make_supervised_step(graphdef, self.tx, cfg.model.compute_dtype),
+                                                 donate_argnums=0))  # fmt: skip
+        else:
+            self.rollout_fn = on_mesh(mesh, jax.jit(make_rollout_step(graphdef, cfg, self.jax_names)))
+            constant_ref = bool(cfg.grpo.kl_coef) and reference_is_constant(self.state.ref_params)
+            if constant_ref:
+                log.info("the reference policy's heads ignore their inputs (a step-0 policy): its log-probs "
+                         "come without decoder passes")  # fmt: skip
+            update = make_grpo_update(graphdef, self.tx, cfg, self.total_steps, constant_ref=constant_ref)
+            self.update_fn = on_mesh(mesh, jax.jit(update, donate_argnums=0))
+            if cfg.train.probe_every:
+                self.probe = _RewardProbe(cfg, self.sharded, self.rollout_fn, self._probe_scores)
+        # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
+        self.mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
+
+    # ------------------------------------------------------------------------- pieces of a step
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state.step))
+
+    def current_model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, jax.device_get(self.state.params))
+
+    def sample(self, index: int, batch: dict[str, jax.Array]) -> _Sampled:
+        """Rollouts of ``batch`` under the current parameters (key ``fold_in(rng, index)``) and
+        the request for their remote scores."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), index)
+        rollout = jax.block_until_ready(self.rollout_fn(self.state.params, batch, key))
+        if self.scorer is None:
+            return _Sampled(batch, rollout, _done({}))
+        future = self.scorer.submit(_score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
+        return _Sampled(batch, rollout, future)
+
+    def _probe_scores(self, batch, rollout) -> dict[str, jax.Array]:
+        if self.bridge is None:
+            return {}
+        return _score_remotely(self.bridge, self.cfg, 0, batch, rollout, self.live_remote)
+
+    def save(self, pending_grace_s: float | None = None) -> None:
+        """Checkpoints the state (and, one-step-stale, the pending sample with its scores).
+
+        ``pending_grace_s``: how long to wait for the pending sample's scores (None: as long as
+        the request takes). After a failure or a signal the reward process may be hung or gone:
+        the state is saved without the pending sample then, and the resumed run samples its
+        next update afresh (a one-step-stale run's only inexact resume).
+        """
+        tree = None
+        if self.pending is not None:
+            try:
+                self.pending.scores.result(timeout=pending_grace_s)
+                tree = self.pending.tree()
+            except Exception as e:  # noqa: BLE001 - timed out or failed: save without it
+                log.warning("checkpoint without the pending rollouts (their reward scores: %s); a resumed "
+                            "run samples the next update afresh", type(e).__name__)  # fmt: skip
+        self.ckpt.save(self.state, self.data.get_state(), self.meta, self.current_model(), tree)
+
+    @staticmethod
+    def _scores_of(sampled: _Sampled, stop: _StopSignal) -> dict[str, jax.Array] | None:
+        """The sample's remote scores; None if a signal arrives first (a hung reward process
+        must not hold a preempted job past its grace period)."""
+        while True:
+            try:
+                return sampled.scores.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if stop.received:
+                    return None
+
+    def _supervised_step(self, step: int, panel_due: bool) -> _StepResult:
+        batch = to_global(next(self.data), self.sharded)
+        y_det = to_host(self.mean_fn(self.state.params, batch["degraded"])) if panel_due else None  # before donation
+        self.state, metrics = self.step_fn(self.state, batch)
+        return _StepResult(step, metrics, batch, y_det=y_det)
+
+    def _grpo_step(self, step: int, panel_due: bool, stop: _StopSignal) -> _StepResult | None:
+        """Sample, wait for the scores, update. None when a signal arrived while waiting."""
+        t0 = time.perf_counter()
+        if self.stale and self.pending is None:  # a fresh run's first step also samples what it updates on
+            self.pending = self.sample(step, to_global(next(self.data), self.sharded))
+        fresh = self.sample(step + 1 if self.stale else step, to_global(next(self.data), self.sharded))
+        used = self.pending if self.stale else fresh
+        y_det = to_host(self.mean_fn(self.state.params, used.batch["degraded"])) if panel_due else None
+        t1 = time.perf_counter()
+        try:
+            remote_scores = self._scores_of(used, stop)  # stale: requested one step ago
+        except Exception as e:
+            self.save(pending_grace_s=0)
+            raise TrainingError(
+                f"the reward scores of step {step} failed: {e}\nThe state before this step was saved "
+                f"in {self.workdir / 'checkpoints'}; fix the reward process (or set reward.bridge.mode=off) "
+                "and rerun the same command to resume."
+            ) from e
+        if remote_scores is None:
+            return None
+        t2 = time.perf_counter()
+        for _ in range(self.cfg.grpo.policy_iters):
+            self.state, metrics = self.update_fn(self.state, used.batch, used.rollout, remote_scores)
+        # Stale: the next update consumes this step's sample. (After a non-finite update the
+        # saved checkpoint then skips the used batch, as the normal mode does.)
+        self.pending = fresh if self.stale else None
+        t3 = time.perf_counter()
+        for name, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2)):
+            self.timings[name] += seconds
+        rewards = metrics.pop("rewards")  # (B, G), for the panels only
+        return _StepResult(step, metrics, used.batch, used.rollout, remote_scores, y_det, rewards)
+
+    def _check_finite(self, result: _StepResult) -> None:
+        """The NaN guard's verdict (the update was not applied): save the last good state, stop."""
+        metrics = result.metrics
+        if metrics["ok"] >= 1:
+            return
+        bad = [k.split("/", 1)[1] for k, v in metrics.items() if k.startswith("finite/") and v < 1]
+        what = ", ".join(f"loss/{b}" for b in bad) or "a gradient"
+        self.save()
+        raise TrainingError(
+            f"non-finite value in {what} at step {result.step}; the update was not applied and the last "
+            f"good state was saved in {self.workdir / 'checkpoints'}. Lower optim.lr, enable "
+            "optim.grad_clip, or check the data/rewards of this step."
+        )
+
+    def _after_step(self, result: _StepResult, panel_due: bool, rate: dict[str, float]) -> dict[str, float]:
+        """Logs, panels, probes, evaluations and periodic checkpoints after step ``result.step``.
+        Returns the step's scalar metrics."""
+        cfg, t = self.cfg, self.cfg.train
+        new_step = result.step + 1
+        last = {k: float(v) for k, v in result.metrics.items() if not k.startswith("finite/") and k != "ok"}
+        if (t.log_every and new_step % t.log_every == 0) or new_step == self.total_steps:
+            lr = float(learning_rate(cfg, self.total_steps, self.data.epoch_size)(result.step))
+            extra = {"opt/lr": lr, **rate}
+            extra.update({f"perf/{k}_s": v / max(new_step - self.start_step, 1) for k, v in self.timings.items()})
+            extra.update(memory_stats())
+            self.writer.scalars(new_step, last | extra)
+        if panel_due:
+            tag = "degraded_rollouts_mean_clean" if result.rollout is not None else "degraded_restored_clean"
+            self.writer.image(new_step, f"panels/{tag}", _panel(result))
+        if self.probe is not None and (new_step % t.probe_every == 0 or new_step == self.total_steps):
+            self.writer.scalars(new_step, self.probe(self.state.params))
+        if t.eval_every and new_step % t.eval_every == 0 and new_step < self.total_steps:
+            _evaluate(cfg, self.workdir, self.current_model(), new_step, self.writer)
+        if t.checkpoint_every and new_step % t.checkpoint_every == 0 and new_step < self.total_steps:
+            self.save()
+        return last
+
+    # ------------------------------------------------------------------------- the loop
+
+    def loop(self, *, progress: bool, stop_after: int | None) -> tuple[str, dict[str, float]]:
+        """Steps to the end. Returns ``(stop_reason, last step's metrics)``."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.probe is not None and self.step == 0:
+            self.writer.scalars(0, self.probe(self.state.params))
+        bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"{cfg.name} {self.stage}", unit="step",
+                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)  # fmt: skip
+        images_seen, t_start, last = 0, time.perf_counter(), {}
+        stop_reason = "finished"
+        try:
+            with _StopSignal() as stop:
+                while (step := self.step) < self.total_steps:
+                    panel_due = bool(cfg.train.panel_every) and (step + 1) % cfg.train.panel_every == 0
+                    if self.stage == "supervised":
+                        result = self._supervised_step(step, panel_due)
+                    else:
+                        result = self._grpo_step(step, panel_due, stop)
+                        if result is None:
+                            stop_reason = f"stopped by {stop.received} while waiting for the reward process"
+                            break
+                    # One host read per step: the NaN guard (and, on CPU fake devices, it keeps
+                    # back-to-back collective steps from dead-locking).
+                    result.metrics = jax.device_get(result.metrics)
+                    self._check_finite(result)
+                    images_seen += cfg.train.batch_size
+                    elapsed = time.perf_counter() - t_start
+                    rate = {"perf/images_per_s": images_seen / elapsed}
+                    if self.stage == "grpo":
+                        rate["perf/rollouts_per_s"] = images_seen * cfg.grpo.group_size / elapsed
+                    bar.update(1)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
+                    last = self._after_step(result, panel_due, rate)
+                    new_step = step + 1
+                    if stop.received:
+                        stop_reason = f"stopped by {stop.received}"
+                        break
+                    if stop_after is not None and new_step - self.start_step >= stop_after and new_step < self.total_steps:
+                        stop_reason = f"stopped after {stop_after} steps (stop_after)"
+                        break
+            self.save(pending_grace_s=30.0 if stop.received else None)
+            if cfg.train.eval_at_end and stop_reason == "finished":
+                _evaluate(cfg, self.workdir, self.current_model(), self.step, self.writer)
+        finally:
+            bar.close()
+        return stop_reason, last
+
+    def close(self) -> None:
+        """Releases what the run opened, in an order that cannot hang: the bridge first, so that a
+        request in flight fails instead of being waited for, then the scoring thread."""
+        for closing in (self.writer, self.ckpt, self.bridge):
+            if closing is not None:
+                closing.close()
+        if self.scorer is not None:
+            self.scorer.shutdown(wait=True, cancel_futures=True)
+
+    def summary(self, stop_reason: str, last: dict[str, float]) -> dict[str, Any]:
+        """The run's summary, written to ``summary.json`` (a finished run's record is kept when
+        this invocation had nothing to do)."""
+        summary = {"stage": self.stage, "steps": self.step, "total_steps": self.total_steps,
+                   "stop": stop_reason, "workdir": str(self.workdir), "last_metrics": last}  # fmt: skip
+        previous = self.workdir / "summary.json"
+        if self.start_step >= self.total_steps and previous.exists():  # nothing ran: keep the finished run's record
+            return json.loads(previous.read_text()) | {"stop": "already finished"}
+        if jax.process_index() == 0:
+            previous.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def run(
+    cfg: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train as configured; resume from ``workdir`` when it holds checkpoints. Returns a summary.
+
+    Args:
+      cfg: the resolved config.
+      workdir: run directory (created; resumed when it holds checkpoints).
+      progress: show a progress bar.
+      stop_after: leave after this many steps of *this* invocation, checkpointing as on SIGTERM
+        (for time-limited jobs; a later run with the same workdir continues).
+    """
+    workdir = pathlib.Path(workdir)
+    validate_config(cfg)
+    init_distributed(cfg)
+    if cfg.train.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(cfg.train.compilation_cache))
+    check_workdir_config(workdir, cfg)
+    trainer = None
+    try:
+        trainer = _Run(cfg, workdir)
+        stop_reason, last = trainer.loop(progress=progress, stop_after=stop_after)
+    finally:
+        if trainer is not None:
+            trainer.close()
+    return trainer.summary(stop_reason, last)
+
+
+def _panel(result: _StepResult) -> np.ndarray:
+    """The batch's first image as a captioned panel (:func:`irpo_jax.metrics_log.image_panel`):
+    degraded | rollouts (reward and raw components) | deterministic output | clean."""
+    from irpo_jax.metrics_log import image_panel
+
+    first = lambda x: to_host(x)[0]  # noqa: E731
+    batch, rollout = result.batch, result.rollout
+    kwargs = {}
+    if rollout is not None:
+        kwargs["rollouts"] = np.clip(first(rollout["restored"]), 0, 1)
+        kwargs["scores"] = {k: first(v) for k, v in {**rollout["jax_scores"], **result.remote_scores}.items()}
+        kwargs["rewards"] = first(result.rewards) if result.rewards is not None else None
+    if result.y_det is not None:
+        kwargs["deterministic"] = np.clip(result.y_det[0], 0, 1)
+        kwargs["deterministic_label"] = "mean" if rollout is not None else "output"
+    return image_panel(first(batch["degraded"]), first(batch["clean"]), **kwargs)
+
+
+def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) -> None:
+    """The published-protocol evaluation on ``data.eval_sets`` (process 0), logged and written to
+    ``workdir/eval/<step>[...]``."""
+    if jax.process_index() != 0:
+        return
+    from irpo_jax import evaluate
+
+    n = int(cfg.train.eval_max_images)
+    results = evaluate.evaluate(model, cfg.data, max_images=n, name=cfg.name, step=step, progress=False)
+    # As the evaluate CLI records them: it then recognises (and may replace) this run's results.
+    results["model"]["params_sha256"], results["settings"] = evaluate.result_identity(model, cfg.data, max_images=n)
+    evaluate.write_results(results, evaluate.output_dir(workdir, cfg.name, step, max_images=n))
+    writer.scalars(step, evaluate.scalars(results))
+    table = evaluate.format_table(results)
+    writer.text(step, "eval/table", table)
+    print(table)
+
+
+def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:
+    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays sharded like the batch.
+
+    Each process sends its own images' rollouts to its own reward process.
+    """
+    from irpo_jax.rewards.compose import remote_components_for_step
+
+    names = [n for n in remote_components_for_step(cfg.reward, step) if n in live]
+    if not names:
+        return {}
+    restored, first = process_rows(rollout["restored"])  # (b, G, H, W, 3), this process's b
+    restored = jnp.clip(restored, 0, 1)
+    b, g = restored.shape[:2]
+    rep = lambda k: jnp.repeat(process_rows(batch[k])[0], g, axis=0)  # noqa: E731
+    b_global = batch["degraded"].shape[0]
+    result = bridge.score(
+        rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
+        task_ids=np.asarray(rep("task_id")), components=names,
+        sample_ids=np.repeat(np.arange(first, first + b) + step * b_global, g),
+    )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
+    sharding = NamedSharding(batch["degraded"].sharding.mesh, P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, v.reshape(b, g)) for k, v in result.scores.items()}
+

@@ -1,0 +1,102 @@
+"""The run directory: the settings a run cannot start with (checked before any work), the resolved
+config it saves, and which changes a resumed run accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from irpo_jax.training import TrainingError
+
+log = logging.getLogger("irpo_jax.train")
+
+
+def config_json(cfg: ml_collections.ConfigDict) -> dict:
+    return json.loads(cfg.to_json_best_effort())
+
+
+# Fields that may change between a run and its resumption without changing the numbers.
+RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.checkpoint_every", "train.panel_every",
+                      "train.probe_every", "train.probe_batches",
+                      "train.steps", "train.keep_checkpoints", "train.compilation_cache", "train.devices", "reward.bridge",
+                      "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """The training settings a run cannot start with, named by their keys (before any work)."""
+    t = cfg.train
+    problems = []
+    if t.stage not in ("supervised", "grpo"):
+        problems.append(f"train.stage must be 'supervised' or 'grpo', got {t.stage!r}")
+    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
+        problems.append(f"model.compute_dtype must be 'float32' or 'bfloat16', got {cfg.model.compute_dtype!r}")
+    if t.steps < 0 or (t.steps == 0 and not t.epochs > 0):
+        problems.append(f"train.steps={t.steps}, train.epochs={t.epochs}: give steps > 0, or steps=0 and epochs > 0")
+    if t.batch_size < 1:
+        problems.append(f"train.batch_size must be at least 1, got {t.batch_size}")
+    for key in ("log_every", "checkpoint_every", "panel_every", "eval_every", "probe_every"):
+        if t[key] < 0:
+            problems.append(f"train.{key} must be >= 0 (0 = never, or only at the end), got {t[key]}")
+    if cfg.data.patch_size < 8 or cfg.data.patch_size % 8:
+        problems.append(f"data.patch_size={cfg.data.patch_size}: AdaIR needs a multiple of 8 (the paper: 128)")
+    if t.stage == "grpo" and cfg.grpo.policy_iters < 1:
+        problems.append(f"grpo.policy_iters must be at least 1, got {cfg.grpo.policy_iters}")
+    if cfg.grpo.cons_target not in ("both", "det_anchor"):
+        problems.append(f"grpo.cons_target must be 'both' or 'det_anchor', got {cfg.grpo.cons_target!r}")
+    if problems:
+        raise TrainingError("invalid config: " + "; ".join(problems))
+
+
+def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
+    """Save the resolved config; refuse a workdir made by a different config unless allowed.
+
+    A workdir is a new or empty directory, or one this trainer wrote (it has ``config.json``):
+    anything else is refused, so that nothing a user keeps there is overwritten (the run
+    replaces ``model/`` and ``summary.json``). A ``config.json`` without a checkpoint is the
+    record of a start that failed before its first save: the new config replaces it.
+    """
+    path = workdir / "config.json"
+    new = config_json(cfg)
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+    if workdir.is_dir() and not path.exists() and any(workdir.iterdir()):
+        found = ", ".join(sorted(p.name for p in workdir.iterdir())[:5])
+        raise TrainingError(
+            f"--workdir {workdir} is not empty and holds no irpo-jax run (it has {found}); a run writes "
+            "model/, summary.json and checkpoints/ there. Choose a new or empty --workdir."
+        )
+    checkpoints = workdir / "checkpoints"
+    saved = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if path.exists() and not saved:
+        log.info("%s has no checkpoint yet: its config.json (a start that failed) is replaced", workdir)
+    elif path.exists():
+        old = json.loads(path.read_text())
+        diffs = sorted(k for k in flat_diff(old, new) if not k.startswith(RESUMABLE_CHANGES))
+        if diffs and not cfg.train.allow_config_change:
+            raise TrainingError(
+                f"the workdir {workdir} holds a run with a different config (changed: {', '.join(diffs[:10])}"
+                f"{' ...' if len(diffs) > 10 else ''}). Use another --workdir, or pass "
+                "--config.train.allow_config_change=True to resume it with the new values."
+            )
+        if diffs:
+            log.warning("resuming %s with a changed config: %s", workdir, ", ".join(diffs))
+            (workdir / f"config.previous.{int(time.time())}.json").write_text(json.dumps(old, indent=2))
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
