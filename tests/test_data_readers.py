@@ -179,9 +179,26 @@ def test_paired_folder_matches_names_and_stems(tmp_path, caplog):
     assert [Path(r.degraded).name for r in recs] == ["a.png", "b.png", "c.jpg"]
     assert Path(recs[2].clean).name == "c.png"
     assert "orphan.png" in caplog.text
+    # As a test set, the input without a target refuses the set (a mean over fewer images is
+    # another number), unless a partial set is asked for; then it is listed.
     cfg = {"root": str(tmp_path), "eval_paired": {"ood": {"path": "ood", "task": "derain"}}}
-    sets = R.eval_sets(cfg, names=["ood"])
-    assert len(sets["ood"]) == 3 and sets["ood"].task == "derain"
+    with pytest.raises(R.DataError, match=r"test set ood: 1 of its 4 input\(s\) have no matching target: "
+                                          r"orphan.png.*--allow_partial.*data.eval_paired.ood"):
+        R.eval_sets(cfg, names=["ood"])
+    sets = R.eval_sets(cfg, names=["ood"], allow_partial=True)
+    assert len(sets["ood"]) == 3 and sets["ood"].task == "derain" and sets["ood"].missing == ["orphan.png"]
+
+
+def test_sots_input_without_its_clean_image_refuses_the_set(demo_root, tmp_path):
+    shutil.copytree(demo_root / "test/dehaze", tmp_path / "test/dehaze")
+    gone = sorted((tmp_path / "test/dehaze/target").iterdir())[0]
+    gone.unlink()
+    hazy = sorted(p.name for p in (tmp_path / "test/dehaze/input").iterdir() if p.name.startswith(gone.stem + "_"))
+    with pytest.raises(R.DataError, match=rf"test set sots: {len(hazy)} of .* no matching target: {hazy[0]} "
+                                          rf"\(no target/{gone.name}\)"):
+        R.eval_sets({"root": str(tmp_path)}, names=["sots"])
+    es = R.eval_sets({"root": str(tmp_path)}, names=["sots"], allow_partial=True)["sots"]
+    assert [m.split(" ")[0] for m in es.missing] == hazy
 
 
 def test_dehaze_ground_truth_with_another_extension(demo_root, tmp_path):

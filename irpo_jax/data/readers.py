@@ -18,6 +18,9 @@ real data are read by the same code::
     ROOT/test/dehaze/{input,target}/     SOTS outdoor: input/IIII_A_B.ext -> target/IIII.png
     ROOT/test/derain/Rain100L/{input,target}/, ROOT/test/deblur/gopro/..., ROOT/test/enhance/lol/...
     ROOT/test/denoise/{bsd68,urban100}/  clean images; noisy inputs by the seeded protocol below
+    ROOT/test/ood/{rrshid,gtrain,sidd,reloblur,lolistreet}/  the out-of-domain sets of IRPO
+                                         Table 3, each as its release unpacks
+                                         (:mod:`irpo_jax.data.ood_sets`; group name ``ood5``)
 
 ``LISTS`` is ``data.list_dir``; by default ``ROOT/data_dir`` (the demo set) or, failing that,
 ``ROOT/../data_dir`` (the official checkout, where ``data/`` and ``data_dir/`` are siblings).
@@ -43,6 +46,12 @@ training crop are skipped, counted in a :class:`ScanReport` and logged with the 
 missing folders, empty folders and manifests that do not match the data raise :class:`DataError`
 naming the path and what to do. Decoding converts grayscale/palette/CMYK to RGB, drops alpha and
 keeps 16-bit images at full range (see :func:`load_image`).
+
+**Test sets are whole or refused** (:func:`eval_sets`): a set's score is a mean over its images,
+comparable only when every image is there, so an input without a matching target (a missing or
+misnamed file) refuses the set, naming the files, as an unreadable image does when it is decoded.
+``allow_partial=True`` (``evaluate --allow_partial``) scores what is there instead; the set then
+lists what it left out in :attr:`EvalSet.missing` and the evaluation marks the row partial.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +75,24 @@ from irpo_jax.rewards.task import TASKS
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DataError",
-    "EvalSet",
     "IMAGE_EXTENSIONS",
     "MANIFEST_KIND",
     "OFFICIAL_REPEATS",
     "OFFICIAL_SIGMAS",
-    "Record",
-    "ScanReport",
+    "OOD_SETS",
+    "SET_GROUPS",
     "TASK_IDS",
     "TEST_SETS",
+    "DataError",
+    "EvalSet",
+    "Record",
+    "ScanReport",
     "add_official_noise",
     "crop_img",
     "cropped_size",
     "default_data_config",
     "eval_sets",
+    "expand_set_names",
     "fingerprint",
     "load_image",
     "mixture_indices",
@@ -103,7 +115,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_KIND = "irpo-jax-mining-manifest"
 
 # Standard test sets: name -> (task, default folder under the root, layout). "noisy" folders
-# hold clean images only (noise by the seeded protocol); "sots" finds target/IIII.png by id.
+# hold clean images only (noise by the seeded protocol); "sots" finds target/IIII.png by id; the
+# out-of-domain layouts are each release's own (irpo_jax.data.ood_sets).
 TEST_SETS: dict[str, tuple[str, str, str]] = {
     "sots": ("dehaze", "test/dehaze", "sots"),
     "rain100l": ("derain", "test/derain/Rain100L", "paired"),
@@ -111,7 +124,16 @@ TEST_SETS: dict[str, tuple[str, str, str]] = {
     "urban100": ("denoise", "test/denoise/urban100", "noisy"),
     "gopro": ("deblur", "test/deblur/gopro", "paired"),
     "lol": ("lowlight", "test/enhance/lol", "paired"),
+    # IRPO Table 3 (real-world, out of domain), one per task.
+    "rrshid": ("dehaze", "test/ood/rrshid", "rrshid"),
+    "gtrain": ("derain", "test/ood/gtrain", "gtrain"),
+    "sidd": ("denoise", "test/ood/sidd", "sidd"),
+    "reloblur": ("deblur", "test/ood/reloblur", "reloblur"),
+    "lolistreet": ("lowlight", "test/ood/lolistreet", "lolistreet"),
 }
+OOD_SETS = ("rrshid", "gtrain", "sidd", "reloblur", "lolistreet")  # IRPO Table 3's column order
+# Names that stand for several sets wherever set names are given (evaluate --sets, data.eval_sets).
+SET_GROUPS: dict[str, tuple[str, ...]] = {"ood5": OOD_SETS}
 
 
 class DataError(ValueError):
@@ -412,9 +434,18 @@ def paired_folder_records(path: str | os.PathLike, task: str, name: str) -> list
     Raises:
       DataError: a missing folder, no images, or no input with a matching target.
     """
+    folder = Path(os.path.expanduser(str(path))).absolute()
+    records, unmatched = _paired_folder(folder, task, name)
+    if unmatched:
+        log.warning("paired folder %s: %d input(s) without a target in %s, left out: %s",
+                    name, len(unmatched), folder / "target", ", ".join(unmatched[:5]))
+    return records
+
+
+def _paired_folder(folder: Path, task: str, name: str) -> tuple[list[Record], list[str]]:
+    """``(records, names of the inputs without a target)`` of ``folder/{input,target}``."""
     if task not in TASK_IDS:
         raise DataError(f"paired folder {name!r}: unknown task {task!r}; valid: {', '.join(TASKS)}")
-    folder = Path(os.path.expanduser(str(path))).absolute()
     for sub in ("input", "target"):
         if not (folder / sub).is_dir():
             raise DataError(
@@ -433,15 +464,12 @@ def paired_folder_records(path: str | os.PathLike, task: str, name: str) -> list
             unmatched.append(p.name)
             continue
         records.append(Record(f"{name}:{p.name}", task, 0, str(t), str(p)))
-    if unmatched:
-        log.warning("paired folder %s: %d input(s) without a target in %s, left out: %s",
-                    name, len(unmatched), folder / "target", ", ".join(unmatched[:5]))
     if not records:
         raise DataError(
             f"paired folder {name!r}: no file in {folder / 'input'} has a target of the same name "
             f"in {folder / 'target'}."
         )
-    return records
+    return records, unmatched
 
 
 # --------------------------------------------------------------------------- decoding
@@ -828,7 +856,9 @@ class EvalSet:
     """A test set: random access to whole, ``crop_img``-ed image pairs (lazily decoded).
 
     ``dataset[i]`` is ``{"degraded": uint8 (H, W, 3), "clean": uint8 (H, W, 3) (uint16 for 16-bit
-    files), "name": str, "task": str, "sigma": int}``.
+    files), "name": str, "task": str, "sigma": int}``. ``name`` is unique within the set (the
+    file name, or for sets with sub-folders the path below the set's folder, e.g.
+    ``scene/frame.png``); ``group`` is added for sets averaged per group (GT-Rain's scenes).
     """
 
     name: str
@@ -838,62 +868,114 @@ class EvalSet:
     crop_base: int = 16
     noise: _NoiseStream | None = None
     noise_offset: int = 0  # index of this set's first item in the shared noise stream
+    names: list[str] | None = None  # per record; default: the degraded (or clean) file's name
+    # Per record: the group whose mean the set's score averages (GT-Rain: the scene); None: the
+    # set's score is the mean over its images.
+    groups: list[str] | None = None
+    # (record index) -> (degraded, clean) arrays, for sets not stored as image files (SIDD's
+    # .mat blocks); None: decode the record's files.
+    loader: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
+    missing: list[str] = dataclasses.field(default_factory=list)  # inputs without a target, left out
+    protocol: str = ""  # how this set is read and scored, where that differs from the default
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def item_name(self, i: int) -> str:
+        """The unique name of image ``i`` (see the class docstring)."""
+        if self.names is not None:
+            return self.names[i]
+        r = self.records[i]
+        return Path(r.degraded or r.clean).name
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.records[i]
-        clean = crop_img(load_image(r.clean), self.crop_base)
-        if r.degraded is None:
+        if self.loader is not None:
+            degraded, clean = (crop_img(a, self.crop_base) for a in self.loader(i))
+        else:
+            clean = crop_img(load_image(r.clean), self.crop_base)
+        if self.loader is None and r.degraded is None:
             clean = to_uint8_domain(clean)
             normals = self.noise.normals(self.noise_offset + i)  # (H, W, 3) float64
             degraded = add_official_noise(clean, self.sigma, normals)
-        else:
+        elif self.loader is None:
             degraded = crop_img(load_image(r.degraded), self.crop_base)
-            if degraded.shape != clean.shape:
-                raise DataError(f"{self.name}: {r.degraded} is {degraded.shape[:2]} but its target "
-                                f"{r.clean} is {clean.shape[:2]} after crop_img; fix the pair")
-        return {"degraded": degraded, "clean": clean, "name": Path(r.degraded or r.clean).name,
+        if degraded.shape != clean.shape:
+            raise DataError(f"{self.name}: {r.degraded} is {degraded.shape[:2]} but its target "
+                            f"{r.clean} is {clean.shape[:2]} after crop_img; fix the pair")
+        item = {"degraded": degraded, "clean": clean, "name": self.item_name(i),
                 "task": self.task, "sigma": self.sigma}
+        if self.groups is not None:
+            item["group"] = self.groups[i]
+        return item
 
 
-def _sots_records(folder: Path, name: str) -> list[Record]:
+def _sots_records(folder: Path, name: str) -> tuple[list[Record], list[str]]:
+    """``(records, inputs without a target)`` of SOTS: ``input/IIII_A_B.ext`` -> ``target/IIII.png``."""
     for sub in ("input", "target"):
         if not (folder / sub).is_dir():
             raise DataError(f"test set {name}: {folder / sub} does not exist (SOTS layout: "
                             "input/IIII_A_B.ext and target/IIII.png)")
-    out = []
+    out, missing = [], []
     for p in _images_in(folder / "input"):
         # DerainDehazeDataset._get_gt_path: target/<id>.png (other extensions accepted too)
         t = _find_by_stem(folder / "target", p.name.split("_")[0], ".png")
         if not t.exists():
-            log.warning("test set %s: no target for %s (looked for %s), left out", name, p, t)
+            missing.append(f"{p.name} (no {t.relative_to(folder).as_posix()})")
             continue
         out.append(Record(f"{name}:{p.name}", "dehaze", 0, str(t), str(p)))
     if not out:
         raise DataError(f"test set {name}: no input/target pairs in {folder}")
+    return out, missing
+
+
+def expand_set_names(names: Sequence[str]) -> list[str]:
+    """``names`` with each group of :data:`SET_GROUPS` (``ood5``) replaced by its sets, in order,
+    without duplicates."""
+    out: list[str] = []
+    for name in names:
+        for n in SET_GROUPS.get(name, (name,)):
+            if n not in out:
+                out.append(n)
     return out
 
 
-def eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, EvalSet]:
+def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
+              allow_partial: bool = False) -> dict[str, EvalSet]:
     """The test sets, in order; noisy sets expand to one set per sigma (``bsd68_s25``).
 
     Args:
       cfg: data config.
-      names: set names (keys of :data:`TEST_SETS` or of ``data.eval_paired``); default
-        ``data.eval_sets``. A requested set whose folder is missing raises.
+      names: set names (keys of :data:`TEST_SETS` or of ``data.eval_paired``, or a group of
+        :data:`SET_GROUPS` such as ``ood5``); default ``data.eval_sets``. A requested set whose
+        folder is missing raises.
+      allow_partial: keep a set some of whose inputs have no matching target, listing them in
+        :attr:`EvalSet.missing` (default: refuse it).
 
     Returns:
       ``{name: EvalSet}``; noisy sets are ``{set}_s{sigma}`` for each of ``data.sigmas``.
+
+    Raises:
+      DataError: a missing folder, a layout that is not the set's, an empty set, or (unless
+        ``allow_partial``) inputs without a target; the message names the files and what to do.
     """
     cfg = resolve_config(cfg)
     root = _root(cfg)
-    names = list(cfg["eval_sets"] if names is None else names)
+    names = expand_set_names(list(cfg["eval_sets"] if names is None else names))
     out: dict[str, EvalSet] = {}
     for name in names:
         try:
-            out.update(_eval_set(name, cfg, root))
+            sets = _eval_set(name, cfg, root)
+            for es in sets.values():
+                if es.missing and not allow_partial:
+                    shown = ", ".join(es.missing[:5]) + (f" and {len(es.missing) - 5} more"
+                                                         if len(es.missing) > 5 else "")
+                    raise DataError(
+                        f"test set {name}: {len(es.missing)} of its {len(es.missing) + len(es)} "
+                        f"input(s) have no matching target: {shown}. A set's score is comparable "
+                        "only over all its images: add or rename the targets, or allow a partial "
+                        "set (evaluate --allow_partial) whose row is marked partial")
+            out.update(sets)
         except DataError as err:
             where = (f"data.eval_paired.{name}" if name in cfg["eval_paired"]
                      else f"data.test_dirs.{name}")
@@ -907,18 +989,27 @@ def _eval_set(name: str, cfg: Mapping[str, Any], root: Path) -> dict[str, EvalSe
     base = cfg["crop_base"]
     if name in cfg["eval_paired"]:
         spec = dict(cfg["eval_paired"][name])
-        recs = paired_folder_records(_under(root, spec["path"]), spec["task"], name)
-        return {name: EvalSet(name, spec["task"], recs, crop_base=base)}
+        recs, missing = _paired_folder(_under(root, spec["path"]).absolute(), spec["task"], name)
+        return {name: EvalSet(name, spec["task"], recs, crop_base=base, missing=missing)}
     if name not in TEST_SETS:
-        raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)} or a key of "
-                        f"data.eval_paired ({sorted(cfg['eval_paired'])})")
+        raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)}, a group "
+                        f"({', '.join(SET_GROUPS)}) or a key of data.eval_paired "
+                        f"({sorted(cfg['eval_paired'])})")
     task, _, layout = TEST_SETS[name]
     folder = _under(root, cfg["test_dirs"][name])
     if layout == "paired":
-        recs = paired_folder_records(folder, task, name)
-        return {name: EvalSet(name, task, recs, crop_base=base)}
+        recs, missing = _paired_folder(folder, task, name)
+        return {name: EvalSet(name, task, recs, crop_base=base, missing=missing)}
     if layout == "sots":
-        return {name: EvalSet(name, task, _sots_records(folder, name), crop_base=base)}
+        recs, missing = _sots_records(folder, name)
+        return {name: EvalSet(name, task, recs, crop_base=base, missing=missing)}
+    if name in OOD_SETS:
+        from irpo_jax.data import ood_sets
+
+        listing = ood_sets.READERS[name](folder, name)
+        return {name: EvalSet(name, task, listing.records, crop_base=base, names=listing.names,
+                              groups=listing.groups, loader=listing.loader,
+                              missing=listing.missing, protocol=listing.protocol)}
     # noisy: clean images + the seeded protocol, in sorted order
     if not folder.is_dir():
         raise DataError(f"test set {name}: {folder} does not exist")
