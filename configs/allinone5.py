@@ -15,6 +15,17 @@ VARIANTS (append to the path, comma separated):
                cosine per epoch, 32 images per step, augmentation modes 1-7, 150 epochs).
   :demo        the built-in demo data (make demo), the small model, CPU-sized.
   :smoke       a few steps of the tiny model (tests).
+
+PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` prints the
+  matching row under ours with the difference; the same numbers as irpo_jax/published.py):
+  IRPO Table 2, five-task (SOTS, Rain100L, BSD68 σ=25, GoPro, LOL):
+    AdaIR 30.53/0.978 38.02/0.981 31.35/0.889 28.12/0.858 23.00/0.845  avg 30.20/0.910
+    IRPO  31.36/0.982 38.72/0.987 32.13/0.896 28.89/0.863 24.08/0.858  avg 31.03/0.917
+  IRPO Table 3, the same models out of domain (RRSHID, GT-Rain, SIDD, ReLoBlur, LoLI-Street):
+    AdaIR 16.71/0.475 19.58/0.684 28.83/0.902 20.43/0.806 15.96/0.781  avg 20.30/0.730
+    IRPO  19.94/0.623 21.17/0.692 33.18/0.919 21.94/0.837 22.43/0.875  avg 23.73/0.809
+  Table 3's averages are its columns' means: +3.43 dB, where the paper's text says +2.53 dB.
+  The out-of-domain sets: `--sets ood5`, README 'Out-of-domain evaluation'.
 """
 
 from irpo_jax import config_lib

@@ -1,7 +1,8 @@
 """Benchmark evaluation: PSNR/SSIM tables under the published all-in-one protocol.
 
     python -m irpo_jax.evaluate --checkpoint checkpoints/adair5d --config configs/allinone5.py \
-        [--sets sots,rain100l,bsd68,gopro,lol] [--data_root data] [--out .] [--save_images] \
+        [--sets sots,rain100l,bsd68,gopro,lol | --sets ood5] [--data_root data] [--out .] \
+        [--save_images] [--reference adair|irpo] [--allow_partial] [--test_dir SET=DIR] \
         [--self_ensemble] [--oracle_k 8] [--tile 512 --tile_overlap 64] [--max_images N] [--overwrite]
 
 writes ``<out>/eval/<step or name>/{results.json, per_image.csv, table.md}`` (plus
@@ -26,11 +27,24 @@ Urban100) are synthesised by the official seeded stream (``np.random.seed(0)``, 
 (``bsd68_s25``). Matrix products run at full float32 precision (``precision="highest"``; no
 TF32), so the numbers do not depend on the GPU generation.
 
+**Out-of-domain sets** (IRPO Table 3): ``rrshid``, ``gtrain``, ``sidd``, ``reloblur``,
+``lolistreet`` (group ``ood5``), read in their releases' own layouts under
+``<data root>/test/ood/<set>/`` by :mod:`irpo_jax.data.ood_sets`, which says where each comes from,
+how it pairs and what it averages (GT-Rain: per scene, then over scenes, as its test code).
+
+**Whole sets or a marked partial row.** A set some of whose inputs have no matching target, or
+cannot be read, is refused with the files named (a mean over fewer images is another number);
+``--allow_partial`` scores the rest and marks the row partial in the tables and in results.json
+(``partial``, ``left_out``).
+
 **Table layout** (:func:`format_table`): when the rows of IRPO Table 2 / AdaIR's five-task table
 (SOTS, Rain100L, BSD68 sigma=25, GoPro, LOL) are all present, the main table has exactly those
-columns and its Average is their mean (that is how 30.20/0.910 is computed); with the rows of
-the three-task table (IRPO Table 7: SOTS, Rain100L, BSD68 sigma=15/25/50) and no GoPro/LOL, that
-layout; otherwise one column per row. Every row is also listed in a second table.
+columns and its Average is their mean (that is how 30.20/0.910 is computed); else with the five
+out-of-domain rows, IRPO Table 3's layout; with the rows of the three-task table (IRPO Table 7:
+SOTS, Rain100L, BSD68 sigma=15/25/50) and no GoPro/LOL, that layout; otherwise one column per
+row. Every row is also listed in a second table. ``--reference adair|irpo`` adds the published
+row (:mod:`irpo_jax.published`) under ours with the difference, when the config's setting and the
+model (the paper's base AdaIR) match a published table, and says why not otherwise.
 
 **Options.** ``self_ensemble``: the x8 geometric self-ensemble (mean of the outputs for the 8
 flips/rotations, each transformed back), labelled in every output. ``oracle_k``: for IRPO policy
@@ -40,7 +54,9 @@ result; reported separately and labelled "oracle" everywhere (keys, CSV columns,
 Per-image sampling keys are ``fold_in(PRNGKey(seed), crc32("<row>/<file name>"))``, so they do
 not depend on batching or device count; the samples are never self-ensembled. ``tile``: images with a side above ``tile`` are
 restored window by window (:mod:`irpo_jax.tiling`); AdaIR has global operations, so this
-deviates from the protocol and the number of tiled images is recorded per row.
+deviates from the protocol: the CLI warns in one line, and the number of tiled images is
+recorded per row. Results files are written whole (temporary file + rename) with the user's
+umask (0644 by default).
 
 **Efficiency.** Images are loaded by a thread pool in set order, grouped by shape, and run in
 batches of one image per local device (the batch is sharded over a 1-D ``("data",)`` mesh of
@@ -58,6 +74,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -79,7 +96,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from irpo_jax import metrics, tiling
+from irpo_jax import metrics, published, tiling
 from irpo_jax.data import readers
 from irpo_jax.data.readers import DataError
 
@@ -88,10 +105,11 @@ log = logging.getLogger("irpo_jax.evaluate")
 __all__ = [
     "CSV_COLUMNS",
     "EVAL_FORMAT",
-    "EvalError",
     "FIVE_TASK_ROWS",
-    "Runner",
+    "OOD_ROWS",
     "THREE_TASK_ROWS",
+    "EvalError",
+    "Runner",
     "available_rows",
     "check_existing_results",
     "check_writable",
@@ -99,6 +117,7 @@ __all__ = [
     "evaluate",
     "format_table",
     "geometric_self_ensemble",
+    "image_path",
     "main",
     "make_runner",
     "output_dir",
@@ -117,7 +136,10 @@ THREE_TASK_ROWS = ("sots", "rain100l", "bsd68_s15", "bsd68_s25", "bsd68_s50")
 TASK_TITLES = {"dehaze": "Dehazing", "derain": "Deraining", "denoise": "Denoising",
                "deblur": "Deblurring", "lowlight": "Low-Light"}  # fmt: skip
 SET_TITLES = {"sots": "SOTS", "rain100l": "Rain100L", "bsd68": "BSD68", "urban100": "Urban100",
-              "gopro": "GoPro", "lol": "LOL"}  # fmt: skip
+              "gopro": "GoPro", "lol": "LOL", "rrshid": "RRSHID", "gtrain": "GT-Rain", "sidd": "SIDD",
+              "reloblur": "ReLoBlur", "lolistreet": "LoLI-Street"}  # fmt: skip
+# IRPO Table 3: the five-task models on real-world out-of-domain sets.
+OOD_ROWS = tuple(readers.OOD_SETS)
 ORACLE_LABEL = "oracle: best of K sampled restorations, chosen by PSNR against the ground truth"
 SSIM_DEFINITION = ("skimage structural_similarity: 7x7 uniform window, K1=0.01, K2=0.03, sample "
                    "covariance, 3-pixel border of the SSIM map excluded, mean over channels")
@@ -139,7 +161,7 @@ def available_rows(data_cfg: Any) -> list[str]:
         names.append(name)
         if layout == "noisy":
             names += [f"{name}_s{int(s)}" for s in cfg["sigmas"]]
-    return names + [n for n in cfg["eval_paired"] if n not in names]
+    return names + list(readers.SET_GROUPS) + [n for n in cfg["eval_paired"] if n not in names]
 
 
 def _resolve_rows(cfg: Mapping[str, Any], sets: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -151,12 +173,15 @@ def _resolve_rows(cfg: Mapping[str, Any], sets: Sequence[str]) -> tuple[list[str
     valid = available_rows(cfg)
     bases: list[str] = []
     rows: list[str] = []
+    names = []
     for raw in sets:
         name = raw.strip()
         name = name.lower() if name.lower() in valid else name  # "SOTS" works too
         if name not in valid:
             raise EvalError(f"unknown test set {raw!r}; valid names: {', '.join(valid)} "
                             "(add your own paired folders under data.eval_paired)")
+        names.append(name)
+    for name in readers.expand_set_names(names):  # a group (ood5) stands for its sets
         m = re.fullmatch(r"(.+)_s(\d+)", name)
         base = m.group(1) if m and m.group(1) in readers.TEST_SETS else name
         if base not in bases:
@@ -343,13 +368,21 @@ def make_runner(model: Any, *, ensemble: bool = False, oracle_k: int = 0,
 # ----------------------------------------------------------------------------- the evaluation loop
 
 
-def _prefetch(es: readers.EvalSet, n: int, workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(index, item)`` in order, decoded by a thread pool a few items ahead."""
+def _prefetch(es: readers.EvalSet, n: int, workers: int) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """``(index, item)`` in order, decoded by a thread pool a few items ahead; an image that
+    cannot be read comes as its :class:`DataError` instead of the item."""
     window = 2 * workers + 2
+
+    def get(i: int) -> dict[str, Any] | DataError:
+        try:
+            return es[i]
+        except DataError as err:
+            return err
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
         for i in range(n):
-            pending.append((i, pool.submit(es.__getitem__, i)))
+            pending.append((i, pool.submit(get, i)))
             if len(pending) >= window:
                 j, fut = pending.popleft()
                 yield j, fut.result()
@@ -362,6 +395,13 @@ def _image_id(row: str, name: str) -> int:
     return zlib.crc32(f"{row}/{name}".encode()) & 0x7FFFFFFF
 
 
+def image_path(image_dir: str | os.PathLike, row: str, name: str) -> pathlib.Path:
+    """Where ``--save_images`` puts the restoration of image ``name`` of ``row``:
+    ``image_dir/<row>/<name with the extension .png>`` (names may hold sub-folders, e.g. GT-Rain's
+    ``scene/frame.png``). :mod:`irpo_jax.compare` finds the images here."""
+    return pathlib.Path(image_dir) / row / pathlib.PurePosixPath(name).with_suffix(".png")
+
+
 def _save_png(path: pathlib.Path, img: np.ndarray) -> None:
     from PIL import Image
 
@@ -370,13 +410,20 @@ def _save_png(path: pathlib.Path, img: np.ndarray) -> None:
     Image.fromarray(np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
 
+def _out_of_memory(err: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(err) or "out of memory" in str(err).lower()
+
+
 def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: int, tile: int,
                   tile_overlap: int, seed: int, oracle: bool, image_dir: pathlib.Path | None,
-                  progress: bool) -> list[dict[str, Any]]:
+                  progress: bool, allow_partial: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """``(per-image records in set order, unreadable images left out)``; without
+    ``allow_partial`` an unreadable image raises instead."""
     from tqdm import tqdm
 
     n = len(es) if max_images <= 0 else min(max_images, len(es))
     records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     buckets: dict[tuple, list[tuple[int, dict]]] = collections.defaultdict(list)
     bar = tqdm(total=n, desc=row, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
 
@@ -385,15 +432,24 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
         r = {"set": row, "task": es.task, "sigma": int(es.sigma), "name": item["name"],
              "height": h, "width": w, "tiled": tiled,
              "psnr": float(out["psnr"][j]), "ssim": float(out["ssim"][j])}
+        if "group" in item:
+            r["group"] = item["group"]
         if oracle:
             r.update(oracle_psnr=float(out["oracle_psnr"][j]), oracle_ssim=float(out["oracle_ssim"][j]),
                      oracle_index=int(out["oracle_index"][j]),
                      oracle_mean_psnr=float(out["oracle_mean_psnr"][j]))
         records.append((i, r))
         if image_dir is not None:
-            _save_png(image_dir / row / (pathlib.Path(item["name"]).stem + ".png"),
-                      np.asarray(out["restored"][j]))
+            _save_png(image_path(image_dir, row, item["name"]), np.asarray(out["restored"][j]))
         bar.update(1)
+
+    def too_big(items: Sequence[dict], err: Exception) -> EvalError:
+        h, w = items[0]["degraded"].shape[:2]
+        return EvalError(
+            f"test set {row}: out of device memory restoring {items[0]['name']} ({w}x{h}, "
+            f"{len(items)} image(s) per step) whole: {str(err).splitlines()[0][:200]}. Use a device "
+            "with more memory (README 'Out-of-domain evaluation' lists what each set needs), or "
+            "--tile SIZE, which restores in windows and is not the published protocol.")
 
     def fetch(out: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
         # Restored images stay on the device unless they are saved.
@@ -406,16 +462,32 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
         deg = np.stack([readers.to_float01(it["degraded"]) for it in items])
         cln = np.stack([readers.to_float01(it["clean"]) for it in items])
         ids = np.array([_image_id(row, it["name"]) for it in items], np.uint32)
-        out = fetch(runner.run_batch(deg, cln, ids, seed))
+        try:
+            out = fetch(runner.run_batch(deg, cln, ids, seed))
+        except Exception as err:  # XLA reports exhausted memory as a runtime error
+            if _out_of_memory(err):
+                raise too_big(items, err) from err
+            raise
         for j, (i, item) in enumerate(group):
             record(i, item, out, j, False)
 
     try:
         for i, item in _prefetch(es, n, workers=min(8, os.cpu_count() or 1)):
+            if isinstance(item, DataError):
+                if not allow_partial:
+                    raise item
+                skipped.append({"name": es.item_name(i), "reason": str(item)})
+                bar.update(1)
+                continue
             h, w = item["degraded"].shape[:2]
             if tile > 0 and max(h, w) > tile:
-                restored = tiling.tiled_apply(runner.apply_host, readers.to_float01(item["degraded"]),
-                                              tile=tile, overlap=tile_overlap, batch_size=runner.n)
+                try:
+                    restored = tiling.tiled_apply(runner.apply_host, readers.to_float01(item["degraded"]),
+                                                  tile=tile, overlap=tile_overlap, batch_size=runner.n)
+                except Exception as err:
+                    if _out_of_memory(err):
+                        raise too_big([item], err) from err
+                    raise
                 record(i, item, fetch(runner.score(restored, readers.to_float01(item["clean"]))), 0, True)
                 continue
             buckets[(h, w)].append((i, item))
@@ -427,20 +499,34 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             flush(shape)
     except DataError as err:
         raise EvalError(f"test set {row}: {err}. Every image of a set is needed for a comparable "
-                        "average: fix or replace that file.") from err
+                        "average: fix or replace that file (or pass --allow_partial to score the "
+                        "rest, marked partial).") from err
     finally:
         bar.close()
-    return [r for _, r in sorted(records, key=lambda t: t[0])]
+    return [r for _, r in sorted(records, key=lambda t: t[0])], skipped
 
 
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _set_mean(recs: Sequence[Mapping[str, Any]], key: str, *, grouped: bool) -> float:
+    """A set's score: the mean of ``key`` over its images, or (``grouped``) over the groups of
+    each group's mean (GT-Rain's test code averages per scene, then over scenes)."""
+    if not grouped:
+        return _mean([r[key] for r in recs])
+    by_group: dict[str, list[float]] = collections.defaultdict(list)
+    for r in recs:
+        by_group[r["group"]].append(r[key])
+    return _mean([_mean(v) for v in by_group.values()])
+
+
 def _layout(rows: Sequence[str], tasks: Mapping[str, str]) -> tuple[str, list[str]]:
     """The paper layout these rows fill (see the module docstring): (name, columns)."""
     if all(r in rows for r in FIVE_TASK_ROWS):
         return "five_task", list(FIVE_TASK_ROWS)
+    if all(r in rows for r in OOD_ROWS):
+        return "ood_five", list(OOD_ROWS)
     if all(r in rows for r in THREE_TASK_ROWS) and not any(tasks[r] in ("deblur", "lowlight") for r in rows):
         return "three_task", list(THREE_TASK_ROWS)
     return "all_rows", list(rows)
@@ -463,6 +549,7 @@ def evaluate(
     devices: Sequence[jax.Device] | None = None,
     precision: str = "highest",
     progress: bool = True,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
     """Evaluates a restorer on the configured test sets under the published protocol.
 
@@ -486,26 +573,33 @@ def evaluate(
       devices: devices to shard batches over; default all local devices.
       precision: ``jax.default_matmul_precision`` of the forward ("highest": exact float32).
       progress: show a tqdm bar per row.
+      allow_partial: score a set some of whose inputs have no target or cannot be read, leaving
+        them out; the row is marked partial and lists them (default: refuse the set).
 
     Returns:
       A JSON-able dict (format ``"irpo-jax-eval"`` version 1)::
 
         {"format", "version", "model": {"name", "step", "kind"},
          "protocol": {...how the numbers were computed...},
-         "rows": {row: {"task", "sigma", "title", "images", "psnr", "ssim", "tiled",
+         "rows": {row: {"task", "sigma", "title", "images", "psnr", "ssim", "tiled", "average",
+                        "partial": bool, ["left_out": [{"name", "reason"}]], ["protocol"],
                         ["oracle": {"psnr", "ssim", "mean_sample_psnr"}]}},   # in set order
-         "table": {"layout": "five_task" | "three_task" | "all_rows", "columns": [row, ...]},
+         "table": {"layout": "five_task" | "ood_five" | "three_task" | "all_rows",
+                   "columns": [row, ...]},
          "average": {"psnr", "ssim"},            # mean over table.columns (the paper's Average)
          "oracle": None | {"label", "k", "seed", "average": {"psnr", "ssim"}},
          "per_image": [{"set", "task", "sigma", "name", "height", "width", "tiled", "psnr",
-                        "ssim", ["oracle_psnr", "oracle_ssim", "oracle_index",
+                        "ssim", ["group"], ["oracle_psnr", "oracle_ssim", "oracle_index",
                         "oracle_mean_psnr"]}, ...],
          "seconds": float}
 
+      A row's score is the mean over its images, or, for sets scored per group (GT-Rain's
+      scenes; ``average`` says which), the mean over groups of each group's mean.
+
     Raises:
       EvalError: an unknown set name, an unreadable test image (naming the file), an oracle on a
-        non-policy model.
-      DataError: a missing data folder (naming the path).
+        non-policy model, a device out of memory (naming the image).
+      DataError: a missing data folder, or inputs without a target (naming the files).
     """
     t0 = time.time()
     cfg = readers.resolve_config(data_cfg)
@@ -516,28 +610,39 @@ def evaluate(
         raise EvalError(f"tile={tile} and tile_overlap={tile_overlap} must be multiples of 8 with "
                         "0 <= tile_overlap < tile")
     bases, wanted = _resolve_rows(cfg, list(cfg["eval_sets"] if sets is None else sets))
-    all_rows = readers.eval_sets(cfg, bases)  # DataError names a missing folder or bad header
+    all_rows = readers.eval_sets(cfg, bases, allow_partial=allow_partial)  # DataError names the files
     rows = {r: all_rows[r] for r in wanted}  # the order asked for
     runner = make_runner(model, ensemble=self_ensemble, oracle_k=oracle_k, devices=devices,
                          precision=precision)
-    image_path = pathlib.Path(image_dir) if image_dir is not None else None
+    image_root = pathlib.Path(image_dir) if image_dir is not None else None
 
     per_image: list[dict[str, Any]] = []
     out_rows: dict[str, dict[str, Any]] = {}
     for row, es in rows.items():
         t_row = time.time()
-        recs = _evaluate_row(runner, row, es, max_images=max_images, tile=tile,
-                             tile_overlap=tile_overlap, seed=seed, oracle=bool(oracle_k),
-                             image_dir=image_path, progress=progress)
+        recs, unreadable = _evaluate_row(runner, row, es, max_images=max_images, tile=tile,
+                                         tile_overlap=tile_overlap, seed=seed, oracle=bool(oracle_k),
+                                         image_dir=image_root, progress=progress,
+                                         allow_partial=allow_partial)
+        if not recs:
+            raise EvalError(f"test set {row}: none of its images could be read "
+                            f"(e.g. {unreadable[0]['reason']})")
         per_image += recs
+        mean = functools.partial(_set_mean, recs, grouped=es.groups is not None)
+        left_out = [{"name": m, "reason": "no matching target"} for m in es.missing] + unreadable
         entry = {"task": es.task, "sigma": int(es.sigma), "title": _row_title(row, es.task),
-                 "images": len(recs), "psnr": _mean([r["psnr"] for r in recs]),
-                 "ssim": _mean([r["ssim"] for r in recs]), "tiled": sum(r["tiled"] for r in recs),
-                 "seconds": round(time.time() - t_row, 3)}
+                 "images": len(recs), "psnr": mean("psnr"), "ssim": mean("ssim"),
+                 "tiled": sum(r["tiled"] for r in recs),
+                 "average": ("mean over groups of each group's mean" if es.groups is not None
+                             else "mean over images"),
+                 "partial": bool(left_out), "seconds": round(time.time() - t_row, 3)}
+        if left_out:
+            entry["left_out"] = left_out
+        if es.protocol:
+            entry["protocol"] = es.protocol
         if oracle_k:
-            entry["oracle"] = {"psnr": _mean([r["oracle_psnr"] for r in recs]),
-                               "ssim": _mean([r["oracle_ssim"] for r in recs]),
-                               "mean_sample_psnr": _mean([r["oracle_mean_psnr"] for r in recs])}
+            entry["oracle"] = {"psnr": mean("oracle_psnr"), "ssim": mean("oracle_ssim"),
+                               "mean_sample_psnr": mean("oracle_mean_psnr")}
         out_rows[row] = entry
         log.info("%s: %d images, PSNR %.2f dB, SSIM %.4f", row, entry["images"], entry["psnr"], entry["ssim"])
 
@@ -564,6 +669,7 @@ def evaluate(
             "self_ensemble": bool(self_ensemble), "tile": int(tile),
             "tile_overlap": int(tile_overlap) if tile else 0, "max_images": int(max_images),
             "precision": precision, "devices": runner.n, "data_root": str(cfg["root"]),
+            "allow_partial": bool(allow_partial),
         },
         "rows": out_rows,
         "table": {"layout": layout, "columns": columns},
@@ -592,6 +698,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     proto = results["protocol"]
     who = model["name"] + (f" (step {model['step']})" if model.get("step") is not None else "")
     titles = {"five_task": "Five-task all-in-one (layout of IRPO Table 2 / AdaIR; denoising at σ=25)",
+              "ood_five": "Out-of-domain real-world sets (layout of IRPO Table 3)",
               "three_task": "Three-task all-in-one (layout of IRPO Table 7)",
               "all_rows": "All evaluated rows"}
     notes = []
@@ -601,9 +708,20 @@ def format_table(results: Mapping[str, Any]) -> str:
         notes.append(f"some images restored in {proto['tile']}px tiles (see 'tiled'): not the protocol")
     if proto["self_ensemble"]:
         notes.append("x8 geometric self-ensemble")
+    partial = {r: e for r, e in rows.items() if e.get("partial")}
+    if partial:
+        notes.append("PARTIAL rows, scored without some of their images (--allow_partial; see "
+                     "left_out in results.json), not comparable with the papers: "
+                     + ", ".join(f"{r} ({len(e['left_out'])} left out)" for r, e in partial.items()))
+    notes += [f"{r}: set score = {e['average']} ({e.get('protocol', '')})" for r, e in rows.items()
+              if e.get("average", "mean over images") != "mean over images"]
+    ref = results.get("reference")
+
+    def title(c: str) -> str:
+        return rows[c]["title"] + (" (partial)" if rows[c].get("partial") else "")
 
     def header(first: str) -> list[str]:
-        return [f"| {first} | " + " | ".join(rows[c]["title"] for c in cols) + " | Average |",
+        return [f"| {first} | " + " | ".join(title(c) for c in cols) + " | Average |",
                 "|:--|" + ":-:|" * (len(cols) + 1)]
 
     lines = [f"# Evaluation of {who}", "",
@@ -615,6 +733,10 @@ def format_table(results: Mapping[str, Any]) -> str:
     avg = results["average"]
     lines.append(f"| {model['name']} | " + " | ".join(_cell(rows[c]["psnr"], rows[c]["ssim"]) for c in cols)
                  + f" | {_cell(avg['psnr'], avg['ssim'])} |")
+    if ref and ref.get("printed"):
+        lines += _reference_lines(ref, cols)
+    elif ref:
+        lines += ["", f"No published {ref['label']} row (--reference {ref['method']}): {ref['why']}."]
     oracle = results.get("oracle")
     if oracle:
         lines += ["", f"## Oracle (not a result): {oracle['label']} (K={oracle['k']}, seed {oracle['seed']})",
@@ -624,17 +746,40 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append(f"| {model['name']}, oracle best-of-{oracle['k']} | "
                      + " | ".join(_cell(rows[c]["oracle"]["psnr"], rows[c]["oracle"]["ssim"]) for c in cols)
                      + f" | {_cell(oa['psnr'], oa['ssim'])} |")
+    shown = bool(ref and ref.get("printed"))
     lines += ["", "## Every row", "",
               "| Row | Task | σ | Images | PSNR (dB) | SSIM | Tiled |"
-              + (" Oracle PSNR | Oracle SSIM |" if oracle else ""),
-              "|:--|:--|--:|--:|--:|--:|--:|" + ("--:|--:|" if oracle else "")]
+              + (" Oracle PSNR | Oracle SSIM |" if oracle else "")
+              + (f" {ref['label']} published | Δ (ours − published) |" if shown else ""),
+              "|:--|:--|--:|--:|--:|--:|--:|" + ("--:|--:|" if oracle else "") + (":-:|:-:|" if shown else "")]
     for r, e in rows.items():
-        line = (f"| {r} | {e['task']} | {e['sigma'] or ''} | {e['images']} | {e['psnr']:.2f} | "
+        images = f"{e['images']}" + (f" (partial: {len(e['left_out'])} left out)" if e.get("partial") else "")
+        line = (f"| {r} | {e['task']} | {e['sigma'] or ''} | {images} | {e['psnr']:.2f} | "
                 f"{e['ssim']:.4f} | {e['tiled']} |")
         if oracle:
             line += f" {e['oracle']['psnr']:.2f} | {e['oracle']['ssim']:.4f} |"
+        if shown:
+            p = ref["rows"].get(r)
+            line += (f" {_cell(p['psnr'], p['ssim'])} | {p['delta_psnr']:+.2f}/{p['delta_ssim']:+.3f} |"
+                     if p else " – | – |")
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _reference_lines(ref: Mapping[str, Any], cols: Sequence[str]) -> list[str]:
+    """The published row and our difference, as two lines of the paper-layout table."""
+    pub, delta = [], []
+    for c in cols:
+        p = ref["rows"].get(c)
+        pub.append(_cell(p["psnr"], p["ssim"]) if p else "–")
+        delta.append(f"{p['delta_psnr']:+.2f}/{p['delta_ssim']:+.3f}" if p else "–")
+    same = next((t for t in ref["tables"] if list(t["rows"]) == list(cols) and t["average"]), None)
+    pub.append(_cell(same["average"]["psnr"], same["average"]["ssim"]) if same else "–")
+    d = same["delta_average"] if same else None
+    delta.append(f"{d['psnr']:+.2f}/{d['ssim']:+.3f}" if d else "–")
+    tables = "; ".join(t["title"] for t in ref["tables"])
+    return [f"| {ref['label']}, published ({tables}) | " + " | ".join(pub) + " |",
+            "| ours − published | " + " | ".join(delta) + " |"]
 
 
 def scalars(results: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
@@ -660,9 +805,18 @@ ORACLE_CSV_COLUMNS = ("oracle_best_of_k_psnr", "oracle_best_of_k_ssim", "oracle_
                       "oracle_mean_sample_psnr")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; results are ordinary files, so follow the user's umask
+        # (0644 under the usual 022), as open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -719,6 +873,10 @@ def describe_checkpoint(path: pathlib.Path) -> tuple[str, int | None]:
 
 def check_writable(directory: pathlib.Path, flag: str = "--out") -> None:
     """Creates ``directory`` and writes a probe file, so a bad ``--out`` fails before any work."""
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise EvalError(f"cannot write to {flag} {directory}: {blocker} is a file, not a folder. Choose "
+                        f"another directory for {flag}.")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
@@ -795,20 +953,24 @@ def check_existing_results(directory: pathlib.Path, params_sha256: str, settings
 
 def result_identity(module: Any, data_cfg: Any, sets: Sequence[str] | None = None, *, max_images: int = 0,
                     self_ensemble: bool = False, oracle_k: int = 0, seed: int = 0, tile: int = 0,
-                    tile_overlap: int = 32, precision: str = "highest") -> tuple[str, dict[str, Any]]:
+                    tile_overlap: int = 32, precision: str = "highest",
+                    allow_partial: bool = False) -> tuple[str, dict[str, Any]]:
     """``(params_sha256, settings)``: what decides an evaluation's numbers, as results.json records
     it and :func:`check_existing_results` compares it: the model (parameters and config) and the
     data, rows and options of :func:`evaluate` (not the folder's name or step)."""
     from irpo_jax import checkpointing
 
     resolved = readers.resolve_config(data_cfg)
-    _, rows = _resolve_rows(resolved, list(resolved["eval_sets"] if sets is None else sets))
+    bases, rows = _resolve_rows(resolved, list(resolved["eval_sets"] if sets is None else sets))
     root = str(resolved["root"])
     data = {"root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
-            **{k: resolved[k] for k in ("test_dirs", "eval_paired", "sigmas", "test_noise_seed", "crop_base")}}
+            **{k: resolved[k] for k in ("eval_paired", "sigmas", "test_noise_seed", "crop_base")},
+            # only the evaluated sets' folders: moving another set does not change these numbers
+            "test_dirs": {b: resolved["test_dirs"][b] for b in bases if b in resolved["test_dirs"]}}
     settings = {"data": data, "rows": list(rows), "max_images": max_images, "self_ensemble": self_ensemble,
                 "oracle_k": oracle_k, "seed": seed if oracle_k else None, "tile": tile,
-                "tile_overlap": tile_overlap if tile else None, "precision": precision}
+                "tile_overlap": tile_overlap if tile else None, "precision": precision,
+                "allow_partial": allow_partial}
     return checkpointing.params_sha256(module), settings
 
 
@@ -844,7 +1006,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", type=int, default=0, help="first N images per row (quick check)")
     p.add_argument("--precision", default="highest", choices=("highest", "high", "default"),
                    help="matmul precision ('default' allows TF32/bf16 passes on GPUs: faster, not exact)")
+    p.add_argument("--allow_partial", action="store_true",
+                   help="score a set some of whose inputs have no target or cannot be read, leaving them "
+                        "out; the row is marked partial (default: refuse the set, naming the files)")
+    p.add_argument("--reference", choices=tuple(published.METHODS), default=None,
+                   help="print the paper's published row (AdaIR or IRPO) under ours, with the difference, "
+                        "when the config's setting and the model (the base AdaIR) match a published table")
+    p.add_argument("--test_dir", action="append", default=[], metavar="SET=DIR",
+                   help="read test set SET from DIR (overrides data.test_dirs.SET; repeatable), e.g. "
+                        "--test_dir sidd=/data/SIDD")
     return p
+
+
+def _test_dirs(specs: Sequence[str]) -> dict[str, str]:
+    """``--test_dir SET=DIR`` flags as ``{SET: DIR}``."""
+    out = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise EvalError(f"--test_dir {spec!r}: expected SET=DIR, e.g. --test_dir sidd=/data/SIDD")
+        if name.strip() not in readers.TEST_SETS:
+            raise EvalError(f"--test_dir {spec!r}: unknown set {name.strip()!r}; valid: "
+                            f"{', '.join(readers.TEST_SETS)} (own folders: data.eval_paired)")
+        out[name.strip()] = folder.strip()
+    return out
+
+
+TILE_WARNING = ("warning: --tile {tile}: images with a side above {tile} px are restored in overlapping "
+                "windows; AdaIR has global operations (the FFT band split, channel attention over the "
+                "whole image), so tiled outputs differ from whole-image inference and the numbers are "
+                "not the published protocol")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -855,19 +1046,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from irpo_jax import checkpointing, config_lib
 
     try:
+        if args.tile:
+            print(TILE_WARNING.format(tile=args.tile), file=sys.stderr)
         ckpt = pathlib.Path(args.checkpoint)
         checkpointing.read_metadata(ckpt)  # a clear error before anything slow
         name, step = describe_checkpoint(ckpt.absolute())
         try:
             config = config_lib.load_config(_config_spec(args.config))
-        except (FileNotFoundError, ValueError) as err:
-            raise EvalError(f"--config {args.config}: {err}") from err
+        except Exception as err:  # a config file is Python: any error in it is the file's
+            raise EvalError(f"--config {args.config}: {err}" if isinstance(err, (FileNotFoundError, ValueError))
+                            else f"--config {args.config}: {type(err).__name__}: {err}") from err
         data_cfg = config.data
         if args.data_root:
             data_cfg.root = args.data_root
+        test_dirs = _test_dirs(args.test_dir)
+        if test_dirs:
+            data_cfg.test_dirs = {**dict(data_cfg.get("test_dirs") or {}), **test_dirs}
         sets = [s for s in args.sets.split(",") if s.strip()] or None
         resolved = readers.resolve_config(data_cfg)
-        readers.eval_sets(resolved, _resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0])
+        readers.eval_sets(resolved, _resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0],
+                          allow_partial=args.allow_partial)
         if args.out:
             out = pathlib.Path(args.out)
         else:
@@ -879,7 +1077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params_sha256, settings = result_identity(
             model.module, data_cfg, sets, max_images=args.max_images, self_ensemble=args.self_ensemble,
             oracle_k=args.oracle_k, seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
-            precision=args.precision,
+            precision=args.precision, allow_partial=args.allow_partial,
         )
         if check_existing_results(out_dir, params_sha256, settings, overwrite=args.overwrite):
             shutil.rmtree(out_dir / "images", ignore_errors=True)  # the other model's restorations
@@ -887,13 +1085,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                            self_ensemble=args.self_ensemble, oracle_k=args.oracle_k, seed=args.seed,
                            tile=args.tile, tile_overlap=args.tile_overlap,
                            image_dir=out_dir / "images" if args.save_images else None, name=name,
-                           step=step, precision=args.precision)
-        results["model"].update(checkpoint=str(ckpt.absolute()), params_sha256=params_sha256)
+                           step=step, precision=args.precision, allow_partial=args.allow_partial)
+        results["model"].update(checkpoint=str(ckpt.absolute()), params_sha256=params_sha256,
+                                config=dataclasses.asdict(model.config))
         results["settings"] = settings
+        if args.reference:
+            results["reference"] = published.reference(
+                args.reference, published.setting_of(str(config.get("name", ""))),
+                results["rows"], results["model"]["config"])
         paths = write_results(results, out_dir)
     except (EvalError, DataError, checkpointing.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a disk that fills, a folder made read-only while evaluating, ...
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or err}. Results files are written whole or "
+              "not at all; choose another --out or free the space.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; results.json of this evaluation was not written (saved images may "
+              "be incomplete)", file=sys.stderr)
+        return 130
     print(format_table(results))
     print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['table'].name}")
     return 0

@@ -8,7 +8,9 @@ image shapes (each distinct shape compiles once, and compiled functions are shar
 evaluate's cache).
 """
 
+import dataclasses
 import json
+import os
 import pathlib
 import shutil
 
@@ -422,3 +424,143 @@ def _torch_table(net, sets) -> dict[str, tuple[int, float, float]]:
             ssims.append(structural_similarity(clean, y, data_range=1, channel_axis=-1))
         out[row] = (len(es), float(np.mean(psnrs)), float(np.mean(ssims)))
     return out
+
+
+# ----------------------------------------------------------------------------- whole sets, partial rows
+
+
+def _lol_copy(demo_root: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    root = tmp_path / "data"
+    shutil.copytree(demo_root / "test" / "enhance", root / "test" / "enhance")
+    return root
+
+
+def test_missing_target_refuses_the_set_and_allow_partial_marks_the_row(tiny_model_dir, demo_root, tmp_path,
+                                                                       capsys):
+    """One rule: a missing (here misnamed) target refuses the set like an unreadable image; with
+    --allow_partial the rest is scored and the row says partial in the tables and results.json."""
+    root = _lol_copy(demo_root, tmp_path)
+    lol = root / "test/enhance/lol"
+    (lol / "target/2.png").rename(lol / "target/2_gt.png")
+
+    def run(*extra):
+        return _cli("--checkpoint", tiny_model_dir, "--config", "configs/allinone5.py:smoke", "--data_root", root,
+                    "--sets", "lol", "--out", tmp_path / "o", *extra)
+
+    assert run() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test set lol: 1 of its 3 input(s) have no matching target: 2.png" in err
+    assert "--allow_partial" in err
+    assert run("--allow_partial") == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    res = json.loads((tmp_path / "o/eval/adair_tiny/results.json").read_text())
+    row = res["rows"]["lol"]
+    assert row["partial"] is True and row["images"] == 2
+    assert row["left_out"] == [{"name": "2.png", "reason": "no matching target"}]
+    assert res["settings"]["allow_partial"] is True and res["protocol"]["allow_partial"] is True
+    assert "| Low-Light on LOL (partial) |" in table and "PARTIAL rows" in table and "2 (partial: 1 left out)" in table
+    # An unreadable image follows the same rule.
+    bad = lol / "input/3.png"
+    bad.write_bytes(bad.read_bytes()[:100])
+    res = ev.evaluate(identity, default_data_config(root), ["lol"], allow_partial=True, progress=False)
+    assert [e["name"] for e in res["rows"]["lol"]["left_out"]] == ["2.png", "3.png"]
+    assert "cannot decode image" in res["rows"]["lol"]["left_out"][1]["reason"] and res["rows"]["lol"]["images"] == 1
+    (lol / "target/2_gt.png").rename(lol / "target/2.png")  # every target back: the bad file alone refuses
+    with pytest.raises(ev.EvalError, match=r"test set lol: cannot decode image .*3\.png.*--allow_partial"):
+        ev.evaluate(identity, default_data_config(root), ["lol"], progress=False)
+
+
+def test_results_files_follow_the_umask(identity_results, tmp_path):
+    """mkstemp makes 0600 files; results are ordinary files (0644 under the usual umask 022)."""
+    for mask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        old = os.umask(mask)
+        try:
+            paths = ev.write_results(identity_results, tmp_path / f"m{mask:o}")
+        finally:
+            os.umask(old)
+        assert {p.name: p.stat().st_mode & 0o777 for p in paths.values()} == \
+            {"results.json": mode, "per_image.csv": mode, "table.md": mode}
+
+
+# ----------------------------------------------------------------------------- --reference
+
+
+def test_reference_prints_the_published_row_and_our_difference(identity_results):
+    """A base-AdaIR allinone5 evaluation gets Table 2's AdaIR row under ours, differences by hand."""
+    from irpo_jax import published
+    from irpo_jax.models import adair
+
+    base = dataclasses.asdict(adair.VARIANTS["base"])
+    res = dict(identity_results)
+    res["reference"] = published.reference("adair", published.setting_of("allinone5_supervised"), res["rows"], base)
+    ref = res["reference"]
+    assert ref["printed"] and list(ref["rows"]) == list(ev.FIVE_TASK_ROWS)  # bsd68_s15/s50: not in Table 2
+    sots = res["rows"]["sots"]
+    assert ref["rows"]["sots"]["delta_psnr"] == pytest.approx(sots["psnr"] - 30.53)
+    assert ref["tables"][0]["delta_average"]["psnr"] == pytest.approx(res["average"]["psnr"] - 30.20)
+    table = ev.format_table(res)
+    assert ("| AdaIR, published (IRPO Table 2 (five-task all-in-one, denoising at σ=25)) | 30.53/0.978 | "
+            "38.02/0.981 | 31.35/0.889 | 28.12/0.858 | 23.00/0.845 | 30.20/0.910 |") in table
+    assert f"| ours − published | {sots['psnr'] - 30.53:+.2f}/{sots['ssim'] - 0.978:+.3f} |" in table
+    assert "| bsd68_s50 | denoise | 50 | 3 |" in table and "| – | – |" in table  # no published σ=50 in Table 2
+    irpo = published.reference("irpo", "allinone5", {"rrshid": {"psnr": 20.0, "ssim": 0.7}}, base)
+    assert irpo["rows"]["rrshid"]["delta_psnr"] == pytest.approx(20.0 - 19.94) and irpo["tables"][0]["average"] is None
+    tiny = published.reference("adair", "allinone5", res["rows"], dataclasses.asdict(adair.VARIANTS["tiny"]))
+    assert not tiny["printed"] and "dim=8 (paper: 48)" in tiny["why"]
+    assert "no published numbers for the setting 'allinone5_demo'" in \
+        published.reference("adair", "allinone5_demo", res["rows"], base)["why"]
+    # The configs' docstrings list the same numbers, each setting in its config.
+    for setting, tables in published.TABLES.items():
+        doc = (pathlib.Path(ev.PROJECT_ROOT) / "configs" / f"{setting}.py").read_text().split('"""')[1]
+        for table_ in tables:
+            for method in ("adair", "irpo"):
+                row = " ".join(f"{p:.2f}/{s:.3f}" for p, s in (table_.values[method][r] for r in table_.rows))
+                assert row in doc, (setting, method)
+
+
+# ----------------------------------------------------------------------------- one clear line
+
+
+def test_cli_failures_are_one_line(tiny_model_dir, demo_root, tmp_path, capsys, monkeypatch):
+    def one_line(*args, rc=2) -> str:
+        assert _cli("--checkpoint", tiny_model_dir, "--data_root", demo_root, *args) == rc
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "img/s" not in ln
+                 and "?img" not in ln]  # tqdm's progress bars share stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        return lines[0]
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert f"{blocker} is a file, not a folder" in one_line("--sets", "lol", "--out", blocker / "a" / "b")
+    bad_cfg = tmp_path / "bad.py"
+    bad_cfg.write_text("def get_config(arg=None):\n    return {\n")
+    assert f"--config {bad_cfg}: SyntaxError" in one_line("--config", str(bad_cfg))
+    assert "--test_dir 'sidd': expected SET=DIR" in one_line("--test_dir", "sidd")
+    assert "unknown set 'sid'" in one_line("--test_dir", "sid=/x")
+    msg = one_line("--sets", "ood6")
+    assert "unknown test set 'ood6'; valid names:" in msg and "ood5" in msg
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "results.json"))
+
+    monkeypatch.setattr(ev, "write_results", disk_full)
+    msg = one_line("--sets", "lol", "--max_images", "1", "--out", tmp_path / "o")
+    assert "cannot write" in msg and "No space left on device" in msg
+
+
+def test_tile_warns_in_one_line(tiny_model_dir, capsys):
+    assert _cli("--checkpoint", tiny_model_dir, "--tile", "64", "--sets", "nope") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: --tile 64: ") and "differ from whole-image inference" in err[0]
+    assert err[1].startswith("error: unknown test set 'nope'") and len(err) == 2
+
+
+def test_out_of_memory_names_the_image(demo_root, monkeypatch):
+    def exhausted(self, *a, **k):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.5GiB.\nmore")
+
+    monkeypatch.setattr(ev.Runner, "run_batch", exhausted)
+    with pytest.raises(ev.EvalError, match=r"test set lol: out of device memory restoring 1.png \(\d+x\d+, "
+                                           r"\d image\(s\) per step\) whole: RESOURCE_EXHAUSTED.*--tile SIZE"):
+        ev.evaluate(identity, default_data_config(demo_root), ["lol"], progress=False)
