@@ -118,6 +118,39 @@ def write_model(directory: pathlib.Path, model: nnx.Module, extra_files: Mapping
         (directory / name).write_text(json.dumps(content, indent=2) + "\n")
 
 
+_PYTORCH_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin", ".safetensors")
+_WHERE_MODELS_COME_FROM = (
+    "a model directory is written by `python -m torch_bridge.convert_adair CHECKPOINT.ckpt DIR` "
+    "or by training (`runs/<name>/model`)"
+)
+
+
+def _not_a_model_directory(path: pathlib.Path) -> str:
+    """Why ``path`` (which exists and has no model.json) is not a model directory, and what to do."""
+    if path.is_file():
+        if path.suffix.lower() in _PYTORCH_SUFFIXES:
+            return (
+                f"{path} is a PyTorch checkpoint file, not an irpo-jax model directory; convert it "
+                f"first: `python -m torch_bridge.convert_adair {path} converted/{path.stem}`."
+            )
+        return f"{path} is a file, not an irpo-jax model directory; {_WHERE_MODELS_COME_FROM}."
+    entries = sorted(path.iterdir())
+    if not entries:
+        return f"{path} is an empty folder, not an irpo-jax model directory; {_WHERE_MODELS_COME_FROM}."
+    weights = [p for p in entries if p.is_file() and p.suffix.lower() in _PYTORCH_SUFFIXES]
+    if weights:
+        return (
+            f"{path} is not an irpo-jax model directory (it has no model.json) but holds PyTorch "
+            f"weights ({', '.join(p.name for p in weights[:3])}); convert one first: "
+            f"`python -m torch_bridge.convert_adair {weights[0]} converted/{weights[0].stem}`."
+        )
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:5])
+    return (
+        f"{path} is not an irpo-jax model directory (it has no model.json; it holds {shown}"
+        f"{', ...' if len(entries) > 5 else ''}); {_WHERE_MODELS_COME_FROM}."
+    )
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """``model.json`` of a model directory, with errors that say what is wrong."""
     path = pathlib.Path(path)
@@ -133,15 +166,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{path / 'model'}? (a training run's model directory)"
         )
     if not path.is_dir() or not meta_file.is_file():
-        raise CheckpointError(
-            f"{path} is not an irpo-jax model directory (it has no model.json). PyTorch files "
-            "(.pth/.ckpt/.safetensors) must be converted first: "
-            f"`python -m torch_bridge.convert_adair {path} converted/`."
-        )
+        raise CheckpointError(_not_a_model_directory(path))
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged.") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {meta_file} ({e}); the checkpoint is damaged or unreadable.") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; the checkpoint is damaged.")
     if meta.get("format") != MODEL_FORMAT or meta.get("model") not in MODELS:
         raise CheckpointError(
             f"{meta_file} does not describe a known model (format={meta.get('format')!r}, "

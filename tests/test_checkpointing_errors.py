@@ -65,3 +65,47 @@ def test_restorer_takes_any_float_rgb_batch(restorer):
     y = restorer(x)
     assert y.shape == (1, 32, 32, 3) and y.dtype == np.float32
     np.testing.assert_allclose(np.asarray(y), np.asarray(restorer(x.astype(np.float32))), atol=0)
+
+
+# ----------------------------------------------------------------------------- what is not a model directory
+
+
+def _error(path) -> str:
+    with pytest.raises(checkpointing.CheckpointError) as info:
+        checkpointing.read_metadata(path)
+    return str(info.value)
+
+
+def test_an_empty_folder_is_not_told_to_convert_itself(tmp_path):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    message = _error(empty)
+    assert f"{empty} is an empty folder, not an irpo-jax model directory" in message
+    assert f"convert_adair {empty}" not in message  # a folder cannot be converted
+
+
+def test_a_folder_of_pytorch_weights_suggests_converting_the_file(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "adair5d.ckpt").write_bytes(b"")
+    (tmp_path / "weights" / "README.md").write_text("downloaded")
+    message = _error(tmp_path / "weights")
+    assert f"convert_adair {tmp_path / 'weights' / 'adair5d.ckpt'} converted/adair5d" in message
+
+
+def test_other_folders_and_files_say_what_they_hold(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    message = _error(tmp_path / "photos")
+    assert "it has no model.json; it holds a.png" in message and "convert_adair" in message
+    (tmp_path / "notes.txt").write_text("x")
+    message = _error(tmp_path / "notes.txt")
+    assert f"{tmp_path / 'notes.txt'} is a file, not an irpo-jax model directory" in message
+    (tmp_path / "w.pth").write_bytes(b"")
+    assert f"convert it first: `python -m torch_bridge.convert_adair {tmp_path / 'w.pth'}" in _error(tmp_path / "w.pth")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "\"adair\"", "\xff\xfe"])
+def test_a_model_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, content):
+    (tmp_path / "model.json").write_bytes(content.encode("latin-1"))
+    message = _error(tmp_path)
+    assert str(tmp_path / "model.json") in message and "damaged" in message
