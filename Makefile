@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # of tests into units is in tests/conftest.py. PYTEST_XDIST= runs the suite in one process.
 PYTEST_XDIST ?= -n 2 --dist loadfile
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv bench clean browser
 
 # Reinstall when the project's dependency files change.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,8 +19,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
+
+# The comparison page's browser test (tests/test_compare.py) renders it in headless Chromium:
+# installed from the distribution's packages when missing and apt-get can (root, e.g. CI);
+# otherwise that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || command -v google-chrome >/dev/null 2>&1 \
+	  || { if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	         echo "installing chromium (apt-get) for the comparison page's browser test"; \
+	         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	           || echo "warning: could not install chromium; its browser test will be skipped"; \
+	       else echo "note: no Chromium and no apt-get as root: the browser test will be skipped"; fi; }
 
 # The whole product on the built-in demo data: supervised AdaIR -> mine the hard 30 % ->
 # IRPO GRPO post-training -> evaluate before/after. Outputs under runs/demo_*.
@@ -37,6 +49,7 @@ demo: $(STAMP)
 	    --out runs/demo_eval/before --save_images
 	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_grpo/model \
 	    --out runs/demo_eval/after --save_images
+	$(PY) -m irpo_jax.compare runs/demo_eval/before runs/demo_eval/after --out runs/demo_eval/compare
 	$(PY) -m irpo_jax.demo_report runs
 
 bench: $(STAMP)

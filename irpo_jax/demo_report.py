@@ -5,7 +5,8 @@
 Reads ``runs/demo_eval/{before,after}/eval/*/results.json`` (written by ``irpo_jax.evaluate``)
 and ``runs/demo_grpo/metrics.jsonl`` (written by the trainer), prints both tables, the mean
 reward at the start and end of post-training (per step, and on the fixed probe batches when
-``train.probe_every`` is set), and the paths of images and TensorBoard logs.
+``train.probe_every`` is set), and the paths of images, the before/after comparison page
+(``runs/demo_eval/compare/index.html``, written by ``irpo_jax.compare``) and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def report(runs: pathlib.Path) -> str:
             f"Mean GRPO reward: {first:.4f} (first {k} log points) -> {last:.4f} (last {k}), "
             f"over {records[-1]['step']} steps"
         )
+    page = runs / "demo_eval" / "compare" / "index.html"
     lines += [
         "",
+        f"Comparison page:  {page}" if page.is_file() else "Comparison page:  (not written; "
+        "python -m irpo_jax.compare runs/demo_eval/before runs/demo_eval/after --out runs/demo_eval/compare)",
         f"Restored images:  {runs / 'demo_eval'}/{{before,after}}/eval/*/images",
         f"TensorBoard:      tensorboard --logdir {runs}",
         f"Models:           {runs / 'demo_supervised' / 'model'}, {runs / 'demo_grpo' / 'model'}",

@@ -18,3 +18,8 @@ def test_report_shows_reward_trends_and_paths(tmp_path):
     assert "Probe reward (G rollouts on 2 x the same fixed batches, steps 0..20): 0.200, 0.300" in text
     assert "Mean GRPO reward: 0.5000 (first 1 log points) -> 2.0000 (last 1), over 20 steps" in text
     assert f"tensorboard --logdir {tmp_path}" in text
+    assert "Comparison page:  (not written; python -m irpo_jax.compare" in text
+    page = tmp_path / "demo_eval" / "compare" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!doctype html>")
+    assert f"Comparison page:  {page}\n" in demo_report.report(tmp_path)
