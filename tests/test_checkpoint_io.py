@@ -105,6 +105,44 @@ def test_half_precision_is_cast_to_float32(tmp_path):
     assert info["source_dtypes"] == ["bfloat16"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_upcast_exactly_with_a_warning(tmp_path, dtype):
+    from torch_bridge.checkpoint_io import UpcastWarning
+
+    values = torch.tensor([0.5, -1.75, 3.0, 0.0078125])  # representable in both float8 types
+    torch.save({"w": values.to(dtype), "b": torch.ones(2)}, tmp_path / "fp8.pth")
+    with pytest.warns(UpcastWarning, match=rf"1 of 2 tensors are {str(dtype)[6:]}; they are upcast to float32"):
+        weights, info = read_state_dict(tmp_path / "fp8.pth")
+    assert weights["w"].dtype == np.float32 and weights["w"].tolist() == values.tolist()
+    assert info["source_dtypes"] == sorted(["float32", str(dtype)[6:]])
+
+
+def test_no_upcast_warning_for_float32_and_half(tmp_path, recwarn):
+    torch.save({"w": torch.ones(2), "h": torch.ones(2, dtype=torch.float16)}, tmp_path / "w.pth")
+    read_state_dict(tmp_path / "w.pth")
+    assert not [w for w in recwarn if "upcast" in str(w.message)]
+
+
+def test_keys_that_are_not_strings(tmp_path):
+    path = tmp_path / "numbered.pth"
+    torch.save({0: torch.zeros(2), ("a", 1): torch.ones(2)}, path)
+    message = _read_error(path)
+    assert "are not strings" in message and "0 (int)" in message and "('a', 1) (tuple)" in message
+
+
+def test_write_errors_are_os_errors_naming_the_file(tmp_path, tiny_weights):
+    """torch.save given a path reports a failed open as a RuntimeError without errno or path."""
+    for target in (pathlib.Path("/proc/irpo_test_export.pth"), pathlib.Path("/proc/irpo_test.safetensors")):
+        with pytest.raises(OSError) as excinfo:
+            write_state_dict(tiny_weights[0], target)
+        assert str(target) in str(excinfo.value.filename)
+    folder = tmp_path / "folder.pth"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.pth"):
+        write_state_dict(tiny_weights[0], folder, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.pth"]
+
+
 def _read_error(path: pathlib.Path) -> str:
     with pytest.raises(CheckpointReadError) as excinfo:
         read_state_dict(path)

@@ -23,6 +23,7 @@ import os
 import pathlib
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,6 +42,10 @@ _FORMATS_HINT = (
 
 class CheckpointReadError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe to unpickle or holds no float weights."""
+
+
+class UpcastWarning(UserWarning):
+    """The checkpoint's weights are stored in a narrower float type than the float32 returned."""
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -187,7 +192,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     Returns:
         `(weights, info)`: `weights` maps official key names (e.g. `fre1.para1`), in file order
         (state-dict order for pickles, name-sorted for safetensors), to float32 numpy arrays
-        (float16/bfloat16/float64 tensors are cast to float32).
+        (float16/bfloat16/float64 tensors are cast to float32; float8 ones too, with an
+        :class:`UpcastWarning`).
         `info` has `format` ('pth' | 'lightning' | 'safetensors'), `path`, `sha256` (of the
         file), `container_key` (the wrapper entry the weights came from, or None),
         `stripped_prefixes` (e.g. ['net.']), `source_dtypes` (sorted dtype names in the file)
@@ -197,7 +203,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     Raises:
         CheckpointReadError: the file is missing or a directory, is not a checkpoint, is
             truncated or corrupt, needs arbitrary Python objects to unpickle, holds no mapping
-            of tensors, or holds non-float tensors.
+            of tensors, has keys that are not strings, or holds non-float tensors.
+
+    Warns:
+        UpcastWarning: float8 weights (a quantised checkpoint) were upcast to float32.
     """
     path = pathlib.Path(path)
     _check_exists(path)
@@ -224,6 +233,14 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             f"'{path}'{where} is an empty state dict: there are no weights to read. "
             f"{_FORMATS_HINT}"
         )
+    not_names = [f"{k!r} ({type(k).__name__})" for k in tensors if not isinstance(k, str)]
+    if not_names:
+        raise CheckpointReadError(
+            f"'{path}'{where} is not a state dict of named parameters: its keys "
+            f"{', '.join(not_names[:5])}{' ...' if len(not_names) > 5 else ''} are not strings "
+            f"(AdaIR keys look like 'patch_embed.proj.weight'). Re-save the weights with "
+            f"torch.save(model.state_dict(), 'adair_weights.pth')."
+        )
     bad = [
         f"'{k}' ({type(v).__name__})" for k, v in tensors.items() if not isinstance(v, torch.Tensor)
     ]
@@ -245,6 +262,20 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
 
     names, info["stripped_prefixes"] = _strip_prefixes(list(tensors))
     info["source_dtypes"] = sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()})
+    float8 = [d for d in info["source_dtypes"] if d.startswith("float8")]
+    if float8:
+        count = sum(str(v.dtype).removeprefix("torch.").startswith("float8") for v in tensors.values())
+        # Every float8 value is exact in float32, so the cast loses nothing; but the file's
+        # precision is what the weights have, and a quantised checkpoint may expect per-tensor
+        # scales (extra keys, refused by the conversion table) that a plain cast does not apply.
+        warnings.warn(
+            f"'{path}'{where}: {count} of {len(tensors)} tensors are {'/'.join(float8)}; they are "
+            f"upcast to float32 (exactly: the values are unchanged, and so is their float8 "
+            f"precision). The model computes in float32 with these values, not with the "
+            f"weights the checkpoint was quantised from.",
+            UpcastWarning,
+            stacklevel=2,
+        )
     weights = {
         names[k]: v.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
         for k, v in tensors.items()
@@ -285,8 +316,12 @@ def write_state_dict(
 
     Raises:
         FileExistsError: `path` exists and `overwrite` is False.
+        OSError: the file cannot be written (its folder is read-only, a file, full, ...);
+            nothing is left behind.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file", str(path))
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"Refusing to overwrite the existing file '{path}'. Choose another output path, "
@@ -298,11 +333,16 @@ def write_state_dict(
     tmp = path.with_name(path.name + ".partial")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file(tensors, tmp)
+            data = save(tensors)
+            with open(tmp, "wb") as f:
+                f.write(data)
         else:
-            torch.save(tensors, tmp)
+            # An open file, not a path: torch's own file writer reports a failed open as a
+            # RuntimeError ("open file failed"), without the path or an errno.
+            with open(tmp, "wb") as f:
+                torch.save(tensors, f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,6 +12,14 @@ file's sha256, the model config, the converter version and the verification resu
 (:mod:`torch_bridge.reference_adair`) on a fixed input at full float32 precision and fails
 above the tolerance.
 
+What is never lost: the manifest lists every file the conversion wrote (relative path, size,
+sha256). ``DST`` may be new, empty (filled in place, so ``.`` or a mount point works), or an
+earlier output of this converter, which ``--overwrite`` replaces only if it holds exactly the
+listed files, unchanged, and nothing else at any depth; otherwise the conversion is refused,
+naming what is in the way. Outputs of converters from before the file list are refused too
+(they cannot be told from a folder that only looks like one): delete them yourself. Every
+destination is checked for writability before the checkpoint is read.
+
 Flax -> PyTorch writes the official key names; the file loads into the official ``AdaIR`` with
 ``strict=True``, and PyTorch -> Flax -> PyTorch is bit-exact.
 """
@@ -19,11 +27,16 @@ Flax -> PyTorch writes the official key names; the file loads into the official 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,18 +53,41 @@ class ConvertError(RuntimeError):
 
 
 def _parse_config(text: str | None) -> Any:
-    """``--config``: a variant name (base/small/tiny), a JSON object, or a path to a JSON file."""
+    """``--config``: a variant name (base/small/tiny), a JSON object, or a path to a JSON file.
+
+    Anything that is not a JSON object and ends in ``.json`` or names a folder is a path (a
+    variant name has neither), so a mistyped file name is reported as a missing file, not as an
+    unknown variant.
+    """
     if text is None:
         return None
-    path = pathlib.Path(text)
-    if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text())
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConvertError(f"--config is not valid JSON: {e}") from e
-    return text
+            raise ConvertError(f"--config is not a valid JSON object ({e}): {text}") from e
+    path = pathlib.Path(text)
+    if path.suffix.lower() != ".json" and not any(sep in text for sep in ("/", os.sep)):
+        return text  # a variant name; convert.get_config lists the valid ones
+    if not path.exists():
+        raise ConvertError(
+            f"--config {text}: no such file. Give a JSON file of the model config, a JSON "
+            "object ('{\"dim\": 48, ...}') or a variant name (base, small, tiny)."
+        )
+    if not path.is_file():
+        raise ConvertError(f"--config {text} is a folder, not a JSON file of the model config.")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(f"--config {text}: cannot read it ({e}).") from e
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"--config {text} is not valid JSON: {e}.") from e
+    if not isinstance(config, dict):
+        raise ConvertError(
+            f"--config {text} holds a JSON {type(config).__name__}, not an object of model config "
+            'keys ({"dim": 48, ...}).'
+        )
+    return config
 
 
 def verify(model, weights: dict[str, np.ndarray], atol: float = VERIFY_ATOL) -> dict[str, Any]:
@@ -89,8 +125,12 @@ def verify(model, weights: dict[str, np.ndarray], atol: float = VERIFY_ATOL) -> 
 
 
 CONVERTER_NAME = "torch_bridge.convert_adair"
-# What to_flax writes into a destination; anything else there was put by someone else.
-_OUR_ENTRIES = frozenset({"model.json", "params", "manifest.json"})
+MANIFEST = "manifest.json"
+# What to_flax writes into a destination, at its top level (the manifest last, see _swap_in).
+_OUR_ENTRIES = ("params", "model.json", MANIFEST)
+# Folders the converter makes inside a destination it fills in place (an empty folder, or its own
+# earlier output): the new files are staged in one, the replaced ones parked in another.
+_STAGING_PREFIX = ".convert_adair."
 
 
 def _listing(path: pathlib.Path, limit: int = 5) -> str:
@@ -100,7 +140,7 @@ def _listing(path: pathlib.Path, limit: int = 5) -> str:
 
 def _read_manifest(directory: pathlib.Path) -> dict[str, Any] | None:
     try:
-        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
@@ -110,39 +150,147 @@ def _is_model_directory(path: pathlib.Path) -> bool:
     return path.is_dir() and (path / "model.json").is_file()
 
 
-def _not_ours(dst: pathlib.Path) -> str | None:
-    """Why the existing directory ``dst`` was not written by this converter, or None if it was.
-
-    Recognised positively: ``model.json``, ``params/`` and a ``manifest.json`` whose ``converter``
-    names this module. A manifest.json alone proves nothing (training runs and data sets write
-    one too), and a directory we cannot recognise is never deleted, with or without --overwrite.
-    """
-    manifest = _read_manifest(dst)
+def _names_converter(manifest: dict[str, Any] | None) -> bool:
     converter = (manifest or {}).get("converter")
-    ours = isinstance(converter, dict) and converter.get("name") == CONVERTER_NAME
-    if ours and _is_model_directory(dst):
-        if not (dst / "params").is_dir():
-            return "its convert_adair manifest.json has no params/ beside it: an incomplete copy?"
+    return isinstance(converter, dict) and converter.get("name") == CONVERTER_NAME
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_list(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``directory`` except the manifest: relative POSIX path -> size, sha256."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = pathlib.Path(root, name)
+            rel = path.relative_to(directory).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return dict(sorted(files.items()))
+
+
+def _valid_file_list(files: Any) -> bool:
+    """A file list the converter could have written: relative paths under its own entries only."""
+    if not isinstance(files, dict) or not files:
+        return False
+    for rel, entry in files.items():
+        parts = pathlib.PurePosixPath(rel).parts if isinstance(rel, str) else ()
+        if not parts or parts[0] not in ("params", "model.json") or ".." in parts or rel.startswith("/"):
+            return False
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and isinstance(entry.get("sha256"), str)):
+            return False
+    return True
+
+
+def _differences(directory: pathlib.Path, files: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Compares ``directory`` with the file list the converter recorded when it wrote it.
+
+    Returns:
+      ``(foreign, altered)``: what is there that the list does not hold (files, links, and
+      folders that hold no listed file, named with a trailing ``/`` and not searched), and the
+      listed files that are missing or whose size or sha256 changed.
+    """
+    folders = {parent.as_posix() for rel in files for parent in pathlib.PurePosixPath(rel).parents}
+    foreign, present = [], []
+    for root, dirs, names in os.walk(directory):
+        base = pathlib.Path(root)
+        for name in list(dirs):
+            rel = (base / name).relative_to(directory).as_posix()
+            if (base / name).is_symlink() or rel not in folders:
+                foreign.append(rel + "/")
+                dirs.remove(name)  # not searched: all of it is someone else's
+        for name in names:
+            path = base / name
+            rel = path.relative_to(directory).as_posix()
+            if rel == MANIFEST:
+                continue
+            if rel in files and path.is_file() and not path.is_symlink():
+                present.append(rel)
+            else:
+                foreign.append(rel)
+    altered = sorted(set(files) - set(present))
+    altered += [
+        rel for rel in present
+        if (directory / rel).stat().st_size != files[rel]["size"]
+        or _sha256(directory / rel) != files[rel]["sha256"]
+    ]
+    return sorted(foreign), sorted(altered)
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _refusal(dst: pathlib.Path, manifest: dict[str, Any] | None) -> str | None:
+    """Why the non-empty folder ``dst`` may not be replaced, as the whole error message; None if
+    it holds exactly what an earlier conversion wrote (so replacing it deletes nothing else).
+
+    Recognised positively: ``model.json``, ``params/`` and a ``manifest.json`` that names this
+    converter and lists every file the conversion wrote, with sizes and sha256, and nothing else
+    anywhere in the folder. A manifest.json alone proves nothing (training runs and data sets
+    write one too), and a folder that only looks like a conversion is never deleted.
+    """
+    nothing = "Nothing was written, and the converter never deletes files it did not write"
+    if not _names_converter(manifest):
+        if manifest is not None and "trained_steps" in manifest and _is_model_directory(dst):
+            reason = (
+                f"it is a model directory written by training (manifest.json: trained_steps="
+                f"{manifest['trained_steps']}), already an irpo-jax model; to export it to PyTorch use "
+                f"`python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
+            )
+        elif _is_model_directory(dst):
+            reason = (
+                "it is an irpo-jax model directory that convert_adair did not write; to export it to "
+                f"PyTorch use `python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
+            )
+        else:
+            reason = f"it holds {_listing(dst)}"
+        return (
+            f"the destination {dst} is not a directory written by convert_adair ({reason}). "
+            f"{nothing}; choose another destination."
+        )
+    files = manifest.get("files")
+    if files is None:
+        return (
+            f"the destination {dst} was written by an older convert_adair, which kept no list of "
+            "the files it wrote, so the converter cannot tell them from files added since and "
+            f"does not replace it. {nothing}; delete the folder yourself (after checking it holds "
+            "nothing of yours), or choose another destination."
+        )
+    if not _valid_file_list(files) or not _is_model_directory(dst) or not (dst / "params").is_dir():
+        return (
+            f"the destination {dst} looks like a convert_adair output but is not one (its "
+            "manifest.json names the converter, but its file list is malformed or model.json or "
+            f"params/ is missing; it holds {_listing(dst)}). {nothing}; choose another destination."
+        )
+    foreign, altered = _differences(dst, files)
+    if not (foreign or altered):
         return None
-    if manifest is not None and "trained_steps" in manifest and _is_model_directory(dst):
-        return (
-            f"it is a model directory written by training (manifest.json: trained_steps="
-            f"{manifest['trained_steps']}), already an irpo-jax model; to export it to PyTorch use "
-            f"`python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
-        )
-    if _is_model_directory(dst):
-        return (
-            "it is an irpo-jax model directory that convert_adair did not write; to export it to "
-            f"PyTorch use `python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
-        )
-    return f"it holds {_listing(dst)}"
+    found = [f"files convert_adair did not write: {_shown(foreign)}"] if foreign else []
+    found += [f"files it wrote that are missing or modified: {_shown(altered)}"] if altered else []
+    todo = (
+        "delete the folder yourself (after checking it holds nothing of yours)"
+        if altered
+        else "move those files out"
+    )
+    return (
+        f"the destination {dst} does not hold exactly what convert_adair wrote there "
+        f"({'; '.join(found)}). {nothing}; {todo}, or choose another destination."
+    )
 
 
 def _existing_destination(dst: pathlib.Path, manifest: dict[str, Any], overwrite: bool) -> str:
     """Decide what to do with ``dst`` before anything is written.
 
     Returns ``"new"`` (nothing there), ``"empty"`` (an empty directory to fill), ``"same"`` (it
-    already holds this conversion) or ``"replace"`` (an older conversion, and ``overwrite``).
+    already holds this conversion) or ``"replace"`` (an earlier conversion, and ``overwrite``).
     Raises ConvertError for anything else; nothing is touched here.
     """
     if not dst.exists():
@@ -154,28 +302,27 @@ def _existing_destination(dst: pathlib.Path, manifest: dict[str, Any], overwrite
         )
     if not any(dst.iterdir()):
         return "empty"
-    reason = _not_ours(dst)
-    if reason is not None:
-        raise ConvertError(
-            f"the destination {dst} is not a directory written by convert_adair ({reason}). "
-            "Nothing was written, and the converter never replaces such a directory; choose "
-            "another destination."
-        )
     old = _read_manifest(dst)
-    old_source = old.get("source") if isinstance(old.get("source"), dict) else {}
+    old_source = (old or {}).get("source") if isinstance((old or {}).get("source"), dict) else {}
     same = (
-        old_source.get("sha256") == manifest["source"]["sha256"]
+        _names_converter(old)
+        and _is_model_directory(dst)
+        and old_source.get("sha256") == manifest["source"]["sha256"]
         and old.get("model_config") == manifest["model_config"]
     )
-    if same and not overwrite:
+    if same and not overwrite:  # nothing will be written or deleted; files of others may stay
+        if _valid_file_list(old.get("files")):
+            _, altered = _differences(dst, old["files"])
+            if altered:
+                raise ConvertError(
+                    f"the destination {dst} holds this conversion, but files of it changed since "
+                    f"(missing or modified: {_shown(altered)}): it is damaged. Delete the folder "
+                    "yourself and convert again, or choose another destination."
+                )
         return "same"
-    foreign = sorted(p.name for p in dst.iterdir() if p.name not in _OUR_ENTRIES)
-    if foreign:  # replacing the conversion would delete them too
-        raise ConvertError(
-            f"the destination {dst} holds a different conversion plus files convert_adair did not "
-            f"write ({', '.join(foreign[:5])}). Nothing was written; move those files out or choose "
-            "another destination."
-        )
+    refusal = _refusal(dst, old)
+    if refusal is not None:
+        raise ConvertError(refusal)
     if not overwrite:
         raise ConvertError(
             f"the destination {dst} already holds a different converted checkpoint (from "
@@ -183,6 +330,88 @@ def _existing_destination(dst: pathlib.Path, manifest: dict[str, Any], overwrite
             "Nothing was written. Pass --overwrite to replace it, or choose another destination."
         )
     return "replace"
+
+
+def _check_destination(dst: pathlib.Path) -> None:
+    """Refuses, before the checkpoint is read, a destination that cannot be written."""
+    from irpo_jax import destinations
+
+    if dst.exists() and not dst.is_dir():
+        raise ConvertError(
+            f"the destination {dst} is an existing file, not a directory. Nothing was written; "
+            "choose a new destination directory (existing files are never replaced)."
+        )
+    try:
+        destinations.check_directory(dst, "the destination")
+    except destinations.DestinationError as e:
+        raise ConvertError(f"{e}. Nothing was written.") from e
+
+
+def _write_conversion(directory: pathlib.Path, model, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Writes ``model.json``, ``params/`` and, last, ``manifest.json`` listing every file written."""
+    from irpo_jax import checkpointing
+
+    checkpointing.write_model(directory, model)
+    manifest = manifest | {"files": _file_list(directory)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@contextlib.contextmanager
+def _staging(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A fresh folder inside ``dst`` for the new files; removed at the end (only ours is in it)."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX + "partial-", dir=dst))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_listed(folder: pathlib.Path, files: dict[str, Any]) -> None:
+    """Deletes the listed files and the manifest under ``folder``, then the folders left empty.
+
+    Anything else (a file someone added after the check) stays, with a warning.
+    """
+    for rel in [*files, MANIFEST]:
+        (folder / rel).unlink(missing_ok=True)
+    for root, _, _ in os.walk(folder, topdown=False):
+        with contextlib.suppress(OSError):  # not empty: it holds something we did not list
+            os.rmdir(root)
+    if folder.exists():
+        print(f"warning: kept {folder}: it holds files the converter did not write", file=sys.stderr)
+
+
+def _swap_in(dst: pathlib.Path, staged: pathlib.Path, old_files: dict[str, Any] | None) -> None:
+    """Moves the staged conversion into ``dst`` (in place: ``dst`` may be the working directory
+    or a mount point), parking and then deleting the earlier conversion's listed files.
+
+    The manifest leaves first and arrives last, so that a folder caught in between does not
+    claim to be a complete conversion (and is refused, never replaced, by the next run).
+    """
+    parked = None
+    if old_files is not None:
+        parked = pathlib.Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX + "replaced-", dir=dst))
+    try:
+        if parked is not None:
+            for name in reversed(_OUR_ENTRIES):
+                if (dst / name).exists():
+                    (dst / name).rename(parked / name)
+        for name in _OUR_ENTRIES:
+            (staged / name).rename(dst / name)
+    except OSError:
+        for name in _OUR_ENTRIES:  # put everything back where it was
+            if (dst / name).exists() and not (staged / name).exists():
+                with contextlib.suppress(OSError):
+                    (dst / name).rename(staged / name)
+            if parked is not None and (parked / name).exists():
+                with contextlib.suppress(OSError):
+                    (parked / name).rename(dst / name)
+        if parked is not None:
+            with contextlib.suppress(OSError):
+                parked.rmdir()
+        raise
+    if parked is not None:
+        _remove_listed(parked, old_files)
 
 
 def to_flax(
@@ -194,11 +423,21 @@ def to_flax(
     overwrite: bool = False,
     log=print,
 ) -> dict[str, Any]:
-    """Convert the PyTorch checkpoint ``src`` into the model directory ``dst``. Returns the manifest."""
-    from irpo_jax import checkpointing
+    """Convert the PyTorch checkpoint ``src`` into the model directory ``dst``. Returns the manifest.
+
+    ``dst`` is new, an empty folder (filled in place), or an earlier output of this converter
+    holding exactly the files its manifest lists (replaced with ``overwrite``); anything else is
+    refused before the checkpoint is read or anything written (see :func:`_refusal`).
+
+    Raises:
+      ConvertError: a refused destination, a failed verification or a failed write (the
+        message names the path).
+      CheckpointReadError, ConversionError: an unreadable or non-AdaIR checkpoint.
+    """
+    from irpo_jax import checkpointing, destinations
     from irpo_jax.models import convert
 
-    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    src, dst = pathlib.Path(src), pathlib.Path(dst).absolute()
     if _is_model_directory(src):
         out = dst if dst.suffix in (".pth", ".safetensors") else "OUT.pth"
         raise ConvertError(
@@ -206,7 +445,15 @@ def to_flax(
             "checkpoint. To export it to PyTorch pass --to-torch: "
             f"`python -m torch_bridge.convert_adair --to-torch {src} {out}`."
         )
-    weights, info = checkpoint_io.read_state_dict(src)
+    _check_destination(dst)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", checkpoint_io.UpcastWarning)
+        weights, info = checkpoint_io.read_state_dict(src)
+    for w in caught:
+        if issubclass(w.category, checkpoint_io.UpcastWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     bad = checkpoint_io.find_nonfinite(weights)
     if bad:
         raise ConvertError(
@@ -225,7 +472,7 @@ def to_flax(
     action = _existing_destination(dst, manifest, overwrite)
     if action == "same":
         log(f"{dst} already holds this conversion (same source sha256 and config); nothing to do.")
-        return json.loads((dst / "manifest.json").read_text())
+        return json.loads((dst / MANIFEST).read_text())
     if run_verify:
         manifest["verification"] = verify(model, weights)
         result = manifest["verification"]
@@ -235,59 +482,66 @@ def to_flax(
                 f"verification failed: the converted model differs from the PyTorch reference by "
                 f"{result['max_abs_error']:.3g} > {result['tolerance']:g}. Nothing was written."
             )
-    if action == "replace":  # our own older conversion: replace it once the new one is complete
-        # A fresh, uniquely named parking directory, so that nothing else is ever deleted.
-        backup = pathlib.Path(
-            tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".replaced", dir=dst.parent)
-        )
-        dst.rename(backup / dst.name)
-        try:
+    try:
+        if action == "new":
             with checkpointing.atomic_directory(dst) as tmp:
-                checkpointing.write_model(tmp, model, {"manifest.json": manifest})
-        except BaseException:
-            (backup / dst.name).rename(dst)
-            backup.rmdir()
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        if action == "empty":
-            dst.rmdir()  # only now, after verification: atomic_directory renames into place
-        with checkpointing.atomic_directory(dst) as tmp:
-            checkpointing.write_model(tmp, model, {"manifest.json": manifest})
+                manifest = _write_conversion(tmp, model, manifest)
+        else:  # "empty" or "replace": in place, so that dst keeps its identity
+            old_files = _read_manifest(dst)["files"] if action == "replace" else None
+            with _staging(dst) as tmp:
+                manifest = _write_conversion(tmp, model, manifest)
+                _swap_in(dst, tmp, old_files)
+    except OSError as e:
+        raise ConvertError(f"{destinations.os_error_line(e)}. Nothing was converted into {dst}.") from e
     log(f"wrote {dst}")
     return manifest
 
 
-def _check_output_file(path: pathlib.Path) -> None:
+def _check_output_file(path: pathlib.Path, overwrite: bool) -> None:
+    """Refuses, before the model is read, an export path that is a folder, exists (without
+    ``overwrite``) or cannot be written."""
+    from irpo_jax import destinations
+
     if path.is_dir():
         raise ConvertError(
             f"the output path {path} is an existing directory, but --to-torch writes a single "
             f".pth or .safetensors file. Nothing was written; give a file path such as "
             f"{path / 'adair.pth'}."
         )
+    if path.exists() and not overwrite:
+        raise ConvertError(
+            f"Refusing to overwrite the existing file '{path}'. Nothing was written; choose another "
+            "output path, delete the file, or pass --overwrite."
+        )
+    try:
+        destinations.check_file(path, "the output path")
+    except destinations.DestinationError as e:
+        raise ConvertError(f"{e}. Nothing was written.") from e
 
 
 def to_torch(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: bool = False, log=print) -> None:
     """Export the model directory ``src`` as an official-key PyTorch state dict ``dst`` (.pth or .safetensors)."""
-    from irpo_jax import checkpointing
+    from irpo_jax import checkpointing, destinations
     from irpo_jax.models import convert
 
     dst = pathlib.Path(dst)
     extra_dst = dst.with_name(dst.stem + ".policy_heads" + dst.suffix)
-    _check_output_file(dst)
+    _check_output_file(dst, overwrite)
+    if checkpointing.read_metadata(src).get("model") != "adair":  # a policy: its heads go beside
+        _check_output_file(extra_dst, overwrite)
     module, meta = checkpointing.restore_model(src)
     backbone = getattr(module, "net", module)  # an IRPO policy wraps the AdaIR as `net`
     # np.array copies: arrays viewed from JAX are read-only, and torch.from_numpy warns on those.
     weights = {k: np.array(v) for k, v in convert.state_dict(backbone).items()}
     extra = {k: np.array(v) for k, v in convert.extra_parameters(module).items()}
+    try:
+        checkpoint_io.write_state_dict(weights, dst, overwrite=overwrite)
+        log(f"wrote {dst} ({len(weights)} tensors, official AdaIR key names; loads with strict=True)")
+        if extra:
+            checkpoint_io.write_state_dict(extra, extra_dst, overwrite=overwrite)
+    except OSError as e:
+        raise ConvertError(destinations.os_error_line(e)) from e
     if extra:
-        _check_output_file(extra_dst)
-    if extra and extra_dst.exists() and not overwrite:
-        raise FileExistsError(f"{extra_dst} already exists; pass --overwrite to replace it.")
-    checkpoint_io.write_state_dict(weights, dst, overwrite=overwrite)
-    log(f"wrote {dst} ({len(weights)} tensors, official AdaIR key names; loads with strict=True)")
-    if extra:
-        checkpoint_io.write_state_dict(extra, extra_dst, overwrite=overwrite)
         log(
             f"note: the official AdaIR class has no place for the {len(extra)} IRPO policy-head tensors; "
             f"they were written to {extra_dst} (the policy config is in {pathlib.Path(src) / 'model.json'})."
@@ -314,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from irpo_jax.checkpointing import CheckpointError
+    from irpo_jax.destinations import os_error_line
     from irpo_jax.models.convert import ConversionError
 
     try:
@@ -323,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
             to_flax(args.src, args.dst, config=_parse_config(args.config), run_verify=args.verify, overwrite=args.overwrite)
     except (ConvertError, ConversionError, CheckpointError, checkpoint_io.CheckpointReadError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # reading the source, or a write the checks above could not foresee
+        print(f"error: {os_error_line(e, 'cannot access')}", file=sys.stderr)
         return 1
     return 0
 

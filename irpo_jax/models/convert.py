@@ -145,7 +145,9 @@ def infer_config(weights: Mapping[str, np.ndarray], mask_rule: str = "adair") ->
         ffn_expansion_factor=factor,
         bias="encoder_level1.0.attn.qkv.bias" in weights,
         LayerNorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in weights else "BiasFree",
-        decoder="fre1.conv1.weight" in weights,
+        # Any FreModule key means the model has all three: a missing one is then reported as
+        # missing (by name) rather than the others as unexpected.
+        decoder=any(k.startswith(("fre1.", "fre2.", "fre3.")) for k in weights),
         mask_rule=mask_rule,
     )
 
@@ -196,11 +198,14 @@ def load_state_dict(model: AdaIR, weights: Mapping[str, np.ndarray]) -> None:
     unknown = sorted(set(weights) - expected)
     missing = sorted(expected - set(weights))
     if unknown or missing:
+        lines = [
+            f"  {what} keys ({len(keys)}): {_describe_keys(keys, universe)}"
+            for what, keys, universe in (("unexpected", unknown, weights), ("missing", missing, expected))
+            if keys
+        ]
         raise ConversionError(
             "the state dict does not match the AdaIR configuration "
-            f"(dim={model.config.dim}, num_blocks={list(model.config.num_blocks)}):\n"
-            f"  unexpected keys ({len(unknown)}): {_abbrev(unknown)}\n"
-            f"  missing keys ({len(missing)}): {_abbrev(missing)}"
+            f"(dim={model.config.dim}, num_blocks={list(model.config.num_blocks)}):\n" + "\n".join(lines)
         )
     for key, kind, shape, (owner, attr) in table:
         src = np.asarray(weights[key])
@@ -232,6 +237,25 @@ def from_state_dict(
     # eval_shape leaves abstract values; load_state_dict replaces every one of them.
     load_state_dict(model, weights)
     return model
+
+
+def _block(key: str) -> str:
+    """The module a key belongs to: ``fre1``, ``encoder_level2.3`` (a numbered block), ``output``."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+
+
+def _describe_keys(keys: list[str], universe) -> str:
+    """``keys``, with each block all of whose keys (in ``universe``) are among them named whole."""
+    blocks: dict[str, set[str]] = {}
+    for k in universe:
+        blocks.setdefault(_block(k), set()).add(k)
+    chosen = set(keys)
+    whole = sorted(b for b, members in blocks.items() if len(members) > 1 and members <= chosen)
+    covered = set().union(*(blocks[b] for b in whole))
+    parts = [f"the whole block {b} ({len(blocks[b])} keys {b}.*)" for b in whole]
+    rest = [k for k in keys if k not in covered]
+    return "; ".join(parts + ([_abbrev(rest)] if rest else []))
 
 
 def _abbrev(keys: list[str], limit: int = 12) -> str:
