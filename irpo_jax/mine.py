@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -279,7 +280,8 @@ def _partial_files(out: Path) -> list[Path]:
 
 def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
                     selection: str = "per_task", rank_by: str = "psnr", crop: int = 0,
-                    base: int = 16, resume: bool = True, overwrite: bool = False) -> Path:
+                    base: int = 16, resume: bool = True, overwrite: bool = False,
+                    batch_size: int | None = None) -> Path:
     """Checks mining's arguments before any data is read or the model loaded.
 
     Mining takes minutes to hours; an argument it only uses at the end (the fraction, the output
@@ -296,12 +298,13 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
     Args:
       out: the manifest path; the other arguments as in :func:`mine`.
       base: the data config's ``crop_base``.
+      batch_size: checked to be a positive integer when given (``--batch_size``).
 
     Returns:
       ``out`` as an absolute path.
 
     Raises:
-      ValueError: a bad fraction, selection, rank_by or crop.
+      ValueError: a bad fraction, selection, rank_by, crop or batch size.
       DataError: an unusable or protected output path (the message names it and the fix).
     """
     _check_fraction(fraction)
@@ -313,6 +316,10 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
     if crop and (crop < base or crop % 8):
         raise ValueError(f"--crop must be 0 (whole images) or a multiple of 8 >= {base}, "
                          f"got {crop}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"--batch_size must be a positive number of images per forward pass, "
+                         f"got {batch_size!r}")
 
     out = Path(out).expanduser().absolute()
     if out.is_dir():
@@ -326,6 +333,11 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
                         "is a file; choose another --out", folder)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DataError(f"--out {out}: {folder} is not writable; choose another --out", folder)
+    try:  # mode bits do not stop root; /proc, a read-only mount or a full disk still do
+        Path(tempfile.mkdtemp(prefix=".irpo-write-probe-", dir=folder)).rmdir()
+    except OSError as err:
+        raise DataError(f"--out {out}: cannot write in {folder} ({err.strerror or err}); choose "
+                        "another --out", folder) from err
 
     summary = out.with_suffix(".summary.md")
     if summary.is_dir():
@@ -616,6 +628,18 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     return {**header, "table": table}
 
 
+def _config_data(spec: str) -> Any:
+    """``--config``'s data config; a config file that fails to run is a DataError naming it."""
+    try:
+        return _load_config(spec)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the user's config file raised
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        raise DataError(f"--config {spec}: loading it failed{where}: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -651,8 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # so mine() checks --crop against it again).
         check_arguments(args.out, fraction=args.fraction, selection=args.selection,
                         rank_by=args.rank_by, resume=not args.no_resume,
-                        overwrite=args.overwrite)
-        data = _load_config(args.config) if args.config else readers.default_data_config()
+                        overwrite=args.overwrite, batch_size=args.batch_size)
+        data = _config_data(args.config) if args.config else readers.default_data_config()
         data = readers.resolve_config(data)
         if args.data_root:
             data["root"] = args.data_root
@@ -662,6 +686,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       overwrite=args.overwrite, progress=not args.no_progress)
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # what the checks could not foresee (the disk filled up, ...)
+        where = err.filename if err.filename is not None else args.out
+        print(f"error: {where}: {err.strerror or err}", file=sys.stderr)
         return 1
     if "table" in result:
         print(result["table"])

@@ -304,3 +304,47 @@ def test_existing_outputs_are_replaced_only_with_overwrite_or_when_resuming(tmp_
     partial.unlink()
     (tmp_path / "hard.jsonl.partial.1.jsonl").write_text(json.dumps({"kind": mine.PARTIAL_KIND}))
     assert check(out) == out
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-3"])
+def test_cli_non_positive_batch_size_is_refused_before_data_or_model(tmp_path, capsys, no_model, batch_size):
+    assert _cli(tmp_path, "--out", str(tmp_path / "m" / "hard.jsonl"), "--batch_size", batch_size) == 1
+    err = capsys.readouterr().err
+    assert f"--batch_size must be a positive number of images per forward pass, got {batch_size}" in err
+    assert REACHED not in err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("out", ["/proc/irpo_test_mine/hard.jsonl", "/proc/irpo_test_hard.jsonl",
+                                 "/sys/irpo_test_hard.jsonl"])
+def test_cli_unwritable_out_is_one_line_before_data_or_model(tmp_path, capsys, no_model, out):
+    assert _cli(tmp_path, "--out", out) == 1
+    err = capsys.readouterr().err.strip()
+    folder = "/sys" if out.startswith("/sys") else "/proc"
+    assert err.startswith(f"error: --out {out}: cannot write in {folder} (") and "\n" not in err
+    assert REACHED not in err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("def get_config(:\n", "loading it failed (line 1): SyntaxError: invalid syntax"),
+    ("def get_config():\n    return 1 / 0\n", "loading it failed: ZeroDivisionError: division by zero"),
+    ("import no_such_module_here\n", "ModuleNotFoundError: No module named 'no_such_module_here'"),
+])
+def test_cli_a_config_file_that_fails_is_one_line(tmp_path, capsys, no_model, text, needle):
+    cfg = tmp_path / "my_config.py"
+    cfg.write_text(text)
+    assert mine.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "no_model"),
+                      "--out", str(tmp_path / "m.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --config {cfg}: ") and needle in err and "\n" not in err
+
+
+def test_cli_a_write_that_fails_during_mining_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.jsonl.partial.jsonl"))
+
+    monkeypatch.setattr(mine, "mine", full)
+    assert _cli(tmp_path, "--out", str(tmp_path / "m.jsonl")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'm.jsonl.partial.jsonl'}: No space left on device"
