@@ -577,6 +577,30 @@ def test_config_path_to_the_composite_reward(proc):
         remote.open_reward_bridge(cfg)
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--config", "/nonexistent/rewards.json"], "--config /nonexistent/rewards.json: no such file"),
+    (["--config", "BAD"], "--config BAD is not valid JSON: Expecting"),
+    (["--config", '{"mean_abs": {},}'], "--config is not valid JSON: "),
+    (["--config", "[1]"], "--config must be a JSON object {component: settings}, not a list"),
+    (["--config", "TMP"], "--config TMP: cannot read it"),
+    (["--ready-file", "/proc/irpo_test/ready"], "--ready-file /proc/irpo_test/ready: its folder /proc/irpo_test"),
+    (["--ready-file", "/proc/irpo_test_ready"], "--ready-file /proc/irpo_test_ready: cannot write in /proc ("),
+    (["--ready-file", "TMP"], "--ready-file TMP is a folder"),
+    (["--torch-threads", "-2"], "--torch-threads must be >= 0"),
+])
+def test_server_cli_errors_are_one_line_before_anything_loads(tmp_path, capsys, monkeypatch, flags, needle):
+    from torch_bridge import reward_server
+
+    (tmp_path / "bad.json").write_text('{"mean_abs": {"x": 1,}}')
+    flags = [f.replace("BAD", str(tmp_path / "bad.json")).replace("TMP", str(tmp_path)) for f in flags]
+    needle = needle.replace("BAD", str(tmp_path / "bad.json")).replace("TMP", str(tmp_path))
+    monkeypatch.setattr(reward_server, "build_components", lambda *a: pytest.fail("built the components"))
+    assert reward_server.main(["--address", f"unix:{tmp_path / 's.sock'}", "--components", REGISTRY, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]  # no socket, no ready file
+
+
 @pytest.mark.torch
 def test_no_orphans_at_the_end(proc):
     """Every server but the module fixture's is gone (the fixture checks its own at teardown)."""

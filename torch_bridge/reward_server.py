@@ -31,7 +31,8 @@ with ``torch.from_dlpack`` (zero-copy on the same device) and otherwise runs the
 
 Faults: a component that raises gives NaN for its column and an ``errors`` entry, not a crash;
 a component whose weights are missing makes start-up fail (exit code 3) with the factory's
-message. The process exits when its parent dies (``--parent-pid``, checked twice a second) so a
+message; a ``--config`` that is not a readable JSON object, or a ``--ready-file`` that cannot be
+written, exits 2 with one line before torch is imported. The process exits when its parent dies (``--parent-pid``, checked twice a second) so a
 killed trainer leaves no orphan, and on SIGTERM or a ``shutdown`` message.
 """
 
@@ -50,6 +51,7 @@ import platform
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -433,19 +435,65 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class _UsageError(ValueError):
+    """A command-line value the server cannot use; reported in one line, exit status 2."""
+
+
 def _read_config(text: str) -> dict[str, Any]:
-    text = text.strip()
-    if not text.startswith("{"):
-        text = pathlib.Path(text).read_text()
-    config = json.loads(text)
+    """``--config``: a JSON object inline, or the path of a file holding one."""
+    inline = text.strip().startswith(("{", "["))
+    where = "--config" if inline else f"--config {text}"
+    if not inline:
+        try:
+            text = pathlib.Path(text).read_text()
+        except FileNotFoundError:
+            raise _UsageError(f"--config {text}: no such file (give a JSON object "
+                              "{component: settings}, inline or in a file)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise _UsageError(f"--config {text}: cannot read it ({e})") from e
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _UsageError(f"{where} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
-        raise ValueError("--config must be a JSON object {component: settings}")
+        raise _UsageError(f"{where} must be a JSON object {{component: settings}}, "
+                          f"not a {type(config).__name__}")
     return config
+
+
+def _check_ready_file(path: str) -> None:
+    """Refuses a ``--ready-file`` the server could not write once serving (after the models load)."""
+    target = pathlib.Path(path).absolute()
+    if target.is_dir():
+        raise _UsageError(f"--ready-file {path} is a folder; give a file path")
+    if not target.parent.is_dir():
+        raise _UsageError(f"--ready-file {path}: its folder {target.parent} does not exist or is not "
+                          "a folder")
+    try:  # mode bits do not stop root; /proc or a read-only mount still do
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ready-probe-"):
+            pass
+    except OSError as e:
+        raise _UsageError(f"--ready-file {path}: cannot write in {target.parent} "
+                          f"({e.strerror or e})") from e
+
+
+def _check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Every argument checked before torch is imported or a model loaded; returns the config."""
+    if args.torch_threads < 0:
+        raise _UsageError(f"--torch-threads must be >= 0 (0: torch's default), got {args.torch_threads}")
+    if args.ready_file:
+        _check_ready_file(args.ready_file)
+    return _read_config(args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 after a shutdown message)."""
     args = _parse_args(argv)
+    try:
+        config = _check_arguments(args)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s reward_server[%(process)d] %(levelname)s %(message)s",
@@ -457,7 +505,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
-    config = _read_config(args.config)
     listener, address = None, None
 
     def cleanup() -> None:
