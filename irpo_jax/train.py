@@ -17,6 +17,7 @@ chains see the run as unfinished.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -25,6 +26,8 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from irpo_jax import destinations
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/allinone5.py[:variant].",
                                           lock_config=True)
@@ -50,6 +53,11 @@ def main(argv: list[str]) -> int:
         print("error: --config is required, e.g. --config configs/allinone5.py", file=sys.stderr)
         return 2
     workdir = pathlib.Path(_WORKDIR.value or f"runs/{cfg.name}")
+    try:  # before the data and the model are loaded, which can take minutes
+        destinations.check_directory(workdir, "--workdir")
+    except destinations.DestinationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"workdir: {workdir}  (stage {cfg.train.stage}, model {cfg.model.variant}, data {cfg.data.root})")
     try:
         summary = trainer.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
@@ -59,12 +67,25 @@ def main(argv: list[str]) -> int:
     except ValueError as e:  # data/config errors raised with a message for people
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the workdir refused a write the check above could not foresee (disk full)
+        if not _within(e.filename, workdir):
+            raise
+        print(f"error: {destinations.os_error_line(e)} (in --workdir {workdir})", file=sys.stderr)
+        return 1
     print(f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
           f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}")
     for sig in (signal.SIGINT, signal.SIGTERM):
         if summary["stop"].startswith(f"stopped by {sig.name}"):
             return 128 + sig.value
     return 0
+
+
+def _within(filename: Any, workdir: pathlib.Path) -> bool:
+    """Whether an OSError's ``filename`` is the workdir or lies in it."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return False
+    path, top = pathlib.Path(os.fsdecode(filename)).absolute(), workdir.absolute()
+    return path == top or top in path.parents
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -78,6 +99,9 @@ def parse_flags(argv: list[str]) -> list[str]:
             detail = detail.args[0]
         detail = str(detail)
         message = "no such config field " + " ".join(line.strip() for line in detail.splitlines())
+    except SyntaxError as e:  # the config file is not Python (a JSON file, a typo)
+        message = (f"--config {e.filename}: not a valid Python config file ({e.msg}, line {e.lineno}); "
+                   "--config takes a .py file with get_config(), e.g. configs/allinone5.py")
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever loading the config file raised
         message = _one_line(str(e)) or type(e).__name__
     print(f"error: {message}\n(python -m irpo_jax.train --helpfull lists the flags)", file=sys.stderr)
