@@ -7,7 +7,8 @@
 orientation applied (files Pillow decodes); grayscale is replicated to RGB and the restored RGB averaged back to one
 channel; an alpha channel is kept aside and re-attached unchanged; the image is reflect-padded
 at the bottom/right to a multiple of 8 (AdaIR downsamples three times), restored whole (or in
-overlapping tiles with ``--tile``; see :mod:`irpo_jax.tiling` for what tiling changes), cropped
+overlapping tiles with ``--tile``, which warns: tiled outputs differ from whole-image ones; see
+:mod:`irpo_jax.tiling` and the README's "Tiling" for what tiling changes), cropped
 back, clipped to [0, 1] and rounded to the input's bit depth. Outputs are PNG (TIFF for TIFF
 inputs), named after the input with its path relative to the input folder kept; a 16-bit input
 gives a 16-bit output with every bit the network produced (``x / 65535`` in float32 and back is
@@ -23,7 +24,8 @@ non-interlaced or as TIFF). ICC profiles are carried over for Pillow-written out
 output path equal to an input path, is refused before anything runs; an existing output file is
 refused unless ``--overwrite``; files under ``--out`` are never taken as inputs (so
 ``restore photos/ --out photos/restored`` is fine); every output is written to a temporary file
-and renamed. A file that fails (unreadable, unsupported, out of memory) is reported and the
+and renamed, with the mode ``open`` gives new files (0644 under the default umask). Flags and
+``--out`` are checked before the model loads. A file that fails (unreadable, unsupported, out of memory) is reported and the
 rest continue; the exit code is 1 if any failed, with a summary.
 
 **Memory and speed.** Same-size images are batched over the local devices (one image each,
@@ -42,9 +44,9 @@ import dataclasses
 import logging
 import os
 import pathlib
+import secrets
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -298,10 +300,27 @@ def _read_pillow(path: pathlib.Path) -> Decoded:
         return _split(np.asarray(im), path, icc)
 
 
+def _new_file_beside(path: pathlib.Path) -> str:
+    """Creates an empty, uniquely named temporary file next to ``path``; returns its name.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600: the renamed output would be private), the file
+    is created as ``open`` creates files, 0666 less the user's umask (0644 by default).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
 def write_image(path: os.PathLike | str, rgb: np.ndarray, like: Decoded) -> None:
     """Writes a restored ``(H, W, 3)`` float image in the input's format (see the module docstring).
 
-    The file is written to a temporary name in the same folder and renamed into place.
+    The file is written to a temporary name in the same folder and renamed into place; it gets
+    the mode a new file gets from ``open`` (0666 less the umask: 0644 by default).
     """
     path = pathlib.Path(path)
     top = 255.0 if like.dtype == np.uint8 else 65535.0
@@ -312,8 +331,7 @@ def write_image(path: os.PathLike | str, rgb: np.ndarray, like: Decoded) -> None
         samples = np.concatenate([samples, like.alpha[..., None].astype(like.dtype)], axis=-1)
     if samples.shape[-1] == 1:
         samples = samples[..., 0]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _new_file_beside(path)
     try:
         if path.suffix.lower() in TIFF_EXTENSIONS:
             import tifffile
@@ -397,6 +415,20 @@ def plan(inputs: Sequence[os.PathLike | str], out: os.PathLike | str, *,
     return jobs, missing
 
 
+def check_out(out: os.PathLike | str) -> None:
+    """Refuses an ``--out`` that is a file, lies under a file, or cannot be written in.
+
+    Raises:
+      RestoreError: naming the folder and what is wrong with it.
+    """
+    from irpo_jax import destinations
+
+    try:
+        destinations.check_directory(out, "--out")
+    except destinations.DestinationError as err:
+        raise RestoreError(str(err)) from err
+
+
 def _output_name(p: pathlib.Path) -> pathlib.Path:
     return p.with_suffix(p.suffix if p.suffix.lower() in TIFF_EXTENSIONS else ".png")
 
@@ -447,6 +479,32 @@ def _decoded(jobs: Sequence[tuple[pathlib.Path, pathlib.Path]], workers: int
             yield result(pending.popleft())
 
 
+TILING_WARNING = (
+    "tiled outputs differ from whole-image inference everywhere, not only at the seams (AdaIR "
+    "normalises, pools and takes FFTs over the whole image); the README's 'Tiling' paragraph "
+    "gives measured differences. Restore whole (no --tile) where memory allows."
+)
+
+
+def check_tiling(tile: int, tile_overlap: int, fallback_tile: int) -> None:
+    """Refuses tiling flags restore cannot use, naming the flag.
+
+    Raises:
+      RestoreError: a negative value, a size or overlap that is not a multiple of 8 (AdaIR's
+        downsampling), an overlap not smaller than ``--tile``, or a fallback tile of 8.
+    """
+    m = NETWORK_MULTIPLE
+    for flag, value in (("--tile", tile), ("--tile_overlap", tile_overlap), ("--fallback_tile", fallback_tile)):
+        if value < 0 or value % m:
+            raise RestoreError(f"{flag} {value}: must be 0 or a positive multiple of {m} "
+                               f"(AdaIR downsamples by {m})")
+    if tile and tile_overlap >= tile:
+        raise RestoreError(f"--tile_overlap {tile_overlap} must be smaller than --tile {tile}")
+    if fallback_tile == m:
+        raise RestoreError(f"--fallback_tile {m}: too small to restore anything; use a larger tile "
+                           "or 0 (do not retry)")
+
+
 def _is_oom(err: BaseException) -> bool:
     text = str(err)
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
@@ -489,20 +547,22 @@ def restore_files(
     """
     from tqdm import tqdm
 
+    from irpo_jax import destinations
     from irpo_jax import evaluate as evaluate_lib
 
-    if (tile and (tile % NETWORK_MULTIPLE or not 0 <= tile_overlap < tile)) or tile_overlap % NETWORK_MULTIPLE \
-            or fallback_tile % NETWORK_MULTIPLE or 0 < fallback_tile <= NETWORK_MULTIPLE:
-        raise RestoreError(f"--tile {tile}, --fallback_tile {fallback_tile} and --tile_overlap {tile_overlap} "
-                           f"must be multiples of {NETWORK_MULTIPLE}, with 0 <= overlap < tile")
+    check_tiling(tile, tile_overlap, fallback_tile)
+    check_out(out)
     jobs, missing = plan(inputs, out, overwrite=overwrite)
     report = RestoreReport(failed=list(missing))
     if not jobs:
         return report
     try:
-        evaluate_lib.check_writable(pathlib.Path(out))
-    except evaluate_lib.EvalError as err:
-        raise RestoreError(str(err)) from err
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RestoreError(f"--out: {destinations.os_error_line(err, 'cannot create')}") from err
+    if tile:
+        log.warning("--tile %d: images with a side above %d px are restored in tiles; %s", tile, tile,
+                    TILING_WARNING)
     runner = evaluate_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
     bar = tqdm(total=len(jobs), unit="img", desc="restoring", disable=not progress, dynamic_ncols=True)
 
@@ -544,7 +604,8 @@ def restore_files(
                     bar.update(1)
                 return
             for src, dst, dec, padded in group:
-                log.warning("%s: out of memory whole; retrying in %dpx tiles", src, fallback_tile)
+                log.warning("%s: out of memory whole; retrying in %dpx tiles (%s)", src, fallback_tile,
+                            "tiled outputs differ from whole-image inference")
                 tiled(src, dst, dec, padded, fallback_tile)
             return
         for (src, dst, dec, _), o in zip(group, outs):
@@ -598,7 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from irpo_jax import checkpointing
 
     try:
+        check_tiling(args.tile, args.tile_overlap, args.fallback_tile)
         checkpointing.read_metadata(args.checkpoint)
+        check_out(args.out)
         plan(args.inputs, args.out, overwrite=args.overwrite)  # refuse before loading the model
         model = checkpointing.load_model(args.checkpoint)
         report = restore_files(model, args.inputs, args.out, tile=args.tile, tile_overlap=args.tile_overlap,

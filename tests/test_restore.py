@@ -255,7 +255,7 @@ def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert _cli("--checkpoint", tiny_model_dir, tmp_path / "a.png", "--out", blocker / "o") == 2
-    assert "cannot write to --out" in capsys.readouterr().err
+    assert f"cannot create it because {blocker} is a file" in capsys.readouterr().err
     assert _cli("--checkpoint", tiny_model_dir, tmp_path, "--out", tmp_path) == 2
     assert "is the input folder" in capsys.readouterr().err
 
@@ -315,3 +315,70 @@ def test_tiled_adair_is_not_whole_image_inference(tiny_model_dir):
     whole = np.asarray(runner.run_batch(batch, batch, np.zeros(runner.n, np.uint32), 0)["restored"])[0]
     tiled = np.clip(tiling.tiled_apply(runner.apply_host, x, tile=32, overlap=16, batch_size=runner.n), 0, 1)
     assert np.isfinite(tiled).all() and np.abs(tiled - whole).mean() > 1e-3
+
+
+# ----------------------------------------------------------------------------- modes, flags, warnings
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_outputs_follow_the_umask(tmp_path, umask, mode):
+    import os
+
+    like = rs.Decoded(np.zeros((8, 8, 3), np.float32), None, False, np.uint8)
+    old = os.umask(umask)
+    try:
+        for name in ("a.png", "b.tif"):
+            rs.write_image(tmp_path / name, np.zeros((8, 8, 3), np.float32), like)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.png": mode, "b.tif": mode}
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--fallback_tile", "-8"], "--fallback_tile -8: must be 0 or a positive multiple of 8"),
+    (["--tile_overlap", "-8"], "--tile_overlap -8: must be 0 or a positive multiple of 8"),
+    (["--tile", "-64"], "--tile -64: must be 0 or a positive multiple of 8"),
+    (["--tile", "100"], "--tile 100: must be 0 or a positive multiple of 8"),
+    (["--tile", "64", "--tile_overlap", "64"], "--tile_overlap 64 must be smaller than --tile 64"),
+    (["--fallback_tile", "8"], "--fallback_tile 8: too small"),
+])
+def test_bad_tiling_flags_are_refused_first(tmp_path, capsys, flags, needle):
+    # A checkpoint that does not exist: the flags must be refused before it is looked at.
+    assert _cli("--checkpoint", tmp_path / "missing", tmp_path, "--out", tmp_path / "o", *flags) == 2
+    one_line_error(capsys, needle)
+
+
+@pytest.mark.parametrize("out, needle", [
+    ("/proc/irpo_test_restore", "--out /proc/irpo_test_restore: cannot write in /proc"),
+    ("/sys/irpo_test_restore", "--out /sys/irpo_test_restore: cannot write in /sys"),
+    ("FILE", "is an existing file, not a folder"),
+])
+def test_an_unwritable_out_is_one_line_before_the_model_loads(tiny_model_dir, tmp_path, capsys, monkeypatch, out,
+                                                              needle):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "FILE").write_text("x")
+    monkeypatch.setattr(checkpointing, "load_model", lambda *a: pytest.fail("loaded the model first"))
+    assert _cli("--checkpoint", tiny_model_dir, tmp_path / "a.png", "--out", out.replace("FILE", str(tmp_path / "FILE"))) == 2
+    one_line_error(capsys, needle)
+
+
+def test_tiling_warns_that_outputs_differ(tmp_path, caplog):
+    Image.fromarray(RNG.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    with caplog.at_level("WARNING", logger="irpo_jax.restore"):
+        report = rs.restore_files(identity, [tmp_path / "big.png"], tmp_path / "o", tile=16, tile_overlap=8,
+                                  progress=False)
+    assert report.ok and len(report.tiled) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "--tile 16" in warnings[0] and "differ from whole-image inference" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="irpo_jax.restore"):  # whole images: no warning
+        rs.restore_files(identity, [tmp_path / "big.png"], tmp_path / "o2", progress=False)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
