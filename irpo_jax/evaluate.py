@@ -1046,6 +1046,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from irpo_jax import checkpointing, config_lib
 
     try:
+        if args.max_images < 0:
+            raise EvalError(f"--max_images {args.max_images}: give a positive count, or 0 for every image")
         if args.tile:
             print(TILE_WARNING.format(tile=args.tile), file=sys.stderr)
         ckpt = pathlib.Path(args.checkpoint)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -525,8 +526,8 @@ def test_cli_failures_are_one_line(tiny_model_dir, demo_root, tmp_path, capsys, 
     def one_line(*args, rc=2) -> str:
         assert _cli("--checkpoint", tiny_model_dir, "--data_root", demo_root, *args) == rc
         err = capsys.readouterr().err
-        lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "img/s" not in ln
-                 and "?img" not in ln]  # tqdm's progress bars share stderr
+        lines = [ln for ln in err.replace("\r", "\n").splitlines()
+                 if ln.strip() and not re.search(r"\d+%\|", ln)]  # tqdm's progress bars share stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
         return lines[0]
 
@@ -536,6 +537,7 @@ def test_cli_failures_are_one_line(tiny_model_dir, demo_root, tmp_path, capsys, 
     bad_cfg = tmp_path / "bad.py"
     bad_cfg.write_text("def get_config(arg=None):\n    return {\n")
     assert f"--config {bad_cfg}: SyntaxError" in one_line("--config", str(bad_cfg))
+    assert "--max_images -3: give a positive count, or 0 for every image" in one_line("--max_images", "-3")
     assert "--test_dir 'sidd': expected SET=DIR" in one_line("--test_dir", "sidd")
     assert "unknown set 'sid'" in one_line("--test_dir", "sid=/x")
     msg = one_line("--sets", "ood6")
