@@ -33,7 +33,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Checkpoint and leave after this many steps (resume later).")
+_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Checkpoint and leave after this many steps (resume later).",
+                                   lower_bound=1)
 
 
 def main(argv: list[str]) -> int:

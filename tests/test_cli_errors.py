@@ -129,3 +129,9 @@ def test_os_error_line():
     assert destinations.os_error_line(err) == "cannot write /data/x.bin: No space left on device"
     moved = OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")
     assert destinations.os_error_line(moved, "cannot move") == "cannot move /a -> /b: Invalid cross-device link"
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_stop_after_must_be_positive(train_cli, tmp_path, capsys, value):
+    assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run", "--stop_after", value) == 2
+    assert one_line(capsys) == f"error: flag --stop_after={value}: {value} is not a positive integer"
