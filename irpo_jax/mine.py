@@ -281,7 +281,7 @@ def _partial_files(out: Path) -> list[Path]:
 def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
                     selection: str = "per_task", rank_by: str = "psnr", crop: int = 0,
                     base: int = 16, resume: bool = True, overwrite: bool = False,
-                    batch_size: int | None = None) -> Path:
+                    batch_size: int | None = None, seed: int | None = None) -> Path:
     """Checks mining's arguments before any data is read or the model loaded.
 
     Mining takes minutes to hours; an argument it only uses at the end (the fraction, the output
@@ -299,12 +299,13 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
       out: the manifest path; the other arguments as in :func:`mine`.
       base: the data config's ``crop_base``.
       batch_size: checked to be a positive integer when given (``--batch_size``).
+      seed: checked to be a non-negative integer when given (``--seed``; numpy seeds are).
 
     Returns:
       ``out`` as an absolute path.
 
     Raises:
-      ValueError: a bad fraction, selection, rank_by, crop or batch size.
+      ValueError: a bad fraction, selection, rank_by, crop, batch size or seed.
       DataError: an unusable or protected output path (the message names it and the fix).
     """
     _check_fraction(fraction)
@@ -320,6 +321,8 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
                                    or batch_size < 1):
         raise ValueError(f"--batch_size must be a positive number of images per forward pass, "
                          f"got {batch_size!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"--seed must be a non-negative integer (numpy seeds are), got {seed!r}")
 
     out = Path(out).expanduser().absolute()
     if out.is_dir():
@@ -675,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # so mine() checks --crop against it again).
         check_arguments(args.out, fraction=args.fraction, selection=args.selection,
                         rank_by=args.rank_by, resume=not args.no_resume,
-                        overwrite=args.overwrite, batch_size=args.batch_size)
+                        overwrite=args.overwrite, batch_size=args.batch_size, seed=args.seed)
         data = _config_data(args.config) if args.config else readers.default_data_config()
         data = readers.resolve_config(data)
         if args.data_root:

@@ -306,6 +306,12 @@ def test_existing_outputs_are_replaced_only_with_overwrite_or_when_resuming(tmp_
     assert check(out) == out
 
 
+def test_cli_negative_seed_is_refused_before_data_or_model(tmp_path, capsys, no_model):
+    assert _cli(tmp_path, "--out", str(tmp_path / "m" / "hard.jsonl"), "--seed", "-1") == 1
+    err = capsys.readouterr().err
+    assert "--seed must be a non-negative integer (numpy seeds are), got -1" in err and REACHED not in err
+
+
 @pytest.mark.parametrize("batch_size", ["0", "-3"])
 def test_cli_non_positive_batch_size_is_refused_before_data_or_model(tmp_path, capsys, no_model, batch_size):
     assert _cli(tmp_path, "--out", str(tmp_path / "m" / "hard.jsonl"), "--batch_size", batch_size) == 1
