@@ -587,6 +587,7 @@ def test_config_path_to_the_composite_reward(proc):
     (["--ready-file", "/proc/irpo_test_ready"], "--ready-file /proc/irpo_test_ready: cannot write in /proc ("),
     (["--ready-file", "TMP"], "--ready-file TMP is a folder"),
     (["--torch-threads", "-2"], "--torch-threads must be >= 0"),
+    (["--address", "localhost:5555"], "--address: reward bridge address 'localhost:5555'"),  # the last one wins
 ])
 def test_server_cli_errors_are_one_line_before_anything_loads(tmp_path, capsys, monkeypatch, flags, needle):
     from torch_bridge import reward_server

@@ -479,6 +479,10 @@ def _check_ready_file(path: str) -> None:
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Every argument checked before torch is imported or a model loaded; returns the config."""
+    try:
+        wire.parse_address(args.address)
+    except ValueError as e:
+        raise _UsageError(f"--address: {e}") from e
     if args.torch_threads < 0:
         raise _UsageError(f"--torch-threads must be >= 0 (0: torch's default), got {args.torch_threads}")
     if args.ready_file:
