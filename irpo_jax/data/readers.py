@@ -890,15 +890,14 @@ class EvalSet:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.records[i]
-        if self.loader is not None:
+        if self.loader is not None:  # pixels not stored as image files (SIDD's .mat blocks)
             degraded, clean = (crop_img(a, self.crop_base) for a in self.loader(i))
-        else:
-            clean = crop_img(load_image(r.clean), self.crop_base)
-        if self.loader is None and r.degraded is None:
-            clean = to_uint8_domain(clean)
+        elif r.degraded is None:  # noise synthesised by the seeded protocol
+            clean = to_uint8_domain(crop_img(load_image(r.clean), self.crop_base))
             normals = self.noise.normals(self.noise_offset + i)  # (H, W, 3) float64
             degraded = add_official_noise(clean, self.sigma, normals)
-        elif self.loader is None:
+        else:
+            clean = crop_img(load_image(r.clean), self.crop_base)
             degraded = crop_img(load_image(r.degraded), self.crop_base)
         if degraded.shape != clean.shape:
             raise DataError(f"{self.name}: {r.degraded} is {degraded.shape[:2]} but its target "
