@@ -55,7 +55,7 @@ class ConvertError(RuntimeError):
 def _parse_config(text: str | None) -> Any:
     """``--config``: a variant name (base/small/tiny), a JSON object, or a path to a JSON file.
 
-    Anything that is not a JSON object and ends in ``.json`` or names a folder is a path (a
+    Anything that is not a JSON object and ends in ``.json`` or contains a ``/`` is a path (a
     variant name has neither), so a mistyped file name is reported as a missing file, not as an
     unknown variant.
     """
@@ -427,7 +427,8 @@ def to_flax(
 
     ``dst`` is new, an empty folder (filled in place), or an earlier output of this converter
     holding exactly the files its manifest lists (replaced with ``overwrite``); anything else is
-    refused before the checkpoint is read or anything written (see :func:`_refusal`).
+    refused before anything is written (see :func:`_refusal`), and a destination that cannot be
+    written before the checkpoint is even read.
 
     Raises:
       ConvertError: a refused destination, a failed verification or a failed write (the
