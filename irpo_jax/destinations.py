@@ -56,13 +56,12 @@ def _check_parents(path: pathlib.Path, what: str) -> pathlib.Path:
     return existing
 
 
-def check_directory(path: str | os.PathLike, flag: str | None = None, *, must_be_empty: bool = False) -> None:
+def check_directory(path: str | os.PathLike, flag: str | None = None) -> None:
     """Checks that the folder ``path`` exists and can be written in, or can be created.
 
     Args:
       path: the output folder.
       flag: the command-line flag it came from (``--out``), named in the message.
-      must_be_empty: also refuse a folder that holds anything.
 
     Raises:
       DestinationError: ``path`` is a file, an ancestor is a file, or the place where it
@@ -73,8 +72,6 @@ def check_directory(path: str | os.PathLike, flag: str | None = None, *, must_be
     if path.exists() and not path.is_dir():
         raise DestinationError(f"{what} is an existing file, not a folder; choose a folder")
     if path.is_dir():
-        if must_be_empty and any(path.iterdir()):
-            raise DestinationError(f"{what} is not empty; choose a new or empty folder")
         _probe(path, what)
         return
     _probe(_check_parents(path, what), what)

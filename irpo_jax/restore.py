@@ -62,6 +62,8 @@ __all__ = [
     "ImageError",
     "RestoreError",
     "RestoreReport",
+    "check_out",
+    "check_tiling",
     "main",
     "plan",
     "read_image",
