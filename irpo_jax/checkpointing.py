@@ -36,9 +36,9 @@ MODEL_FORMAT_VERSION = 1
 
 
 def _make_policy(config: adair.AdaIRConfig, policy: Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):
-    from irpo_jax.models.policy import IRPOPolicy  # distrax is imported only for policy models
+    from irpo_jax.models.policy import IRPOPolicy, PolicyConfig  # distrax only for policy models
 
-    return IRPOPolicy(config, policy, rngs=rngs)
+    return IRPOPolicy(config, PolicyConfig.from_saved(policy or {}), rngs=rngs)  # absent keys: as saved then
 
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {"adair": adair.AdaIR, "adair_policy": _make_policy}

@@ -32,7 +32,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
     c.model.policy.mask_rule = "anchored"  # "anchored": r=0.5 is AdaIR's own mask, r<0.5 shrinks it, r>0.5 widens it; "fraction": floor(r*(H//2)); "adair": official
-    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 16 FFT band statistics of x (Appendix D); "pooled": the GAP only
+    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics of x (Appendix D); "pooled": the GAP only
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
     c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)

@@ -31,7 +31,7 @@ from flax import nnx
 from irpo_jax.models import layers
 from irpo_jax.models.layers import Conv2d
 
-MASK_RULES = ("adair", "fraction")
+MASK_RULES = ("adair", "fraction", "anchored")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,11 @@ class AdaIRConfig:
       bias: bias flag of the attention/FFN/reduce/output convs (others never have one).
       LayerNorm_type: ``"WithBias"`` or ``"BiasFree"``.
       decoder: whether the FreModules exist (every released model has them).
-      mask_rule: ``"adair"`` (official: half-size ``int((H//128)*t)``) or ``"fraction"``
-        (IRPO default for the policy: ``floor(t*(H//2))``); see ``adair-spec.md`` 13.3 B.
+      mask_rule: how the low-pass mask's half-sizes follow from the rates, see
+        :func:`mask_half_sizes`: ``"adair"`` (official: ``int((H//128)*t)``), ``"fraction"``
+        (``floor(r*(H//2))``) or ``"anchored"`` (the IRPO policy's default: a rate of 0.5 is
+        the official mask, lower rates shrink it, higher ones widen it up to the whole
+        spectrum). Without policy rates, ``"anchored"`` is the official model exactly.
     """
 
     inp_channels: int = 3
@@ -260,13 +263,39 @@ class FreRefine(nnx.Module):
         return self.proj(low * spatial_weight + high * channel_weight)
 
 
-def mask_half_sizes(rates: jax.Array, height: int, width: int, rule: str) -> jax.Array:
+def mask_half_sizes(
+    rates: jax.Array, height: int, width: int, rule: str, thresholds: jax.Array | None = None
+) -> jax.Array:
     """Half-sizes ``(h_, w_)`` of the low-pass rectangle from ``rates`` (B, 2) in (0, 1). -> (B, 2) int32.
 
-    ``"adair"``: ``int((H // 128) * t)`` with the product in the rates' dtype (float32 for the
-    official model), truncated as ``.int()`` does. ``"fraction"``: ``floor(t * (H // 2))``.
-    Channel 0 drives the rows (height), channel 1 the columns (width).
+    Channel 0 drives the rows (height), channel 1 the columns (width); every product is in the
+    rates' dtype (float32 for the official model) and truncated as ``.int()`` does (all terms
+    are >= 0, so truncation is a floor).
+
+    * ``"adair"`` (official): ``int((H // 128) * t)``.
+    * ``"fraction"``: ``floor(r * (H // 2))``.
+    * ``"anchored"``: piecewise linear with ``r = 0.5`` at the official half-size of the module's
+      own ``thresholds`` t = ``sigmoid(rate_conv(.))``, ``h_a = int((H // 128) * t)``:
+      ``floor(h_a * 2r)`` for ``r <= 0.5`` (down to an empty mask) and
+      ``floor(h_a + (H // 2 - h_a) * (2r - 1))`` above (up to the whole spectrum). At
+      ``r = 0.5`` both branches are ``h_a`` exactly (``2r`` and ``2r - 1`` are exact in
+      floating point), so the IRPO policy's Beta mean 0.5 reproduces AdaIR's own mask at any
+      resolution and for any ``rate_conv`` weights.
+
+    Args:
+      rates: (B, 2) actions or thresholds in (0, 1).
+      height, width: the feature map's size.
+      rule: one of :data:`MASK_RULES`.
+      thresholds: (B, 2) ``sigmoid(rate_conv(.))``; required by ``"anchored"`` only.
     """
+    if rule == "anchored":
+        if thresholds is None:
+            raise ValueError("mask_rule='anchored' needs the module's thresholds sigmoid(rate_conv(.))")
+        anchor = mask_half_sizes(thresholds, height, width, "adair").astype(rates.dtype)
+        whole = jnp.asarray([height // 2, width // 2], rates.dtype)
+        two_r = 2 * rates
+        half = jnp.where(rates <= 0.5, anchor * two_r, anchor + (whole - anchor) * (two_r - 1))
+        return half.astype(jnp.int32)
     if rule == "adair":
         scale = jnp.asarray([height // 128, width // 128], rates.dtype)
     elif rule == "fraction":
@@ -389,8 +418,11 @@ class FreModule(nnx.Module):
         Args:
           features: :meth:`image_features` of the input image (B, H, W, C), float32.
           y: the decoder feature (B, H, W, C); it is cast to the compute dtype, as is the result.
-          rates: optional (B, 2) mask thresholds in (0, 1) replacing ``sigmoid(rate_conv(.))``
-            (the IRPO policy's ``r_h, r_l``).
+          rates: optional (B, 2) mask actions in (0, 1) (the IRPO policy's ``r_h, r_l``): they
+            replace the thresholds ``sigmoid(rate_conv(.))`` under the ``"adair"`` and
+            ``"fraction"`` rules, and move the mask away from the one the thresholds set under
+            ``"anchored"`` (see :func:`mask_half_sizes`; without rates that rule is the
+            official one).
           gates: optional (B, 2) fusion actions ``(g_f, g_o)`` in (0, 1). ``fuse_mode="modulate"``:
             ``y' = 2 g_o * para1 * O + 2 g_f * para2 * y`` (g = 0.5 is AdaIR exactly);
             ``"literal"`` (IRPO Eq. 5 as printed): ``y' = g_f * y + g_o * O``.
@@ -399,9 +431,11 @@ class FreModule(nnx.Module):
         _, h, w, _ = y.shape
         y = layers.to_compute_dtype(y)
         logits = self.rate_logits(features)
-        if rates is None:
-            rates = jax.nn.sigmoid(logits)
-        mask = low_pass_mask(mask_half_sizes(rates, h, w, self.mask_rule), h, w)
+        thresholds = jax.nn.sigmoid(logits)
+        if rates is None:  # the official thresholds; under "anchored" a rate of 0.5 means them
+            rates = jnp.full_like(thresholds, 0.5) if self.mask_rule == "anchored" else thresholds
+        half_sizes = mask_half_sizes(rates, h, w, self.mask_rule, thresholds)
+        mask = low_pass_mask(half_sizes, h, w)
         low, high = (layers.to_compute_dtype(band) for band in frequency_split(features, mask))
         # The naming is swapped in the official code: channel_cross_l sees the HIGH band.
         high_attended = self.channel_cross_l(high, y)
@@ -425,7 +459,7 @@ class FreModule(nnx.Module):
                 raise ValueError(f"fuse_mode must be 'modulate' or 'literal', got {fuse_mode!r}")
         if intermediates is not None:
             intermediates.update(
-                rate_logits=logits, low=low, high=high, cross_l=high_attended,
+                rate_logits=logits, half_sizes=half_sizes, low=low, high=high, cross_l=high_attended,
                 cross_h=low_attended, refine=agg, cross_agg=out,
             )  # fmt: skip
         return fused.astype(y.dtype)

@@ -2,9 +2,16 @@
 
 Each FreModule (``fre1..fre3``) gets two heads (IRPO section 3.3, Appendix D):
 
-* **Policy Rate head**: input ``GAP(conv1(resize(img)))`` (the features AdaIR's ``rate_conv``
-  reads), output Beta concentrations for ``(r_h, r_l)``: the low-pass mask's height and width
-  (``mask_rule="fraction"``: half-size ``floor(r * (H // 2))``; ``"adair"``: the official rule).
+* **Policy Rate head**: output Beta concentrations for ``(r_h, r_l)``: the low-pass mask's
+  height and width. Input (``rate_input``): ``"spectrum"`` (default) is
+  ``GAP(conv1(resize(x)))`` (the features AdaIR's ``rate_conv`` reads) followed by
+  :func:`spectrum_features` of the degraded image x (Appendix D: the head "takes the initial
+  degraded image x and passes it through an FFT"); ``"pooled"`` is the first part alone.
+  Mask rule (``mask_rule``, :func:`irpo_jax.models.adair.mask_half_sizes`): ``"anchored"``
+  (default) maps ``r = 0.5`` to the module's own official mask (``int((H // 128) * t)`` with
+  ``t = sigmoid(rate_conv(.))``), lower rates shrink it to empty and higher ones widen it up to
+  the whole spectrum; ``"fraction"``: half-size ``floor(r * (H // 2))``; ``"adair"``: the
+  official rule with ``r`` in place of ``t``.
 * **Policy Fuse head**: input ``GAP(y)`` of the decoder feature, output Beta concentrations for
   ``(g_f, g_o)``: the fusion weights (``fuse_mode="modulate"``:
   ``y' = 2 g_f * para2 * y + 2 g_o * para1 * O``; ``"literal"``: Eq. 5 as printed).
@@ -17,16 +24,20 @@ Three modes of one forward pass (:meth:`IRPOPolicy.sample`, :meth:`IRPOPolicy.me
 stored, so teacher-forcing the stored actions reproduces the sampled pass (its log-probs bit
 for bit; its restorations up to how XLA fuses the two programs, ~1e-6).
 
-Initialisation preserves the pretrained backbone: the heads' last layer starts with zero
-weights, so the concentrations are the constants ``rate_init`` (default alpha=1, beta=35, mean
-1/36) and ``fuse_init`` (alpha=beta=20, mean exactly 0.5 -> the fusion gates are exactly 1).
-The ``mean`` mode then equals the plain AdaIR output *exactly* as long as every mask stays empty,
-i.e. ``floor(mean_r * (H_f // 2)) == 0`` at every level. fre3 has the largest feature map
-(``H_f = H / 2``), so under ``mask_rule="fraction"`` this holds for inputs with
-``(H // 4) / 36 < 1`` and the same for W, i.e. sides up to 140 pixels (128x128 training crops
-included); larger images get small non-empty masks, which is the intended, resolution-relative
-behaviour of the policy. Under ``mask_rule="adair"`` the official rule (``H // 128`` scaling)
-keeps the masks empty at any size below 128 * 36 pixels.
+Initialisation preserves the pretrained backbone at every resolution: the heads' last layer
+starts with zero weights (and the rate heads' spectrum inputs with zero first-layer weights),
+so the concentrations are the constants ``rate_init`` and ``fuse_init``. Under ``"anchored"``
+both default to ``alpha == beta`` (rates Beta(50, 50), fuse gates Beta(20, 20)), whose mean is
+exactly 0.5 in float32: the ``mean`` mode then takes AdaIR's own mask at every level and its
+fusion gates are exactly 1, i.e. it *is* the plain AdaIR with the official rule, on any input
+size and for any ``rate_conv`` weights (tested, including sizes where the official rule opens
+masks at fre2 and fre3). Sampled rates then explore masks around AdaIR's: at 128x128 training
+crops, where AdaIR's masks are empty, a rate above ``0.5 + 1/(H_f)`` opens one; Beta(50, 50)
+opens both axes at least as often as the former default (``"fraction"`` with Beta(1, 35)) at
+every level, with small masks (benchmarks/RESULTS.md, "Rate-action exploration").
+``"fraction"`` and ``"adair"`` keep their former initial Beta(1, 35) (mean 1/36), for which the
+``mean`` mode is AdaIR only while every mask stays empty (``"fraction"``: sides up to 140
+pixels; larger images get small non-empty masks).
 
 This is the only module that imports distrax.
 """
@@ -46,8 +57,19 @@ from flax import nnx
 from irpo_jax.models import adair, layers
 
 FUSE_MODES = ("modulate", "literal")
+RATE_INPUTS = ("spectrum", "pooled")
 ACTION_NAMES = ("r_h", "r_l", "g_f", "g_o")
 ACTIONS_PER_MODULE = 4
+
+# The rate heads' initial Beta (alpha, beta) when ``rate_init`` is left empty, by mask rule.
+# "anchored": symmetric, so the mean is exactly 0.5 (AdaIR's own mask); 50 is the largest round
+# value whose draws open masks at 128x128 crops at least as often as the former default did at
+# every level (at 100 fre3 is level with it), i.e. the smallest exploratory masks that do.
+# "fraction"/"adair": their former default, mean 1/36 (empty masks at 128x128 crops).
+RATE_INIT = {"anchored": (50.0, 50.0), "fraction": (1.0, 35.0), "adair": (1.0, 35.0)}
+# What a saved model.json's "policy" means by a key it lacks: the setting before the key existed
+# (policies saved before the "anchored" rule and the spectrum input; PolicyConfig.from_saved).
+SAVED_DEFAULTS = {"mask_rule": "fraction", "rate_input": "pooled"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,33 +77,45 @@ class PolicyConfig:
     """How the Beta policy is attached to AdaIR.
 
     Attributes:
-      mask_rule: ``"fraction"`` (default; actions matter at 128 crops) or ``"adair"``.
+      mask_rule: ``"anchored"`` (default; rate 0.5 = AdaIR's own mask), ``"fraction"`` (half-size
+        ``floor(r * (H // 2))``) or ``"adair"`` (official rule with r for t); see
+        :func:`irpo_jax.models.adair.mask_half_sizes`.
+      rate_input: ``"spectrum"`` (default; pooled conv1 features + :func:`spectrum_features`) or
+        ``"pooled"`` (``GAP(conv1(resize(x)))`` only).
       fuse_mode: ``"modulate"`` (default; Beta mean 0.5 == AdaIR) or ``"literal"`` (Eq. 5).
-      rate_init: initial (alpha, beta) of the rate actions (mean 1/36: empty masks at 128 crops).
+      rate_init: initial (alpha, beta) of the rate actions; empty (default) = ``RATE_INIT`` of the
+        mask rule: (50, 50) for "anchored", (1, 35) otherwise.
       fuse_init: initial (alpha, beta) of the fuse actions (alpha == beta: mean exactly 0.5).
       min_concentration: added after softplus, so concentrations stay positive.
       max_concentration: upper clip; float32 ``betaln`` loses ~1e-3 by 1e4 (cancellation).
       action_eps: actions are clamped to [eps, 1 - eps] before any log.
     """
 
-    mask_rule: str = "fraction"
+    mask_rule: str = "anchored"
+    rate_input: str = "spectrum"
     fuse_mode: str = "modulate"
-    rate_init: tuple[float, float] = (1.0, 35.0)
+    rate_init: tuple[float, ...] | None = None
     fuse_init: tuple[float, float] = (20.0, 20.0)
     min_concentration: float = 1e-3
     max_concentration: float = 1e4
     action_eps: float = 1e-6
 
     def __post_init__(self):
-        object.__setattr__(self, "rate_init", tuple(float(v) for v in self.rate_init))
-        object.__setattr__(self, "fuse_init", tuple(float(v) for v in self.fuse_init))
         if self.mask_rule not in adair.MASK_RULES:
             raise ValueError(f"policy mask_rule must be one of {adair.MASK_RULES}, got {self.mask_rule!r}")
+        if self.rate_input not in RATE_INPUTS:
+            raise ValueError(f"policy rate_input must be one of {RATE_INPUTS}, got {self.rate_input!r}")
         if self.fuse_mode not in FUSE_MODES:
             raise ValueError(f"policy fuse_mode must be one of {FUSE_MODES}, got {self.fuse_mode!r}")
+        rate_init = self.rate_init if self.rate_init else RATE_INIT[self.mask_rule]
+        object.__setattr__(self, "rate_init", tuple(float(v) for v in rate_init))
+        object.__setattr__(self, "fuse_init", tuple(float(v) for v in self.fuse_init))
         for name in ("rate_init", "fuse_init"):
-            if min(getattr(self, name)) <= self.min_concentration:
-                raise ValueError(f"{name}={getattr(self, name)} must exceed min_concentration={self.min_concentration}")
+            value = getattr(self, name)
+            if len(value) != 2:
+                raise ValueError(f"policy {name} must be (alpha, beta), got {value}")
+            if min(value) <= self.min_concentration:
+                raise ValueError(f"{name}={value} must exceed min_concentration={self.min_concentration}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -96,24 +130,147 @@ class PolicyConfig:
             raise ValueError(f"unknown policy config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**dict(d))
 
+    @classmethod
+    def from_saved(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+        """The config a saved ``model.json`` describes: keys it lacks take ``SAVED_DEFAULTS``
+        (what the policy computed before those keys existed), not today's defaults."""
+        return cls.from_dict({**SAVED_DEFAULTS, **d})
+
+
+# ----------------------------------------------------------------------------- spectrum features
+
+# Radial band edges of the normalised frequency rho = 2 * sqrt(f_x^2 + f_y^2) (cycles per pixel
+# times 2: rho = 1 is Nyquist along an axis, sqrt(2) the corners). Octaves from 1/64, so the
+# lowest band holds the lowest frequencies of a 128x128 crop; DC is excluded.
+SPECTRUM_BAND_EDGES = (0.0, 2.0**-6, 2.0**-5, 2.0**-4, 2.0**-3, 2.0**-2, 2.0**-1, 1.0, 2.0**0.5)
+SPECTRUM_BANDS = len(SPECTRUM_BAND_EDGES) - 1
+SPECTRUM_FEATURES = 2 * SPECTRUM_BANDS + 1  # a level and an anisotropy per band, and the DC
+# Representative radius of each band (geometric centre of its edges; the first as if it began
+# at 2**-7): the 1/rho^2 whitening below uses it.
+_BAND_CENTRES = tuple(2.0 ** (b - 6.5) for b in range(SPECTRUM_BANDS - 1)) + (2.0**0.25,)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+# The fixed affine: level = (ln P_b + 2 ln rho_b - SPECTRUM_OFFSET) / SPECTRUM_SCALE. Natural
+# photographs have P ~ A / rho^2 with ln A around -6 for [0, 1] images (demo and skimage photos,
+# 128 crops: -4 to -10), so levels are O(1) and ~flat across bands on clean images. The DC term
+# is centred on a mean luminance of 0.5: (ln |F(0)|^2 - ln 0.25) / 2 = ln(mean Y / 0.5).
+SPECTRUM_OFFSET = -6.0
+SPECTRUM_SCALE = 2.0
+DC_OFFSET = math.log(0.25)
+# Floor of the band powers: 8-bit quantisation noise alone has P = (1/255)^2 / 12 = 1.3e-6, so it
+# matters only for synthetic, perfectly flat images (whose log power would be -inf).
+SPECTRUM_EPS = 1e-6
+
+
+def spectrum_features(img: jax.Array) -> jax.Array:
+    """Resolution-normalised statistics of the degraded image's spectrum -> (B, 17) float32.
+
+    The rate heads choose the cutoff of a low-pass mask, so they should see where the image's
+    energy lies in frequency, which is what tells the degradations apart: noise raises a flat
+    floor at high frequencies (higher for larger sigma), blur removes them (along its direction
+    for motion blur), rain adds oriented mid/high-frequency energy, haze and low light scale the
+    whole spectrum down relative to the image's structure. ``GAP(conv1(.))`` alone is close to a
+    linear function of the mean colour and sees none of this.
+
+    Computed on the luminance ``Y`` (BT.601) of the full-resolution input, once per image:
+
+    * power ``P(f) = H W |F(f)|^2`` with ``F = fft2(Y, norm='forward')``: a periodogram, so white
+      noise of variance s^2 gives ``E P = s^2`` at every frequency and image size, and any
+      stationary texture the same value at the same normalised frequency whatever the crop;
+    * averaged over the 8 radial bands of :data:`SPECTRUM_BAND_EDGES` (the mean power, not the
+      mean log power, so that the noise floor reads s^2 exactly), over the whole band and over
+      its two orientation halves: ``|f_x| > |f_y|`` (variation along x: vertical structure,
+      such as rain streaks) and ``|f_y| > |f_x|`` (ties count half to each);
+    * level_b = ``(ln(P_b + eps) + 2 ln rho_b + 6) / 2``: whitened by the 1/rho^2 law of natural
+      images, so clean photographs give levels near 0 in every band;
+      anisotropy_b = ``(ln(P_x,b + eps) - ln(P_y,b + eps)) / 2``;
+    * dc = ``(ln(|F(0)|^2 + eps) - ln 0.25) / 2``, i.e. ``ln(mean Y / 0.5)``: all terms are logs,
+      so a linear layer can read the band levels relative to the mean (contrast), which tells
+      haze (bright, low contrast) from low light (dark, scaled down with its noise); it lifts
+      the cross-validated task accuracy of the benchmark below from 81 % to 88 %.
+
+    A band with no frequency bin at this size (the lowest ones on small inputs: at 32x32 the
+    first bin is at rho = 1/16) takes the values of the next higher band. Returns
+    ``[level_0..7, anisotropy_0..7, dc]``. No gradient flows (it is a function of the input only).
+    ``benchmarks/head_input_separability.py`` measures how well these tell the five degradations
+    and the three noise levels apart, against the pooled conv1 features alone.
+
+    Under a mesh with a ``"data"`` axis the FFT runs per device with ``jax.shard_map``, as in
+    :func:`irpo_jax.models.adair.frequency_split` (XLA would all-gather the batch).
+    """
+    img = jax.lax.stop_gradient(layers.at_least_float32(img))
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.shape.get("data", 1) > 1 and img.shape[0] % mesh.shape["data"] == 0:
+        spec = jax.sharding.PartitionSpec("data")
+        return jax.shard_map(_spectrum_features, in_specs=spec, out_specs=spec)(img)
+    return _spectrum_features(img)
+
+
+def _spectrum_features(img: jax.Array) -> jax.Array:
+    _, h, w, _ = img.shape
+    luma = jnp.sum(img * jnp.asarray(LUMA, img.dtype), axis=-1)  # (B, H, W); not a dot (no TF32)
+    power = (h * w) * jnp.square(jnp.abs(jnp.fft.fft2(luma, norm="forward")))  # (B, H, W)
+    f_y = 2 * jnp.fft.fftfreq(h, dtype=img.dtype)[:, None]  # (H, 1), in units of Nyquist
+    f_x = 2 * jnp.fft.fftfreq(w, dtype=img.dtype)[None, :]  # (1, W)
+    rho2 = f_y**2 + f_x**2  # squared edges are exact powers of two: no sqrt at the band edges
+    edges2 = jnp.asarray([e * e for e in SPECTRUM_BAND_EDGES[1:-1]], img.dtype)
+    band = jnp.sum(rho2[..., None] > edges2, axis=-1)  # (H, W) in 0..7
+    in_band = (band[..., None] == jnp.arange(SPECTRUM_BANDS)) & (rho2 > 0)[..., None]  # (H, W, 8), no DC
+    along_x = jnp.where(jnp.abs(f_x) > jnp.abs(f_y), 1.0, jnp.where(jnp.abs(f_x) == jnp.abs(f_y), 0.5, 0.0))
+    orient = jnp.stack([along_x, 1.0 - along_x], axis=-1).astype(img.dtype)  # (H, W, 2)
+    weights = orient[..., :, None] * in_band[..., None, :].astype(img.dtype)  # (H, W, 2, 8)
+    sums = jnp.einsum("bhw,hwok->bok", power, weights, precision=jax.lax.Precision.HIGHEST)  # (B, 2, 8)
+    counts = jnp.sum(weights, axis=(0, 1))  # (2, 8)
+    safe = lambda c: jnp.maximum(c, 1.0)  # noqa: E731 (empty bands are replaced below)
+    log_x, log_y = (jnp.log(sums[:, o] / safe(counts[o]) + SPECTRUM_EPS) for o in (0, 1))
+    log_all = jnp.log((sums[:, 0] + sums[:, 1]) / safe(counts[0] + counts[1]) + SPECTRUM_EPS)
+    centres = jnp.asarray([2 * math.log(c) for c in _BAND_CENTRES], img.dtype)
+    level = (log_all + centres - SPECTRUM_OFFSET) / SPECTRUM_SCALE  # (B, 8)
+    anisotropy = (log_x - log_y) / SPECTRUM_SCALE
+    # Empty bands (only the lowest ones, on small inputs) copy the next higher band; the top band
+    # (the corners beyond Nyquist) is never empty for even sizes.
+    level, anisotropy = list(level.T), list(anisotropy.T)
+    for b in range(SPECTRUM_BANDS - 2, -1, -1):
+        level[b] = jnp.where(counts[0, b] + counts[1, b] > 0, level[b], level[b + 1])
+        anisotropy[b] = jnp.where((counts[0, b] > 0) & (counts[1, b] > 0), anisotropy[b], anisotropy[b + 1])
+    dc = (jnp.log(power[:, 0, 0] / (h * w) + SPECTRUM_EPS) - DC_OFFSET) / SPECTRUM_SCALE  # |F(0)|^2 = mean(Y)^2
+    return jnp.stack(level + anisotropy + [dc], axis=-1)  # (B, 17)
+
+
+# ----------------------------------------------------------------------------- heads
+
 
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class BetaHead(nnx.Module):
-    """A small head: pooled features (B, C) -> Beta concentrations (B, 2 actions, 2) as (alpha, beta).
+def _torch_uniform_then_zeros(fan_in: int):
+    """PyTorch's default Linear init for the first ``fan_in`` input rows, zeros for the rest:
+    inputs added to a head start unread (and the first rows equal the head without them)."""
+    uniform = layers.torch_default_uniform(fan_in)
 
-    Linear C -> max(C // 8, 4) -> exact GELU -> Linear -> 4 -> softplus + min, clipped at max.
-    The last layer starts at zero weight, so at initialisation the concentrations are exactly
-    ``init`` whatever the input.
+    def init(key, shape, dtype=jnp.float32):
+        first = uniform(key, (fan_in, *shape[1:]), dtype)
+        return jnp.concatenate([first, jnp.zeros((shape[0] - fan_in, *shape[1:]), dtype)], axis=0)
+
+    return init
+
+
+class BetaHead(nnx.Module):
+    """A small head: pooled features (B, C [+ extra]) -> Beta concentrations (B, 2 actions, 2) as (alpha, beta).
+
+    Linear C + extra -> max(C // 8, 4) -> exact GELU -> Linear -> 4 -> softplus + min, clipped at
+    max. The last layer starts at zero weight, so at initialisation the concentrations are
+    exactly ``init`` whatever the input; the ``extra_inputs`` rows of the first layer (the rate
+    heads' spectrum features) start at zero too, and its other rows as without them.
     """
 
-    def __init__(self, channels: int, init: tuple[float, float], cfg: PolicyConfig, *, rngs: nnx.Rngs):
+    def __init__(
+        self, channels: int, init: tuple[float, float], cfg: PolicyConfig, *, extra_inputs: int = 0, rngs: nnx.Rngs
+    ):
         hidden = max(channels // 8, 4)
         self.min_concentration, self.max_concentration = cfg.min_concentration, cfg.max_concentration
         self.fc1 = nnx.Linear(
-            channels, hidden, kernel_init=layers.torch_default_uniform(channels),
+            channels + extra_inputs, hidden, kernel_init=_torch_uniform_then_zeros(channels),
             bias_init=layers.torch_default_uniform(channels), rngs=rngs,
         )  # fmt: skip
         bias = jnp.asarray([_inverse_softplus(v - cfg.min_concentration) for v in init * 2], jnp.float32)
@@ -132,7 +289,8 @@ class FreHeads(nnx.Module):
     """The Policy Rate and Policy Fuse heads of one FreModule."""
 
     def __init__(self, channels: int, cfg: PolicyConfig, *, rngs: nnx.Rngs):
-        self.policy_rate = BetaHead(channels, cfg.rate_init, cfg, rngs=rngs)
+        extra = SPECTRUM_FEATURES if cfg.rate_input == "spectrum" else 0
+        self.policy_rate = BetaHead(channels, cfg.rate_init, cfg, extra_inputs=extra, rngs=rngs)
         self.policy_fuse = BetaHead(channels, cfg.fuse_init, cfg, rngs=rngs)
 
 
@@ -146,8 +304,11 @@ class PolicyOutput:
       concentrations: (N, 12, 2) the (alpha, beta) each action was drawn from.
       log_prob: (N,) joint log-probability of ``actions`` (Eq. 23 summed over the 3 modules).
       entropy: (N,) sum of the 12 Beta entropies along this pass.
-      head_inputs: ``{"fre1/rate": (N, C), "fre1/fuse": (N, C), ...}`` the pooled features each
-        head read (gradient-stopped): with the actions they determine the log-probs given the
+      mask_half_sizes: (N, 3, 2) int32, the half-sizes ``(h_, w_)`` of the low-pass mask each
+        FreModule used (0 on either axis: an empty mask, the low band is zero).
+      head_inputs: ``{"fre1/rate": (N, C [+ 17]), "fre1/fuse": (N, C), ...}`` what each head read
+        (gradient-stopped; the rate heads' input ends with the 17 :func:`spectrum_features` under
+        ``rate_input="spectrum"``): with the actions they determine the log-probs given the
         heads' parameters (:meth:`IRPOPolicy.score_actions`).
     """
 
@@ -156,12 +317,13 @@ class PolicyOutput:
     concentrations: jax.Array
     log_prob: jax.Array
     entropy: jax.Array
+    mask_half_sizes: jax.Array
     head_inputs: dict[str, jax.Array]
 
 
 jax.tree_util.register_dataclass(
     PolicyOutput,
-    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "head_inputs"],
+    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "mask_half_sizes", "head_inputs"],
     meta_fields=[],
 )
 
@@ -226,14 +388,25 @@ class IRPOPolicy(nnx.Module):
 
     # ------------------------------------------------------------------------- the three modes
 
-    def _run(self, img: jax.Array, enc: adair.Encoding, choose, detach_head_inputs: bool = False) -> PolicyOutput:
+    def _spectrum(self, img: jax.Array) -> jax.Array | None:
+        """The rate heads' per-image spectrum features (B, 17), or None under ``rate_input="pooled"``.
+
+        Computed on the (B, ...) images before any repeat over rollouts: once per image.
+        """
+        return spectrum_features(img) if self.policy_config.rate_input == "spectrum" else None
+
+    def _run(
+        self, img: jax.Array, enc: adair.Encoding, choose, detach_head_inputs: bool = False,
+        spectrum: jax.Array | None = None,
+    ) -> PolicyOutput:  # fmt: skip
         """Decode with ``choose(index, concentrations (N, 2, 2)) -> actions (N, 2)`` per head.
 
         ``detach_head_inputs`` stops gradients of the concentrations (hence of log-probs and
-        entropies) from reaching the backbone through the heads' pooled inputs.
+        entropies) from reaching the backbone through the heads' pooled inputs. ``spectrum``:
+        :meth:`_spectrum` of the batch's images, one row per row of ``img``.
         """
         pcfg = self.policy_config
-        actions, concs, inputs = [], [], {}
+        actions, concs, sizes, inputs = [], [], [], {}
         detach = jax.lax.stop_gradient if detach_head_inputs else (lambda t: t)
 
         def hook(name: str, module: adair.FreModule, img: jax.Array, y: jax.Array) -> jax.Array:
@@ -241,17 +414,22 @@ class IRPOPolicy(nnx.Module):
             features = module.image_features(img, h, w)
             heads = self.heads[name]
             k = 2 * adair.FRE_NAMES.index(name)
-            pooled_features = jnp.mean(features, axis=(1, 2))
-            rate_conc = heads.policy_rate(detach(pooled_features))
+            rate_input = jnp.mean(features, axis=(1, 2))  # (N, C): what rate_conv reads
+            if spectrum is not None:
+                rate_input = jnp.concatenate([rate_input, spectrum], axis=-1)  # (N, C + 17)
+            rate_conc = heads.policy_rate(detach(rate_input))
             rates = choose(k, rate_conc)
             pooled_y = jnp.mean(y, axis=(1, 2))
             fuse_conc = heads.policy_fuse(detach(pooled_y))
             gates = choose(k + 1, fuse_conc)
-            inputs[f"{name}/rate"] = jax.lax.stop_gradient(pooled_features)
+            inputs[f"{name}/rate"] = jax.lax.stop_gradient(rate_input)
             inputs[f"{name}/fuse"] = jax.lax.stop_gradient(pooled_y)
             actions.extend([rates, gates])
             concs.extend([rate_conc, fuse_conc])
-            return module.fuse(features, y, rates=rates, gates=gates, fuse_mode=pcfg.fuse_mode)
+            stages = {}
+            fused = module.fuse(features, y, rates=rates, gates=gates, fuse_mode=pcfg.fuse_mode, intermediates=stages)
+            sizes.append(stages["half_sizes"])
+            return fused
 
         restored = self.net.decode(img, enc, fre_hook=hook)
         actions = jnp.concatenate(actions, axis=-1)  # (N, 12)
@@ -263,6 +441,7 @@ class IRPOPolicy(nnx.Module):
             concentrations=concs,
             log_prob=jnp.sum(dist.log_prob(actions), axis=-1),
             entropy=jnp.sum(dist.entropy(), axis=-1),
+            mask_half_sizes=jnp.stack(sizes, axis=1),  # (N, 3, 2)
             head_inputs=inputs,
         )
 
@@ -278,8 +457,9 @@ class IRPOPolicy(nnx.Module):
         """
         detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
         return self._run(
-            img, self.net.encode(img), lambda k, c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))
-        )
+            img, self.net.encode(img), lambda k, c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1]))),
+            spectrum=self._spectrum(img),
+        )  # fmt: skip
 
     def sample(self, img: jax.Array, key: jax.Array, group_size: int) -> PolicyOutput:
         """``group_size`` rollouts per image from one encoder pass.
@@ -301,6 +481,7 @@ class IRPOPolicy(nnx.Module):
         if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw uint32 key data
             key = jax.random.wrap_key_data(key)
         enc = self.net.encode(img)
+        spectrum = self._spectrum(img)
         rep = lambda t: jnp.repeat(t, group_size, axis=0)  # noqa: E731
         n_keys = 2 * len(adair.FRE_NAMES)
         if key.ndim == 0:
@@ -319,7 +500,7 @@ class IRPOPolicy(nnx.Module):
         def choose(k: int, conc: jax.Array) -> jax.Array:
             return self._clamp(jax.lax.stop_gradient(draw(k, conc)))
 
-        out = self._run(rep(img), jax.tree.map(rep, enc), choose)
+        out = self._run(rep(img), jax.tree.map(rep, enc), choose, spectrum=jax.tree.map(rep, spectrum))
         return jax.tree.map(lambda t: t.reshape(b, group_size, *t.shape[1:]), out)
 
     def given(self, img: jax.Array, actions: jax.Array, *, detach_head_inputs: bool = False) -> PolicyOutput:
@@ -334,8 +515,9 @@ class IRPOPolicy(nnx.Module):
         rep = lambda t: jnp.repeat(t, g, axis=0)  # noqa: E731
         flat = jax.lax.stop_gradient(actions.reshape(b * g, -1))
         out = self._run(
-            rep(img), jax.tree.map(rep, enc), lambda k, c: flat[:, 2 * k : 2 * k + 2], detach_head_inputs
-        )
+            rep(img), jax.tree.map(rep, enc), lambda k, c: flat[:, 2 * k : 2 * k + 2], detach_head_inputs,
+            spectrum=jax.tree.map(rep, self._spectrum(img)),
+        )  # fmt: skip
         return jax.tree.map(lambda t: t.reshape(b, g, *t.shape[1:]), out)
 
     def given_and_mean(
@@ -359,6 +541,7 @@ class IRPOPolicy(nnx.Module):
         """
         b, k = actions.shape[:2]
         enc = self.net.encode(img)
+        spectrum = self._spectrum(img)
         flat = jax.lax.stop_gradient(actions.reshape(b * k, -1))
         detach = jax.lax.stop_gradient if detach_actions else (lambda t: t)
         means = lambda c: detach(self._clamp(c[..., 0] / (c[..., 0] + c[..., 1])))  # noqa: E731
@@ -366,8 +549,11 @@ class IRPOPolicy(nnx.Module):
             one_batch = jax.default_backend() != "cpu"
         if not one_batch:
             rep = lambda t: jnp.repeat(t, k, axis=0)  # noqa: E731
-            given = self._run(rep(img), jax.tree.map(rep, enc), lambda i, c: flat[:, 2 * i : 2 * i + 2])
-            mean = self._run(img, enc, lambda i, c: means(c))
+            given = self._run(
+                rep(img), jax.tree.map(rep, enc), lambda i, c: flat[:, 2 * i : 2 * i + 2],
+                spectrum=jax.tree.map(rep, spectrum),
+            )  # fmt: skip
+            mean = self._run(img, enc, lambda i, c: means(c), spectrum=spectrum)
             return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), given), mean
 
         per_image = lambda t: t.reshape(b, k + 1, *t.shape[1:])  # noqa: E731
@@ -378,7 +564,8 @@ class IRPOPolicy(nnx.Module):
             return chosen.reshape(b * (k + 1), -1)
 
         rep = lambda t: jnp.repeat(t, k + 1, axis=0)  # noqa: E731
-        out = jax.tree.map(per_image, self._run(rep(img), jax.tree.map(rep, enc), choose))
+        out = self._run(rep(img), jax.tree.map(rep, enc), choose, spectrum=jax.tree.map(rep, spectrum))
+        out = jax.tree.map(per_image, out)
         return jax.tree.map(lambda t: t[:, :k], out), jax.tree.map(lambda t: t[:, k], out)
 
     def score_actions(self, head_inputs: Mapping[str, jax.Array], actions: jax.Array) -> ActionScores:
