@@ -148,6 +148,26 @@ def test_low_light_darkens():
     assert np.corrcoef(low.ravel(), img.ravel())[0, 1] > 0.9
 
 
+def test_low_light_is_its_formula():
+    """``clip(scale * J ** gamma + sigma * n, 0, 1)``: given parameters, the generator's first draws
+    are the noise; drawn ones come uniformly from LOW_LIGHT_RANGES in the order gamma, scale,
+    sigma, before the noise."""
+    img = _natural(48, 64)
+    gamma, scale, sigma = 1.7, 0.2, 0.01
+    got = deg.low_light(img, np.random.default_rng(5), gamma=gamma, scale=scale, noise_sigma=sigma)
+    noise = np.random.default_rng(5).standard_normal(img.shape)
+    want = np.clip(scale * img.astype(np.float64) ** gamma + sigma * noise, 0, 1)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # Without noise the darkening is exact and a gamma > 1 crushes mid-tones: 0.5 -> 0.2 * 0.5 ** 1.7.
+    grey = deg.low_light(np.full((4, 4, 3), 0.5, np.float32), np.random.default_rng(0), gamma=gamma, scale=scale,
+                         noise_sigma=0.0)  # fmt: skip
+    np.testing.assert_allclose(grey, 0.2 * 0.5**1.7, rtol=1e-6)
+    rng = np.random.default_rng(9)
+    drawn = [rng.uniform(*deg.LOW_LIGHT_RANGES[k]) for k in ("gamma", "scale", "noise_sigma")]
+    want = np.clip(drawn[1] * img.astype(np.float64) ** drawn[0] + drawn[2] * rng.standard_normal(img.shape), 0, 1)
+    np.testing.assert_allclose(deg.low_light(img, np.random.default_rng(9)), want, atol=2e-6)
+
+
 def test_rain_adds_bright_streaks():
     img = np.full((128, 128, 3), 0.4, np.float32)
     rainy = deg.add_rain(img, np.random.default_rng(0))

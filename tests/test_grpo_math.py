@@ -129,3 +129,36 @@ def test_linear_annealing():
     assert float(losses.linear_anneal(0.35, 0.1, 5, 11)) == pytest.approx(0.225)
     assert float(losses.linear_anneal(0.2, 0.05, 10, 11)) == pytest.approx(0.05)
     assert float(losses.linear_anneal(0.2, 0.05, 99, 11)) == pytest.approx(0.05)
+
+
+def test_clipfrac_counts_only_the_clips_that_are_active_for_the_advantages_sign():
+    """TRL's ``clip_ratio/region_mean``: a term counts when min() takes its clipped side, i.e.
+    rho > 1 + eps with A > 0 or rho < 1 - eps with A < 0. Outside the range on the other side
+    (rho 1.5 with A < 0, rho 0.5 with A > 0) min() takes rho * A, whose gradient flows: not
+    clipped. By hand: ratios [1.5, 1.5, 0.5, 0.5, 1.1], A [1, -1, -1, 1, 1] -> 2 of 5 clipped."""
+    ratio = jnp.asarray([[1.5, 1.5, 0.5, 0.5, 1.1]])
+    a = jnp.asarray([[1.0, -1.0, -1.0, 1.0, 1.0]])
+    z = jnp.zeros_like(ratio)
+
+    def policy_loss(lp):
+        return losses.rl_loss(lp, z, z, a, z, clip_eps=0.2, kl_coef=0.0, entropy_coef=0.0)
+
+    (loss, m), grad = jax.value_and_grad(policy_loss, has_aux=True)(jnp.log(ratio))
+    assert float(m["grpo/clipfrac"]) == pytest.approx(0.4)
+    # The counted terms are exactly those without gradient: -d/dlp mean(rho A) = -rho A / 5 elsewhere.
+    np.testing.assert_allclose(np.asarray(grad), [[0.0, 1.5 / 5, 0.0, -0.5 / 5, -1.1 / 5]], rtol=1e-6)
+    # surrogate = [1.2, -1.5, -0.8, 0.5, 1.1] -> loss -(0.5) / 5
+    assert float(loss) == pytest.approx(-0.1, abs=1e-6)
+
+
+def test_batch_scale_counts_only_the_scored_rollouts():
+    # Group 0: valid 1, 3, 5 (mean 3) -> centred -2, 0, 2; group 1: valid 2, 2, 4 (mean 8/3) ->
+    # -2/3, -2/3, 4/3. Pooled over the 6 scored rollouts (not the 8 slots):
+    # var = (4 + 0 + 4 + 4/9 + 4/9 + 16/9) / 6 = (32/3) / 6 = 16/9, std 4/3.
+    r = jnp.asarray([[1.0, np.nan, 3.0, 5.0], [2.0, 2.0, np.nan, 4.0]])
+    a = np.asarray(adv.group_advantages(r, eps=0.0, scale="batch"))
+    centred = np.asarray([[-2.0, 0.0, 0.0, 2.0], [-2 / 3, -2 / 3, 0.0, 4 / 3]])
+    np.testing.assert_allclose(a, centred / (4 / 3), rtol=1e-6)
+    # eps inside the square root here too
+    a = np.asarray(adv.group_advantages(r, eps=0.2, scale="batch"))
+    np.testing.assert_allclose(a, centred / math.sqrt(16 / 9 + 0.2), rtol=1e-6)

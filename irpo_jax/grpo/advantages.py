@@ -1,9 +1,11 @@
 """Group-relative advantages (IRPO Eq. 8) and their variants.
 
-``A_i = (r_i - mean_g r) / sqrt(mean_g (r - mean_g r)^2 + eps)``: the population std with eps
-*inside* the square root, as the paper writes it. NaN rewards (a failed reward component for
-that rollout, DESIGN decision 4) are excluded from their group's statistics and get advantage 0,
-so they neither push nor pull the policy.
+``A_i = (r_i - mean_g r) / sqrt(mean_g (r - mean_g r)^2 + eps)``: the population std (the mean
+over the group's scored rollouts, not divided by G - 1) with eps *inside* the square root, as the
+paper writes it. TRL's GRPO divides by the sample std (Bessel-corrected) plus 1e-4 outside the
+root: with G = 4 its advantages are sqrt(3/4) = 0.87 times these. NaN rewards (a failed reward
+component for that rollout, DESIGN decision 4) are excluded from their group's statistics and get
+advantage 0, so they neither push nor pull the policy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def group_advantages(rewards: jax.Array, *, eps: float = 1e-8, scale: str = "gro
 
     Args:
       rewards: (B, G); NaN marks a rollout whose reward failed.
-      eps: added to the variance inside the square root (paper: epsilon in Eq. 8).
+      eps: added to the (population) variance inside the square root (paper: epsilon in Eq. 8).
       scale: ``"group"`` (paper: divide by the group's std), ``"batch"`` (divide by one std
         pooled over all centred rewards in the batch, so groups with a small spread are not
         inflated; flow_grpo's ``global_std``) or ``"none"`` (centre only, as Dr. GRPO).

@@ -42,8 +42,11 @@ def rl_loss(
       kl_analytic: (B, G) analytic KL(pi_theta || pi_ref), needed for ``"analytic"``.
 
     Returns:
-      ``(loss, metrics)`` with ``grpo/clipfrac``, ``grpo/approx_kl`` (k3 estimator of
-      KL(old || new)), ``grpo/kl_ref``, ``grpo/entropy``, ``grpo/ratio_mean``, ``loss/policy``.
+      ``(loss, metrics)`` with ``grpo/clipfrac`` (the fraction of the B*G terms whose clip is
+      active for their advantage's sign: rho > 1 + eps with A > 0 or rho < 1 - eps with A < 0,
+      the terms that pass no gradient; TRL's ``clip_ratio/region_mean``), ``grpo/approx_kl`` (k3
+      estimator of KL(old || new)), ``grpo/kl_ref``, ``grpo/entropy``, ``grpo/ratio_mean``,
+      ``loss/policy``.
     """
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
@@ -59,12 +62,16 @@ def rl_loss(
             raise ValueError("kl_estimator='analytic' needs kl_analytic")
         kl = jnp.mean(kl_analytic)
     mean_entropy = jnp.mean(entropy)
+    # Clipped = min() takes the clipped side, which passes no gradient: rho above 1 + eps with a
+    # positive advantage or below 1 - eps with a negative one (TRL's clip_ratio/region_mean). A
+    # ratio outside the range on the other side keeps rho * A and its gradient: not counted.
+    clipped = ((ratio > 1 + clip_eps) & (advantages > 0)) | ((ratio < 1 - clip_eps) & (advantages < 0))
     loss = policy_loss + kl_coef * kl - entropy_coef * mean_entropy
     metrics = {
         "loss/policy": policy_loss,
         "grpo/kl_ref": kl,
         "grpo/entropy": mean_entropy,
-        "grpo/clipfrac": jnp.mean((jnp.abs(ratio - 1) > clip_eps).astype(jnp.float32)),
+        "grpo/clipfrac": jnp.mean(clipped.astype(jnp.float32)),
         "grpo/approx_kl": jnp.mean(jax.lax.stop_gradient((ratio - 1) - log_ratio)),
         "grpo/ratio_mean": jnp.mean(jax.lax.stop_gradient(ratio)),
     }
