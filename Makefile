@@ -34,17 +34,15 @@ browser:
 	           || echo "warning: could not install chromium; its browser test will be skipped"; \
 	       else echo "note: no Chromium and no apt-get as root: the browser test will be skipped"; fi; }
 
-# The whole product on the built-in demo data: supervised AdaIR -> mine the hard 30 % ->
-# IRPO GRPO post-training -> evaluate before/after. Outputs under runs/demo_*.
+# The whole product on the built-in demo data: supervised AdaIR -> IRPO GRPO post-training (which
+# first mines the hard 30 % with the supervised model) -> evaluate before/after. Outputs under runs/demo_*.
 DEMO_CFG := configs/allinone5.py
 demo: $(STAMP)
 	rm -rf runs/demo_supervised runs/demo_grpo runs/demo_eval runs/demo_mined.*  # its own outputs: start afresh
 	$(PY) -m irpo_jax.data.demo --out demo_data --overwrite
 	$(PY) -m irpo_jax.train --config $(DEMO_CFG):supervised,demo --workdir runs/demo_supervised
-	$(PY) -m irpo_jax.mine --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
-	    --out runs/demo_mined.jsonl --crop 128  # one shape, one compile (real runs mine whole images)
 	$(PY) -m irpo_jax.train --config $(DEMO_CFG):demo --workdir runs/demo_grpo \
-	    --config.model.init_from=runs/demo_supervised/model --config.data.manifest=runs/demo_mined.jsonl
+	    --config.model.init_from=runs/demo_supervised/model
 	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_supervised/model \
 	    --out runs/demo_eval/before --save_images
 	$(PY) -m irpo_jax.evaluate --config $(DEMO_CFG):demo --checkpoint runs/demo_grpo/model \

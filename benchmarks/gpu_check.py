@@ -21,8 +21,10 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
              the reference policy's pass. With ``--profile`` (default) both steps are
              traced with ``jax.profiler`` (``OUT/profile``, for TensorBoard/XProf) and the op time
              per step is summarised by category (convolutions, matmuls, FFTs, fusions).
-``grpo_bf16``, ``grpo_nokl``  the same with bfloat16 activations, and without the KL term (so
-             without the reference policy's pass); not in the default run, asked for by name.
+``grpo_bf16``, ``grpo_nokl``, ``grpo_refpass``  the same with bfloat16 activations, without the
+             KL term, and with the reference policy's decoder passes (the trainer leaves them out
+             while the reference's heads ignore their inputs, as at step 0: the default
+             ``grpo`` section's update has none); not in the default run, asked for by name.
 ``train``    the supervised train step (base, batch 8x128x128: forward, L1, backward, AdamW) in
              Flax (jitted, donated state) against PyTorch eager on the same card, interleaved;
              images/s and the ratio (target >= 1.3).
@@ -75,12 +77,14 @@ sys.path.insert(0, str(ROOT))
 # targets first; grpo before train, so that the allocator's peak is the GRPO step's own (the
 # 8-image train step needs ~26 GB of XLA temporaries on the GPU, and the peak cannot be reset).
 SECTIONS = ("env", "grpo", "train", "parity", "matmul", "roofline", "rewards", "torch_compile", "train_bf16",
-            "grpo_bf16", "grpo_nokl")  # fmt: skip
+            "grpo_bf16", "grpo_nokl", "grpo_refpass")  # fmt: skip
 # The GRPO sections: the paper's setting (as --compute-dtype / --kl-coef give it), the same step
-# with bfloat16 activations, and without the KL term (so without the reference policy's pass).
-GRPO_VARIANTS = {"grpo": {}, "grpo_bf16": {"compute_dtype": "bfloat16"}, "grpo_nokl": {"kl_coef": 0.0}}
+# with bfloat16 activations, without the KL term, and with the reference policy's decoder passes
+# (which the trainer skips while the reference's heads ignore their inputs, as at step 0).
+GRPO_VARIANTS = {"grpo": {}, "grpo_bf16": {"compute_dtype": "bfloat16"}, "grpo_nokl": {"kl_coef": 0.0},
+                 "grpo_refpass": {"reference_pass": True}}  # fmt: skip
 # The default run; the GRPO variants are asked for by name (each adds its own rollout and update).
-DEFAULT_SECTIONS = tuple(name for name in SECTIONS if name not in ("grpo_bf16", "grpo_nokl"))
+DEFAULT_SECTIONS = tuple(name for name in SECTIONS if name not in ("grpo_bf16", "grpo_nokl", "grpo_refpass"))
 RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the settings. CPU: the same code on sizes that run in seconds.
@@ -571,14 +575,17 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
 
     rollout_abs = p["rollout"].out_info
     p["jax_rewards_only"] = compiler.submit(f"{name}/jax_rewards", rewards, rollout_abs["restored"], batch_abs)
-    update = trainer.make_grpo_update(graphdef, tx, cfg, 1000)
+    # As the trainer at step 0: the reference policy's heads ignore their inputs, so its log-probs
+    # need no decoder pass ("grpo_refpass" measures the update with the pass).
+    constant_ref = not sizes.get("reference_pass", False)
+    update = trainer.make_grpo_update(graphdef, tx, cfg, 1000, constant_ref=constant_ref)
     p["update"] = compiler.submit(f"{name}/update", update, state_abs, batch_abs, rollout_abs, {}, donate=(0,))
     if opts.compare_update:
         # The same update in its direct form: L_sup/L_cons backpropagated through all G rollouts and
         # the log-probs from their teacher-forced decoder passes (no grpo.reuse_head_inputs).
         cfg_all = _grpo_config(sizes)
         cfg_all.grpo.supervise_best_only = False
-        update_all = trainer.make_grpo_update(graphdef, tx, cfg_all, 1000)
+        update_all = trainer.make_grpo_update(graphdef, tx, cfg_all, 1000, constant_ref=constant_ref)
         p["update_through_all_G"] = compiler.submit(
             f"{name}/update_through_all_G", update_all, state_abs, batch_abs, rollout_abs, {}
         )

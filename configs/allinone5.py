@@ -4,11 +4,24 @@ COMMAND:
   python -m irpo_jax.train --config configs/allinone5.py
     with the AdaIR data layout under data/ (data.root) and the converted official checkpoint in
     checkpoints/adair5d (model.init_from; `python -m torch_bridge.convert_adair adair5d.ckpt
-    checkpoints/adair5d`), the hard 30 % mined first (`python -m irpo_jax.mine`, data.manifest).
+    checkpoints/adair5d`). The run first mines the hard set with that model (the worst 30 % of
+    each degradation by PSNR, whole images; runs/allinone5/mined.jsonl), then post-trains on it.
 EXPECTED:
-  30 epochs of GRPO over the mined subset (G=4, 1 image per device); the mean reward rises over
-  training (paper, Fig. 6) and the five-task average goes from AdaIR's 30.20 dB / 0.910 to about
-  31.03 dB / 0.917 (IRPO Table 2). Not reproduced here: needs the datasets, the checkpoint and GPUs.
+  30 epochs of GRPO over the hard set (G=4, 2 images per step: the paper's 1 per GPU on 2 GPUs);
+  the mean reward rises over training (paper, Fig. 6) and the five-task average goes from AdaIR's
+  30.20 dB / 0.910 to about 31.03 dB / 0.917 (IRPO Table 2). Not reproduced here: needs the
+  datasets, the checkpoint and GPUs.
+RUN LENGTH (printed at the start of every run):
+  The hard set of the full training data is 27,110 pairs (30 % of each degradation, rounded up:
+  denoise 3 x 1,544 (one ranking per sigma), derain 60, dehaze 21,641, deblur 631, lowlight 146).
+  grpo.task_repeats=True (default): an epoch repeats each task's pairs as AdaIR's mixture does
+  (data.repeats: denoise 3, derain 120, dehaze 1, deblur 5, lowlight 20): 48,812 samples, so 30
+  epochs at batch 2 are 732,180 optimizer steps. grpo.task_repeats=False: every pair once, 27,110
+  samples, 406,650 steps. The default keeps AdaIR's task balance: without the repeats 80 % of
+  the steps are dehazing and low-light gets 0.5 % (146 of 27,110 pairs), while the paper's
+  largest gains are on low-light and denoising (Table 2); the paper does not say which it used.
+  The learning rate is constant (3e-5, heads x6); lambda_sup 0.35 -> 0.1 and lambda_cons
+  0.2 -> 0.05 anneal linearly over these steps.
 
 VARIANTS (append to the path, comma separated):
   :supervised  AdaIR's own supervised recipe from scratch (L1, AdamW 2e-4, 15 warm-up epochs then

@@ -38,11 +38,21 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
     c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.readers)
+    # data.manifest: "" = GRPO mines the hard set itself (mining.*, into <workdir>/mined.jsonl), a path = that
+    # mining manifest's selected pairs, "all" = every pair (irpo_jax.training.hard_set)
+
+    c.mining = ml_collections.ConfigDict()  # the hard set a GRPO run mines when data.manifest is "" (python -m irpo_jax.mine)
+    c.mining.fraction = 0.3  # share of each degradation's pairs kept, the worst by rank_by (paper: 30 %)
+    c.mining.selection = "per_task"  # "per_task" (each task and denoising sigma ranked alone), "global" or "random" (control)
+    c.mining.rank_by = "psnr"  # "psnr" or "ssim" of the starting model's restoration (lower = harder)
+    c.mining.crop = 0  # 0: whole images cropped to multiples of 16, as evaluated; N: centre N x N crops (faster)
+    c.mining.batch_size = 8  # images per forward while mining (rounded up to a multiple of the local devices)
+    c.mining.allow_other_model = False  # accept a data.manifest mined by a model other than model.init_from
 
     c.train = ml_collections.ConfigDict()
     c.train.stage = stage  # "supervised" (AdaIR L1 recipe) or "grpo" (IRPO post-training)
     c.train.steps = 0  # optimizer steps (grpo.policy_iters per GRPO batch); 0 = derive from train.epochs and the data set size
-    c.train.epochs = 30  # passes over the training mixture (data.repeats per pair; the mined pairs with data.manifest) when steps == 0 (paper: 30)
+    c.train.epochs = 30  # passes over the training mixture (the hard set in GRPO; see grpo.task_repeats) when steps == 0 (paper: 30)
     c.train.batch_size = 2  # global images per step (paper: 1 per GPU on 2 GPUs)
     c.train.log_every = 10  # steps between metric writes (JSONL + TensorBoard; 0 = only at the end)
     c.train.checkpoint_every = 1000  # steps between orbax checkpoints (0 = none between; always at the end and on SIGTERM/SIGINT)
@@ -87,6 +97,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
     c.grpo.supervise_best_only = True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
     c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same losses; False: G decoder passes)
+    c.grpo.task_repeats = True  # an epoch repeats each task's hard pairs data.repeats times (AdaIR's mixture); False: each once
     c.grpo.cons_target = "both"  # L_cons = l1(y_g*, y_det) backpropagates into both (Eq. 2); "det_anchor": into y_g* only
 
     c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
@@ -132,6 +143,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         # most of the run; the same warm-up + cosine shape per step instead.
         c.optim.schedule = "cosine"
     if variant == "demo":
+        c.mining.crop = 128  # one input shape, one compile (real runs mine whole images)
         c.model.variant = "small"
         c.data.root = "demo_data"
         c.data.repeats = {"denoise": 1, "derain": 1, "dehaze": 1, "deblur": 1, "lowlight": 1}
@@ -149,6 +161,8 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
     else:  # smoke
         c.model.variant = "tiny"
         c.data.root = ""
+        c.data.manifest = "all"  # no mining stage unless a test asks for it (data.manifest="")
+        c.mining.crop = 32
         c.data.patch_size = 32
         c.data.worker_count = 0
         c.data.validate = "none"

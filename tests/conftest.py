@@ -51,7 +51,7 @@ HAS_TORCH = _has_torch()
 # no longer reads, so its ``xdist_group`` marks are silently ignored.) Both workers share the
 # persistent compilation cache: JAX writes each entry as a whole file, and an entry read while
 # the other worker is still writing it fails its checksum and counts as a miss.
-SHARED_UNITS = {"test_train": "train", "test_multihost": "train"}
+SHARED_UNITS = {"test_train": "train", "test_multihost": "train", "test_hard_set": "train"}
 LONGEST_FIRST = ("train", "test_gpu_check", "test_policy", "test_grpo_update", "test_adair", "test_evaluate")
 
 
@@ -128,8 +128,10 @@ def stale_run(demo_root, supervised_run, tmp_path_factory):
     from test_train import FakeRewardBridge, smoke_config
 
     workdir = tmp_path_factory.mktemp("stale")
+    # A learning rate that moves the heads enough for the stale ratio to leave 1 visibly (the
+    # paper's 3e-5 moves a Beta(50, 50) rate head's log-probs by ~1e-7).
     cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 2,
-                                     "grpo.one_step_stale": True, "train.panel_every": 2})  # fmt: skip
+                                     "grpo.one_step_stale": True, "train.panel_every": 2, "optim.lr": 3e-3})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
         first = trainer.run(cfg, workdir, progress=False, stop_after=1)

@@ -3,12 +3,15 @@
 rollout alone (``grpo.supervise_best_only``) and the current log-probs from the heads applied to
 the rollout's stored pooled inputs (``grpo.reuse_head_inputs``)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from irpo_jax import config_lib, trainer
+from irpo_jax.models import layers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
 from test_flops import jaxpr_product_flops  # the independent count of conv and dot products
@@ -60,3 +63,63 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
         for term in ("loss/rl", "loss/sup", "loss/cons", "loss/total", "grpo/entropy", "grpo/kl_ref"):
             np.testing.assert_allclose(float(new[name][1][term]), float(new["direct"][1][term]), rtol=1e-5,
                                        err_msg=f"{name} {term}")  # fmt: skip
+
+
+def test_constant_reference_heads_give_the_full_reference_pass():
+    """A step-0 reference policy (heads' last layers exactly zero) yields its log-probs without
+    decoder passes (``constant_ref``); losses and gradients equal the full teacher-forced pass,
+    with a reference backbone that differs from the current one and current heads that do not
+    ignore their inputs (so neither side can pass by accident)."""
+    cfg = config_lib.load_config("configs/allinone5.py:smoke")
+    cfg.optim.update(name="adam", lr=1e8, eps=1e8, schedule="constant", warmup_steps=0, head_lr_mult=6.0)
+    cfg.grpo.update(group_size=3, kl_coef=0.5)
+    model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
+    graphdef, ref_params = nnx.split(model, nnx.Param)
+    ref_params = nnx.to_pure_dict(ref_params)
+    rng = np.random.default_rng(3)
+
+    def perturbed(path, x):
+        x = np.asarray(x)
+        if path[0].key == "heads":  # current heads: last layers non-zero (they read their inputs)
+            return x + rng.normal(0, 0.3, x.shape).astype(x.dtype) if path[-2].key == "fc2" else x
+        return x * (1 + rng.normal(0, 0.05, x.shape)).astype(x.dtype)  # current backbone != reference
+
+    params = jax.tree_util.tree_map_with_path(perturbed, ref_params)
+    assert trainer.reference_is_constant(ref_params) and not trainer.reference_is_constant(params)
+    tx = trainer.build_optimizer(cfg, params, 10)
+    state = dataclasses.replace(trainer.TrainState.initial(params, tx, 0, with_ref=True),
+                                ref_params=jax.tree.map(jnp.asarray, ref_params))  # fmt: skip
+    clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
+             "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
+    names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
+    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+
+    # The reference's concentrations and log-probs themselves (what the analytic KL reads too).
+    from irpo_jax.training.steps import _reference_scores
+
+    ref_model = nnx.merge(graphdef, state.ref_params)
+    full = _reference_scores(ref_model, batch["degraded"], rollout["actions"], constant=False)
+    const = _reference_scores(ref_model, batch["degraded"], rollout["actions"], constant=True)
+    np.testing.assert_array_equal(np.asarray(const.concentrations), np.asarray(full.concentrations))
+    np.testing.assert_allclose(np.asarray(const.log_prob), np.asarray(full.log_prob), rtol=1e-6)
+
+    new, products = {}, {}
+    for constant in (False, True):
+        update = trainer.make_grpo_update(graphdef, tx, cfg, 10, constant_ref=constant)
+        with layers.conv_implementation("xla"):  # every conv a conv_general_dilated, as counted
+            products[constant] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
+        s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
+        new[constant] = (jax.flatten_util.ravel_pytree(s.params)[0], m)
+    # The shortcut removes the reference's encoder and its G decoders from the program.
+    from irpo_jax.models import flops
+
+    h = w = 32
+    passes = flops.encoder_flops(cfg.model.variant, h, w, 2) + 2 * 3 * flops.decoder_flops(cfg.model.variant, h, w)
+    # (besides the products of the rate heads' input statistics, computed once per image: < 0.1 %)
+    assert 0 <= (products[False] - products[True]) - passes < 1e-3 * passes
+    old = jax.flatten_util.ravel_pytree(params)[0]
+    assert float(new[False][1]["grpo/kl_ref"]) != 0.0
+    np.testing.assert_allclose(np.asarray(new[True][0] - old), np.asarray(new[False][0] - old), rtol=1e-4, atol=1e-6)
+    for term in ("loss/rl", "loss/sup", "loss/cons", "loss/total", "grpo/kl_ref", "grpo/entropy"):
+        np.testing.assert_allclose(float(new[True][1][term]), float(new[False][1][term]), rtol=1e-5, err_msg=term)

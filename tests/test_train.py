@@ -216,7 +216,7 @@ def test_stale_grpo_ratio_uses_the_sampling_log_probs(stale_run):
     records = [r for r in read_metrics(workdir) if "grpo/ratio_mean" in r]
     assert [r["step"] for r in records] == [1, 2]
     assert all("reward/lpips/mean" in r and r["perf/reward_wait_s"] >= 0 for r in records)
-    # Update 1 consumes rollouts sampled by theta_0: the ratio moves off 1 (by ~1e-4 here; the
+    # Update 1 consumes rollouts sampled by theta_0: the ratio moves off 1 (by ~1e-3 here; the
     # normal mode's is exactly 1, test_grpo_stage_logs_the_design_metrics).
     assert abs(records[1]["grpo/ratio_mean"] - 1) > 1e-5, records[1]
     events = b"".join(f.read_bytes() for f in (workdir / "tensorboard").iterdir())

@@ -372,7 +372,7 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     local_bs = batch_size // shard_count
 
     records, scan = readers.train_records(cfg)
-    if cfg["manifest"]:
+    if cfg["manifest"] and cfg["manifest"] != "all":  # "all": every pair (the trainer's opt-out of mining)
         records = readers.records_from_manifest(records, cfg["manifest"], cfg["root"],
                                                 cfg["manifest_allow_other_root"])
         log.info("training on the %d pairs selected by %s", len(records), cfg["manifest"])

@@ -66,33 +66,85 @@ def fre_module(pixels: int, channels: int, heads: int) -> int:
     return image_features + rate + 3 * cross_attention(n, c, heads) + refine
 
 
-def forward_flops(config: AdaIRConfig | str, height: int, width: int, batch: int = 1) -> int:
-    """FLOPs of one AdaIR forward on a (batch, height, width, 3) input (see the module docstring)."""
-    cfg = get_config(config)
-    c, heads, nb, f = cfg.dim, cfg.heads, cfg.num_blocks, cfg.ffn_expansion_factor
+def _levels(cfg: AdaIRConfig, height: int, width: int):
     n1 = height * width
-    n2, n3, n4 = n1 // 4, n1 // 16, n1 // 64
+    return n1, n1 // 4, n1 // 16, n1 // 64
 
-    def blocks(count: int, pixels: int, channels: int, level: int) -> int:
-        return count * transformer_block(pixels, channels, heads[level], f)
 
+def _blocks(cfg: AdaIRConfig, count: int, pixels: int, channels: int, level: int) -> int:
+    return count * transformer_block(pixels, channels, cfg.heads[level], cfg.ffn_expansion_factor)
+
+
+def encoder_flops(config: AdaIRConfig | str, height: int, width: int, batch: int = 1) -> int:
+    """FLOPs of :meth:`~irpo_jax.models.adair.AdaIR.encode`: everything before ``fre1``."""
+    cfg = get_config(config)
+    c, nb = cfg.dim, cfg.num_blocks
+    n1, n2, n3, n4 = _levels(cfg, height, width)
     total = conv(n1, cfg.inp_channels, c, 3)  # patch embedding
-    total += blocks(nb[0], n1, c, 0) + conv(n1, c, c // 2, 3)  # level 1, down1_2
-    total += blocks(nb[1], n2, 2 * c, 1) + conv(n2, 2 * c, c, 3)  # level 2, down2_3
-    total += blocks(nb[2], n3, 4 * c, 2) + conv(n3, 4 * c, 2 * c, 3)  # level 3, down3_4
-    total += blocks(nb[3], n4, 8 * c, 3)  # latent
-    if cfg.decoder:
-        total += fre_module(n4, 8 * c, heads[2]) + fre_module(n3, 4 * c, heads[2]) + fre_module(n2, 2 * c, heads[2])
+    total += _blocks(cfg, nb[0], n1, c, 0) + conv(n1, c, c // 2, 3)  # level 1, down1_2
+    total += _blocks(cfg, nb[1], n2, 2 * c, 1) + conv(n2, 2 * c, c, 3)  # level 2, down2_3
+    total += _blocks(cfg, nb[2], n3, 4 * c, 2) + conv(n3, 4 * c, 2 * c, 3)  # level 3, down3_4
+    total += _blocks(cfg, nb[3], n4, 8 * c, 3)  # latent
+    return batch * total
+
+
+def decoder_flops(config: AdaIRConfig | str, height: int, width: int, batch: int = 1, *, to_fre3: bool = False) -> int:
+    """FLOPs of :meth:`~irpo_jax.models.adair.AdaIR.decode`: ``fre1`` to the output.
+
+    ``to_fre3``: only what the policy heads' inputs need, i.e. up to ``decoder_level2`` and
+    ``fre3``'s image features (what XLA keeps of a pass whose restorations nobody reads: the
+    frozen reference policy's log-probs).
+    """
+    cfg = get_config(config)
+    c, nb, h3 = cfg.dim, cfg.num_blocks, cfg.heads[2]
+    n1, n2, n3, n4 = _levels(cfg, height, width)
+    total = fre_module(n4, 8 * c, h3) + fre_module(n3, 4 * c, h3) if cfg.decoder else 0
     total += conv(n4, 8 * c, 16 * c, 3) + conv(n3, 8 * c, 4 * c, 1)  # up4_3, reduce_chan_level3
-    total += blocks(nb[2], n3, 4 * c, 2)  # decoder level 3
+    total += _blocks(cfg, nb[2], n3, 4 * c, 2)  # decoder level 3
     total += conv(n3, 4 * c, 8 * c, 3) + conv(n2, 4 * c, 2 * c, 1)  # up3_2, reduce_chan_level2
-    total += blocks(nb[1], n2, 2 * c, 1)  # decoder level 2
+    total += _blocks(cfg, nb[1], n2, 2 * c, 1)  # decoder level 2
+    if to_fre3:
+        return batch * (total + (conv(n2, 3, 2 * c, 3) if cfg.decoder else 0))  # fre3's conv1 (the rate head's input)
+    total += fre_module(n2, 2 * c, h3) if cfg.decoder else 0
     total += conv(n2, 2 * c, 4 * c, 3)  # up2_1
-    total += blocks(nb[0] + cfg.num_refinement_blocks, n1, 2 * c, 0)  # decoder level 1 + refinement
+    total += _blocks(cfg, nb[0] + cfg.num_refinement_blocks, n1, 2 * c, 0)  # decoder level 1 + refinement
     total += conv(n1, 2 * c, cfg.out_channels, 3)  # output
     return batch * total
+
+
+def forward_flops(config: AdaIRConfig | str, height: int, width: int, batch: int = 1) -> int:
+    """FLOPs of one AdaIR forward on a (batch, height, width, 3) input (see the module docstring)."""
+    return encoder_flops(config, height, width, batch) + decoder_flops(config, height, width, batch)
 
 
 def train_step_flops(config: AdaIRConfig | str, height: int, width: int, batch: int = 1) -> int:
     """Forward + backward of a supervised step: ``3 x forward_flops`` (module docstring)."""
     return 3 * forward_flops(config, height, width, batch)
+
+
+def grpo_step_flops(
+    config: AdaIRConfig | str, height: int, width: int, *, group: int, images: int = 1, reference_pass: bool = True
+) -> dict[str, int]:
+    """FLOPs of one IRPO GRPO step, by part, as the trainer computes it (``irpo_jax.training.steps``).
+
+    * ``rollout``: one encoder per image and ``group`` decoders (the G actions branch at ``fre1``);
+    * ``reference``: the frozen reference policy's log-probs of the G action sets: its encoder and
+      ``group`` decoders up to ``fre3`` (:func:`decoder_flops` ``to_fre3``); 0 without the pass
+      (``reference_pass=False``: the KL term off, or a reference whose heads ignore their inputs,
+      the step-0 policy, whose log-probs need no decoder);
+    * ``backbone``: forward and backward (x3) of the best rollout and the deterministic output
+      through one shared encoder (L_sup and L_cons; the current log-probs come from the heads on
+      the rollout's stored inputs, ``grpo.reuse_head_inputs``).
+
+    The policy heads' small MLPs are left out (below 0.01 % for the paper's model). ``total`` sums
+    the parts; a supervised step on ``images`` images is :func:`train_step_flops`.
+    """
+    enc, dec = encoder_flops(config, height, width, images), decoder_flops(config, height, width, images)
+    parts = {
+        "rollout": enc + group * dec,
+        "reference": encoder_flops(config, height, width, images)
+        + group * decoder_flops(config, height, width, images, to_fre3=True) if reference_pass else 0,
+        "backbone": 3 * (enc + 2 * dec),
+    }
+    return parts | {"total": sum(parts.values())}
+

@@ -161,10 +161,10 @@ class _RewardProbe:
     images.
     """
 
-    def __init__(self, cfg, sharded, rollout_fn, score_remotely):
+    def __init__(self, cfg, data_cfg, sharded, rollout_fn, score_remotely):
         from irpo_jax.data.pipeline import make_train_iterator
 
-        source = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+        source = make_train_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
         try:
             self.batches = [to_global(next(source), sharded) for _ in range(int(cfg.train.probe_batches))]
         finally:
@@ -191,9 +191,10 @@ class _Run:
     manager whatever happened.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, progress: bool = True):
         from irpo_jax.data.pipeline import make_train_iterator
         from irpo_jax.metrics_log import MetricWriter
+        from irpo_jax.training import hard_set, run_length
 
         self.cfg, self.workdir, self.stage = cfg, workdir, cfg.train.stage
         self.stale = self.stage == "grpo" and bool(cfg.grpo.one_step_stale)
@@ -210,13 +211,14 @@ class _Run:
             )
         self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))
 
-        self.data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
-        if self.stage == "grpo" and not cfg.data.manifest:
-            log.warning(
-                "GRPO on every training pair (data.manifest is empty); IRPO post-trains on the hardest "
-                "30 %: python -m irpo_jax.mine ... --out hard.jsonl, then --config.data.manifest=hard.jsonl"
-            )
+        # GRPO: the hard set, mined first unless data.manifest names one (or "all").
+        self.data_cfg = hard_set.training_data(cfg, workdir, progress=progress)
+        self.data = make_train_iterator(self.data_cfg, batch_size=cfg.train.batch_size, seed=cfg.seed)
         self.total_steps = total_steps_of(cfg, self.data.epoch_size)
+        text, self.plan = run_length.describe(cfg, self.data_cfg, self.data.records, self.total_steps,
+                                              self.data.epoch_size)  # fmt: skip
+        if jax.process_index() == 0:
+            print(text)
 
         # Built on the host, then placed (a checkpoint's weights need not pass through device 0).
         with jax.default_device(host_device()):
@@ -297,7 +299,7 @@ class _Run:
             update = make_grpo_update(graphdef, self.tx, cfg, self.total_steps, constant_ref=constant_ref)
             self.update_fn = on_mesh(mesh, jax.jit(update, donate_argnums=0))
             if cfg.train.probe_every:
-                self.probe = _RewardProbe(cfg, self.sharded, self.rollout_fn, self._probe_scores)
+                self.probe = _RewardProbe(cfg, self.data_cfg, self.sharded, self.rollout_fn, self._probe_scores)
         # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
         self.mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
 
@@ -491,8 +493,8 @@ class _Run:
     def summary(self, stop_reason: str, last: dict[str, float]) -> dict[str, Any]:
         """The run's summary, written to ``summary.json`` (a finished run's record is kept when
         this invocation had nothing to do)."""
-        summary = {"stage": self.stage, "steps": self.step, "total_steps": self.total_steps,
-                   "stop": stop_reason, "workdir": str(self.workdir), "last_metrics": last}  # fmt: skip
+        summary = {"stage": self.stage, "steps": self.step, "total_steps": self.total_steps, "stop": stop_reason,
+                   "workdir": str(self.workdir), "plan": self.plan, "last_metrics": last}  # fmt: skip
         previous = self.workdir / "summary.json"
         if self.start_step >= self.total_steps and previous.exists():  # nothing ran: keep the finished run's record
             return json.loads(previous.read_text()) | {"stop": "already finished"}
@@ -525,7 +527,7 @@ def run(
     check_workdir_config(workdir, cfg)
     trainer = None
     try:
-        trainer = _Run(cfg, workdir)
+        trainer = _Run(cfg, workdir, progress=progress)
         stop_reason, last = trainer.loop(progress=progress, stop_after=stop_after)
     finally:
         if trainer is not None:
