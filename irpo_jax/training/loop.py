@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from irpo_jax import checkpointing
+from irpo_jax.data import readers
 from irpo_jax.models import adair
 from irpo_jax.training import TrainingError
 from irpo_jax.training.checkpoints import TrainCheckpointer
@@ -219,6 +220,7 @@ class _Run:
                                               self.data.epoch_size)  # fmt: skip
         if jax.process_index() == 0:
             print(text)
+            self._check_eval_sets()
 
         # Built on the host, then placed (a checkpoint's weights need not pass through device 0).
         with jax.default_device(host_device()):
@@ -258,6 +260,18 @@ class _Run:
             self.pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
         log.info("resumed %s at step %d", self.workdir, self.step)
         print(f"resuming {self.workdir} at step {self.step} of {self.total_steps}")
+
+    def _check_eval_sets(self) -> None:
+        """The test sets the run will evaluate on, read now: a missing target found at the end of
+        a long run would fail its last step (an evaluation needs every image of a set)."""
+        t = self.cfg.train
+        if not (t.eval_at_end or t.eval_every):
+            return
+        try:
+            readers.eval_sets(self.cfg.data)
+        except readers.DataError as err:
+            raise TrainingError(f"{err}\n(the run evaluates on data.eval_sets; fix them, choose others with "
+                                "--config.data.eval_sets, or set train.eval_at_end=False and train.eval_every=0)") from err
 
     def _open_rewards(self) -> None:
         """The reward process (or in-process bridge) and the report of the live components."""
