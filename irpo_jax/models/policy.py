@@ -62,9 +62,10 @@ ACTION_NAMES = ("r_h", "r_l", "g_f", "g_o")
 ACTIONS_PER_MODULE = 4
 
 # The rate heads' initial Beta (alpha, beta) when ``rate_init`` is left empty, by mask rule.
-# "anchored": symmetric, so the mean is exactly 0.5 (AdaIR's own mask); 50 is the largest round
-# value whose draws open masks at 128x128 crops at least as often as the former default did at
-# every level (at 100 fre3 is level with it), i.e. the smallest exploratory masks that do.
+# "anchored": symmetric, so the mean is exactly 0.5 (AdaIR's own mask). With 50 the draws open
+# masks at 128x128 crops more often than the former default at every level (1.3x at fre3, the
+# binding level: at 100 it only ties), and small ones (1-3 bins per side on average; the larger
+# alpha, the smaller): benchmarks/rate_exploration.py.
 # "fraction"/"adair": their former default, mean 1/36 (empty masks at 128x128 crops).
 RATE_INIT = {"anchored": (50.0, 50.0), "fraction": (1.0, 35.0), "adair": (1.0, 35.0)}
 # What a saved model.json's "policy" means by a key it lacks: the setting before the key existed
