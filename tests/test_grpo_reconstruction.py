@@ -115,23 +115,26 @@ def normalised(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for k, v in raw.items()}  # fmt: skip
 
 
-def composite_reward(norm: dict[str, np.ndarray], missing: str) -> np.ndarray:
-    """Eq. 22 per rollout, (B, G), with the README's rules for failed (NaN) components."""
+def composite_reward(norm: dict[str, np.ndarray], missing: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Eq. 22 per rollout, (B, G), with the README's rules for failed (NaN) components; and the
+    three group values R_gen, R_qwen, R_task it combines."""
     if missing == "strict":
-        return sum(gw * sum(w * norm[k] for k, w in comps.items()) for gw, comps in PAPER_GROUPS.values())
+        groups = {name: sum(w * norm[k] for k, w in comps.items()) for name, (_, comps) in PAPER_GROUPS.items()}
+        return sum(PAPER_GROUPS[name][0] * v for name, v in groups.items()), groups
     out = np.full((B, G), np.nan)
+    groups = {name: np.full((B, G), np.nan) for name in PAPER_GROUPS}
     for b in range(B):
         live = {k: not np.isnan(v[b]).any() for k, v in norm.items()}  # one failure: out for all G
-        groups = []
-        for gw, comps in PAPER_GROUPS.values():
+        for name, (_, comps) in PAPER_GROUPS.items():
             w_live = sum(w for k, w in comps.items() if live[k])
             if w_live > 0:
-                value = sum(w * norm[k][b] for k, w in comps.items() if live[k]) * sum(comps.values()) / w_live
-                groups.append((gw, value))
-        if groups:
+                groups[name][b] = sum(w * norm[k][b] for k, w in comps.items() if live[k]) * sum(comps.values()) / w_live
+        live_groups = [name for name in PAPER_GROUPS if not np.isnan(groups[name][b]).any()]
+        if live_groups:
             w_all = sum(gw for gw, _ in PAPER_GROUPS.values())
-            out[b] = sum(gw * v for gw, v in groups) * w_all / sum(gw for gw, _ in groups)
-    return out
+            w_live = sum(PAPER_GROUPS[name][0] for name in live_groups)
+            out[b] = sum(PAPER_GROUPS[name][0] * groups[name][b] for name in live_groups) * w_all / w_live
+    return out, groups
 
 
 def advantages(r: np.ndarray, scale: str) -> np.ndarray:
@@ -156,7 +159,7 @@ def expected_inputs(raw: dict[str, np.ndarray], variant: dict, step: int) -> dic
     """Everything of the step that is not differentiated: rewards, advantages, g*, mask, lambdas."""
     g = variant["grpo"]
     norm = normalised(raw)
-    rewards = composite_reward(norm, variant["missing"])
+    rewards, groups = composite_reward(norm, variant["missing"])
     scale = g.get("adv_scale", "group")
     if g.get("aggregation") == "normalize_then_sum":  # each component normalised in its group, then weighted
         adv = sum(w * advantages(norm[k], scale) for k, w in component_weights().items())
@@ -164,7 +167,17 @@ def expected_inputs(raw: dict[str, np.ndarray], variant: dict, step: int) -> dic
         adv = advantages(rewards, scale)
     best = np.argmax(np.where(np.isnan(rewards), -np.inf, rewards), axis=1)
     frac = step / (TOTAL_STEPS - 1)
+    valid = ~np.isnan(rewards)
+    group_var = [np.var(rewards[b, valid[b]]) if valid[b].any() else 0.0 for b in range(B)]
+    logged = {  # what the update logs about the rewards, as nan-means over the B x G rollouts
+        "reward/total/mean": np.nanmean(rewards), "reward/total/std": np.nanstd(rewards),
+        "reward/frac_nan": np.mean(~valid), "reward/frac_zero_std": np.mean(np.asarray(group_var) <= 1e-12),
+    }  # fmt: skip
+    for name, v in [*norm.items(), *((f"group_{k}", v) for k, v in groups.items())]:
+        if not np.isnan(v).all():
+            logged[f"reward/{name}/mean"], logged[f"reward/{name}/std"] = np.nanmean(v), np.nanstd(v)
     return {
+        "logged": logged,
         "rewards": rewards,
         "adv": adv,
         "best": np.eye(G)[best],  # (B, G) one-hot
@@ -339,11 +352,15 @@ def check_terms(metrics: dict, values: dict, x: dict, what: str, analytic_kl: bo
     assert float(metrics["grpo/lambda_sup"]) == pytest.approx(x["lam_sup"], rel=1e-6)
     assert float(metrics["grpo/lambda_cons"]) == pytest.approx(x["lam_cons"], rel=1e-6)
     np.testing.assert_allclose(np.asarray(metrics["rewards"]), x["rewards"], rtol=1e-5, atol=1e-6, err_msg=what)
+    logged = {k: float(v) for k, v in metrics.items() if k.startswith("reward/")}
+    assert set(logged) == set(x["logged"]), f"{what}: {sorted(set(logged) ^ set(x['logged']))}"
+    for key, want in x["logged"].items():
+        assert logged[key] == pytest.approx(want, rel=1e-5, abs=1e-6), f"{what}: {key}"
     assert float(metrics["ok"]) == 1.0
 
 
 def to_jax(x: dict, fresh: bool, kl_paper: bool, det_anchor: bool) -> dict:
-    out = {k: jnp.asarray(v, jnp.float32) for k, v in x.items() if k not in ("rewards",)}
+    out = {k: jnp.asarray(v, jnp.float32) for k, v in x.items() if k not in ("rewards", "logged")}
     return out | {"fresh": jnp.asarray(fresh), "kl_paper": jnp.asarray(kl_paper), "det_anchor": jnp.asarray(det_anchor)}
 
 
