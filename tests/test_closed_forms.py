@@ -76,6 +76,23 @@ def test_the_optimizer_steps_follow_the_schedule_with_the_heads_at_6x():
         flat = new
 
 
+def test_weight_decay_is_adamw_only():
+    """``optim.weight_decay`` is AdamW's decoupled decay: Adam ignores it; AdamW's first step is
+    Adam's minus lr * wd * param."""
+    params = {"net": {"w": jnp.asarray([1.0, -2.0, 0.5], jnp.float32)}}
+    grads = jnp.asarray([0.3, -0.1, 2.0], jnp.float32)
+    flat = params["net"]["w"]
+    steps = {}
+    for name in ("adam", "adamw"):
+        cfg = _schedule_cfg("constant", 0.1, 0)
+        cfg.optim.update(name=name, eps=1e-8, weight_decay=0.5, grad_clip=0.0)
+        tx = trainer.build_optimizer(cfg, params, 10)
+        new, _ = tx.update(grads, tx.init(params), flat)
+        steps[name] = np.asarray(new - flat, np.float64)
+    np.testing.assert_allclose(steps["adam"], -0.1 * np.sign(np.asarray(grads)), rtol=1e-5)  # -lr g / |g|
+    np.testing.assert_allclose(steps["adamw"], steps["adam"] - 0.1 * 0.5 * np.asarray(flat), rtol=1e-5)
+
+
 def test_beta_head_concentrations_floor_and_cap():
     """softplus(raw) + min_concentration, clipped at max_concentration; at initialisation (last
     layer zero) exactly the initial (alpha, beta) whatever the input."""

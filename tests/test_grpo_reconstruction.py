@@ -432,6 +432,19 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
         state = new_state
 
 
+def test_the_reference_is_constant_only_when_every_last_layer_is_zero(setup):
+    """The shortcut's condition (a step-0 reference): all six heads' last kernels exactly zero.
+    One non-zero entry anywhere, or no heads at all, means the full reference pass."""
+    ref = jax.tree.map(np.copy, setup["ref"])
+    heads = [head for pair in ref["heads"].values() for head in pair.values()]
+    for head in heads:
+        head["fc2"]["kernel"] = np.zeros_like(head["fc2"]["kernel"])
+    assert trainer.reference_is_constant(ref)
+    heads[-1]["fc2"]["kernel"][0, 1] = 1e-3
+    assert not trainer.reference_is_constant(ref)
+    assert not trainer.reference_is_constant({"net": ref["net"]}) and not trainer.reference_is_constant(None)
+
+
 def test_a_non_finite_step_keeps_the_state(setup):
     """The NaN guard inside the update: a NaN pixel in the target makes L_sup non-finite; the
     state (parameters, Adam's moments, step) comes back unchanged and ``ok`` is 0."""

@@ -152,6 +152,17 @@ def test_gradients_finite_and_correct(pairs):
         np.testing.assert_allclose(float(fd), float(np.sum(g * np.asarray(v))), rtol=2e-2)
 
 
+def test_smallest_image_is_the_window():
+    """A 7x7 image has one window fully inside it: allowed, as in skimage (6 pixels are not)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(size=(2, 7, 7, 3))
+    want = sk_ssim(a, b, data_range=1.0, channel_axis=-1)
+    assert float(ssim(a.astype(np.float32), b.astype(np.float32))) == pytest.approx(want, abs=SSIM_TOL)
+    wide = rng.uniform(size=(7, 12, 3))
+    assert float(ssim(wide.astype(np.float32), a[:, :1].repeat(12, 1).astype(np.float32))) == pytest.approx(
+        sk_ssim(wide, a[:, :1].repeat(12, 1), data_range=1.0, channel_axis=-1), abs=SSIM_TOL)  # fmt: skip
+
+
 def test_input_validation():
     x = np.zeros((8, 8, 3), np.float32)
     with pytest.raises(ValueError, match="same shape"):

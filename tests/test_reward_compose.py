@@ -91,6 +91,11 @@ def test_a_component_failed_for_one_rollout_is_left_out_for_its_whole_group():
     assert np.isnan(strict[0]) and np.allclose(strict[1:], with_judge[1:], atol=1e-6)
     with pytest.raises(ValueError, match="group_size 3 does not divide the batch of 4"):
         C.compose(jax_raw, remote, cfg, group_size=3)
+    with pytest.raises(ValueError, match="group_size 0 does not divide"):
+        C.compose(jax_raw, remote, cfg, group_size=0)
+    # Groups of one rollout are the independent samples.
+    cfg.missing = "renormalise"
+    np.testing.assert_array_equal(C.compose(jax_raw, remote, cfg, group_size=1)[0], per_sample)
 
 
 def test_missing_component_counts_as_nan_and_all_missing_is_nan():
