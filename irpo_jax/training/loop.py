@@ -538,15 +538,19 @@ def run(
     init_distributed(cfg)
     if cfg.train.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(cfg.train.compilation_cache))
-    check_workdir_config(workdir, cfg)
+    lock = check_workdir_config(workdir, cfg)  # held until the summary is written (process 0)
     trainer = None
     try:
-        trainer = _Run(cfg, workdir, progress=progress)
-        stop_reason, last = trainer.loop(progress=progress, stop_after=stop_after)
+        try:
+            trainer = _Run(cfg, workdir, progress=progress)
+            stop_reason, last = trainer.loop(progress=progress, stop_after=stop_after)
+        finally:
+            if trainer is not None:
+                trainer.close()
+        return trainer.summary(stop_reason, last)
     finally:
-        if trainer is not None:
-            trainer.close()
-    return trainer.summary(stop_reason, last)
+        if lock is not None:
+            lock.release()
 
 
 def _panel(result: _StepResult) -> np.ndarray:

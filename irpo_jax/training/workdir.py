@@ -1,21 +1,29 @@
 """The run directory: the settings a run cannot start with (checked before any work), the resolved
-config it saves, and which changes a resumed run accepts.
+config it saves, which changes a resumed run accepts, the lock that keeps it to one live run, and
+the whole-or-nothing writes of its small files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import pathlib
+import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 
 from irpo_jax.training import TrainingError
+from irpo_jax.training.lock import LOCK_NAME, WorkdirLock, acquire
 
 log = logging.getLogger("irpo_jax.train")
+
+_PARTIAL = ".partial-"  # in the name of a file being written (atomic_write_text)
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> dict:
@@ -54,24 +62,75 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise TrainingError("invalid config: " + "; ".join(problems))
 
 
-def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
-    """Save the resolved config; refuse a workdir made by a different config unless allowed.
+def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> WorkdirLock | None:
+    """Lock the workdir, save the resolved config; refuse a workdir made by a different config unless allowed.
 
     A workdir is a new or empty directory, or one this trainer wrote (it has ``config.json``):
     anything else is refused, so that nothing a user keeps there is overwritten (the run
     replaces ``model/`` and ``summary.json``). A ``config.json`` without a checkpoint is the
     record of a start that failed before its first save: the new config replaces it.
+
+    Returns:
+      Process 0's lock on the workdir (:mod:`irpo_jax.training.lock`), held until released; the
+      other processes of a multi-process run take none (process 0 alone writes there) and get
+      None.
+
+    Raises:
+      TrainingError: the workdir is a file, someone else's folder, in use by a live run, made by
+        a different config, or cannot be written (the message names it).
     """
     path = workdir / "config.json"
     new = config_json(cfg)
     if workdir.exists() and not workdir.is_dir():
         raise TrainingError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
-    if workdir.is_dir() and not path.exists() and any(workdir.iterdir()):
-        found = ", ".join(sorted(p.name for p in workdir.iterdir())[:5])
+    if workdir.is_dir() and not path.exists() and _entries(workdir):
+        found = ", ".join(sorted(_entries(workdir))[:5])
         raise TrainingError(
             f"--workdir {workdir} is not empty and holds no irpo-jax run (it has {found}); a run writes "
             "model/, summary.json and checkpoints/ there. Choose a new or empty --workdir."
         )
+    lock = None
+    if jax.process_index() == 0:
+        _writable(workdir, lambda: workdir.mkdir(parents=True, exist_ok=True))
+        lock = acquire(workdir)  # before anything is written: a live run's files are not touched
+        remove_partial_files(workdir)
+    try:
+        _check_and_save(workdir, cfg, path, new)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _entries(workdir: pathlib.Path) -> list[str]:
+    """What the directory holds, besides the lock file and the partial write a start killed
+    before its config.json was written may leave."""
+    return [p.name for p in workdir.iterdir() if p.name != LOCK_NAME and not _is_partial(p)]
+
+
+def _is_partial(path: pathlib.Path) -> bool:
+    return path.name.startswith(".") and _PARTIAL in path.name and path.is_file()
+
+
+def _writable(workdir: pathlib.Path, write: Callable[[], Any]) -> Any:
+    """``write()``, with an OSError turned into a one-line TrainingError naming the workdir."""
+    try:
+        return write()
+    except OSError as e:
+        blocker = next((p for p in workdir.absolute().parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # mkdir's own words would be "[Errno 20] Not a directory"
+            reason = f"{blocker} is a file, not a folder"
+        elif not workdir.exists():  # e.g. under /proc, whose ENOENT would read as a missing parent
+            parent = next(p for p in workdir.absolute().parents if p.exists())
+            reason = f"{parent} refuses to create it ({e.strerror or e})"
+        else:
+            where = f" ({e.filename})" if e.filename and str(e.filename) != str(workdir) else ""
+            reason = f"{e.strerror or e}{where}"
+        raise TrainingError(f"--workdir {workdir} cannot be written: {reason}. Choose another --workdir.") from e
+
+
+def _check_and_save(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, path: pathlib.Path, new: dict) -> None:
     checkpoints = workdir / "checkpoints"
     saved = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
     if path.exists() and not saved:
@@ -85,12 +144,46 @@ def check_workdir_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) 
                 f"{' ...' if len(diffs) > 10 else ''}). Use another --workdir, or pass "
                 "--config.train.allow_config_change=True to resume it with the new values."
             )
-        if diffs:
+        if diffs and jax.process_index() == 0:
             log.warning("resuming %s with a changed config: %s", workdir, ", ".join(diffs))
-            (workdir / f"config.previous.{int(time.time())}.json").write_text(json.dumps(old, indent=2))
+            previous = workdir / f"config.previous.{int(time.time())}.json"
+            _writable(workdir, lambda: atomic_write_text(previous, json.dumps(old, indent=2)))
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+        _writable(workdir, lambda: atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n"))
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Writes ``path`` whole or not at all: a temporary sibling, flushed, renamed over it.
+
+    A kill during the write leaves the old content (or no file) and a ``.<name>.partial-*``
+    sibling, which :func:`remove_partial_files` deletes at the next start.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_PARTIAL}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_partial_files(workdir: pathlib.Path) -> None:
+    """Deletes the temporary files of :func:`atomic_write_text` that a killed run left."""
+    for leftover in workdir.iterdir():
+        if _is_partial(leftover):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
