@@ -1,67 +1,210 @@
-"""Training logs: JSON lines (``metrics.jsonl``) plus TensorBoard event files (tensorboardX).
+"""Training logs: JSON lines (``metrics.jsonl``) plus TensorBoard event files.
 
 Names are namespaced as DESIGN.md lists them (``reward/{name}/mean``, ``grpo/clipfrac``,
 ``loss/rl``, ``opt/lr`` ...). Only process 0 writes. :func:`image_panel` draws the periodic
 image panels (degraded / rollouts / deterministic / clean with their rewards, DESIGN decision 8).
+
+Each logged step is in the logs exactly once, also across kills and resumes: a resumed run
+recomputes the steps after its checkpoint, so :class:`MetricWriter` first drops what was logged
+after that checkpoint from ``metrics.jsonl`` (rewritten whole, then renamed over it) and from
+the event files (each rewritten without those events: every reader, not only TensorBoard's
+purge logic, then sees each step once). Events are written synchronously and flushed to disk
+before each checkpoint (:meth:`MetricWriter.flush`), so nothing logged before a checkpoint can
+be lost with a kill after it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import pathlib
+import struct
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+_EVENTS = "events.out.tfevents"
+_WRITERS = itertools.count()  # event files opened by this process
+_PARTIAL = ".partial-"  # a rewrite in progress (no "tfevents" in the name: TensorBoard skips it)
+
 
 class MetricWriter:
-    """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/``; images to TensorBoard."""
+    """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/``; images and text to TensorBoard.
 
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
+    Args:
+      workdir: the run directory.
+      enabled: False on processes other than 0 (nothing is read or written).
+      keep_through_step: a resumed run's checkpoint step: records of later steps (logged by
+        the invocation that was stopped or killed after that checkpoint) are deleted first.
+        0 or -1: a run that starts at step 0 logs everything again, so every record goes.
+        None: keep everything (append).
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True, keep_through_step: int | None = None):
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.tb_dir = pathlib.Path(workdir) / "tensorboard"
-        self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.tb_dir), flush_secs=30)
+        self._events = None
+        self._logged: set[tuple[int, str]] = set()  # (step, name) of the records kept or written
+        if not enabled:
+            return
+        if keep_through_step is not None:
+            _truncate_jsonl(self.path, keep_through_step)
+            _truncate_events(self.tb_dir, keep_through_step)
+        self._logged = {(r["step"], k) for r in read_metrics(self.path.parent) for k in r if k not in ("step", "time")}
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if not self.enabled:
             return
+        from tensorboardX.summary import scalar
+
         clean = {k: float(v) for k, v in values.items()}
         record = {"step": int(step), "time": time.time()}
         record.update({k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self._logged.update((int(step), k) for k in clean)
         for k, v in clean.items():
             if math.isfinite(v):  # NaN/inf stay visible in the JSONL record
-                self._tb.add_scalar(k, v, int(step))
+                self._write(step, scalar(k, v))
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
         """``image``: (H, W, 3) float in [0, 1]."""
         if self.enabled:
-            self._tb.add_image(tag, np.clip(image, 0, 1), int(step), dataformats="HWC")
+            from tensorboardX.summary import image as image_summary
+
+            self._write(step, image_summary(tag, np.clip(image, 0, 1), dataformats="HWC"))
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
-            self._tb.add_text(tag, text, int(step))
+            from tensorboardX.summary import text as text_summary
+
+            self._write(step, text_summary(tag, text))
+
+    def logged(self, step: int, prefix: str) -> bool:
+        """Whether a scalar named ``prefix...`` is in ``metrics.jsonl`` at ``step`` (kept or written)."""
+        return any(s == step and name.startswith(prefix) for s, name in self._logged)
+
+    def flush(self) -> None:
+        """Puts every event written so far on disk (before a checkpoint: see the module docstring)."""
+        if self._events is not None:
+            self._events.flush()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+        if self._events is not None:
+            self._events.flush()
+            self._events.close()
+            self._events = None
+
+    def _write(self, step: int, summary) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        if self._events is None:  # opened at the first event: a rerun with nothing to do adds no file
+            from tensorboardX.event_file_writer import EventsWriter
+
+            self.tb_dir.mkdir(parents=True, exist_ok=True)
+            # Synchronous (tensorboardX's SummaryWriter queues events for a thread, whose backlog
+            # its flush does not drain). The file is named by the second it was opened in: the
+            # pid and a count keep two writers of one second from truncating each other's file.
+            self._events = EventsWriter(str(self.tb_dir / "events"), f".{os.getpid()}.{next(_WRITERS)}")
+        self._events.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-    """All records of ``workdir/metrics.jsonl`` (for tests and reports)."""
+    """All records of ``workdir/metrics.jsonl`` (for tests and reports); a line a kill cut short is skipped."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _jsonl_records(path.read_bytes())]
+
+
+def read_events(path: str | pathlib.Path) -> list:
+    """The ``Event`` protos of one TensorBoard event file, up to a record a kill cut short."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    return [Event.FromString(data) for _, data in _tfrecords(pathlib.Path(path).read_bytes())]
+
+
+def _jsonl_records(raw: bytes) -> Iterator[tuple[bytes, dict]]:
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # the last line, cut short
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            yield line, record
+
+
+def _keep(step: int, keep_through_step: int) -> bool:
+    # Step-0 records (the first reward probe) are written again by a run that starts at step 0.
+    return keep_through_step > 0 and step <= keep_through_step
+
+
+def _truncate_jsonl(path: pathlib.Path, keep_through_step: int) -> None:
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    kept = b"".join(line for line, record in _jsonl_records(raw) if _keep(record["step"], keep_through_step))
+    if kept != raw:
+        from irpo_jax.training.workdir import atomic_write_text
+
+        atomic_write_text(path, kept.decode())
+
+
+def _tfrecords(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(whole record, payload) of a TFRecord stream: u64 length, u32 masked crc of it, payload,
+    u32 masked crc of the payload. Stops at a record that is cut short or fails its checksum."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    offset = 0
+    while offset + 12 <= len(raw):
+        header = raw[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        end = offset + 12 + length + 4
+        if end > len(raw) or struct.unpack("<I", raw[offset + 8 : offset + 12])[0] != masked_crc32c(header):
+            return
+        data = raw[offset + 12 : offset + 12 + length]
+        if struct.unpack("<I", raw[end - 4 : end])[0] != masked_crc32c(data):
+            return
+        yield raw[offset:end], data
+        offset = end
+
+
+def _truncate_events(tb_dir: pathlib.Path, keep_through_step: int) -> None:
+    """Rewrites each event file without the events after ``keep_through_step`` (and a record a
+    kill cut short); a file left with nothing but its header is deleted."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    if not tb_dir.is_dir():
+        return
+    for leftover in tb_dir.glob(f"{_PARTIAL}*"):
+        leftover.unlink(missing_ok=True)
+    for path in sorted(tb_dir.glob(f"{_EVENTS}*")):
+        raw = path.read_bytes()
+        kept, events = [], 0
+        for record, data in _tfrecords(raw):
+            event = Event.FromString(data)
+            if event.HasField("file_version") or _keep(event.step, keep_through_step):
+                kept.append(record)
+                events += not event.HasField("file_version")
+        if not events:
+            path.unlink()
+        elif len(b"".join(kept)) != len(raw):
+            fd, tmp = tempfile.mkstemp(prefix=_PARTIAL, dir=tb_dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(kept))
+                f.flush()
+                os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, path)
 
 
 # Short names in panel captions (tiles are 32-128 pixels wide; the bitmap font is 6 pixels a character).

@@ -384,3 +384,100 @@ def test_nan_stops_with_a_checkpoint_and_names_the_term(demo_root, tmp_path):
         trainer.run(cfg, tmp_path, progress=False)
     assert "last good state was saved" in str(err.value)
     assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "model" / "model.json").is_file()
+
+
+def test_a_finished_run_with_a_stale_model_is_repaired(supervised_run, demo_root, tmp_path):
+    """The issue's case: a kill (or a failed delete) after the final checkpoint's commit left
+    model/ on an older step and a .model.previous; the same command rewrites model/ from the
+    checkpoint, reports the run as finished, and logs its end-of-run evaluation only once."""
+    workdir, _ = supervised_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    shutil.rmtree(run / "model")
+    from flax import nnx
+
+    from irpo_jax.models import adair
+
+    older = adair.AdaIR("tiny", rngs=nnx.Rngs(7))  # other weights, and a manifest of step 2
+    for name in ("model", ".model.previous"):
+        (run / name).mkdir()
+        checkpointing.write_model(run / name, older, {"manifest.json": {"trained_steps": 2}})
+    cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.eval_at_end": True})
+    cfg.data.eval_sets = ("rain100l", "gopro")  # as conftest's supervised_run
+    evals = [r for r in read_metrics(run) if "eval/average/psnr" in r]
+    assert len(evals) == 1
+    summary = trainer.run(cfg, run, progress=False)
+    assert summary["stop"] == "already finished"
+    assert json.loads((run / "model" / "manifest.json").read_text())["trained_steps"] == 3
+    assert_trees_close(params_of(run), params_of(workdir), atol=0)
+    assert not (run / ".model.previous").exists()
+    assert [r for r in read_metrics(run) if "eval/average/psnr" in r] == evals
+
+
+def test_a_signal_after_the_last_step_still_reports_finished(demo_root, tmp_path, monkeypatch):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    from irpo_jax.training import loop
+
+    after_step = loop._Run._after_step
+
+    def after_step_then_signal(self, result, *args):
+        out = after_step(self, result, *args)
+        if result.step + 1 == self.total_steps:  # the last step is done: Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(loop._Run, "_after_step", after_step_then_signal)
+    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 1}), tmp_path, progress=False)
+    assert summary["stop"] == "finished" and summary["steps"] == 1
+
+
+def test_signals_while_the_first_step_compiles(demo_root, tmp_path):
+    """XLA compiles without the GIL and without running Python's signal handlers: the first
+    SIGTERM is answered at once, the second (SIGINT) ends the process within a second, with
+    the first signal's status (143) and without a checkpoint."""
+    import queue
+
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_use_fusion_emitters=false",
+                        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_LOG_COMPILES": "1"}  # fmt: skip
+    args = ["--config=configs/allinone5.py:supervised,smoke", f"--config.data.root={demo_root}",
+            '--config.data.tasks=("derain","deblur")', "--config.train.compilation_cache=",  # a full compile
+            f"--workdir={tmp_path}", "--noprogress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "irpo_jax.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    seen = []
+
+    def wait_for(text: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            if text in seen[-1]:
+                return time.monotonic()
+        raise AssertionError(f"no {text!r} within {timeout} s; last lines: {[x[:200] for x in seen[-5:]]}")
+
+    try:
+        wait_for("Finished jaxpr to MLIR module conversion jit(step)", 300)  # XLA compiles from here
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert wait_for("SIGTERM received: the run stops after the current step", 5) - sent < 1.5
+        assert "a second SIGINT (Ctrl-C) or SIGTERM stops it at once" in seen[-1]
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        status = proc.wait(timeout=10)
+        assert time.monotonic() - sent < 1.5
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    rest = "".join(seen + list(lines.queue))
+    assert status == 143, rest[-2000:]
+    assert "SIGINT received again: stopping now, without a checkpoint" in rest
+    assert "Finished XLA compilation of jit(step)" not in rest  # it was compiling all along
+    assert "compiling the supervised step (the first step waits for it)" in rest  # said before it
+    assert not [p for p in (tmp_path / "checkpoints").glob("*") if p.name.isdigit()]

@@ -26,6 +26,8 @@ import math
 import os
 import pathlib
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -49,7 +51,7 @@ from irpo_jax.training.optimizer import TrainState, build_optimizer, learning_ra
 from irpo_jax.training.steps import (
     make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
 )  # fmt: skip
-from irpo_jax.training.workdir import check_workdir_config, validate_config
+from irpo_jax.training.workdir import atomic_write_text, check_workdir_config, validate_config
 
 log = logging.getLogger("irpo_jax.train")
 
@@ -97,26 +99,77 @@ def total_steps_of(cfg: ml_collections.ConfigDict, epoch_size: int) -> int:
 
 
 class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (preemption-safe)."""
+    """SIGTERM/SIGINT: the first turns into a flag the loop checks between steps (it then saves a
+    checkpoint and stops: preemption-safe); a second one ends the process at once, without one.
+
+    A watcher thread sees the signals, woken through ``signal.set_wakeup_fd``: Python runs a
+    signal handler only between bytecodes of the main thread, which during an XLA compile (jax
+    releases the GIL there) can be minutes away, so Ctrl-C seemed ignored. The C-level handler
+    writes the signal's number to the wakeup pipe at once; the watcher says what will happen
+    and, on the second signal, exits with 128 + the first signal's number.
+    """
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.received: str | None = None
-        self._previous = {}
+        self.received: str | None = None  # the first signal's name; later ones do not replace it
+        self._first = 0
+        self._previous: dict = {}
+        self._wakeup_previous = -1
+        self._pipe: tuple[int, int] | None = None
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test runner thread)
-                pass
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals go to the main thread's handlers (e.g. inside a test runner thread)
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # set_wakeup_fd requires it
+        self._pipe = (read, write)
+        self._wakeup_previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for sig in self._SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._watcher = threading.Thread(target=self._watch, name="stop-signal-watcher", daemon=True)
+        self._watcher.start()
         return self
 
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+    @staticmethod
+    def _handle(signum, frame):
+        """The Python-level handler (one must be set for the wakeup fd to be written): the watcher acts."""
+
+    def _watch(self) -> None:
+        while True:
+            for signum in os.read(self._pipe[0], 64):
+                if signum == 0:  # __exit__'s sentinel (no signal has number 0)
+                    return
+                if signum in self._SIGNALS:
+                    self._on_signal(signal.Signals(signum))
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received is None:
+            self.received, self._first = sig.name, sig.value
+            print(f"\n{sig.name} received: the run stops after the current step and saves a checkpoint (the same "
+                  "command resumes it); a second SIGINT (Ctrl-C) or SIGTERM stops it at once, without a checkpoint.",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return
+        # The second: leave now. Nothing logged since the last checkpoint is kept by the resumed
+        # run anyway, and a checkpoint or model refresh cut short is recovered at the next start
+        # (checkpoints.py), so there is nothing to flush; os.write, not print: the main thread
+        # may hold the stream's lock.
+        os.write(2, f"\n{sig.name} received again: stopping now, without a checkpoint; the same command "
+                    "resumes from the last one.\n".encode())  # fmt: skip
+        os._exit(128 + self._first)
 
     def __exit__(self, *exc):
+        if self._pipe is None:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._wakeup_previous)
+        os.write(self._pipe[1], b"\0")
+        self._watcher.join(timeout=5)
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = None
 
 
 @dataclasses.dataclass
@@ -237,7 +290,10 @@ class _Run:
             self.ckpt = TrainCheckpointer(workdir, cfg.train.keep_checkpoints)
             if self.ckpt.latest_step() is not None:
                 self._restore()
-            self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+            # Records logged after the restored checkpoint are dropped (this run logs them again).
+            latest = self.ckpt.latest_step()
+            self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                       keep_through_step=-1 if latest is None else latest)  # fmt: skip
             if self.stage == "grpo":
                 self._open_rewards()
             # One worker keeps requests in step order; in the stale mode it scores while the update runs.
@@ -258,6 +314,7 @@ class _Run:
         saved = self.ckpt.restore_pending(self.mesh) if self.stale else None
         if saved is not None:  # (a checkpoint of the normal mode has none: the next step samples anew)
             self.pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
+        self.ckpt.ensure_model(self.current_model, self.meta)  # a kill may have left model/ older
         log.info("resumed %s at step %d", self.workdir, self.step)
         print(f"resuming {self.workdir} at step {self.step} of {self.total_steps}")
 
@@ -296,7 +353,7 @@ class _Run:
                 "their weights to 0."
             )
         if jax.process_index() == 0:
-            (self.workdir / "reward_components.json").write_text(json.dumps(report, indent=2) + "\n")
+            atomic_write_text(self.workdir / "reward_components.json", json.dumps(report, indent=2) + "\n")
 
     def _compile(self) -> None:
         """The jitted step functions (traced under the mesh: the model's FFTs stay per device)."""
@@ -357,6 +414,8 @@ class _Run:
             except Exception as e:  # noqa: BLE001 - timed out or failed: save without it
                 log.warning("checkpoint without the pending rollouts (their reward scores: %s); a resumed "
                             "run samples the next update afresh", type(e).__name__)  # fmt: skip
+        if self.writer is not None:
+            self.writer.flush()  # everything logged up to this checkpoint is on disk before it
         self.ckpt.save(self.state, self.data.get_state(), self.meta, self.current_model(), tree)
 
     @staticmethod
@@ -460,6 +519,8 @@ class _Run:
         stop_reason = "finished"
         try:
             with _StopSignal() as stop:
+                if self.step < self.total_steps and jax.process_index() == 0:  # (minutes on a GPU)
+                    print(f"compiling the {self.stage} step (the first step waits for it)", flush=True)
                 while (step := self.step) < self.total_steps:
                     panel_due = bool(cfg.train.panel_every) and (step + 1) % cfg.train.panel_every == 0
                     if self.stage == "supervised":
@@ -482,14 +543,15 @@ class _Run:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
                     last = self._after_step(result, panel_due, rate)
                     new_step = step + 1
-                    if stop.received:
+                    if stop.received and new_step < self.total_steps:  # after the last step: finished
                         stop_reason = f"stopped by {stop.received}"
                         break
                     if stop_after is not None and new_step - self.start_step >= stop_after and new_step < self.total_steps:
                         stop_reason = f"stopped after {stop_after} steps (stop_after)"
                         break
             self.save(pending_grace_s=30.0 if stop.received else None)
-            if cfg.train.eval_at_end and stop_reason == "finished":
+            # (Not again for a finished run whose evaluation was logged: a rerun after a kill.)
+            if cfg.train.eval_at_end and stop_reason == "finished" and not self.writer.logged(self.step, "eval/"):
                 _evaluate(cfg, self.workdir, self.current_model(), self.step, self.writer)
         finally:
             bar.close()
@@ -513,7 +575,7 @@ class _Run:
         if self.start_step >= self.total_steps and previous.exists():  # nothing ran: keep the finished run's record
             return json.loads(previous.read_text()) | {"stop": "already finished"}
         if jax.process_index() == 0:
-            previous.write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(previous, json.dumps(summary, indent=2) + "\n")
         return summary
 
 
