@@ -15,8 +15,8 @@ planning). With ``KILL_FROM`` the count starts at the first operation that match
 can be aimed at a phase of the run whatever the start-up before it did: ``"[OP ]PATH"``, OP an
 operation's name as logged (``os.rename``, ``open-a``, ...), PATH a prefix of the path relative
 to ``KILL_DIR``, or the whole path when it ends with ``$`` (the example: orbax's commit of
-checkpoint 2, killed just before it). Each counted operation is appended to ``KILL_LOG`` as ``index<TAB>op<TAB>path``,
-the one killed at as ``KILL<TAB>index<TAB>op<TAB>path``.
+checkpoint 2, killed just before it). Each counted operation is appended to ``KILL_LOG`` as
+``index<TAB>op<TAB>path``, the one killed at as ``KILL<TAB>index<TAB>op<TAB>path``.
 
 torch is made unimportable (tests/block_torch.py): tensorboardX imports it when present, three
 seconds per process, and the trainer's supervised stage needs none of it.
