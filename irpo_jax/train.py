@@ -68,6 +68,10 @@ def main(argv: list[str]) -> int:
     except ValueError as e:  # data/config errors raised with a message for people
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outside the loop's own handling: mining the hard set, loading data
+        print("error: interrupted (Ctrl-C); the same command resumes from the last checkpoint (a hard set "
+              "being mined continues from its partial file)", file=sys.stderr)  # fmt: skip
+        return 128 + signal.SIGINT.value
     except OSError as e:  # the workdir refused a write the check above could not foresee (disk full)
         if not _within(e.filename, workdir):
             raise

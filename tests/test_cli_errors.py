@@ -81,6 +81,18 @@ def test_a_write_that_fails_in_the_workdir_during_training_is_one_line(train_cli
     assert one_line(capsys) == f"error: cannot write {victim}: No space left on device (in --workdir {workdir})"
 
 
+def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(train_cli, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C while a GRPO run mines its hard set (before the loop's signal handling) says how to resume."""
+    from irpo_jax import trainer
+
+    def interrupted(cfg, wd, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "run", interrupted)
+    assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run") == 130
+    assert "the same command resumes" in one_line(capsys)
+
+
 def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
     """An OSError outside the workdir is not the workdir's fault: it is raised, not reworded."""
     from irpo_jax import trainer
