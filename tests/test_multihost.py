@@ -53,7 +53,7 @@ GRPO_WORKER = textwrap.dedent(
 
     remote.open_reward_bridge = lambda reward_cfg: Recording()
     cfg = smoke_config({demo!r}, **{{"model.init_from": {init!r}, "train.steps": 2,
-                                    "grpo.one_step_stale": True}})
+                                    "grpo.one_step_stale": True, "optim.lr": 3e-3}})  # as stale_run
     cfg.distributed.coordinator = "127.0.0.1:{port}"
     cfg.distributed.num_processes = 2
     cfg.distributed.process_id = int(sys.argv[1])
