@@ -445,6 +445,22 @@ def test_the_reference_is_constant_only_when_every_last_layer_is_zero(setup):
     assert not trainer.reference_is_constant({"net": ref["net"]}) and not trainer.reference_is_constant(None)
 
 
+def test_without_the_kl_term_no_reference_is_needed(setup):
+    """``kl_coef=0`` switches the reference off for either estimator: the update traces (shapes
+    only, nothing compiled) with no reference parameters in the state."""
+    cfg = setup["cfg"].copy_and_resolve_references()
+    cfg.grpo.update(kl_coef=0.0, kl_estimator="analytic")
+    tx = trainer.build_optimizer(cfg, setup["params"], TOTAL_STEPS)
+    state = trainer.TrainState.initial(setup["params"], tx, 0, with_ref=False)
+    raw = raw_scores(setup["raw"], "strict")
+    rollout = dict(setup["rollout"])
+    rollout["jax_scores"] = {k: jnp.asarray(raw[k], jnp.float32) for k in JAX_NAMES}
+    remote = {k: jnp.asarray(v, jnp.float32) for k, v in raw.items() if k not in JAX_NAMES}
+    update = trainer.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS)
+    _, metrics = jax.eval_shape(update, state, setup["batch"], rollout, remote)
+    assert metrics["loss/total"].shape == ()
+
+
 def test_a_non_finite_step_keeps_the_state(setup):
     """The NaN guard inside the update: a NaN pixel in the target makes L_sup non-finite; the
     state (parameters, Adam's moments, step) comes back unchanged and ``ok`` is 0."""
