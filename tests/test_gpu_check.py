@@ -113,20 +113,21 @@ def test_grpo_memory_is_only_the_steps_own(monkeypatch):
 
 
 def test_grpo_variants_build_what_they_say(tmp_path, monkeypatch):
-    """grpo_nokl's update has no reference-policy pass (fewer convolutions than an update with
-    one), grpo_bf16's convolutions are bfloat16, and each compute dtype gets its own supervised
-    baseline (checked on the lowered programs, nothing compiled)."""
+    """grpo_refpass's update has the reference policy's decoder passes (more convolutions than
+    the others, which have none: the trainer's step-0 update and grpo_nokl's), grpo_bf16's
+    convolutions are bfloat16, and each compute dtype gets its own supervised baseline (checked
+    on the lowered programs, nothing compiled)."""
     monkeypatch.setattr(gpu_check, "_compile", lambda lowered: (None, {"compile_s": 0.0}))
     opts = gpu_check.parse_args(["--cpu", "--out", str(tmp_path)])
     sizes = dict(gpu_check.SIZES["cpu"], size=16, kl_coef=None)
     gpu_check._SUPERVISED_1_IMAGE.clear()
     compiler = gpu_check.Compiler(1)
-    for name in ("grpo_bf16", "grpo_nokl"):
+    for name in ("grpo_bf16", "grpo_nokl", "grpo_refpass"):
         gpu_check.PREPARE[name](opts, sizes, compiler)
     text = {name: prog.lowered.as_text() for name, prog in compiler.programs.items()}
     convs = {name: t.count("stablehlo.convolution") for name, t in text.items()}
-    assert 0 < convs["grpo_nokl/update"] < convs["grpo_bf16/update"], convs
-    assert convs["grpo_nokl/rollout"] == convs["grpo_bf16/rollout"]
+    assert 0 < convs["grpo_nokl/update"] == convs["grpo_bf16/update"] < convs["grpo_refpass/update"], convs
+    assert convs["grpo_nokl/rollout"] == convs["grpo_bf16/rollout"] == convs["grpo_refpass/rollout"]
     bf16_convs = lambda t: sum("stablehlo.convolution" in line and "bf16" in line for line in t.splitlines())  # noqa: E731
     assert bf16_convs(text["grpo_bf16/update"]) > 0 and bf16_convs(text["grpo_nokl/update"]) == 0
     assert set(n for n in compiler.programs if n.startswith("supervised_1_image/")) == {

@@ -14,7 +14,9 @@ def test_a_test_set_with_a_missing_target_stops_the_run_before_training(demo_roo
     shutil.copytree(demo_root, root)
     target = sorted((root / "test" / "derain" / "Rain100L" / "target").iterdir())[0]
     target.unlink()
-    cfg = smoke_config(root, "supervised", **{"train.eval_at_end": True, "data.eval_sets": ("rain100l",)})
+    # (train.steps as conftest's supervised_run: its compiled step is reused)
+    cfg = smoke_config(root, "supervised", **{"train.steps": 3, "train.eval_at_end": True,
+                                              "data.eval_sets": ("rain100l",)})  # fmt: skip
     with pytest.raises(trainer.TrainingError, match=rf"(?s){target.stem}.*train.eval_at_end=False"):
         trainer.run(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
