@@ -55,6 +55,23 @@ def test_constant_schedule_with_and_without_warmup():
     assert [float(flat(t)) for t in (0, 25, 49)] == pytest.approx([3e-5] * 3, rel=1e-7)
 
 
+def test_adair_schedule_per_epoch():
+    """AdaIR's LinearWarmupCosineAnnealingLR stepped per epoch e (the epoch of the batch's first
+    sample): lr e / (W - 1) for e < W, then lr / 2 (1 + cos(pi (e - W) / (S - W))). Small numbers:
+    W = 3, S = 10, 6 samples per epoch, batches of 4."""
+    cfg = _schedule_cfg("adair", 1e-3, 0)
+    cfg.optim.update(warmup_epochs=3, cosine_epochs=10)
+    cfg.train.update(stage="supervised", batch_size=4)
+    schedule = trainer.learning_rate(cfg, 100, epoch_size=6)
+    for step in (0, 1, 2, 3, 4, 5, 6, 9, 12, 15, 30):
+        e = step * 4 // 6
+        want = 1e-3 * e / 2 if e < 3 else 0.5e-3 * (1 + math.cos(math.pi * (e - 3) / 7))
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+    cfg.optim.warmup_epochs = 10
+    with pytest.raises(trainer.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
+        trainer.learning_rate(cfg, 100, epoch_size=6)
+
+
 def test_the_optimizer_steps_follow_the_schedule_with_the_heads_at_6x():
     """Adam with a constant gradient 1: bias correction makes m_hat = v_hat = 1 at every step, so
     each step is -lr(t) / (1 + eps); with eps = 1, -lr(t) / 2 for the backbone and 6 times that
