@@ -374,9 +374,10 @@ def tests_for(path: str, root: pathlib.Path, include_slow: bool) -> list[str]:
 class Sandbox:
     """A copy of the repository whose package the tests import; mutates one file at a time."""
 
-    def __init__(self, workdir: pathlib.Path, python: str):
+    def __init__(self, workdir: pathlib.Path, python: str, test_timeout: float):
         self.repo = workdir / "repo"
         self.python = python
+        self.test_timeout = test_timeout
         if self.repo.exists():
             shutil.rmtree(self.repo)
 
@@ -402,8 +403,10 @@ class Sandbox:
     def pytest(self, files: list[str], timeout: float, extra: list[str] = ()) -> tuple[str, str, float]:
         """Runs ``files`` in order, stopping at the first failure. Returns (status, detail, seconds)
         with status ``passed``, ``failed`` (detail: the first failing test), ``error`` or ``timeout``."""
+        # A per-test timeout (pytest-timeout) as well: a mutant that stops a training loop from
+        # advancing would otherwise hang its first end-to-end test until the mutant's timeout.
         cmd = [self.python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "-rfE", *extra, *files]  # fmt: skip
+               "-o", f"timeout={self.test_timeout:.0f}", "-rfE", *extra, *files]  # fmt: skip
         t0 = time.monotonic()
         # Its own session, so that a timeout ends the whole group (pytest and anything it started).
         proc = subprocess.Popen(cmd, cwd=self.repo, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -533,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
     parser.add_argument("--bugs", action="store_true", help="run issue 17's hand-written bugs instead of sampled mutants")
     parser.add_argument("--match", help="only the mutants whose id (or bug name) contains this text")
+    parser.add_argument("--survivors-of", type=pathlib.Path, metavar="JSON",
+                        help="only the mutants that were not killed in an earlier run's --json (same seed and sources)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy (default 1)")
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per mutant (default 1500)")
+    parser.add_argument("--test-timeout", type=float, default=300.0, help="seconds per test (default 300)")
     parser.add_argument("--max-file-seconds", type=float, default=300.0,
                         help="leave out test files whose unmutated run takes longer (default 300)")
     parser.add_argument("--include-slow", action="store_true", help=f"also run {', '.join(SLOW_FILES)}")
@@ -560,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
             mutants += chosen
     if args.match:
         mutants = [m for m in mutants if args.match in m.id]
+    if args.survivors_of:
+        earlier = json.loads(args.survivors_of.read_text())
+        wanted = {r["id"] for r in earlier if r["status"] != "killed"}
+        mutants = [m for m in mutants if m.id in wanted]
     selection = {}
     for path in sorted({m.path for m in mutants}):
         selection[path] = list(args.tests) if args.tests else tests_for(path, ROOT, args.include_slow)
@@ -574,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="irpo-mutation-"))
     print(f"copies under {workdir}", flush=True)
-    boxes = [Sandbox(workdir / f"job{j}", args.python) for j in range(max(1, args.jobs))]
+    boxes = [Sandbox(workdir / f"job{j}", args.python, args.test_timeout) for j in range(max(1, args.jobs))]
     for box in boxes:
         print(f"copy {box.repo}: imports {box.check_imports_itself()}", flush=True)
     files = sorted({f for fs in selection.values() for f in fs})
