@@ -461,6 +461,26 @@ def test_without_the_kl_term_no_reference_is_needed(setup):
     assert metrics["loss/total"].shape == ()
 
 
+def test_the_one_batch_backbone_pass_equals_the_separate_passes(setup):
+    """``given_and_mean(one_batch=True)``, the accelerators' form of the update's backbone pass,
+    equals ``given`` and ``mean`` with B != K (3 images, 2 action sets each), so that no mix-up of
+    the (B, K) row layout can hide behind a square batch."""
+    graphdef, params, img = setup["graphdef"], setup["params"], setup["batch"]["degraded"]
+    actions = setup["rollout"]["actions"][:, :2]
+
+    @jax.jit
+    def both(p, x, a):
+        model = nnx.merge(graphdef, p)
+        given, det = model.given_and_mean(x, a, detach_actions=True, one_batch=True)
+        alone_given, alone_det = model.given(x, a), model.mean(x, detach_actions=True)
+        return (given.restored, given.log_prob, det.restored, det.actions), (
+            alone_given.restored, alone_given.log_prob, alone_det.restored, alone_det.actions)  # fmt: skip
+
+    together, alone = both(params, img, actions)
+    for name, a, b in zip(("restored", "log_prob", "y_det", "mean actions"), together, alone, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5, err_msg=name)
+
+
 def test_a_non_finite_step_keeps_the_state(setup):
     """The NaN guard inside the update: a NaN pixel in the target makes L_sup non-finite; the
     state (parameters, Adam's moments, step) comes back unchanged and ``ok`` is 0."""
