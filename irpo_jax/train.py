@@ -48,7 +48,9 @@ def main(argv: list[str]) -> int:
         cfg is None or cfg.name  # noqa: B018 - a file that failed to load raises on first use
     except OSError as e:
         reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-        print(f"error: --config: {reason}", file=sys.stderr)
+        reason = reason.rpartition("failure to load: ")[2]  # ml_collections' wrapper says nothing more
+        print(f"error: --config: {reason}; --config takes a .py file with get_config(), "
+              "e.g. configs/allinone5.py", file=sys.stderr)
         return 2
     if cfg is None:
         print("error: --config is required, e.g. --config configs/allinone5.py", file=sys.stderr)

@@ -109,14 +109,19 @@ def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
     ("BAD.json", "--config BAD.json: not a valid Python config file ('{' was never closed, line 1); "
                  "--config takes a .py file with get_config()"),
     ("BAD.py", "--config BAD.py: not a valid Python config file (invalid syntax, line 1)"),
-    ("/nonexistent/config.py", "--config: [Errno 2] No such file or directory: '/nonexistent/config.py'"),
+    ("/nonexistent/config.py", "--config: [Errno 2] No such file or directory: '/nonexistent/config.py'; "
+                               "--config takes a .py file with get_config()"),
+    ("DIR", "--config: [Errno 21] Is a directory: 'DIR'; --config takes a .py file with get_config()"),
 ])
 def test_config_file_errors_name_the_flag_and_the_file(train_cli, tmp_path, capsys, config, needle):
     (tmp_path / "BAD.json").write_text('{"optim": {"lr": 1e-4}\n')
     (tmp_path / "BAD.py").write_text("def get_config(:\n")
-    config = config.replace("BAD", str(tmp_path / "BAD"))
+    (tmp_path / "DIR").mkdir()
+    paths = {name: str(tmp_path / name) for name in ("BAD", "DIR")}
+    for name, path in paths.items():
+        config, needle = config.replace(name, path), needle.replace(name, path)
     assert train_cli("--config", config, "--workdir", tmp_path / "run") == 2
-    assert one_line(capsys).startswith(f"error: {needle.replace('BAD', str(tmp_path / 'BAD'))}")
+    assert one_line(capsys).startswith(f"error: {needle}")
 
 
 # ----------------------------------------------------------------------------- the shared checks
