@@ -25,8 +25,10 @@ reference policy whose heads *and* backbone differ from the current ones, reward
 rollout, and an image with no scored rollout), lambda_sup != lambda_cons half-way through the
 annealing, KL and entropy coefficients that make their terms comparable to the surrogate's, and
 stored log-probs that differ from the current ones (clipping active in both directions). Adam
-with b1 = 0 and eps = 1e8 >> |g| moves each parameter by ``-lr/eps * mult * g``: the parameter
-changes compare gradients by magnitude, per parameter group, not just their signs.
+with b1 = 0 and eps = 1e8 >> |g| moves each parameter by ``-lr_t/eps * mult * g``: the parameter
+changes compare gradients by magnitude, per parameter group, not just their signs. ``lr_t`` is
+the per-step cosine schedule's value at that step, written from its definition (a schedule that
+decays over the wrong span moves every parameter by the wrong amount).
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 
 B, G, SIDE = 3, 3, 32
 TOTAL_STEPS, STEP = 9, 4  # the annealing half-way: frac = 4 / 8
-LR, ADAM_EPS = 1e6, 1e8  # parameter change = -0.01 x mult x gradient
+LR, ADAM_EPS = 1e6, 1e8  # parameter change = -0.01 x (the schedule's factor) x mult x gradient
+# optim.schedule="cosine": linear warm-up over WARMUP steps, then cosine to 0 at TOTAL_STEPS, per
+# step; the updates run at STEP (and STEP + 1), past the warm-up.
+WARMUP = 2
+
+
+def lr_at(step: int) -> float:
+    """The cosine schedule's learning rate at ``step`` >= WARMUP, from its definition."""
+    return LR * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (TOTAL_STEPS - WARMUP)))
+
 HEAD_LR_MULT = 6.0
 KL_COEF, ENTROPY_COEF, CLIP_EPS, ADV_EPS = 0.2, 0.05, 0.2, 1e-8
 LAMBDA_SUP, LAMBDA_CONS = (0.35, 0.1), (0.2, 0.05)  # Appendix C
@@ -256,7 +267,7 @@ def _noise(tree, rng: np.random.Generator, scale: float):
 @pytest.fixture(scope="module")
 def setup():
     cfg = config_lib.load_config("configs/allinone5.py:smoke")
-    cfg.optim.update(name="adam", lr=LR, eps=ADAM_EPS, b1=0.0, schedule="constant", warmup_steps=0,
+    cfg.optim.update(name="adam", lr=LR, eps=ADAM_EPS, b1=0.0, schedule="cosine", warmup_steps=WARMUP,
                      head_lr_mult=HEAD_LR_MULT, grad_clip=0.0)  # fmt: skip
     cfg.grpo.update(group_size=G, kl_coef=KL_COEF, entropy_coef=ENTROPY_COEF, clip_eps=CLIP_EPS, adv_eps=ADV_EPS,
                     lambda_sup=LAMBDA_SUP, lambda_cons=LAMBDA_CONS)  # fmt: skip
@@ -315,7 +326,7 @@ def groups_of(tree) -> dict[str, np.ndarray]:
     return out
 
 
-def check_step(before: dict, after: dict, grads: dict, rl_updates_backbone: bool, what: str):
+def check_step(before: dict, after: dict, grads: dict, rl_updates_backbone: bool, lr: float, what: str):
     """The parameter change of each group against -lr/eps * mult * (the reconstruction's gradient)."""
     g_rl, g_sup = groups_of(grads["rl"]), groups_of(grads["sup"])
     old, new = groups_of(before), groups_of(after)
@@ -326,7 +337,7 @@ def check_step(before: dict, after: dict, grads: dict, rl_updates_backbone: bool
         if heads:
             assert np.abs(g_sup[name]).max() < 1e-7 * np.abs(g_rl[name]).max(), f"{what}: L_sup reaches {name}"
         mult = HEAD_LR_MULT if heads else 1.0
-        want = -(LR / ADAM_EPS) * mult * grad
+        want = -(lr / ADAM_EPS) * mult * grad
         step = new[name] - old[name]
         assert np.abs(want).max() > 1e-6, f"{what}: {name} has no gradient in the set-up"
         # The multiplier by magnitude (a 6x on the wrong group is off by 6).
@@ -386,7 +397,11 @@ def prepared(setup, name: str) -> dict:
     assert constant_ref == bool(variant.get("constant_ref"))
     tx = trainer.build_optimizer(cfg, params, TOTAL_STEPS)
     state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
-    state = dataclasses.replace(state, step=jnp.asarray(STEP, jnp.int32), ref_params=ref)
+    # The optimizer's own step counters at STEP too (the schedule reads them, not state.step).
+    opt_state = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, STEP) if getattr(path[-1], "name", None) == "count" else x, state.opt_state)
+    assert any(getattr(path[-1], "name", None) == "count" for path, _ in jax.tree_util.tree_leaves_with_path(opt_state))
+    state = dataclasses.replace(state, step=jnp.asarray(STEP, jnp.int32), ref_params=ref, opt_state=opt_state)
     raw = raw_scores(setup["raw"], variant["missing"])
     rollout = dict(setup["rollout"])
     rollout["jax_scores"] = {k: jnp.asarray(raw[k], jnp.float32) for k in JAX_NAMES}
@@ -428,7 +443,7 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
             assert active.any() and (outside & ~active).any(), (rho, adv)
         check_terms(metrics, values, x, what, g.kl_estimator == "analytic")
         assert int(new_state.step) == STEP + iteration + 1
-        check_step(state.params, new_state.params, grads, g.rl_updates_backbone, what)
+        check_step(state.params, new_state.params, grads, g.rl_updates_backbone, lr_at(STEP + iteration), what)
         state = new_state
 
 
