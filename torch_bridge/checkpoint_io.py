@@ -48,7 +48,8 @@ class UpcastWarning(UserWarning):
     """The checkpoint's weights are stored in a narrower float type than the float32 returned."""
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+    """The file's SHA-256 as hex, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -280,7 +281,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         names[k]: v.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
         for k, v in tensors.items()
     }
-    info["sha256"] = _sha256(path)
+    info["sha256"] = sha256_file(path)
     return weights, info
 
 

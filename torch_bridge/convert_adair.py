@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
@@ -155,14 +154,6 @@ def _names_converter(manifest: dict[str, Any] | None) -> bool:
     return isinstance(converter, dict) and converter.get("name") == CONVERTER_NAME
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_list(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
     """Every file under ``directory`` except the manifest: relative POSIX path -> size, sha256."""
     files = {}
@@ -171,7 +162,7 @@ def _file_list(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
             path = pathlib.Path(root, name)
             rel = path.relative_to(directory).as_posix()
             if rel != MANIFEST:
-                files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+                files[rel] = {"size": path.stat().st_size, "sha256": checkpoint_io.sha256_file(path)}
     return dict(sorted(files.items()))
 
 
@@ -219,7 +210,7 @@ def _differences(directory: pathlib.Path, files: dict[str, dict[str, Any]]) -> t
     altered += [
         rel for rel in present
         if (directory / rel).stat().st_size != files[rel]["size"]
-        or _sha256(directory / rel) != files[rel]["sha256"]
+        or checkpoint_io.sha256_file(directory / rel) != files[rel]["sha256"]
     ]
     return sorted(foreign), sorted(altered)
 
