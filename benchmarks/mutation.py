@@ -158,6 +158,10 @@ def _constant_variants(value) -> list:
     return []
 
 
+# Calls whose first two arguments commute: swapping them is an equivalent mutant, never generated.
+SYMMETRIC = ("max", "min", "maximum", "minimum", "fmax", "fmin", "add", "multiply", "logaddexp", "hypot")
+
+
 def generate(path: str, root: pathlib.Path = ROOT) -> list[Mutant]:
     """Every candidate mutant of one file, in source order (deterministic)."""
     text = (root / path).read_text()
@@ -221,7 +225,8 @@ def generate(path: str, root: pathlib.Path = ROOT) -> list[Mutant]:
                 twin = func[: -len(leaf)] + TWINS[leaf]
                 add(node, f"twin:{leaf}->{TWINS[leaf]}", ast.unparse(_copy_with(node, func=ast.parse(twin, mode="eval").body)))
             positional = [a for a in node.args if not isinstance(a, ast.Starred)]
-            if len(positional) >= 2 and len(positional) == len(node.args) and leaf != "where":
+            # (Not for the symmetric functions: max(a, b) -> max(b, a) is the same program.)
+            if len(positional) >= 2 and len(positional) == len(node.args) and leaf not in ("where", *SYMMETRIC):
                 a, b = node.args[0], node.args[1]
                 if ast.unparse(a) != ast.unparse(b):
                     add(node, "swap_args:0,1", ast.unparse(_copy_with(node, args=[b, a, *node.args[2:]])))
