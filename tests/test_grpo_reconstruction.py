@@ -409,7 +409,9 @@ def prepared(setup, name: str) -> dict:
     if variant.get("stale"):  # sampled by other parameters: ratios away from 1, some clipped either way
         shift = np.tile([0.45, -0.1, -0.4], (B, 1))
         rollout["log_prob"] = rollout["log_prob"] + jnp.asarray(shift, jnp.float32)
-    update = jax.jit(trainer.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS, constant_ref=constant_ref))
+    # The shortcut only when asked for: by default the update runs the reference pass (always right).
+    shortcut = {"constant_ref": True} if constant_ref else {}
+    update = jax.jit(trainer.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS, **shortcut))
     cache[name] = dict(cfg=cfg, ref=ref, state=state, raw=raw, rollout=rollout, remote=remote, update=update)
     return cache[name]
 
