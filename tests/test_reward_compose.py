@@ -205,3 +205,7 @@ def test_judge_every_k_steps():
     total, parts = C.compose(JAX_RAW, {k: v for k, v in REMOTE_RAW.items() if k != "qwen"}, cfg)
     np.testing.assert_allclose(total, 0.6 * GEN + 0.3 * 0.6, atol=1e-6)
     assert "qwen" not in parts
+    # A reward config without the field (written before it existed) asks the judge every step.
+    legacy = C.default_reward_config()
+    del legacy["judge_every"]
+    assert "qwen" in C.active_components(legacy) and "qwen" in C.remote_components_for_step(legacy, 1)
