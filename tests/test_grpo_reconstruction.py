@@ -53,15 +53,15 @@ LR, ADAM_EPS = 1e6, 1e8  # parameter change = -0.01 x (the schedule's factor) x 
 # optim.schedule="cosine": linear warm-up over WARMUP steps, then cosine to 0 at TOTAL_STEPS, per
 # step; the updates run at STEP (and STEP + 1), past the warm-up.
 WARMUP = 2
+HEAD_LR_MULT = 6.0
+KL_COEF, ENTROPY_COEF, CLIP_EPS, ADV_EPS = 0.2, 0.05, 0.2, 1e-8
+LAMBDA_SUP, LAMBDA_CONS = (0.35, 0.1), (0.2, 0.05)  # Appendix C
 
 
 def lr_at(step: int) -> float:
     """The cosine schedule's learning rate at ``step`` >= WARMUP, from its definition."""
     return LR * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (TOTAL_STEPS - WARMUP)))
 
-HEAD_LR_MULT = 6.0
-KL_COEF, ENTROPY_COEF, CLIP_EPS, ADV_EPS = 0.2, 0.05, 0.2, 1e-8
-LAMBDA_SUP, LAMBDA_CONS = (0.35, 0.1), (0.2, 0.05)  # Appendix C
 
 # Eq. 22 and Appendix B.1: R = 0.6 R_gen + 0.1 R_qwen + 0.3 R_task.
 PAPER_GROUPS = {
