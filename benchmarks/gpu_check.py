@@ -59,7 +59,6 @@ import concurrent.futures
 import datetime
 import functools
 import json
-import os
 import pathlib
 import platform
 import statistics
