@@ -130,7 +130,9 @@ def head_features(net: adair.AdaIR, images: np.ndarray, batch: int = 32) -> dict
     def run(graphdef, state, x):
         model = nnx.merge(graphdef, state)
         _, h, w, _ = x.shape
-        out = {"spectrum": policy.spectrum_features(x), "mean colour": jnp.mean(x, axis=(1, 2))}
+        # The policy's default tiles: a 128x128 crop is one tile (the same features as without tiles).
+        spectrum = policy.spectrum_features(x, policy.PolicyConfig().spectrum_tile)
+        out = {"spectrum": spectrum, "mean colour": jnp.mean(x, axis=(1, 2))}
         for k, name in enumerate(adair.FRE_NAMES):
             f = 2 ** (3 - k)  # fre1 at 1/8, fre2 at 1/4, fre3 at 1/2 of the input
             out[f"pooled {name}"] = jnp.mean(getattr(model, name).image_features(x, h // f, w // f), axis=(1, 2))

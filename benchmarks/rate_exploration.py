@@ -1,17 +1,24 @@
-"""How often the initial policy's sampled rate actions open a low-pass mask (issue 16, item 1).
+"""How often the initial policy's sampled rate actions open a low-pass mask (issues 16 and 23).
 
   python benchmarks/rate_exploration.py [--markdown] [--samples 2048]
 
 At 128x128 training crops AdaIR's own masks are empty at every level (its rule needs feature
 maps of 128 pixels or more), so exploration of the frequency actions means opening masks. The
-former default (``mask_rule="fraction"``, rates Beta(1, 35)) opens one when ``floor(r * N) >= 1``;
-the default now (``"anchored"``, Beta(50, 50)) when ``floor(N * (2r - 1)) >= 1``, N = H_f // 2
+first default (``mask_rule="fraction"``, rates Beta(1, 35)) opens one when ``floor(r * N) >= 1``;
+the former default (``"anchored"``, Beta(50, 50)) when ``floor(N * (2r - 1)) >= 1``; the default
+now (``"widen"``, Beta(50, 50)) when ``floor((N + 1) * (2r - 1)) >= 1``, N = H_f // 2
 (``adair.mask_half_sizes``). For each FreModule (fre1 16x16, fre2 32x32, fre3 64x64 at a 128
 crop) this reports, exactly from the Beta tails (scipy) and by sampling the actual tiny policy
 (``IRPOPolicy.sample``, its ``mask_half_sizes``): the probability that one axis opens, that
 both do (a non-empty mask; the two rates are independent), and the mean half-size of an open
 axis, with its 99th percentile. At 128 crops the half-sizes depend on the rate actions only
 (not on the model size or weights), so the tiny model stands for any.
+
+A second table (``--markdown``) looks at test sizes where AdaIR's own mask is open (a
+``rate_conv`` that saturates, ``t = 1``: half-size ``H_f // 128``): per rule, the probability
+(exact, per axis) that a sampled rate changes AdaIR's mask there, and that it *narrows* it: a
+change no 128-pixel training crop can make (where AdaIR's mask is empty), so no reward ever
+scored it.
 """
 
 from __future__ import annotations
@@ -30,18 +37,42 @@ from flax import nnx
 from irpo_jax.models import adair, policy
 
 SIDE = 128
-SETTINGS = {"today (fraction, Beta(1, 35))": "fraction", "new (anchored, Beta(50, 50))": "anchored"}
+SETTINGS = {
+    "first (fraction, Beta(1, 35))": "fraction",
+    "former (anchored, Beta(50, 50))": "anchored",
+    "now (widen, Beta(50, 50))": "widen",
+}
+# Test-size feature maps where a saturated rate_conv opens AdaIR's mask: (label, H_f, W_f).
+TEST_FEATURES = (("fre3 of 512x768", 256, 384), ("fre2 of 720x1280", 180, 320), ("fre3 of 720x1280", 360, 640))
 
 
 def exact(rule: str, n: int) -> dict[str, float]:
     """From the Beta tails: P(h >= k) = P(r >= threshold_k); E[h | h >= 1] = sum_k P(h >= k) / P(h >= 1)."""
     dist = scipy.stats.beta(*policy.RATE_INIT[rule])
     k = np.arange(1, n + 1)
-    at_least = dist.sf(k / n) if rule == "fraction" else dist.sf(0.5 + k / (2 * n))  # P(h >= k)
+    # P(h >= k): the rate at which the rule's half-size reaches k (AdaIR's own is 0 at 128 crops)
+    threshold = {"fraction": k / n, "anchored": 0.5 + k / (2 * n), "widen": 0.5 + k / (2 * (n + 1))}[rule]
+    at_least = dist.sf(threshold)
     axis = float(at_least[0])
     tail = np.append(at_least[1:], 0.0) / axis  # P(h >= m + 1 | h >= 1) for m = 1..n
     p99 = int(k[np.argmax(1 - tail >= 0.99)])  # the smallest m with P(h <= m | open) >= 0.99
     return {"axis": axis, "both": axis**2, "mean": float(at_least.sum() / axis), "p99": p99}
+
+
+def at_test_size(rule: str, n: int, official: int) -> dict[str, float]:
+    """Per axis, where AdaIR's own half-size is ``official`` > 0 and N = ``n``: P(the sampled
+    half-size differs from it) and P(it is smaller), exactly (the rule's thresholds on r)."""
+    dist = scipy.stats.beta(*policy.RATE_INIT[rule])
+    if rule == "fraction":  # floor(r N) == official on [official / N, (official + 1) / N)
+        same = dist.cdf((official + 1) / n) - dist.cdf(official / n)
+        narrower = dist.cdf(official / n)
+    elif rule == "anchored":  # r < 0.5: floor(official * 2r) < official; above: changes from r >= 0.5 + 1/(2(N - official))
+        narrower = dist.cdf(0.5)
+        same = dist.cdf(0.5 + 1 / (2 * (n - official))) - dist.cdf(0.5)
+    else:  # widen: AdaIR's mask up to r = 0.5 + (official + 1) / (2 (N + 1)), never narrower
+        narrower = 0.0
+        same = dist.cdf(0.5 + (official + 1) / (2 * (n + 1)))
+    return {"changes": float(1 - same), "narrows": float(narrower)}
 
 
 def sampled(rule: str, samples: int, seed: int) -> list[dict[str, float]]:
@@ -75,7 +106,11 @@ def run(samples: int, seed: int) -> dict:
         for level, name in enumerate(adair.FRE_NAMES):
             side = SIDE // 2 ** (3 - level)
             rows.setdefault(name, {})[label] = {"exact": exact(rule, side // 2), "sampled": draws[level]}
-    return {"samples": samples, "seconds": round(time.perf_counter() - t0, 1), "levels": rows,
+    test = {}
+    for label, h, w in TEST_FEATURES:
+        for setting, rule in SETTINGS.items():
+            test.setdefault(label, {})[setting] = [at_test_size(rule, side // 2, side // 128) for side in (h, w)]
+    return {"samples": samples, "seconds": round(time.perf_counter() - t0, 1), "levels": rows, "test_sizes": test,
             "command": "python benchmarks/rate_exploration.py " + " ".join(sys.argv[1:])}  # fmt: skip
 
 
@@ -95,6 +130,21 @@ def markdown(res: dict) -> str:
             lines.append(
                 f"| {name} ({side}x{side}, N={side // 2}) | {label} | {e['axis']:.4f} / {s['axis']:.4f} "
                 f"| {e['both']:.2e} / {s['both']:.2e} | {e['mean']:.2f} / {s['mean']:.2f} | {e['p99']} |"
+            )
+    lines += [
+        "",
+        "At test sizes where AdaIR's own mask is open (saturated rate_conv, half-sizes H_f // 128, W_f // 128); "
+        "exact, per axis (rows | columns):",
+        "",
+        "| feature map (AdaIR's half-sizes) | setting | P(a sampled rate changes AdaIR's mask) | "
+        "P(it narrows it: never seen on a 128 crop) |",
+        "|---|---|---|---|",
+    ]
+    for (label, h, w) in TEST_FEATURES:
+        for setting, (rows, cols) in res["test_sizes"][label].items():
+            lines.append(
+                f"| {label} ({h // 128}, {w // 128}) | {setting} | {rows['changes']:.3f} \\| {cols['changes']:.3f} "
+                f"| {rows['narrows']:.3f} \\| {cols['narrows']:.3f} |"
             )
     return "\n".join(lines)
 

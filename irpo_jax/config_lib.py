@@ -31,10 +31,11 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
     c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
-    c.model.policy.mask_rule = "anchored"  # "anchored": r=0.5 is AdaIR's own mask, r<0.5 shrinks it, r>0.5 widens it; "fraction": floor(r*(H//2)); "adair": official
+    c.model.policy.mask_rule = "widen"  # "widen": r<=0.5 is AdaIR's own mask, r>0.5 widens it to the cutoff 2r-1 (same meaning on crops and whole images); "anchored": r<0.5 also shrinks it; "fraction": floor(r*(H//2)); "adair": official
     c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics of x (Appendix D); "pooled": the GAP only
+    c.model.policy.spectrum_tile = 128  # pixels: the FFT statistics are averaged over tiles of the training crop's size (= data.patch_size); 0 = whole image
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
-    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
+    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
     c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.readers)
@@ -90,7 +91,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.adv_eps = 1e-8  # epsilon inside the sqrt of the group std (Eq. 8)
     c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
     c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed component adds 0, reward.missing does not apply)
-    c.grpo.policy_iters = 1  # updates per rollout batch (1 = paper: ratio 1, REINFORCE with a group baseline)
+    c.grpo.policy_iters = 1  # updates per rollout batch (not given in the paper; 1: ratio 1, REINFORCE with a group baseline)
     c.grpo.one_step_stale = False  # update on the previous step's rollouts while the reward process scores this step's
     c.grpo.lambda_sup = (0.35, 0.1)  # L_sup weight, linear from start to end over training (paper)
     c.grpo.lambda_cons = (0.2, 0.05)  # L_cons weight, linear from start to end over training (paper)
@@ -148,6 +149,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.data.root = "demo_data"
         c.data.repeats = {"denoise": 1, "derain": 1, "dehaze": 1, "deblur": 1, "lowlight": 1}
         c.data.patch_size = 64
+        c.model.policy.spectrum_tile = 64  # = data.patch_size
         c.data.worker_count = 0
         c.train.batch_size = 2
         c.train.steps = 40
@@ -164,6 +166,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
         c.data.manifest = "all"  # no mining stage unless a test asks for it (data.manifest="")
         c.mining.crop = 32
         c.data.patch_size = 32
+        c.model.policy.spectrum_tile = 32  # = data.patch_size
         c.data.worker_count = 0
         c.data.validate = "none"
         c.train.batch_size = 2

@@ -52,22 +52,23 @@ def official_half_sizes(logits: np.ndarray, height: int, width: int) -> np.ndarr
 
 
 @jax.jit
-def _three_passes(plain_graph, plain_state, pol_graph, pol_state, img):
+def _three_passes(plain_graph, plain_state, pol_graph, pol_state, closing_graph, img):
     """The plain AdaIR (official rule, with its intermediates), the deterministic policy, and
-    the policy with every rate at ~0 (all masks empty: shows the masks matter)."""
+    the policy with every rate at ~0 under the "anchored" rule (``closing_graph``: all masks
+    empty, which the default "widen" rule cannot do: shows the masks matter)."""
     inter = {}
     plain = nnx.merge(plain_graph, plain_state)(img, intermediates=inter)
     pol = nnx.merge(pol_graph, pol_state)
     det = pol.mean(img)
     closed = det.actions.at[:, 0::4].set(1e-6).at[:, 1::4].set(1e-6)  # r_h, r_l of every module
-    empty = pol.given(img, closed[:, None]).restored[:, 0]
+    empty = nnx.merge(closing_graph, pol_state).given(img, closed[:, None]).restored[:, 0]
     logits = {name: inter[f"{name}_rate_logits"] for name in adair.FRE_NAMES}
     sizes = {name: inter[f"{name}_half_sizes"] for name in adair.FRE_NAMES}
     return plain, det, empty, logits, sizes
 
 
-def _policy_from(w: dict) -> policy.IRPOPolicy:
-    p = policy.IRPOPolicy("tiny", rngs=nnx.Rngs(1))  # the defaults: anchored, spectrum input
+def _policy_from(w: dict, **settings) -> policy.IRPOPolicy:
+    p = policy.IRPOPolicy("tiny", settings, rngs=nnx.Rngs(1))  # the defaults: widen, spectrum input
     convert.load_state_dict(p.net, w)
     return p
 
@@ -91,7 +92,8 @@ def test_deterministic_policy_is_the_official_adair_at_every_size(weights, size)
     img = jnp.asarray(np.random.default_rng(h + w).uniform(size=(1, h, w, 3)).astype(np.float32))
     with jax.default_matmul_precision("highest"):
         plain, det, empty, logits, sizes = _three_passes(
-            *nnx.split(convert.from_state_dict(wts)), *nnx.split(_policy_from(wts)), img
+            *nnx.split(convert.from_state_dict(wts)), *nnx.split(_policy_from(wts)),
+            nnx.split(_policy_from(wts, mask_rule="anchored"))[0], img,
         )
     for k, name in enumerate(adair.FRE_NAMES):
         fh, fw = h // 2 ** (3 - k), w // 2 ** (3 - k)  # fre1 at 1/8, fre2 1/4, fre3 1/2
@@ -167,13 +169,15 @@ def test_default_rate_init_explores_at_least_as_often_as_the_former_default():
     assert policy.PolicyConfig(mask_rule="fraction").rate_init == (1.0, 35.0)
     grid = jnp.linspace(0.0, 1.0, 2**16 + 1, dtype=jnp.float32)[1:-1]
     rates = jnp.stack([grid, grid], axis=-1)
+    rule = policy.PolicyConfig().mask_rule
     for side in (16, 32, 64):  # fre1, fre2, fre3 of a 128x128 crop
         t = jnp.full_like(rates, 0.99)  # anything: 128-pixel-or-less features have H // 128 = 0
-        opens_new = np.asarray(adair.mask_half_sizes(rates, side, side, "anchored", t))[:, 0] > 0
+        opens_new = np.asarray(adair.mask_half_sizes(rates, side, side, rule, t))[:, 0] > 0
         opens_old = np.asarray(adair.mask_half_sizes(rates, side, side, "fraction"))[:, 0] > 0
         r_new, r_old = float(grid[np.argmax(opens_new)]), float(grid[np.argmax(opens_old)])
-        assert abs(r_new - (0.5 + 1 / side)) < 2e-5 and abs(r_old - 2 / side) < 2e-5, side
-        p_new = scipy.stats.beta(*policy.RATE_INIT["anchored"]).sf(r_new) ** 2
+        # "widen": floor((N + 1)(2r - 1)) >= 1 from r = 0.5 + 1 / (2 (N + 1)), N = side // 2
+        assert abs(r_new - (0.5 + 1 / (side + 2))) < 2e-5 and abs(r_old - 2 / side) < 2e-5, side
+        p_new = scipy.stats.beta(*policy.RATE_INIT[rule]).sf(r_new) ** 2
         p_old = scipy.stats.beta(*policy.RATE_INIT["fraction"]).sf(r_old) ** 2
         assert p_new >= p_old, (side, p_new, p_old)
 
@@ -190,7 +194,7 @@ def test_policy_model_saved_before_the_new_settings_loads_and_computes_as_before
     """A model directory whose model.json lacks ``rate_input`` (and, written by hand, even
     ``mask_rule``) loads with the settings it was trained with, "pooled" and "fraction", not
     today's defaults (whose rate heads have another shape and whose mask rule differs)."""
-    old_cfg = policy.PolicyConfig(mask_rule="fraction", rate_input="pooled", rate_init=(4.0, 8.0))
+    old_cfg = policy.PolicyConfig(mask_rule="fraction", rate_input="pooled", spectrum_tile=0, rate_init=(4.0, 8.0))
     pol = policy.IRPOPolicy("tiny", old_cfg, rngs=nnx.Rngs(2))
     convert.load_state_dict(pol.net, opening_weights(weights))
     for heads in pol.heads.values():  # trained-looking heads: the means depend on the image
@@ -216,16 +220,24 @@ def test_policy_model_saved_before_the_new_settings_loads_and_computes_as_before
 
 def test_policy_configs():
     cfg = policy.PolicyConfig()
-    assert (cfg.mask_rule, cfg.rate_input, cfg.rate_init) == ("anchored", "spectrum", (50.0, 50.0))
+    assert (cfg.mask_rule, cfg.rate_input, cfg.rate_init, cfg.spectrum_tile) == ("widen", "spectrum", (50.0, 50.0), 128)
+    assert policy.PolicyConfig(mask_rule="anchored").rate_init == (50.0, 50.0)
     assert policy.PolicyConfig.from_dict(cfg.to_dict()) == cfg
     assert policy.PolicyConfig.from_dict({"rate_init": ()}) == cfg  # the config file's "by rule"
     assert policy.PolicyConfig(mask_rule="adair").rate_init == (1.0, 35.0)
     assert policy.PolicyConfig(rate_init=(3, 4)).rate_init == (3.0, 4.0)
-    assert policy.PolicyConfig.from_saved({}) == policy.PolicyConfig(mask_rule="fraction", rate_input="pooled")
+    assert policy.PolicyConfig.from_saved({}) == policy.PolicyConfig(
+        mask_rule="fraction", rate_input="pooled", spectrum_tile=0
+    )
+    # a model saved with the "anchored" default, before the spectrum tiles: whole-image statistics
+    anchored = {k: v for k, v in policy.PolicyConfig(mask_rule="anchored").to_dict().items() if k != "spectrum_tile"}
+    assert policy.PolicyConfig.from_saved(anchored).spectrum_tile == 0
     assert policy.PolicyConfig.from_saved(cfg.to_dict()) == cfg  # a new model.json is read as written
     with pytest.raises(ValueError, match="rate_input must be one of"):
         policy.PolicyConfig(rate_input="fft")
     with pytest.raises(ValueError, match="mask_rule must be one of"):
         policy.PolicyConfig(mask_rule="relative")
+    with pytest.raises(ValueError, match="spectrum_tile must be 0"):
+        policy.PolicyConfig(spectrum_tile=4)
     with pytest.raises(ValueError, match=r"rate_init must be \(alpha, beta\)"):
         policy.PolicyConfig(rate_init=(1.0, 2.0, 3.0))

@@ -1,4 +1,5 @@
-"""The rate heads' spectrum input (issue 16, item 2): :func:`irpo_jax.models.policy.spectrum_features`."""
+"""The rate heads' spectrum input (issue 16, item 2): :func:`irpo_jax.models.policy.spectrum_features`,
+and its tiles, which make a whole image read what its training crops read (issue 23, item 2)."""
 
 import math
 
@@ -85,17 +86,87 @@ def test_transposing_the_image_negates_the_anisotropy():
     assert np.abs(a[:, 8:16]).max() > 0.1
 
 
-def test_per_device_under_a_mesh():
-    """Batch-sharded over two devices, the FFT runs per device (no collective), same values."""
+@pytest.mark.parametrize("tile", [0, 16])
+def test_per_device_under_a_mesh(tile):
+    """Batch-sharded over two devices, the FFT runs per device (no collective), same values;
+    also with tiles (16-pixel tiles of a 32x48 image: a loop over rows of tiles)."""
     img = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 32, 48, 3)).astype(np.float32))
     mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    fn = jax.jit(policy.spectrum_features)
+    fn = jax.jit(policy.spectrum_features, static_argnums=1)
     with jax.set_mesh(mesh):
         sharded = jax.device_put(img, NamedSharding(mesh, P("data")))
-        compiled = fn.lower(sharded).compile()
+        compiled = fn.lower(sharded, tile).compile()
         got = jax.block_until_ready(compiled(sharded))
     assert not [op for op in ("all-gather(", "all-to-all(", "collective-permute(") if op in compiled.as_text()]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(fn(img)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(fn(img, tile)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_band_in_one_orientation_takes_the_next_bands_anisotropy():
+    """At an aspect ratio of 2 or more the lowest bands hold bins of one orientation only (32x128:
+    band 0 has just f_x = +-1/64 on f_y = 0, band 1 just f_x = +-1/32), so their anisotropy is
+    undefined and copies the next band that has both, as the docstring says (the numpy
+    transcription implements the rule bin by bin); their levels are their own."""
+    img = np.random.default_rng(7).uniform(size=(2, 32, 128, 3)).astype(np.float32)
+    img[1] = img[1] * np.linspace(0.1, 1, 128)[None, :, None]
+    f_y, f_x = np.meshgrid(2 * np.fft.fftfreq(32), 2 * np.fft.fftfreq(128), indexing="ij")
+    rho = np.hypot(f_x, f_y)
+    for b, (lo, hi) in enumerate([(0, 1 / 64), (1 / 64, 1 / 32), (1 / 32, 1 / 16)]):
+        sel = (rho > lo) & (rho <= hi + 1e-12)
+        one_orientation = bool(np.all(np.abs(f_x[sel]) > np.abs(f_y[sel])))
+        assert one_orientation == (b < 2), b  # bands 0 and 1 only: the case under test
+    got = np.asarray(jax.jit(policy.spectrum_features)(jnp.asarray(img)))
+    np.testing.assert_allclose(got, reference_features(img), rtol=0, atol=2e-4)
+    np.testing.assert_array_equal(got[:, 8], got[:, 10])  # anisotropy 0 and 1 are band 2's
+    np.testing.assert_array_equal(got[:, 9], got[:, 10])
+    assert np.all(got[:, 0] != got[:, 1]) and np.all(got[:, 1] != got[:, 2])  # levels: their own
+
+
+def test_tile_starts():
+    """Every tile // 8 pixels, the last at the far border; one tile where the side is no longer."""
+    assert policy.tile_starts(100, 0) == (0,) and policy.tile_starts(128, 128) == (0,)
+    assert policy.tile_starts(64, 128) == (0,)
+    assert policy.tile_starts(160, 128) == (0, 16, 32)
+    assert policy.tile_starts(150, 128) == (0, 16, 22)
+    for size, tile in ((200, 64), (720, 128), (1424, 128), (33, 32)):
+        starts = policy.tile_starts(size, tile)
+        assert starts[0] == 0 and starts[-1] == size - tile
+        assert all(0 < b - a <= max(tile // 8, 1) for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_features_are_the_mean_of_the_tiles_features():
+    """A 72x104 image with 32-pixel tiles: the mean, feature by feature, of the numpy
+    transcription on each 32x32 tile at every 4 pixels (offsets written out here), 10 x 18
+    tiles; a 32x32 image (one tile) reads exactly what it read without tiles."""
+    img = np.random.default_rng(8).uniform(size=(1, 72, 104, 3)).astype(np.float32)
+    img = np.clip(img * 0.3 + np.linspace(0, 0.7, 104)[None, None, :, None], 0, 1)
+    ys, xs = list(range(0, 41, 4)), list(range(0, 73, 4))  # 72 - 32 = 40, 104 - 32 = 72: no extra last
+    tiles = np.concatenate([img[:, y : y + 32, x : x + 32] for y in ys for x in xs])
+    expected = reference_features(tiles).mean(axis=0, keepdims=True)
+    got = np.asarray(jax.jit(policy.spectrum_features, static_argnums=1)(jnp.asarray(img), 32))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4)
+    crop = jnp.asarray(img[:, :32, :32])
+    np.testing.assert_array_equal(np.asarray(policy.spectrum_features(crop, 32)), np.asarray(policy.spectrum_features(crop)))
+
+
+def test_a_whole_photograph_reads_what_its_training_crops_read():
+    """skimage's astronaut (512x512) whole, against the mean of 256 random 128x128 crops (the
+    training pipeline's uniform offsets), in crop-to-crop standard deviations: with the default
+    128-pixel tiles every feature within 0.3 (benchmarks/spectrum_shift.py: mean over 14 images
+    <= 0.1, the crops' own noise floor up to 0.28); one periodogram of the whole image reads the
+    lowest band more than one standard deviation high."""
+    import skimage.data
+
+    img = skimage.data.astronaut().astype(np.float32) / 255
+    rng = np.random.default_rng(9)
+    tops, lefts = rng.integers(0, 512 - 128 + 1, 256), rng.integers(0, 512 - 128 + 1, 256)
+    crops = np.stack([img[t : t + 128, lf : lf + 128] for t, lf in zip(tops, lefts)])
+    crop_features = np.asarray(jax.jit(policy.spectrum_features)(jnp.asarray(crops)))
+    mean, std = crop_features.mean(axis=0), crop_features.std(axis=0, ddof=1)
+    fn = jax.jit(policy.spectrum_features, static_argnums=1)
+    tiled = (np.asarray(fn(jnp.asarray(img[None]), policy.PolicyConfig().spectrum_tile))[0] - mean) / std
+    whole = (np.asarray(fn(jnp.asarray(img[None]), 0))[0] - mean) / std
+    assert np.abs(tiled).max() < 0.3, tiled.round(2)
+    assert whole[0] > 1.0, whole.round(2)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,10 @@ from flax import nnx
 from irpo_jax.models import layers
 from irpo_jax.models.layers import Conv2d
 
-MASK_RULES = ("adair", "fraction", "anchored")
+MASK_RULES = ("adair", "fraction", "anchored", "widen")
+# The rules under which a rate of 0.5 (and, for "widen", any rate up to 0.5) is the module's own
+# official mask: they need the thresholds sigmoid(rate_conv(.)).
+ANCHORED_RULES = ("anchored", "widen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +53,11 @@ class AdaIRConfig:
       decoder: whether the FreModules exist (every released model has them).
       mask_rule: how the low-pass mask's half-sizes follow from the rates, see
         :func:`mask_half_sizes`: ``"adair"`` (official: ``int((H//128)*t)``), ``"fraction"``
-        (``floor(r*(H//2))``) or ``"anchored"`` (the IRPO policy's default: a rate of 0.5 is
-        the official mask, lower rates shrink it, higher ones widen it up to the whole
-        spectrum). Without policy rates, ``"anchored"`` is the official model exactly.
+        (``floor(r*(H//2))``), ``"widen"`` (the IRPO policy's default: rates up to 0.5 keep the
+        official mask, higher ones widen it to at least the low-pass cutoff ``2r - 1`` in
+        normalised frequency) or ``"anchored"`` (the former default: 0.5 is the official mask,
+        lower rates shrink it, higher ones widen it). Without policy rates, ``"widen"`` and
+        ``"anchored"`` are the official model exactly.
     """
 
     inp_channels: int = 3
@@ -270,30 +275,48 @@ def mask_half_sizes(
 
     Channel 0 drives the rows (height), channel 1 the columns (width); every product is in the
     rates' dtype (float32 for the official model) and truncated as ``.int()`` does (all terms
-    are >= 0, so truncation is a floor).
+    are >= 0, so truncation is a floor). ``N = H // 2`` is the largest half-size (the whole
+    spectrum); ``h_a = int((H // 128) * t)`` is the module's own official half-size for its
+    ``thresholds`` t = ``sigmoid(rate_conv(.))``.
 
-    * ``"adair"`` (official): ``int((H // 128) * t)``.
-    * ``"fraction"``: ``floor(r * (H // 2))``.
-    * ``"anchored"``: piecewise linear with ``r = 0.5`` at the official half-size of the module's
-      own ``thresholds`` t = ``sigmoid(rate_conv(.))``, ``h_a = int((H // 128) * t)``:
+    * ``"adair"`` (official): ``int((H // 128) * t)`` with the rate in place of t.
+    * ``"fraction"``: ``floor(r * N)``.
+    * ``"widen"`` (the IRPO policy's default): ``max(h_a, min(floor((N + 1) * (2r - 1)), N))``
+      for ``r > 0.5``, ``h_a`` for ``r <= 0.5``. A rate above 0.5 asks for the low band to reach
+      at least the cutoff ``2r - 1`` in normalised frequency (the N + 1 half-sizes 0..N take
+      equal shares of it, so ``r -> 1`` reaches the whole spectrum); it only ever widens
+      AdaIR's own mask. So an action means the same on a 128-pixel training crop (where
+      ``h_a`` is 0 at every level) and on a whole test image: the same cutoff, up to the grid's
+      resolution, never narrower than AdaIR's mask. The lower half is AdaIR's own mask at every
+      size, and the step-0 mean 0.5 sits inside a flat region of the rule, not on a jump: a
+      rate of ``0.5 + d`` changes nothing while ``(N + 1) * 2d < 1`` (for ``d = 1e-3``: any
+      feature side below 998 pixels).
+    * ``"anchored"`` (the former default): piecewise linear with ``r = 0.5`` at ``h_a``:
       ``floor(h_a * 2r)`` for ``r <= 0.5`` (down to an empty mask) and
-      ``floor(h_a + (H // 2 - h_a) * (2r - 1))`` above (up to the whole spectrum). At
-      ``r = 0.5`` both branches are ``h_a`` exactly (``2r`` and ``2r - 1`` are exact in
-      floating point), so the IRPO policy's Beta mean 0.5 reproduces AdaIR's own mask at any
-      resolution and for any ``rate_conv`` weights.
+      ``floor(h_a + (N - h_a) * (2r - 1))`` above (up to one bin short of the whole spectrum,
+      since ``r <= 1 - 1e-6``). Its lower half acts only where ``h_a > 0`` (test sizes), never
+      at 128-pixel training crops, and 0.5 sits on a floor boundary of it.
+
+    At ``r = 0.5`` both ``"widen"`` and ``"anchored"`` give ``h_a`` exactly (``2r`` and ``2r - 1``
+    are exact in floating point), so the IRPO policy's Beta mean 0.5 reproduces AdaIR's own mask
+    at any resolution and for any ``rate_conv`` weights.
 
     Args:
       rates: (B, 2) actions or thresholds in (0, 1).
       height, width: the feature map's size.
       rule: one of :data:`MASK_RULES`.
-      thresholds: (B, 2) ``sigmoid(rate_conv(.))``; required by ``"anchored"`` only.
+      thresholds: (B, 2) ``sigmoid(rate_conv(.))``; required by ``"widen"`` and ``"anchored"``.
     """
-    if rule == "anchored":
+    if rule in ANCHORED_RULES:
         if thresholds is None:
-            raise ValueError("mask_rule='anchored' needs the module's thresholds sigmoid(rate_conv(.))")
-        anchor = mask_half_sizes(thresholds, height, width, "adair").astype(rates.dtype)
+            raise ValueError(f"mask_rule={rule!r} needs the module's thresholds sigmoid(rate_conv(.))")
+        official = mask_half_sizes(thresholds, height, width, "adair")
+        anchor = official.astype(rates.dtype)
         whole = jnp.asarray([height // 2, width // 2], rates.dtype)
         two_r = 2 * rates
+        if rule == "widen":
+            cutoff = jnp.minimum(jnp.floor((whole + 1) * jnp.maximum(two_r - 1, 0)), whole).astype(jnp.int32)
+            return jnp.maximum(official, cutoff)
         half = jnp.where(rates <= 0.5, anchor * two_r, anchor + (whole - anchor) * (two_r - 1))
         return half.astype(jnp.int32)
     if rule == "adair":
@@ -421,8 +444,8 @@ class FreModule(nnx.Module):
           rates: optional (B, 2) mask actions in (0, 1) (the IRPO policy's ``r_h, r_l``): they
             replace the thresholds ``sigmoid(rate_conv(.))`` under the ``"adair"`` and
             ``"fraction"`` rules, and move the mask away from the one the thresholds set under
-            ``"anchored"`` (see :func:`mask_half_sizes`; without rates that rule is the
-            official one).
+            ``"widen"`` and ``"anchored"`` (see :func:`mask_half_sizes`; without rates those
+            rules are the official one).
           gates: optional (B, 2) fusion actions ``(g_f, g_o)`` in (0, 1). ``fuse_mode="modulate"``:
             ``y' = 2 g_o * para1 * O + 2 g_f * para2 * y`` (g = 0.5 is AdaIR exactly);
             ``"literal"`` (IRPO Eq. 5 as printed): ``y' = g_f * y + g_o * O``.
@@ -432,8 +455,8 @@ class FreModule(nnx.Module):
         y = layers.to_compute_dtype(y)
         logits = self.rate_logits(features)
         thresholds = jax.nn.sigmoid(logits)
-        if rates is None:  # the official thresholds; under "anchored" a rate of 0.5 means them
-            rates = jnp.full_like(thresholds, 0.5) if self.mask_rule == "anchored" else thresholds
+        if rates is None:  # the official thresholds; under "widen"/"anchored" a rate of 0.5 means them
+            rates = jnp.full_like(thresholds, 0.5) if self.mask_rule in ANCHORED_RULES else thresholds
         half_sizes = mask_half_sizes(rates, h, w, self.mask_rule, thresholds)
         mask = low_pass_mask(half_sizes, h, w)
         low, high = (layers.to_compute_dtype(band) for band in frequency_split(features, mask))
@@ -461,6 +484,7 @@ class FreModule(nnx.Module):
             intermediates.update(
                 rate_logits=logits, half_sizes=half_sizes, low=low, high=high, cross_l=high_attended,
                 cross_h=low_attended, refine=agg, cross_agg=out,
+                official_half_sizes=mask_half_sizes(thresholds, h, w, "adair"),
             )  # fmt: skip
         return fused.astype(y.dtype)
 

@@ -6,11 +6,16 @@ Each FreModule (``fre1..fre3``) gets two heads (IRPO section 3.3, Appendix D):
   height and width. Input (``rate_input``): ``"spectrum"`` (default) is
   ``GAP(conv1(resize(x)))`` (the features AdaIR's ``rate_conv`` reads) followed by
   :func:`spectrum_features` of the degraded image x (Appendix D: the head "takes the initial
-  degraded image x and passes it through an FFT"); ``"pooled"`` is the first part alone.
-  Mask rule (``mask_rule``, :func:`irpo_jax.models.adair.mask_half_sizes`): ``"anchored"``
-  (default) maps ``r = 0.5`` to the module's own official mask (``int((H // 128) * t)`` with
-  ``t = sigmoid(rate_conv(.))``), lower rates shrink it to empty and higher ones widen it up to
-  the whole spectrum; ``"fraction"``: half-size ``floor(r * (H // 2))``; ``"adair"``: the
+  degraded image x and passes it through an FFT"), averaged over ``spectrum_tile``-sized
+  tiles of the image so that a whole test image reads what its training crops read;
+  ``"pooled"`` is the first part alone.
+  Mask rule (``mask_rule``, :func:`irpo_jax.models.adair.mask_half_sizes`): ``"widen"``
+  (default) keeps the module's own official mask (``int((H // 128) * t)`` with
+  ``t = sigmoid(rate_conv(.))``) for ``r <= 0.5`` and widens it for ``r > 0.5`` to at least the
+  low-pass cutoff ``2r - 1`` in normalised frequency, up to the whole spectrum, so that an action
+  means the same on 128-pixel training crops and on whole test images; ``"anchored"`` (the
+  former default) maps ``r = 0.5`` to the official mask, lower rates shrink it to empty and
+  higher ones widen it; ``"fraction"``: half-size ``floor(r * (H // 2))``; ``"adair"``: the
   official rule with ``r`` in place of ``t``.
 * **Policy Fuse head**: input ``GAP(y)`` of the decoder feature, output Beta concentrations for
   ``(g_f, g_o)``: the fusion weights (``fuse_mode="modulate"``:
@@ -26,15 +31,16 @@ for bit; its restorations up to how XLA fuses the two programs, ~1e-6).
 
 Initialisation preserves the pretrained backbone at every resolution: the heads' last layer
 starts with zero weights (and the rate heads' spectrum inputs with zero first-layer weights),
-so the concentrations are the constants ``rate_init`` and ``fuse_init``. Under ``"anchored"``
-both default to ``alpha == beta`` (rates Beta(50, 50), fuse gates Beta(20, 20)), whose mean is
-exactly 0.5 in float32: the ``mean`` mode then takes AdaIR's own mask at every level and its
+so the concentrations are the constants ``rate_init`` and ``fuse_init``. Under ``"widen"`` and
+``"anchored"`` both default to ``alpha == beta`` (rates Beta(50, 50), fuse gates Beta(20, 20)),
+whose mean is exactly 0.5 in float32: the ``mean`` mode then takes AdaIR's own mask at every level and its
 fusion gates are exactly 1, i.e. it *is* the plain AdaIR with the official rule, on any input
 size and for any ``rate_conv`` weights (tested, including sizes where the official rule opens
-masks at fre2 and fre3). Sampled rates then explore masks around AdaIR's: at 128x128 training
-crops, where AdaIR's masks are empty, a rate above ``0.5 + 1/(H_f)`` opens one; Beta(50, 50)
-opens both axes at least as often as the former default (``"fraction"`` with Beta(1, 35)) at
-every level, with small masks (benchmarks/RESULTS.md, "Rate-action exploration").
+masks at fre2 and fre3). Sampled rates then explore masks wider than AdaIR's: at 128x128
+training crops, where AdaIR's masks are empty, a rate above ``0.5 + 1/(H_f + 2)`` opens one;
+Beta(50, 50) opens both axes at least as often as the former ``"fraction"`` default with
+Beta(1, 35) at every level, with small masks (benchmarks/RESULTS.md, "Rate-action
+exploration"); the half of its draws below 0.5 keeps AdaIR's own mask at every size.
 ``"fraction"`` and ``"adair"`` keep their former initial Beta(1, 35) (mean 1/36), for which the
 ``mean`` mode is AdaIR only while every mask stays empty (``"fraction"``: sides up to 140
 pixels; larger images get small non-empty masks).
@@ -45,6 +51,7 @@ This is the only module that imports distrax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -62,15 +69,16 @@ ACTION_NAMES = ("r_h", "r_l", "g_f", "g_o")
 ACTIONS_PER_MODULE = 4
 
 # The rate heads' initial Beta (alpha, beta) when ``rate_init`` is left empty, by mask rule.
-# "anchored": symmetric, so the mean is exactly 0.5 (AdaIR's own mask). With 50 the draws open
-# masks at 128x128 crops more often than the former default at every level (1.3x at fre3, the
-# binding level: at 100 it only ties), and small ones (1-3 bins per side on average; the larger
-# alpha, the smaller): benchmarks/rate_exploration.py.
+# "widen"/"anchored": symmetric, so the mean is exactly 0.5 (AdaIR's own mask). With 50 the draws
+# open masks at 128x128 crops more often than the former "fraction" default at every level (1.3x
+# at fre3, the binding level: at 100 it only ties), and small ones (1-3 bins per side on average;
+# the larger alpha, the smaller): benchmarks/rate_exploration.py.
 # "fraction"/"adair": their former default, mean 1/36 (empty masks at 128x128 crops).
-RATE_INIT = {"anchored": (50.0, 50.0), "fraction": (1.0, 35.0), "adair": (1.0, 35.0)}
+RATE_INIT = {"widen": (50.0, 50.0), "anchored": (50.0, 50.0), "fraction": (1.0, 35.0), "adair": (1.0, 35.0)}
 # What a saved model.json's "policy" means by a key it lacks: the setting before the key existed
-# (policies saved before the "anchored" rule and the spectrum input; PolicyConfig.from_saved).
-SAVED_DEFAULTS = {"mask_rule": "fraction", "rate_input": "pooled"}
+# (policies saved before the "anchored" rule, the spectrum input and its tiles;
+# PolicyConfig.from_saved).
+SAVED_DEFAULTS = {"mask_rule": "fraction", "rate_input": "pooled", "spectrum_tile": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,22 +86,27 @@ class PolicyConfig:
     """How the Beta policy is attached to AdaIR.
 
     Attributes:
-      mask_rule: ``"anchored"`` (default; rate 0.5 = AdaIR's own mask), ``"fraction"`` (half-size
-        ``floor(r * (H // 2))``) or ``"adair"`` (official rule with r for t); see
-        :func:`irpo_jax.models.adair.mask_half_sizes`.
+      mask_rule: ``"widen"`` (default; rates up to 0.5 = AdaIR's own mask, higher ones widen it),
+        ``"anchored"`` (rate 0.5 = AdaIR's own mask, lower shrink it, higher widen it),
+        ``"fraction"`` (half-size ``floor(r * (H // 2))``) or ``"adair"`` (official rule with r
+        for t); see :func:`irpo_jax.models.adair.mask_half_sizes`.
       rate_input: ``"spectrum"`` (default; pooled conv1 features + :func:`spectrum_features`) or
         ``"pooled"`` (``GAP(conv1(resize(x)))`` only).
+      spectrum_tile: side of the tiles the spectrum features are averaged over (the training
+        crop, ``data.patch_size``: 128); 0 = the whole image in one periodogram (the former
+        behaviour, whose low bands read higher on whole images than on crops).
       fuse_mode: ``"modulate"`` (default; Beta mean 0.5 == AdaIR) or ``"literal"`` (Eq. 5).
       rate_init: initial (alpha, beta) of the rate actions; empty (default) = ``RATE_INIT`` of the
-        mask rule: (50, 50) for "anchored", (1, 35) otherwise.
+        mask rule: (50, 50) for "widen" and "anchored", (1, 35) otherwise.
       fuse_init: initial (alpha, beta) of the fuse actions (alpha == beta: mean exactly 0.5).
       min_concentration: added after softplus, so concentrations stay positive.
       max_concentration: upper clip; float32 ``betaln`` loses ~1e-3 by 1e4 (cancellation).
       action_eps: actions are clamped to [eps, 1 - eps] before any log.
     """
 
-    mask_rule: str = "anchored"
+    mask_rule: str = "widen"
     rate_input: str = "spectrum"
+    spectrum_tile: int = 128
     fuse_mode: str = "modulate"
     rate_init: tuple[float, ...] | None = None
     fuse_init: tuple[float, float] = (20.0, 20.0)
@@ -108,6 +121,12 @@ class PolicyConfig:
             raise ValueError(f"policy rate_input must be one of {RATE_INPUTS}, got {self.rate_input!r}")
         if self.fuse_mode not in FUSE_MODES:
             raise ValueError(f"policy fuse_mode must be one of {FUSE_MODES}, got {self.fuse_mode!r}")
+        object.__setattr__(self, "spectrum_tile", int(self.spectrum_tile))
+        if self.spectrum_tile < 0 or 0 < self.spectrum_tile < 8:
+            raise ValueError(
+                f"policy spectrum_tile must be 0 (whole image) or a tile side of at least 8 pixels (the "
+                f"training crop, data.patch_size), got {self.spectrum_tile}"
+            )
         rate_init = self.rate_init if self.rate_init else RATE_INIT[self.mask_rule]
         object.__setattr__(self, "rate_init", tuple(float(v) for v in rate_init))
         object.__setattr__(self, "fuse_init", tuple(float(v) for v in self.fuse_init))
@@ -162,7 +181,7 @@ DC_OFFSET = math.log(0.25)
 SPECTRUM_EPS = 1e-6
 
 
-def spectrum_features(img: jax.Array) -> jax.Array:
+def spectrum_features(img: jax.Array, tile: int = 0) -> jax.Array:
     """Resolution-normalised statistics of the degraded image's spectrum -> (B, 17) float32.
 
     The rate heads choose the cutoff of a low-pass mask, so they should see where the image's
@@ -172,7 +191,8 @@ def spectrum_features(img: jax.Array) -> jax.Array:
     whole spectrum down relative to the image's structure. ``GAP(conv1(.))`` alone is close to a
     linear function of the mean colour and sees none of this.
 
-    Computed on the luminance ``Y`` (BT.601) of the full-resolution input, once per image:
+    Computed on the luminance ``Y`` (BT.601) of the full-resolution input, once per image, per
+    ``tile x tile`` tile (``tile = 0``: the whole image as one) and averaged over the tiles:
 
     * power ``P(f) = H W |F(f)|^2`` with ``F = fft2(Y, norm='forward')``: a periodogram, so white
       noise of variance s^2 gives ``E P = s^2`` at every frequency and image size, and any
@@ -190,8 +210,23 @@ def spectrum_features(img: jax.Array) -> jax.Array:
       the cross-validated task accuracy of the benchmark below from 81 % to 88 %.
 
     A band with no frequency bin at this size (the lowest ones on small inputs: at 32x32 the
-    first bin is at rho = 1/16) takes the values of the next higher band. Returns
-    ``[level_0..7, anisotropy_0..7, dc]``. No gradient flows (it is a function of the input only).
+    first bin is at rho = 1/16) takes the values of the next higher band; a band whose bins all
+    lie in one orientation half (inputs with an aspect ratio of 2 or more) takes the anisotropy
+    of the next higher band. Returns ``[level_0..7, anisotropy_0..7, dc]``. No gradient flows
+    (it is a function of the input only).
+
+    **Tiles** (``tile > 0``, the policy's ``spectrum_tile``, set to the training crop): the rate
+    heads learn on ``tile``-sized crops and act on whole test images, so a whole image must read
+    what its crops read. A periodogram of the whole image does not: its lowest band holds lower
+    frequencies than a crop's, with more power (on 7 photographs band 0 read 1.5 crop-to-crop
+    standard deviations higher). So the features are computed on ``tile x tile`` tiles at every
+    ``tile // 8`` pixels along each side (:func:`tile_starts`; a side shorter than ``tile`` is one
+    tile of that side) and averaged, as logs, over the tiles: a crop of exactly ``tile`` pixels
+    is one tile and reads what it read before, and a whole image reads the mean of the features
+    of its crops at every position, i.e. what random training crops of it read on average. (A
+    grid of disjoint tiles weights the image's borders more than random crops do, which cover
+    its centre more often; it read up to 0.35 standard deviations low in the middle bands.
+    ``benchmarks/spectrum_shift.py`` measures the agreement.)
     ``benchmarks/head_input_separability.py`` measures how well these tell the five degradations
     and the three noise levels apart, against the pooled conv1 features alone.
 
@@ -199,11 +234,45 @@ def spectrum_features(img: jax.Array) -> jax.Array:
     :func:`irpo_jax.models.adair.frequency_split` (XLA would all-gather the batch).
     """
     img = jax.lax.stop_gradient(layers.at_least_float32(img))
+    features = functools.partial(_tiled_spectrum_features, tile=tile)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and mesh.shape.get("data", 1) > 1 and img.shape[0] % mesh.shape["data"] == 0:
         spec = jax.sharding.PartitionSpec("data")
-        return jax.shard_map(_spectrum_features, in_specs=spec, out_specs=spec)(img)
-    return _spectrum_features(img)
+        return jax.shard_map(features, in_specs=spec, out_specs=spec)(img)
+    return features(img)
+
+
+# Tiles are taken every tile // TILE_STRIDE_DIVISOR pixels (16 for 128-pixel tiles).
+TILE_STRIDE_DIVISOR = 8
+
+
+def tile_starts(size: int, tile: int) -> tuple[int, ...]:
+    """Start offsets of the tiles along a side of ``size`` pixels: every ``tile // 8`` pixels from
+    0, and ``size - tile`` last, so the tiles reach the far border (``tile = 0`` or a side of at
+    most ``tile``: one tile at 0, of the whole side)."""
+    if tile <= 0 or size <= tile:
+        return (0,)
+    starts = list(range(0, size - tile + 1, max(tile // TILE_STRIDE_DIVISOR, 1)))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return tuple(starts)
+
+
+def _tiled_spectrum_features(img: jax.Array, tile: int) -> jax.Array:
+    b, h, w, c = img.shape
+    ys, xs = tile_starts(h, tile), tile_starts(w, tile)
+    if len(ys) * len(xs) == 1:
+        return _spectrum_features(img)
+    th, tw = min(tile, h), min(tile, w)
+
+    def row(y: jax.Array) -> jax.Array:  # the mean over one row of tiles -> (B, 17)
+        strip = jax.lax.dynamic_slice_in_dim(img, y, th, axis=1)  # (B, th, W, C)
+        tiles = jnp.stack([strip[:, :, x : x + tw] for x in xs], axis=1)  # (B, len(xs), th, tw, C)
+        features = _spectrum_features(tiles.reshape(b * len(xs), th, tw, c))
+        return jnp.mean(features.reshape(b, len(xs), -1), axis=1)
+
+    # One row of tiles at a time (jax.lax.map), so memory stays at one strip's tiles.
+    return jnp.mean(jax.lax.map(row, jnp.asarray(ys, jnp.int32)), axis=0)  # (B, 17)
 
 
 def _spectrum_features(img: jax.Array) -> jax.Array:
@@ -307,6 +376,9 @@ class PolicyOutput:
       entropy: (N,) sum of the 12 Beta entropies along this pass.
       mask_half_sizes: (N, 3, 2) int32, the half-sizes ``(h_, w_)`` of the low-pass mask each
         FreModule used (0 on either axis: an empty mask, the low band is zero).
+      official_half_sizes: (N, 3, 2) int32, the half-sizes AdaIR's own rule gives there
+        (``int((H // 128) * sigmoid(rate_conv(.)))``): where they differ from
+        ``mask_half_sizes``, an action changed AdaIR's mask.
       head_inputs: ``{"fre1/rate": (N, C [+ 17]), "fre1/fuse": (N, C), ...}`` what each head read
         (gradient-stopped; the rate heads' input ends with the 17 :func:`spectrum_features` under
         ``rate_input="spectrum"``): with the actions they determine the log-probs given the
@@ -319,12 +391,14 @@ class PolicyOutput:
     log_prob: jax.Array
     entropy: jax.Array
     mask_half_sizes: jax.Array
+    official_half_sizes: jax.Array
     head_inputs: dict[str, jax.Array]
 
 
 jax.tree_util.register_dataclass(
     PolicyOutput,
-    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "mask_half_sizes", "head_inputs"],
+    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "mask_half_sizes",
+                 "official_half_sizes", "head_inputs"],
     meta_fields=[],
 )
 
@@ -394,7 +468,8 @@ class IRPOPolicy(nnx.Module):
 
         Computed on the (B, ...) images before any repeat over rollouts: once per image.
         """
-        return spectrum_features(img) if self.policy_config.rate_input == "spectrum" else None
+        pcfg = self.policy_config
+        return spectrum_features(img, pcfg.spectrum_tile) if pcfg.rate_input == "spectrum" else None
 
     def _run(
         self, img: jax.Array, enc: adair.Encoding, choose, detach_head_inputs: bool = False,
@@ -407,7 +482,7 @@ class IRPOPolicy(nnx.Module):
         :meth:`_spectrum` of the batch's images, one row per row of ``img``.
         """
         pcfg = self.policy_config
-        actions, concs, sizes, inputs = [], [], [], {}
+        actions, concs, sizes, official, inputs = [], [], [], [], {}
         detach = jax.lax.stop_gradient if detach_head_inputs else (lambda t: t)
 
         def hook(name: str, module: adair.FreModule, img: jax.Array, y: jax.Array) -> jax.Array:
@@ -430,6 +505,7 @@ class IRPOPolicy(nnx.Module):
             stages = {}
             fused = module.fuse(features, y, rates=rates, gates=gates, fuse_mode=pcfg.fuse_mode, intermediates=stages)
             sizes.append(stages["half_sizes"])
+            official.append(stages["official_half_sizes"])
             return fused
 
         restored = self.net.decode(img, enc, fre_hook=hook)
@@ -443,6 +519,7 @@ class IRPOPolicy(nnx.Module):
             log_prob=jnp.sum(dist.log_prob(actions), axis=-1),
             entropy=jnp.sum(dist.entropy(), axis=-1),
             mask_half_sizes=jnp.stack(sizes, axis=1),  # (N, 3, 2)
+            official_half_sizes=jnp.stack(official, axis=1),  # (N, 3, 2)
             head_inputs=inputs,
         )
 

@@ -79,6 +79,12 @@ def build_model(cfg: ml_collections.ConfigDict) -> nnx.Module:
     if isinstance(start, IRPOPolicy):
         return start
     pcfg = PolicyConfig.from_dict(cfg.model.policy.to_dict())
+    if pcfg.rate_input == "spectrum" and pcfg.spectrum_tile not in (0, cfg.data.patch_size):
+        log.warning(
+            "model.policy.spectrum_tile=%d differs from the training crop data.patch_size=%d: the rate heads "
+            "will read spectrum statistics of another size at test time than in training; set both the same",
+            pcfg.spectrum_tile, cfg.data.patch_size,
+        )
     policy = IRPOPolicy(start.config, pcfg, rngs=rngs)
     nnx.update(policy.net, nnx.state(start, nnx.Param))
     return policy
