@@ -5,7 +5,8 @@
 Reads ``runs/demo_eval/{before,after}/eval/*/results.json`` (written by ``irpo_jax.evaluate``)
 and ``runs/demo_grpo/metrics.jsonl`` (written by the trainer), prints both tables, the mean
 reward at the start and end of post-training (per step, and on the fixed probe batches when
-``train.probe_every`` is set), and the paths of images, the before/after comparison page
+``train.probe_every`` is set), where the policy's actions went (:func:`action_lines`), and the
+paths of images, the before/after comparison page
 (``runs/demo_eval/compare/index.html``, written by ``irpo_jax.compare``) and TensorBoard logs.
 """
 
@@ -26,6 +27,38 @@ def _results(root: pathlib.Path) -> dict | None:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def action_lines(records: list[dict]) -> list[str]:
+    """Where the actions went over a GRPO run, from its logged ``actions/*`` statistics: per
+    FreModule the Beta means of the four actions (0.5 = AdaIR), the rate heads' concentration and
+    the share of rollouts whose mask differs from AdaIR's, at the first and the last log point;
+    and the mean within-group correlation of the reward with PSNR. Empty without them."""
+    from irpo_jax.models.adair import FRE_NAMES
+    from irpo_jax.models.policy import ACTION_NAMES
+
+    logged = [r for r in records if "actions/fre1/r_h/mean" in r]
+    if not logged:
+        return []
+    first, last = logged[0], logged[-1]
+    arrow = lambda key, fmt: f"{first[key]:{fmt}} -> {last[key]:{fmt}}"  # noqa: E731
+    lines = [
+        f"Actions (Beta means over the rollouts, 0.5 = AdaIR; log steps {first['step']} -> {last['step']}):",
+        "",
+        "| module | " + " | ".join(ACTION_NAMES) + " | rate concentration (r_h) | masks changed |",
+        "|:--|" + ":-:|" * (len(ACTION_NAMES) + 2),
+    ]
+    for name in FRE_NAMES:
+        cells = [arrow(f"actions/{name}/{a}/mean", ".3f") for a in ACTION_NAMES]
+        cells.append(arrow(f"actions/{name}/r_h/concentration", ".1f"))
+        changed = f"actions/{name}/mask_changed"
+        cells.append(f"{100 * first[changed]:.1f} % -> {100 * last[changed]:.1f} %")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    corr = [r["reward/corr_psnr"] for r in records
+            if isinstance(r.get("reward/corr_psnr"), float) and r["reward/corr_psnr"] == r["reward/corr_psnr"]]
+    if corr:
+        lines += ["", f"Reward vs PSNR within groups (Pearson r, mean of {len(corr)} log points): {_mean(corr):+.3f}"]
+    return lines
 
 
 def report(runs: pathlib.Path) -> str:
@@ -56,6 +89,9 @@ def report(runs: pathlib.Path) -> str:
             f"Mean GRPO reward: {first:.4f} (first {k} log points) -> {last:.4f} (last {k}), "
             f"over {records[-1]['step']} steps"
         )
+    actions = action_lines(metrics)
+    if actions:
+        lines += [""] + actions
     page = runs / "demo_eval" / "compare" / "index.html"
     lines += [
         "",

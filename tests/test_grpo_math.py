@@ -162,3 +162,19 @@ def test_batch_scale_counts_only_the_scored_rollouts():
     # eps inside the square root here too
     a = np.asarray(adv.group_advantages(r, eps=0.2, scale="batch"))
     np.testing.assert_allclose(a, centred / math.sqrt(16 / 9 + 0.2), rtol=1e-6)
+
+
+def test_within_group_correlation_against_numpy():
+    """The mean over groups of Pearson's r (numpy's corrcoef), leaving out groups with a NaN or
+    no spread in either argument; NaN when none is left."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    b[1] = 2 * a[1] + 1  # r = 1
+    a[2, 0] = np.nan  # left out
+    b[3] = 0.5  # no spread: left out
+    a[4] = -a[5]
+    b[4] = b[5]
+    expected = np.mean([np.corrcoef(a[i], b[i])[0, 1] for i in (0, 1, 4, 5)])
+    got = float(adv.within_group_correlation(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert math.isnan(float(adv.within_group_correlation(jnp.ones((2, 4)), jnp.asarray(rng.normal(size=(2, 4))))))

@@ -92,6 +92,40 @@ def test_shapes_and_action_layout(rollouts):
     assert np.unique(a[0, :, 0]).size == G
 
 
+def test_action_statistics_against_the_actions(pol):
+    """Issue 23, item 3: the logged statistics of a sampled pass, against what its actions imply.
+    Heads with image-dependent concentrations (random last layers, rate means near 0.6): the Beta means and
+    concentrations are the rollouts' averages of alpha / (alpha + beta) and alpha + beta; at
+    32x32 (feature sides 4, 8, 16: AdaIR's own masks empty) a rollout changes a module's mask
+    exactly when both of its rates reach floor((N + 1)(2r - 1)) >= 1, N = side // 2."""
+    from irpo_jax.training.steps import action_statistics
+
+    trained = nnx.clone(pol)
+    rng = np.random.default_rng(11)
+    wider = jnp.asarray([policy._inverse_softplus(v) for v in (60.0, 40.0) * 2])  # rate means near 0.6
+    for heads in trained.heads.values():
+        heads.policy_rate.fc2.bias[...] = wider
+        for head in (heads.policy_rate, heads.policy_fuse):
+            head.fc2.kernel[...] = jnp.asarray(0.2 * rng.normal(size=head.fc2.kernel.shape), jnp.float32)
+    img = images((3, 32, 32, 3), seed=4)
+    out = jax.jit(lambda g, s, x: nnx.merge(g, s).sample(x, jax.random.key(3), 16))(*nnx.split(trained), img)
+    stats = jax.jit(action_statistics)(out)
+    conc = np.asarray(out.concentrations, np.float64).reshape(-1, 12, 2)
+    actions = np.asarray(out.actions).reshape(-1, 12)
+    for m, (name, side) in enumerate(zip(adair.FRE_NAMES, (4, 8, 16))):
+        for a, action in enumerate(policy.ACTION_NAMES):
+            k = 4 * m + a
+            assert float(stats[f"actions/{name}/{action}/mean"]) == pytest.approx(
+                np.mean(conc[:, k, 0] / conc[:, k].sum(-1)), rel=1e-5)
+            assert float(stats[f"actions/{name}/{action}/concentration"]) == pytest.approx(
+                np.mean(conc[:, k].sum(-1)), rel=1e-5)
+        n = side // 2
+        rates = actions[:, 4 * m : 4 * m + 2].astype(np.float32)
+        opened = np.all(np.floor((n + 1) * (np.float32(2) * rates - np.float32(1))) >= 1, axis=1)
+        assert float(stats[f"actions/{name}/mask_changed"]) == pytest.approx(opened.mean(), abs=1e-7)
+    assert 0 < float(stats["actions/fre3/mask_changed"]) < 1  # the comparison above can see a change
+
+
 def test_log_prob_matches_eq23_and_scipy(rollouts):
     _, out = rollouts
     a = np.asarray(out.actions, np.float64)

@@ -94,6 +94,30 @@ def test_grpo_stage_logs_the_design_metrics(grpo_run):
     assert restorer.meta["model"] == "adair_policy"
 
 
+def test_grpo_stage_logs_where_the_actions_are(grpo_run):
+    """Issue 23, item 3: per module and action the Beta mean and concentration, per module the
+    fraction of rollouts whose mask differs from AdaIR's, and the within-group correlation of the
+    reward with PSNR, in metrics.jsonl and TensorBoard. At step 0 the heads are at their initial
+    Beta(50, 50) / Beta(20, 20) (mean 0.5, concentration 100 / 40) whatever the image; at the
+    smoke crops (32 px: fre3 16x16, N = 8) a rate opens a mask from r >= 0.5 + 1/18."""
+    from irpo_jax.metrics_log import read_events
+
+    workdir, _, _ = grpo_run
+    records = [r for r in read_metrics(workdir) if "loss/rl" in r]
+    first = records[0]
+    assert first["step"] == 1  # the statistics of the rollouts step 0 sampled
+    for name in ("fre1", "fre2", "fre3"):
+        for action, conc in (("r_h", 100.0), ("r_l", 100.0), ("g_f", 40.0), ("g_o", 40.0)):
+            assert first[f"actions/{name}/{action}/mean"] == pytest.approx(0.5, abs=1e-6)
+            assert first[f"actions/{name}/{action}/concentration"] == pytest.approx(conc, rel=1e-5)
+        assert 0.0 <= first[f"actions/{name}/mask_changed"] <= 1.0
+    assert all(-1.0 <= r["reward/corr_psnr"] <= 1.0 for r in records if np.isfinite(r["reward/corr_psnr"]))
+    assert any(np.isfinite(r["reward/corr_psnr"]) for r in records)
+    tags = {v.tag for events in (workdir / "tensorboard").rglob("events.*") for event in read_events(events)
+            for v in event.summary.value}  # fmt: skip
+    assert {"actions/fre3/r_h/mean", "actions/fre3/mask_changed", "reward/corr_psnr"} <= tags
+
+
 def test_reward_probe_scores_fixed_batches_with_fixed_keys(grpo_run):
     workdir, _, cfg = grpo_run
     probes = [r for r in read_metrics(workdir) if "probe/reward/total/mean" in r]

@@ -73,3 +73,22 @@ def frac_zero_std(rewards: jax.Array, tol: float = 1e-12) -> jax.Array:
     mean = jnp.sum(r, axis=1) / n
     var = jnp.sum(jnp.where(valid, (r - mean[:, None]) ** 2, 0.0), axis=1) / n
     return jnp.mean(var <= tol)
+
+
+def within_group_correlation(a: jax.Array, b: jax.Array, tol: float = 1e-12) -> jax.Array:
+    """Mean over groups of the Pearson correlation of ``a`` and ``b`` (B, G) within each group.
+
+    A diagnostic of what GRPO learns from: with ``a`` the composite reward and ``b`` the rollouts'
+    PSNR it says whether ranking the G rollouts by the reward ranks them by PSNR too. Groups where
+    either has (near) zero spread, or that hold a NaN, carry no ranking and are left out; NaN when
+    no group is left.
+    """
+    valid = ~(jnp.isnan(a) | jnp.isnan(b))
+    ok = jnp.all(valid, axis=1)
+    a, b = jnp.where(valid, a, 0.0), jnp.where(valid, b, 0.0)
+    ca = a - jnp.mean(a, axis=1, keepdims=True)
+    cb = b - jnp.mean(b, axis=1, keepdims=True)
+    var_a, var_b = jnp.mean(ca**2, axis=1), jnp.mean(cb**2, axis=1)
+    ok = ok & (var_a > tol) & (var_b > tol)
+    corr = jnp.mean(ca * cb, axis=1) * jax.lax.rsqrt(jnp.where(ok, var_a * var_b, 1.0))
+    return jnp.sum(jnp.where(ok, corr, 0.0)) / jnp.where(jnp.any(ok), jnp.sum(ok), jnp.nan)

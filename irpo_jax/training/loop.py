@@ -185,6 +185,7 @@ class _Sampled:
     batch: dict[str, jax.Array]
     rollout: dict[str, Any]
     scores: concurrent.futures.Future  # of name -> (B, G) raw remote scores
+    stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # logged, not checkpointed
 
     def tree(self) -> dict[str, Any]:
         """As a checkpointable pytree (waits for the scores)."""
@@ -394,10 +395,11 @@ class _Run:
         the request for their remote scores."""
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), index)
         rollout = jax.block_until_ready(self.rollout_fn(self.state.params, batch, key))
+        stats = rollout.pop("stats")  # the actions' statistics: logged with the update's metrics
         if self.scorer is None:
-            return _Sampled(batch, rollout, _done({}))
+            return _Sampled(batch, rollout, _done({}), stats)
         future = self.scorer.submit(_score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
-        return _Sampled(batch, rollout, future)
+        return _Sampled(batch, rollout, future, stats)
 
     def _probe_scores(self, batch, rollout) -> dict[str, jax.Array]:
         if self.bridge is None:
@@ -471,6 +473,7 @@ class _Run:
         for name, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2)):
             self.timings[name] += seconds
         rewards = metrics.pop("rewards")  # (B, G), for the panels only
+        metrics = {**metrics, **used.stats}
         return _StepResult(step, metrics, used.batch, used.rollout, remote_scores, y_det, rewards)
 
     def _check_finite(self, result: _StepResult) -> None:

@@ -79,10 +79,41 @@ def reuses_head_inputs(g: ml_collections.ConfigDict) -> bool:
     return bool(g.reuse_head_inputs and fresh and not g.rl_updates_backbone and g.supervise_best_only)
 
 
+def action_statistics(out) -> dict[str, jax.Array]:
+    """Where the policy's actions are, from one sampled pass (a :class:`PolicyOutput` of (B, G) rows).
+
+    Per FreModule and action (``r_h, r_l, g_f, g_o``): the mean over the rollouts of the Beta's
+    mean ``alpha / (alpha + beta)`` (``actions/fre1/r_h/mean``; 0.5 is AdaIR) and of its
+    concentration ``alpha + beta`` (``.../concentration``; the larger, the narrower), and per
+    module the fraction of rollouts whose low-pass mask differs from AdaIR's own
+    (``actions/fre1/mask_changed``): how often a rate action changed what the module computes.
+    """
+    from irpo_jax.models.adair import FRE_NAMES
+    from irpo_jax.models.policy import ACTION_NAMES, ACTIONS_PER_MODULE
+
+    conc = out.concentrations.reshape(-1, *out.concentrations.shape[-2:])  # (N, 12, 2)
+    total = conc[..., 0] + conc[..., 1]
+    means, concentrations = jnp.mean(conc[..., 0] / total, axis=0), jnp.mean(total, axis=0)  # (12,)
+    # A rectangle with a zero half-size on either axis is empty: compare the masks, not the sizes.
+    used, official = out.mask_half_sizes, out.official_half_sizes  # (B, G, 3, 2)
+    empty_used, empty_official = jnp.any(used == 0, axis=-1), jnp.any(official == 0, axis=-1)
+    changed = jnp.where(empty_used & empty_official, False, jnp.any(used != official, axis=-1))  # (B, G, 3)
+    changed = jnp.mean(changed.reshape(-1, len(FRE_NAMES)).astype(jnp.float32), axis=0)
+    stats = {}
+    for m, name in enumerate(FRE_NAMES):
+        for a, action in enumerate(ACTION_NAMES):
+            k = m * ACTIONS_PER_MODULE + a
+            stats[f"actions/{name}/{action}/mean"] = means[k]
+            stats[f"actions/{name}/{action}/concentration"] = concentrations[k]
+        stats[f"actions/{name}/mask_changed"] = changed[m]
+    return stats
+
+
 def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple[str, ...]) -> Callable:
     """``rollout(params, batch, key) -> dict``: G sampled restorations, their actions and log-probs,
-    the raw JAX reward components (B, G) of each and, when the update reuses them
-    (:func:`reuses_head_inputs`), the pooled inputs of the policy heads."""
+    the raw JAX reward components (B, G) of each, their :func:`action_statistics` (``"stats"``;
+    the loop logs them with the step's metrics and does not keep them with the rollouts) and, when
+    the update reuses them (:func:`reuses_head_inputs`), the pooled inputs of the policy heads."""
     from irpo_jax.rewards.compose import jax_reward_scores
 
     group = cfg.grpo.group_size
@@ -101,6 +132,7 @@ def make_rollout_step(graphdef, cfg: ml_collections.ConfigDict, jax_names: tuple
             "actions": out.actions,
             "log_prob": out.log_prob,
             "jax_scores": {k: v.reshape(b, group) for k, v in scores.items()},
+            "stats": action_statistics(out),
         }
         if keep_head_inputs:
             result["head_inputs"] = out.head_inputs
@@ -234,6 +266,8 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
         metrics["reward/total/std"] = jnp.nanstd(rewards)
         metrics["reward/frac_zero_std"] = adv_lib.frac_zero_std(rewards)
         metrics["reward/frac_nan"] = jnp.mean(jnp.isnan(rewards).astype(jnp.float32))
+        if "psnr" in rollout["jax_scores"]:  # does the reward rank a group's rollouts as PSNR does?
+            metrics["reward/corr_psnr"] = adv_lib.within_group_correlation(rewards, rollout["jax_scores"]["psnr"])
         metrics["rewards"] = rewards
         scored = set(rollout["jax_scores"]) | set(remote_scores)
         for k, v in per.items():
