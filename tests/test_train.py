@@ -321,6 +321,37 @@ def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
         trainer.run(cfg, workdir, progress=False)
 
 
+def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as_it_was(supervised_run, demo_root,
+                                                                                        tmp_path):
+    """Issue 23, item 5: a GRPO workdir whose config.json predates the "widen" rule and the
+    spectrum tiles (mask_rule "anchored", no model.policy.spectrum_tile) is refused on resume with
+    each changed field's old and new value and the overrides that resume it as it was trained;
+    with them it resumes without allow_config_change (the missing key reads as its former
+    meaning, whole-image statistics)."""
+    from irpo_jax.training import workdir as wd
+
+    cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model")})
+    old = wd.config_json(cfg)
+    old["model"]["policy"]["mask_rule"] = "anchored"
+    del old["model"]["policy"]["spectrum_tile"]
+    run = tmp_path / "old_run"
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(trainer.TrainingError) as err:
+        wd.check_workdir_config(run, cfg).release()
+    message = str(err.value)
+    assert "model.policy.mask_rule ('anchored' -> 'widen')" in message
+    assert "model.policy.spectrum_tile (0 -> 32)" in message
+    assert message.endswith(
+        "To resume it as it was started, pass --config.model.policy.mask_rule=anchored "
+        "--config.model.policy.spectrum_tile=0."
+    )
+    as_trained = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"),
+                                            "model.policy.mask_rule": "anchored", "model.policy.spectrum_tile": 0})
+    wd.check_workdir_config(run, as_trained).release()  # no change: resumes
+    assert json.loads((run / "config.json").read_text())["model"]["policy"]["spectrum_tile"] == 0
+
+
 def test_adair_schedule_is_the_official_per_epoch_rule():
     """adair-spec section 11: lr(e) = e * 2e-4 / 14 for e < 15, then 1e-4 (1 + cos(pi (e - 15) / 165))."""
     cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")

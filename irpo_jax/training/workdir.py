@@ -37,6 +37,48 @@ RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.chec
                       "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
 
 
+# What a saved config.json means by a key it lacks: the setting the run had before the key existed.
+# Filled in before the comparison, so an old workdir resumes without a spurious change when the new
+# config is given those values (the refusal's message lists them).
+LEGACY_VALUES = {
+    "model.policy.mask_rule": "fraction",  # before the "anchored" rule (issue 16)
+    "model.policy.rate_input": "pooled",  # before the rate heads read the spectrum (issue 16)
+    "model.policy.spectrum_tile": 0,  # before the spectrum features were averaged over tiles (issue 23)
+}
+
+
+def with_legacy_values(saved: dict) -> dict:
+    """``saved`` (a config.json) with :data:`LEGACY_VALUES` filled in where their section exists
+    and the key is missing."""
+    out = json.loads(json.dumps(saved))
+    for dotted, value in LEGACY_VALUES.items():
+        *parents, key = dotted.split(".")
+        section = out
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key not in section:
+            section[key] = value
+    return out
+
+
+def describe_changes(old: dict, new: dict, keys: list[str]) -> tuple[str, str]:
+    """``("k (old -> new), ...", "--config.k=old ...")``: the changed keys with both values, and
+    the overrides that give a resumed run the values it was started with (scalars only)."""
+    parts, overrides = [], []
+    for key in keys:
+        before, after = _lookup(old, key), _lookup(new, key)
+        parts.append(f"{key} ({before!r} -> {after!r})")
+        if isinstance(before, (str, int, float, bool)):
+            overrides.append(f"--config.{key}={before}")
+    return ", ".join(parts), " ".join(overrides)
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        tree = tree.get(name) if isinstance(tree, dict) else None
+    return tree
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
     """The training settings a run cannot start with, named by their keys (before any work)."""
     t = cfg.train
@@ -137,12 +179,14 @@ def _check_and_save(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, path:
         log.info("%s has no checkpoint yet: its config.json (a start that failed) is replaced", workdir)
     elif path.exists():
         old = json.loads(path.read_text())
-        diffs = sorted(k for k in flat_diff(old, new) if not k.startswith(RESUMABLE_CHANGES))
+        diffs = sorted(k for k in flat_diff(with_legacy_values(old), new) if not k.startswith(RESUMABLE_CHANGES))
         if diffs and not cfg.train.allow_config_change:
+            changed, overrides = describe_changes(with_legacy_values(old), new, diffs[:10])
+            as_trained = f" To resume it as it was started, pass {overrides}." if overrides else ""
             raise TrainingError(
-                f"the workdir {workdir} holds a run with a different config (changed: {', '.join(diffs[:10])}"
+                f"the workdir {workdir} holds a run with a different config (changed: {changed}"
                 f"{' ...' if len(diffs) > 10 else ''}). Use another --workdir, or pass "
-                "--config.train.allow_config_change=True to resume it with the new values."
+                f"--config.train.allow_config_change=True to resume it with the new values.{as_trained}"
             )
         if diffs and jax.process_index() == 0:
             log.warning("resuming %s with a changed config: %s", workdir, ", ".join(diffs))
