@@ -37,7 +37,9 @@ PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` p
   IRPO Table 3, the same models out of domain (RRSHID, GT-Rain, SIDD, ReLoBlur, LoLI-Street):
     AdaIR 16.71/0.475 19.58/0.684 28.83/0.902 20.43/0.806 15.96/0.781  avg 20.30/0.730
     IRPO  19.94/0.623 21.17/0.692 33.18/0.919 21.94/0.837 22.43/0.875  avg 23.73/0.809
-  Table 3's averages are its columns' means: +3.43 dB, where the paper's text says +2.53 dB.
+  Table 3's PSNR averages are its columns' means: +3.43 dB, as the abstract and Sec. 4.3 say (only
+  the table's caption says +2.53 dB). IRPO's printed SSIM average 0.809 is not its columns' mean
+  (0.789); --reference compares with the column mean and shows the printed one beside it.
   The out-of-domain sets: `--sets ood5`, README 'Out-of-domain evaluation'.
 """
 

@@ -774,12 +774,24 @@ def _reference_lines(ref: Mapping[str, Any], cols: Sequence[str]) -> list[str]:
         pub.append(_cell(p["psnr"], p["ssim"]) if p else "–")
         delta.append(f"{p['delta_psnr']:+.2f}/{p['delta_ssim']:+.3f}" if p else "–")
     same = next((t for t in ref["tables"] if list(t["rows"]) == list(cols) and t["average"]), None)
-    pub.append(_cell(same["average"]["psnr"], same["average"]["ssim"]) if same else "–")
+    note = []
+    if same:
+        avg, printed = same["average"], same["printed_average"]
+        cell = _cell(avg["psnr"], avg["ssim"])
+        if same["printed_differs"]:  # the paper's Average cell is not its columns' mean
+            cell += f" (printed: {_cell(printed['psnr'], printed['ssim'])})"
+            what = " and ".join(k.upper() for k in same["printed_differs"])
+            note = ["", f"The published Average is the mean of the published columns; {ref['label']}'s "
+                    f"printed {what} Average in {same['title']} ({_cell(printed['psnr'], printed['ssim'])}) "
+                    "is not its columns' mean, so ours is compared with the column mean."]
+        pub.append(cell)
+    else:
+        pub.append("–")
     d = same["delta_average"] if same else None
     delta.append(f"{d['psnr']:+.2f}/{d['ssim']:+.3f}" if d else "–")
     tables = "; ".join(t["title"] for t in ref["tables"])
     return [f"| {ref['label']}, published ({tables}) | " + " | ".join(pub) + " |",
-            "| ours − published | " + " | ".join(delta) + " |"]
+            "| ours − published | " + " | ".join(delta) + " |"] + note
 
 
 def scalars(results: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:

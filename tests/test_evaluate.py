@@ -498,7 +498,9 @@ def test_reference_prints_the_published_row_and_our_difference(identity_results)
     assert ref["printed"] and list(ref["rows"]) == list(ev.FIVE_TASK_ROWS)  # bsd68_s15/s50: not in Table 2
     sots = res["rows"]["sots"]
     assert ref["rows"]["sots"]["delta_psnr"] == pytest.approx(sots["psnr"] - 30.53)
-    assert ref["tables"][0]["delta_average"]["psnr"] == pytest.approx(res["average"]["psnr"] - 30.20)
+    column_mean = (30.53 + 38.02 + 31.35 + 28.12 + 23.00) / 5  # 30.204, printed as 30.20
+    assert ref["tables"][0]["delta_average"]["psnr"] == pytest.approx(res["average"]["psnr"] - column_mean)
+    assert ref["tables"][0]["printed_differs"] == []
     table = ev.format_table(res)
     assert ("| AdaIR, published (IRPO Table 2 (five-task all-in-one, denoising at σ=25)) | 30.53/0.978 | "
             "38.02/0.981 | 31.35/0.889 | 28.12/0.858 | 23.00/0.845 | 30.20/0.910 |") in table
@@ -517,6 +519,45 @@ def test_reference_prints_the_published_row_and_our_difference(identity_results)
             for method in ("adair", "irpo"):
                 row = " ".join(f"{p:.2f}/{s:.3f}" for p, s in (table_.values[method][r] for r in table_.rows))
                 assert row in doc, (setting, method)
+
+
+def test_reference_compares_averages_with_the_column_mean_and_shows_the_printed_one(identity_results):
+    """IRPO's Table 3 prints an SSIM Average of 0.809 where its columns' mean is 0.789: a model
+    equal to IRPO's columns on ood5 is zero off the column mean in every cell and the Average,
+    and the printed Average stands beside it with a note. Every other published Average is its
+    columns' mean up to rounding."""
+    from irpo_jax import published
+    from irpo_jax.models import adair
+
+    base = dataclasses.asdict(adair.VARIANTS["base"])
+    columns = published.TABLES["allinone5"][1].values["irpo"]  # Table 3, IRPO
+    rows = {r: {"title": r, "task": "x", "sigma": None, "images": 1, "psnr": p, "ssim": s, "tiled": 0}
+            for r, (p, s) in columns.items()}
+    res = dict(identity_results, rows=rows, table=dict(identity_results["table"], layout="ood_five",
+                                                       columns=list(published.OOD_FIVE)))
+    res["average"] = {"psnr": float(np.mean([p for p, _ in columns.values()])),
+                      "ssim": float(np.mean([s for _, s in columns.values()]))}
+    ref = published.reference("irpo", "allinone5", rows, base)
+    res["reference"] = ref
+    t3 = next(t for t in ref["tables"] if "Table 3" in t["title"])
+    assert t3["printed_differs"] == ["ssim"] and t3["printed_average"] == {"psnr": 23.73, "ssim": 0.809}
+    assert t3["average"]["ssim"] == pytest.approx(0.7892) and t3["delta_average"]["ssim"] == pytest.approx(0.0, abs=1e-12)
+    assert t3["delta_average"]["psnr"] == pytest.approx(0.0, abs=1e-12)
+    assert all(r["delta_psnr"] == 0 and r["delta_ssim"] == 0 for r in ref["rows"].values())
+    table = ev.format_table(res)
+    assert "| 23.73/0.789 (printed: 23.73/0.809) |" in table
+    assert "| ours − published | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 |" in table
+    assert "printed SSIM Average" in table and "compared with the column mean" in table
+    # Everywhere else the printed Average is its columns' mean (no note).
+    differs = []
+    for setting, tables in published.TABLES.items():
+        for t in tables:
+            for method in ("adair", "irpo"):
+                equal = {r: {"psnr": p, "ssim": q} for r, (p, q) in t.values[method].items()}
+                (entry,) = published.reference(method, setting, equal, base)["tables"]
+                if entry["printed_differs"]:
+                    differs.append((setting, t.title, method))
+    assert differs == [("allinone5", t3["title"], "irpo")]
 
 
 # ----------------------------------------------------------------------------- one clear line
