@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # of tests into units is in tests/conftest.py. PYTEST_XDIST= runs the suite in one process.
 PYTEST_XDIST ?= -n 2 --dist loadfile
 
-.PHONY: test demo venv bench clean browser
+.PHONY: test demo venv bench clean browser archivers reproduce
 
 # Reinstall when the project's dependency files change.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-test: $(STAMP) browser
+test: $(STAMP) browser archivers
 	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The comparison page's browser test (tests/test_compare.py) renders it in headless Chromium:
@@ -33,6 +33,16 @@ browser:
 	         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	           || echo "warning: could not install chromium; its browser test will be skipped"; \
 	       else echo "note: no Chromium and no apt-get as root: the browser test will be skipped"; fi; }
+
+# prepare reads 7z and rar archives (WED ships as a .rar) with bsdtar; its tests of those formats
+# are skipped without it. Installed like Chromium above when missing and apt-get can.
+archivers:
+	@command -v bsdtar >/dev/null 2>&1 \
+	  || { if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	         echo "installing bsdtar (libarchive-tools) for prepare's 7z/rar tests"; \
+	         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive-tools >/dev/null) \
+	           || echo "warning: could not install libarchive-tools; prepare's 7z/rar tests will be skipped"; \
+	       else echo "note: no bsdtar and no apt-get as root: prepare's 7z/rar tests will be skipped"; fi; }
 
 # The whole product on the built-in demo data: supervised AdaIR -> IRPO GRPO post-training (which
 # first mines the hard 30 % with the supervised model) -> evaluate before/after. Outputs under runs/demo_*.
