@@ -141,16 +141,6 @@ def _split(m: Member, test_words: Sequence[str] = ("test",)) -> str | None:
     return None
 
 
-def _below(m: Member, predicate: Callable[[str], bool]) -> str | None:
-    """The member's path below the innermost folder satisfying ``predicate`` (that folder's own
-    name kept when ``keep``), or None when no folder does."""
-    parts = m.parts
-    for i in range(len(parts) - 2, -1, -1):
-        if predicate(_folder(parts[i])):
-            return "/".join(parts[i + 1:])
-    return None
-
-
 # --------------------------------------------------------------------------- training sets
 
 _WED_NAME = re.compile(r"^\d{5}\.bmp$", re.IGNORECASE)
@@ -180,7 +170,7 @@ def find_bsd400(members: Sequence[Member]) -> Found:
 _RAIN = re.compile(r"^(no)?rain-0*(\d+)$", re.IGNORECASE)
 
 
-def _rain_pairs(members: Sequence[Member], split: str) -> tuple[dict[tuple[str, int], dict[str, Member]], list[str]]:
+def _rain_pairs(members: Sequence[Member], split: str) -> dict[tuple[str, int], dict[str, Member]]:
     """``{(release folder, N): {"rain": member, "norain": member}}`` of one split."""
     groups: dict[tuple[str, int], dict[str, Member]] = {}
     for m in members:
@@ -196,12 +186,12 @@ def _rain_pairs(members: Sequence[Member], split: str) -> tuple[dict[tuple[str, 
                      if any(w in _folder(parts[i]) for w in ("train", "rain100l", "test"))), "")
         role = "norain" if match.group(1) else "rain"
         groups.setdefault((root, int(match.group(2))), {}).setdefault(role, m)
-    return groups, []
+    return groups
 
 
 def find_raintrainl(members: Sequence[Member]) -> Found:
     out = Found()
-    groups, _ = _rain_pairs(members, "train")
+    groups = _rain_pairs(members, "train")
     unpaired = 0
     for (_, n), pair in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if "rain" not in pair or "norain" not in pair:
@@ -356,7 +346,7 @@ def find_sots(members: Sequence[Member]) -> Found:
 
 def find_rain100l(members: Sequence[Member]) -> Found:
     out = Found()
-    groups, _ = _rain_pairs(members, "test")
+    groups = _rain_pairs(members, "test")
     for (_, n), pair in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if "rain" in pair and "norain" in pair:
             ext = _stem_ext(pair["rain"].name)[1]
