@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # of tests into units is in tests/conftest.py. PYTEST_XDIST= runs the suite in one process.
 PYTEST_XDIST ?= -n 2 --dist loadfile
 
-.PHONY: test demo venv bench clean browser archivers reproduce
+.PHONY: test demo venv bench clean browser archivers reproduce reproduce-demo
 
 # Reinstall when the project's dependency files change.
 $(STAMP): pyproject.toml constraints.txt
@@ -59,6 +59,16 @@ demo: $(STAMP)
 	    --out runs/demo_eval/after --save_images
 	$(PY) -m irpo_jax.compare runs/demo_eval/before runs/demo_eval/after --out runs/demo_eval/compare
 	$(PY) -m irpo_jax.demo_report runs
+
+# The reproduction recipe (README "Reproducing IRPO's tables in one command"): prepare -> convert
+# --verify -> evaluate AdaIR against the published row -> mine -> post-train -> evaluate -> page.
+DOWNLOADS ?=
+CHECKPOINT ?=
+reproduce: $(STAMP)
+	$(PY) -m irpo_jax.reproduce --downloads "$(DOWNLOADS)" --checkpoint "$(CHECKPOINT)"
+
+reproduce-demo: $(STAMP)
+	$(PY) -m irpo_jax.reproduce --demo --runs runs/reproduce_demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/adair_speed.py --markdown
