@@ -17,8 +17,8 @@ import pytest
 import release_miniatures
 from irpo_jax.data import archives, prepare, readers, releases
 
-# The miniatures' sizes, checked instead of the published ones.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "allinone5.py")
 
 
 def _snapshot(folder: pathlib.Path) -> dict[str, tuple[str, int]]:
@@ -110,7 +110,7 @@ def test_check_counts_and_run_lengths(built):
     assert by["denoise"].found == 5 and by["dehaze"].found == 3 and by["sots"].found == 2
     assert by["gtrain"].found == expected["gtrain"]["count"]
     assert by["denoise"].state == "count differs" and "expected 5,144 clean images, found 5" in by["denoise"].line()
-    lines = prepare.run_lengths(rows, "configs/allinone5.py")
+    lines = prepare.run_lengths(rows, CONFIG)
     text = "\n".join(lines)
     # denoise 5 images x 3 sigmas x 3 + derain 3 x 120 + dehaze 3 + deblur 3 x 5 + lowlight 2 x 20
     assert "one epoch of AdaIR's mixture: 463 samples" in text
@@ -122,7 +122,7 @@ def test_run_lengths_at_the_papers_sizes():
     # The published sizes give the run lengths configs/allinone5.py's docstring states.
     rows = [prepare.CheckRow(t, "", n, n, "") for t, n in
             (("denoise", 5144), ("derain", 200), ("dehaze", 72135), ("deblur", 2103), ("lowlight", 485))]
-    text = "\n".join(prepare.run_lengths(rows, "configs/allinone5.py"))
+    text = "\n".join(prepare.run_lengths(rows, CONFIG))
     assert "one epoch of AdaIR's mixture: 162,646 samples" in text  # adair-spec.md 10.2
     assert "48,812 samples (the hard 30%: 27,110 pairs) at batch 2 = 732,180 optimizer steps" in text
 
@@ -240,7 +240,7 @@ def test_check_cli_on_a_hand_laid_folder(tmp_path, capsys):
 
     root = tmp_path / "demo"
     demo.build_demo_set(root)
-    rc = prepare.main(["--check", str(root), "--validate", "none"])
+    rc = prepare.main(["--check", str(root), "--validate", "none", "--config", CONFIG])
     out = capsys.readouterr().out
     assert rc == 1  # the demo's sizes are not the published ones
     assert "  derain       Train/Derain             count differs: expected 200 pairs, found" in out
