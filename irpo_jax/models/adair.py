@@ -140,13 +140,17 @@ def channel_attention(q, k, v, temperature: jax.Array, heads: int) -> jax.Array:
     b, h, w, c = q.shape
     d = c // heads
     q, k, v = (t.reshape(b, h * w, heads, d) for t in (q, k, v))  # (B, N, heads, d)
-    q = layers.l2_normalize_tokens(layers.at_least_float32(q), axis=1).astype(v.dtype)
-    k = layers.l2_normalize_tokens(layers.at_least_float32(k), axis=1).astype(v.dtype)
+    with jax.named_scope("attention_l2norm"):
+        q = layers.l2_normalize_tokens(layers.at_least_float32(q), axis=1).astype(v.dtype)
+        k = layers.l2_normalize_tokens(layers.at_least_float32(k), axis=1).astype(v.dtype)
     logits_dtype = jnp.promote_types(v.dtype, jnp.float32)
-    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, preferred_element_type=logits_dtype)
-    attn = attn * temperature.reshape(1, heads, 1, 1).astype(logits_dtype)
-    attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)  # (B, heads, d, d)
-    out = jnp.einsum("bhcd,bnhd->bnhc", attn, v)
+    with jax.named_scope("attention_matmul"):
+        attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, preferred_element_type=logits_dtype)
+    with jax.named_scope("attention_softmax"):
+        attn = attn * temperature.reshape(1, heads, 1, 1).astype(logits_dtype)
+        attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)  # (B, heads, d, d)
+    with jax.named_scope("attention_matmul"):
+        out = jnp.einsum("bhcd,bnhd->bnhc", attn, v)
     return out.reshape(b, h, w, c)
 
 
@@ -176,7 +180,9 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x1, x2 = jnp.split(self.dwconv(self.project_in(x)), 2, axis=-1)
-        return self.project_out(layers.gelu(x1) * x2)
+        with jax.named_scope("gdfn_gelu_gate"):
+            gated = layers.gelu(x1) * x2
+        return self.project_out(gated)
 
 
 class Norm(nnx.Module):
@@ -263,9 +269,11 @@ class FreRefine(nnx.Module):
         self.proj = Conv2d(dim, dim, 1, bias=True, rngs=rngs)
 
     def __call__(self, low: jax.Array, high: jax.Array) -> jax.Array:
-        spatial_weight = self.SpatialGate(high)
-        channel_weight = self.ChannelGate(low)
-        return self.proj(low * spatial_weight + high * channel_weight)
+        with jax.named_scope("frequency_refine_gates"):
+            spatial_weight = self.SpatialGate(high)
+            channel_weight = self.ChannelGate(low)
+            gated = low * spatial_weight + high * channel_weight
+        return self.proj(gated)
 
 
 def mask_half_sizes(
@@ -353,10 +361,11 @@ def frequency_split(f: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
     FFT along its batch dimension and all-gathers the whole batch onto every device instead.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.shape.get("data", 1) > 1 and f.shape[0] % mesh.shape["data"] == 0:
-        spec = jax.sharding.PartitionSpec("data")
-        return jax.shard_map(_frequency_split, in_specs=(spec, spec), out_specs=(spec, spec))(f, mask)
-    return _frequency_split(f, mask)
+    with jax.named_scope("fft_band_split"):
+        if not mesh.empty and mesh.shape.get("data", 1) > 1 and f.shape[0] % mesh.shape["data"] == 0:
+            spec = jax.sharding.PartitionSpec("data")
+            return jax.shard_map(_frequency_split, in_specs=(spec, spec), out_specs=(spec, spec))(f, mask)
+        return _frequency_split(f, mask)
 
 
 def _frequency_split(f: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -171,7 +171,20 @@ class Conv2d(nnx.Module):
     def is_depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
+    @property
+    def scope_name(self) -> str:
+        """The ``jax.named_scope`` of this convolution's ops (``conv1x1``, ``dwconv3x3``, ``conv3x3``...):
+        profiles and XLA's dumps group their time and memory by it."""
+        k = self.kernel_size
+        if k == 1 and self.groups == 1:
+            return "conv1x1"
+        return f"{'dw' if self.is_depthwise else ''}conv{k}x{k}"
+
     def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, Cin) -> (B, H, W, Cout)
+        with jax.named_scope(self.scope_name):
+            return self._conv(x)
+
+    def _conv(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(x.dtype)
         k = self.kernel_size
         if k == 1 and self.groups == 1 and _use_rewrites():
@@ -276,6 +289,10 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((channels,), param_dtype)) if self.with_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        with jax.named_scope("layernorm"):
+            return self._norm(x)
+
+    def _norm(self, x: jax.Array) -> jax.Array:
         # Statistics and normalisation in float32 at least (bfloat16 loses the variance of
         # channels with a large mean); the result goes back to x's dtype.
         xf = at_least_float32(x)
@@ -299,18 +316,20 @@ def pixel_unshuffle(x: jax.Array) -> jax.Array:
     The source channel is the major index (``space_to_depth`` would make it the minor one).
     """
     b, h, w, c = x.shape
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (b, y, i, x, j, c)
-    x = x.transpose(0, 1, 3, 5, 2, 4)  # (b, y, x, c, i, j)
-    return x.reshape(b, h // 2, w // 2, 4 * c)
+    with jax.named_scope("pixel_shuffle"):
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (b, y, i, x, j, c)
+        x = x.transpose(0, 1, 3, 5, 2, 4)  # (b, y, x, c, i, j)
+        return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
 def pixel_shuffle(x: jax.Array) -> jax.Array:
     """``nn.PixelShuffle(2)`` in NHWC, the exact inverse of :func:`pixel_unshuffle`."""
     b, h, w, c4 = x.shape
     c = c4 // 4
-    x = x.reshape(b, h, w, c, 2, 2)  # (b, y, x, c, i, j)
-    x = x.transpose(0, 1, 4, 2, 5, 3)  # (b, y, i, x, j, c)
-    return x.reshape(b, 2 * h, 2 * w, c)
+    with jax.named_scope("pixel_shuffle"):
+        x = x.reshape(b, h, w, c, 2, 2)  # (b, y, x, c, i, j)
+        x = x.transpose(0, 1, 4, 2, 5, 3)  # (b, y, i, x, j, c)
+        return x.reshape(b, 2 * h, 2 * w, c)
 
 
 def downscale_bilinear(img: jax.Array, height: int, width: int) -> jax.Array:
