@@ -53,3 +53,45 @@ def test_sum_over_pixels():
     got = layers.sum_over_pixels(a, b)
     for t, s in zip((a, b), got, strict=True):
         np.testing.assert_allclose(s, jnp.sum(t, axis=(0, 1, 2)), rtol=1e-6, atol=1e-6)
+
+
+def _channel_attention_plain(q, k, v, temperature, heads):
+    """The attention as AdaIR writes it: L2-normalise q and k over the tokens, then the logits."""
+    b, h, w, c = q.shape
+    d = c // heads
+    q, k, v = (t.reshape(b, h * w, heads, d) for t in (q, k, v))
+    q, k = layers.l2_normalize_tokens(q, axis=1), layers.l2_normalize_tokens(k, axis=1)
+    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature.reshape(1, heads, 1, 1)
+    out = jnp.einsum("bhcd,bnhd->bnhc", jax.nn.softmax(attn, axis=-1), v)
+    return out.reshape(b, h, w, c)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_channel_attention_matches_normalised_tokens(heads):
+    """Normalising the d x d logits equals normalising the tokens: values and every gradient."""
+    rng = np.random.default_rng(heads)
+    with jax.enable_x64(True):
+        q, k, v, g = (_random(rng, (2, 4, 5, 6)) for _ in range(4))
+        temperature = _random(rng, (heads, 1, 1))
+
+        def written(q, k, v, t):
+            return adair.channel_attention(q, k, v, t, heads)
+
+        def plain(q, k, v, t):
+            return _channel_attention_plain(q, k, v, t, heads)
+
+        _assert_vjps_close(written, plain, (q, k, v, temperature), g, 1e-12)
+
+
+def test_channel_attention_zero_query_has_finite_zero_gradients():
+    """channel_cross_h's query is exactly 0 with an empty mask: uniform attention, finite
+    gradients, and none for the query itself beyond what reaches it (F.normalize semantics)."""
+    rng = np.random.default_rng(0)
+    k, v, g = (_random(rng, (1, 4, 4, 8), jnp.float32) for _ in range(3))
+    q = jnp.zeros_like(k)
+    out, vjp = jax.vjp(lambda q, k, v: adair.channel_attention(q, k, v, jnp.ones((2, 1, 1)), 2), q, k, v)
+    ref = _channel_attention_plain(q, k, v, jnp.ones((2, 1, 1)), 2)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+    grads = vjp(g)
+    assert all(bool(jnp.all(jnp.isfinite(t))) for t in grads)
+    assert float(jnp.abs(grads[1]).max()) == 0.0  # logits constant in k when q = 0

@@ -134,21 +134,28 @@ def channel_attention(q, k, v, temperature: jax.Array, heads: int) -> jax.Array:
     ``rearrange('b (head c) h w -> b head c (h w)')``; q and k are L2-normalised over the tokens;
     the logits are scaled by the learnt per-head temperature (no 1/sqrt(d)).
 
+    The normalisation is applied to the (d, d) logits rather than to the tokens:
+    ``q_hat^T k_hat = diag(1/|q|) (q^T k) diag(1/|k|)``, the same numbers up to rounding. So
+    neither the forward nor the backward makes a normalised full-size copy of q and k: the
+    backward is the d x d algebra plus two matmuls for dq, dk (autodiff of the normalised tokens
+    took more time than the attention's matmuls on XLA:CPU, mostly in column reductions and
+    transposes of full-size tensors).
+
     With bfloat16 inputs the two matmuls take bfloat16 operands; the norms over the H*W tokens,
     the logits (accumulated as float32) and the softmax stay float32.
     """
     b, h, w, c = q.shape
     d = c // heads
     q, k, v = (t.reshape(b, h * w, heads, d) for t in (q, k, v))  # (B, N, heads, d)
-    with jax.named_scope("attention_l2norm"):
-        q = layers.l2_normalize_tokens(layers.at_least_float32(q), axis=1).astype(v.dtype)
-        k = layers.l2_normalize_tokens(layers.at_least_float32(k), axis=1).astype(v.dtype)
     logits_dtype = jnp.promote_types(v.dtype, jnp.float32)
+    with jax.named_scope("attention_l2norm"):
+        inv_q = layers.inverse_token_norm(layers.at_least_float32(q), axis=1)  # (B, heads, d)
+        inv_k = layers.inverse_token_norm(layers.at_least_float32(k), axis=1)
     with jax.named_scope("attention_matmul"):
         attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, preferred_element_type=logits_dtype)
     with jax.named_scope("attention_softmax"):
-        attn = attn * temperature.reshape(1, heads, 1, 1).astype(logits_dtype)
-        attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)  # (B, heads, d, d)
+        scale = inv_q[..., :, None] * inv_k[..., None, :] * temperature.reshape(1, heads, 1, 1).astype(logits_dtype)
+        attn = jax.nn.softmax(attn * scale, axis=-1).astype(v.dtype)  # (B, heads, d, d)
     with jax.named_scope("attention_matmul"):
         out = jnp.einsum("bhcd,bnhd->bnhc", attn, v)
     return out.reshape(b, h, w, c)

@@ -379,6 +379,13 @@ def downscale_bilinear(img: jax.Array, height: int, width: int) -> jax.Array:
     return 0.5 * cols[:, :, m] + 0.5 * cols[:, :, m + 1]
 
 
+def inverse_token_norm(t: jax.Array, axis: int) -> jax.Array:
+    """``1 / max(||t||, 1e-12)`` over ``axis`` (squeezed), the factor :func:`l2_normalize_tokens`
+    multiplies by; NaN-free gradient at 0 for the same reason."""
+    sq = jnp.sum(t * t, axis=axis)
+    return jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(1e-24, t.dtype)))
+
+
 def l2_normalize_tokens(t: jax.Array, axis: int) -> jax.Array:
     """``F.normalize(t, dim=axis)`` (divide by max(||t||, 1e-12)) with a NaN-free gradient at 0.
 
