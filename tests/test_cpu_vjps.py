@@ -47,6 +47,22 @@ def test_depthwise_written_vjp_matches_autodiff_of_xla_conv(k, shape):
         _assert_vjps_close(layers._depthwise_shifted, _xla_depthwise, (x, kernel), g, 1e-12)
 
 
+@pytest.mark.parametrize("k, cin, cout", [(3, 3, 5), (3, 6, 2), (7, 2, 1), (5, 4, 4)])
+def test_dense_conv_written_vjp_matches_autodiff(k, cin, cout):
+    rng = np.random.default_rng(10 * k + cin)
+    with jax.enable_x64(True):
+        x, g = _random(rng, (2, 9, 6, cin)), _random(rng, (2, 9, 6, cout))
+        kernel = _random(rng, (k, k, cin, cout))
+        _assert_vjps_close(layers._dense_conv, layers._same_conv, (x, kernel), g, 1e-12)
+
+
+def test_dense_conv_written_vjp_in_bfloat16():
+    rng = np.random.default_rng(0)
+    x, g = _random(rng, (1, 8, 8, 4), jnp.bfloat16), _random(rng, (1, 8, 8, 3), jnp.bfloat16)
+    kernel = _random(rng, (3, 3, 4, 3), jnp.bfloat16)
+    _assert_vjps_close(layers._dense_conv, layers._same_conv, (x, kernel), g, 2e-2)
+
+
 def test_sum_over_pixels():
     rng = np.random.default_rng(0)
     a, b = _random(rng, (2, 3, 4, 5), jnp.float32), _random(rng, (2, 3, 4, 5), jnp.float32)

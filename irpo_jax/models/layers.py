@@ -28,6 +28,10 @@ import numpy as np
 from flax import nnx
 
 _CONV_IMPL = "auto"
+# XLA:CPU computes a convolution's kernel gradient as a convolution over the whole feature map,
+# which degenerates when the layer has few output channels (AdaIR's output conv, 96 -> 3: 14x
+# slower than the GEMM of _dense_kernel_grad); with many it is as fast or faster than the GEMM.
+_DENSE_KERNEL_GRAD_MAX_OUT = 8
 _IMPLS = ("auto", "rewrite", "xla")
 _COMPUTE_DTYPE = jnp.dtype(jnp.float32)
 _COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -195,6 +199,8 @@ class Conv2d(nnx.Module):
         elif self.is_depthwise and _use_rewrites():
             # The parameter goes in uncast: its gradient is reduced in float32 inside.
             y = _depthwise_shifted(x, self.kernel[...][:, :, 0, :])
+        elif self.groups == 1 and self.out_channels <= _DENSE_KERNEL_GRAD_MAX_OUT and _use_rewrites():
+            y = _dense_conv(x, kernel)
         else:
             p = k // 2
             y = jax.lax.conv_general_dilated(
@@ -210,6 +216,59 @@ class Conv2d(nnx.Module):
             y = at_least_float32(y)
             y = (y + self.bias[...].astype(y.dtype)).astype(x.dtype)
         return y
+
+
+def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    p = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@jax.custom_vjp
+def _dense_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """k x k "same" convolution (``lax.conv_general_dilated``) with a hand-written kernel gradient.
+
+    The forward and the input gradient are the library convolutions autodiff uses. The kernel
+    gradient is one GEMM ``x^T @ im2col(g)``: XLA:CPU computes autodiff's version as a
+    convolution whose window is the whole feature map, which took longer than any other op of
+    AdaIR's backward (the output conv's, 96 -> 3 channels at 128x128). The columns are taken from
+    the padded cotangent, not from the input, so that they exist only during the backward.
+    """
+    return _same_conv(x, kernel)
+
+
+def _dense_conv_fwd(x: jax.Array, kernel: jax.Array):
+    return _same_conv(x, kernel), (x, kernel)
+
+
+def _dense_conv_bwd(res, g: jax.Array):
+    x, kernel = res
+    (grad_x,) = jax.linear_transpose(lambda t: _same_conv(t, kernel), x)(g)
+    return grad_x, _dense_kernel_grad(x, g, kernel.shape[0]).astype(kernel.dtype)
+
+
+def _dense_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
+    """``grad_k[i, j, ci, co] = sum_{b,y,x} x_pad[b, y+i, x+j, ci] * g[b, y, x, co]`` as one GEMM.
+
+    Equal to ``sum x[b, y, x, ci] * g_pad[b, y+2p-i, x+2p-j, co]`` (p = k // 2): the k*k shifted
+    windows of the padded cotangent, side by side, contracted with ``x`` over every pixel.
+    """
+    p = k // 2
+    b, h, w, cin = x.shape
+    cout = g.shape[-1]
+    gp = jnp.pad(g, ((0, 0), (p, p), (p, p), (0, 0)))
+    cols = jnp.concatenate(
+        [gp[:, 2 * p - i : 2 * p - i + h, 2 * p - j : 2 * p - j + w, :] for i in range(k) for j in range(k)], axis=-1
+    )  # (B, H, W, k*k*Cout)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    grad = jax.lax.dot_general(
+        x.reshape(-1, cin), cols.reshape(-1, k * k * cout), (((0,), (0,)), ((), ())), preferred_element_type=acc
+    )  # (Cin, k*k*Cout)
+    return grad.reshape(cin, k, k, cout).transpose(1, 2, 0, 3)
+
+
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
 @jax.custom_vjp
