@@ -63,6 +63,26 @@ def test_dense_conv_written_vjp_in_bfloat16():
     _assert_vjps_close(layers._dense_conv, layers._same_conv, (x, kernel), g, 2e-2)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (3, 4, 8), (6, 5)])
+def test_layer_norm_written_vjp_matches_autodiff(shape):
+    rng = np.random.default_rng(len(shape))
+    with jax.enable_x64(True):
+        x = _random(rng, shape, scale=3.0, shift=1.0)
+        scale, bias = _random(rng, shape[-1:]), _random(rng, shape[-1:])
+        _assert_vjps_close(layers._layer_norm_written_vjp, layers._layer_norm, (x, scale, bias), _random(rng, shape), 1e-12)
+
+
+def test_layer_norm_written_vjp_dtypes_under_bfloat16():
+    """bfloat16 activations, float32 parameters: the input's cotangent in bfloat16, the
+    parameters' in float32 (their sums over the pixels are taken in float32), close to autodiff."""
+    rng = np.random.default_rng(0)
+    x, g = _random(rng, (2, 4, 4, 8), jnp.bfloat16, 2.0, 1.0), _random(rng, (2, 4, 4, 8), jnp.bfloat16)
+    scale, bias = _random(rng, (8,), jnp.float32), _random(rng, (8,), jnp.float32)
+    _assert_vjps_close(layers._layer_norm_written_vjp, layers._layer_norm, (x, scale, bias), g, 2e-2)
+    _, vjp = jax.vjp(layers._layer_norm_written_vjp, x, scale, bias)
+    assert [t.dtype for t in vjp(g)] == [jnp.bfloat16, jnp.float32, jnp.float32]
+
+
 def test_sum_over_pixels():
     rng = np.random.default_rng(0)
     a, b = _random(rng, (2, 3, 4, 5), jnp.float32), _random(rng, (2, 3, 4, 5), jnp.float32)
@@ -111,3 +131,25 @@ def test_channel_attention_zero_query_has_finite_zero_gradients():
     grads = vjp(g)
     assert all(bool(jnp.all(jnp.isfinite(t))) for t in grads)
     assert float(jnp.abs(grads[1]).max()) == 0.0  # logits constant in k when q = 0
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (3, 4, 8), (6, 5)])
+def test_normalization_written_vjp_matches_autodiff(shape):
+    rng = np.random.default_rng(len(shape) + 10)
+    with jax.enable_x64(True):
+        x = _random(rng, shape, scale=3.0, shift=1.0)
+
+        def plain(x):
+            mu, inv = layers._layer_norm_stats(x)
+            return (x - mu) * inv
+
+        _assert_vjps_close(layers._normalized, plain, (x,), _random(rng, shape), 1e-12)
+
+
+def test_gelu_gate_written_vjp_matches_autodiff():
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x1, x2, g = (_random(rng, (2, 4, 5, 6), scale=2.0) for _ in range(3))
+        _assert_vjps_close(layers._gelu_gate_written_vjp, lambda a, b: layers.gelu(a) * b, (x1, x2), g, 1e-12)
+    x1, x2, g = (_random(rng, (2, 4, 5, 6), jnp.bfloat16, 2.0) for _ in range(3))
+    _assert_vjps_close(layers._gelu_gate_written_vjp, lambda a, b: layers.gelu(a) * b, (x1, x2), g, 2e-2)

@@ -188,7 +188,7 @@ class FeedForward(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x1, x2 = jnp.split(self.dwconv(self.project_in(x)), 2, axis=-1)
         with jax.named_scope("gdfn_gelu_gate"):
-            gated = layers.gelu(x1) * x2
+            gated = layers.gelu_gate(x1, x2)
         return self.project_out(gated)
 
 

@@ -364,13 +364,69 @@ class LayerNorm(nnx.Module):
         # Statistics and normalisation in float32 at least (bfloat16 loses the variance of
         # channels with a large mean); the result goes back to x's dtype.
         xf = at_least_float32(x)
-        mu = jnp.mean(xf, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
-        inv = jax.lax.rsqrt(var + 1e-5)
         scale = self.scale[...].astype(xf.dtype)
         if self.with_bias:
-            return ((xf - mu) * inv * scale + self.bias[...].astype(xf.dtype)).astype(x.dtype)
+            bias = self.bias[...].astype(xf.dtype)
+            if _use_rewrites():
+                return _layer_norm_written_vjp(x, scale, bias)
+            return _layer_norm(x, scale, bias)
+        mu, inv = _layer_norm_stats(xf)
         return (xf * inv * scale).astype(x.dtype)
+
+
+def _layer_norm_stats(xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and ``1 / sqrt(biased variance + 1e-5)`` over the last axis, kept as (..., 1)."""
+    mu = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+    return mu, jax.lax.rsqrt(var + 1e-5)
+
+
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """``WithBias`` LayerNorm over the last axis; ``scale`` and ``bias`` in float32 at least."""
+    xf = at_least_float32(x)
+    mu, inv = _layer_norm_stats(xf)
+    return ((xf - mu) * inv * scale + bias).astype(x.dtype)
+
+
+def _layer_norm_written_vjp(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """:func:`_layer_norm` with the normalisation's backward written out (the CPU path)."""
+    return (_normalized(x) * scale + bias).astype(x.dtype)
+
+
+@jax.custom_vjp
+def _normalized(x: jax.Array) -> jax.Array:
+    """``(x - mean) / sqrt(var + 1e-5)`` over the last axis, in float32 at least.
+
+    The backward keeps the result and one number per pixel and is the textbook
+    ``inv * (g - mean(g) - x_hat * mean(g * x_hat))``, its two per-pixel means one variadic
+    reduction. Autodiff's version on XLA:CPU kept more full-size intermediates and fed library
+    reductions with full-size copies of broadcast operands.
+    """
+    xf = at_least_float32(x)
+    mu, inv = _layer_norm_stats(xf)
+    return (xf - mu) * inv
+
+
+def _normalized_fwd(x: jax.Array):
+    xf = at_least_float32(x)
+    mu, inv = _layer_norm_stats(xf)
+    x_hat = (xf - mu) * inv
+    return x_hat, (x_hat, inv, jnp.zeros((), x.dtype))
+
+
+def _normalized_bwd(res, g: jax.Array):
+    x_hat, inv, like_x = res
+    g = g.astype(x_hat.dtype)
+    zeros = (jnp.zeros((), g.dtype),) * 2
+    sum_g, sum_gx = jax.lax.reduce(
+        (g, g * x_hat), zeros, lambda a, b: (a[0] + b[0], a[1] + b[1]), (g.ndim - 1,)
+    )  # (...,) each
+    n = g.shape[-1]
+    mean_g, mean_gx = (t[..., None] / n for t in (sum_g, sum_gx))
+    return ((inv * (g - mean_g - x_hat * mean_gx)).astype(like_x.dtype),)
+
+
+_normalized.defvjp(_normalized_fwd, _normalized_bwd)
 
 
 def sum_over_pixels(*ts: jax.Array) -> tuple[jax.Array, ...]:
@@ -391,6 +447,40 @@ def sum_over_pixels(*ts: jax.Array) -> tuple[jax.Array, ...]:
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, PyTorch's default; ``jax.nn.gelu`` defaults to the tanh approximation."""
     return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_gate(x1: jax.Array, x2: jax.Array) -> jax.Array:
+    """GDFN's gate ``gelu(x1) * x2``; on the CPU path with the backward written out
+    (:func:`_gelu_gate_written_vjp`)."""
+    if _use_rewrites():
+        return _gelu_gate_written_vjp(x1, x2)
+    return gelu(x1) * x2
+
+
+@jax.custom_vjp
+def _gelu_gate_written_vjp(x1: jax.Array, x2: jax.Array) -> jax.Array:
+    """``gelu(x1) * x2`` keeping only ``x1`` and ``x2`` for the backward, which recomputes the
+    erf: ``d x1 = g * x2 * (Phi(x1) + x1 * phi(x1))``, ``d x2 = g * gelu(x1)``. Autodiff of the
+    exact GELU kept four more full-size intermediates of the erf per block (a quarter of the
+    base model's saved activations) and XLA:CPU wrote each as its own pass.
+    """
+    return gelu(x1) * x2
+
+
+def _gelu_gate_fwd(x1: jax.Array, x2: jax.Array):
+    return gelu(x1) * x2, (x1, x2)
+
+
+def _gelu_gate_bwd(res, g: jax.Array):
+    x1, x2 = res
+    acc = jnp.promote_types(x1.dtype, jnp.float32)
+    x, y, g = x1.astype(acc), x2.astype(acc), g.astype(acc)
+    cdf = 0.5 * (1 + jax.lax.erf(x * np.asarray(1 / math.sqrt(2), acc)))
+    pdf = jnp.exp(-0.5 * x * x) * np.asarray(1 / math.sqrt(2 * math.pi), acc)
+    return (g * y * (cdf + x * pdf)).astype(x1.dtype), (g * x * cdf).astype(x2.dtype)
+
+
+_gelu_gate_written_vjp.defvjp(_gelu_gate_fwd, _gelu_gate_bwd)
 
 
 def pixel_unshuffle(x: jax.Array) -> jax.Array:
