@@ -153,3 +153,59 @@ def test_gelu_gate_written_vjp_matches_autodiff():
         _assert_vjps_close(layers._gelu_gate_written_vjp, lambda a, b: layers.gelu(a) * b, (x1, x2), g, 1e-12)
     x1, x2, g = (_random(rng, (2, 4, 5, 6), jnp.bfloat16, 2.0) for _ in range(3))
     _assert_vjps_close(layers._gelu_gate_written_vjp, lambda a, b: layers.gelu(a) * b, (x1, x2), g, 2e-2)
+
+
+
+def _stacked_blocks(n: int, dim: int = 16):
+    from flax import nnx
+
+    blocks = nnx.List([adair.TransformerBlock(dim, 2, 2.66, False, "WithBias", rngs=nnx.Rngs(i)) for i in range(n)])
+    return nnx.split(blocks, nnx.Param, ...)
+
+
+def _blocks_loss(graphdef, rest, mode):
+    from flax import nnx
+
+    def loss(params, x):
+        with layers.rematerialize(mode):
+            return jnp.sum(adair._run(nnx.merge(graphdef, params, rest), x) ** 2)
+
+    return loss
+
+
+def test_rematerialised_blocks_have_the_same_gradients():
+    """``layers.checkpointed`` recomputes each block in the backward: the same gradients
+    (float64: only rounding may differ) w.r.t. the parameters and the input."""
+    with jax.enable_x64(True):
+        graphdef, params, rest = _stacked_blocks(2)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = _random(np.random.default_rng(0), (1, 8, 8, 16))
+        grads = {m: jax.jit(jax.grad(_blocks_loss(graphdef, rest, m), argnums=(0, 1)))(params, x) for m in ("off", "on")}
+        for a, b in zip(jax.tree.leaves(grads["on"]), jax.tree.leaves(grads["off"]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(b))))
+
+
+def test_rematerialisation_shrinks_the_temporaries():
+    """The recomputation cannot be scheduled before the backward reaches the block (XLA:CPU
+    hoists ``jax.checkpoint``'s), so XLA's temporaries shrink."""
+    graphdef, params, rest = _stacked_blocks(4)
+    x = jnp.zeros((1, 32, 32, 16), jnp.float32)
+    temp = {}
+    for mode in ("off", "on"):
+        compiled = jax.jit(jax.grad(_blocks_loss(graphdef, rest, mode), argnums=(0, 1))).lower(params, x).compile()
+        temp[mode] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp["on"] < 0.7 * temp["off"], temp
+
+
+def test_rematerialize_modes():
+    with layers.conv_implementation("rewrite"):
+        assert not layers.rematerializing()
+        with layers.rematerialize("auto"):
+            assert layers.rematerializing()
+        with layers.rematerialize("on"):
+            assert layers.rematerializing()
+    with layers.conv_implementation("xla"), layers.rematerialize("auto"):
+        assert not layers.rematerializing()
+    with pytest.raises(ValueError, match="rematerialize mode"):
+        with layers.rematerialize("yes"):
+            pass

@@ -546,8 +546,9 @@ def _blocks(n, dim, heads, cfg: AdaIRConfig, rngs) -> nnx.List:
 
 
 def _run(blocks: Sequence[nnx.Module], x: jax.Array) -> jax.Array:
+    remat = layers.rematerializing()
     for block in blocks:
-        x = block(x)
+        x = layers.checkpointed(block, x) if remat else block(x)
     return x
 
 

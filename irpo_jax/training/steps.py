@@ -43,11 +43,14 @@ from irpo_jax.training.optimizer import TrainState, apply_update
 
 def computing_in(dtype: str, fn: Callable) -> Callable:
     """``fn`` traced under ``layers.compute_dtype(dtype)``: the activations' dtype of the model
-    calls inside it (``model.compute_dtype``; the parameters and losses stay float32)."""
+    calls inside it (``model.compute_dtype``; the parameters and losses stay float32); and under
+    ``layers.rematerialize("auto")``: where the CPU rewrites are on, the TransformerBlocks that
+    are differentiated recompute their forward in the backward (a fraction of the memory, no
+    slower on XLA:CPU; on a GPU nothing changes)."""
 
     @functools.wraps(fn)
     def traced(*args):
-        with layers.compute_dtype(dtype):
+        with layers.compute_dtype(dtype), layers.rematerialize("auto"):
             return fn(*args)
 
     return traced
