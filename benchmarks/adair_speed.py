@@ -6,7 +6,9 @@ after a warm-up call:
 * Flax forward (``jax.jit`` of ``nnx.merge(graphdef, params, rest)(x)``, ``block_until_ready``)
   and Flax forward+backward (``jax.jit(jax.value_and_grad(l1_loss))`` over the ``nnx.Param``
   state), with the depthwise/1x1 convolutions lowered as chosen by ``--conv-impls``
-  (``layers.conv_implementation``; "auto" = the rewrites on CPU);
+  (``layers.conv_implementation``; "auto" = the rewrites on CPU) and the TransformerBlocks
+  rematerialised as chosen by ``--remat`` (``layers.rematerialize``; "auto", the trainer's
+  setting = on where the CPU rewrites are on);
 * optionally the same with an extra ``XLA_FLAGS`` value (``--xla-flags``; run in a child process
   because XLA reads its flags once per process);
 * PyTorch eager forward (``torch.no_grad``) and forward+backward (L1 loss, ``.backward()``), on
@@ -19,6 +21,12 @@ see the same background load. Compile times are reported separately (Flax: ``jit
 wall time of the first call, which includes one execution).
 Ratios are ``torch_time / flax_time``: > 1 means Flax is faster. PyTorch's intra-op threads are
 set to the number of usable cores (XLA:CPU uses all of them by default).
+
+The Markdown starts with a summary table (per configuration: forward and forward+backward,
+Flax / PyTorch eager, Flax's forward+backward over its own forward, XLA's temporaries). Issue
+25's whole table, in one command (about 10 minutes on a quiet 2-core machine)::
+
+    python benchmarks/adair_speed.py --configs small:1,small:4,base:1 --torch-compile none --xla-flags-configs none --markdown
 
 Examples::
 
@@ -202,7 +210,7 @@ def torch_kwargs(variant: str) -> dict:
 # ----------------------------------------------------------------------------- Flax
 
 
-def prepare_flax(variant: str, batch: int, size: int, impl: str, opts):
+def prepare_flax(variant: str, batch: int, size: int, impl: str, opts, remat: str = "auto"):
     """Builds and compiles; returns (info with compile times, {"fwd": fn, "fwdbwd": fn})."""
     import jax
     import jax.numpy as jnp
@@ -223,8 +231,9 @@ def prepare_flax(variant: str, batch: int, size: int, impl: str, opts):
     def loss(p, r, img, tgt):
         return jnp.mean(jnp.abs(forward(p, r, img) - tgt))
 
-    out: dict = {"conv_impl": impl, "params": int(sum(v.size for v in jax.tree.leaves(params)))}
-    with layers.conv_implementation(impl):  # read at trace time, so lower inside the context
+    out: dict = {"conv_impl": impl, "remat": remat, "params": int(sum(v.size for v in jax.tree.leaves(params)))}
+    # Both are read at trace time, so lower inside the contexts.
+    with layers.conv_implementation(impl), layers.rematerialize(remat):
         t = time.perf_counter()
         fwd = jax.jit(forward).lower(params, rest, x).compile()
         out["compile_fwd_s"] = time.perf_counter() - t
@@ -260,8 +269,8 @@ def _stderr_log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def bench_flax(variant: str, batch: int, size: int, impl: str, opts) -> dict:
-    out, fns = prepare_flax(variant, batch, size, impl, opts)
+def bench_flax(variant: str, batch: int, size: int, impl: str, opts, remat: str = "auto") -> dict:
+    out, fns = prepare_flax(variant, batch, size, impl, opts, remat)
     out["quiet_wait"] = wait_quiet(opts.quiet_threshold, opts.max_wait, _stderr_log)
     out.update(time_interleaved(fns, opts.repeats, opts.min_repeats, opts.budget))
     return out
@@ -377,7 +386,7 @@ def run_child(args: list[str], env: dict, timeout: float) -> dict:
 def worker_main(opts) -> None:
     (variant, batch), = parse_configs(opts.configs)
     if opts._worker == "flax":
-        res = bench_flax(variant, batch, opts.size, opts.conv_impls.split(",")[0], opts)
+        res = bench_flax(variant, batch, opts.size, opts.conv_impls.split(",")[0], opts, opts.remat.split(",")[0])
         res["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         res["load_end"] = loadavg()
     elif opts._worker == "torch_compile":
@@ -522,6 +531,35 @@ def _ratio(num: dict | None, den: dict | None, key: str) -> str:
         return "—"
 
 
+def summary_table(results: dict) -> list[str]:
+    """One row per configuration and Flax variant: the issue-25 table."""
+    s = results["size"]
+    lines = ["| configuration | Flax variant | forward, Flax / PyTorch | fwd+bwd, Flax / PyTorch "
+             "| Flax fwd+bwd / its forward | XLA temporaries fwd+bwd | load average during the timing |",
+             "|---|---|---|---|---|---|---|"]
+    for c in results["configs"]:
+        t = c.get("torch_eager") or {}
+        for label, e in c["flax"].items():
+            if "error" in e or "XLA_FLAGS" in label:
+                continue
+
+            def pair(key):
+                if key not in e or key not in t:
+                    return "—"
+                f, p = e[key]["median_s"], t[key]["median_s"]
+                return f"{f:.3f} s / {p:.3f} s ({p / f:.2f}x)"
+
+            own = (f"{e['fwdbwd']['median_s'] / e['fwd']['median_s']:.1f}x"
+                   if "fwd" in e and "fwdbwd" in e else "—")
+            temp = e.get("temp_gb_fwdbwd")
+            lines.append(f"| {c['variant']} {c['batch']}x{s}x{s} | {label} | {pair('fwd')} | {pair('fwdbwd')} | {own} | "
+                         f"{'—' if temp is None else f'{temp:.2f} GB'} | {c.get('load_timing_start', '?')} -> "
+                         f"{c.get('load_timing_end', '?')} |")
+    lines.append("")
+    lines.append("Ratios in brackets are PyTorch / Flax (> 1: Flax is faster); timed interleaved in one process.")
+    return lines
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -536,6 +574,8 @@ def markdown(results: dict) -> str:
         "timed in interleaved rounds; rows with XLA_FLAGS and torch.compile run in child processes, after.",
         "",
     ]
+    if results["configs"]:
+        lines += summary_table(results) + [""]
     for c in results["configs"]:
         v, b, s = c["variant"], c["batch"], results["size"]
         params = next((e["params"] for e in c["flax"].values() if "params" in e), None)
@@ -638,6 +678,11 @@ def parse_args(argv=None):
     p.add_argument("--conv-compare", default="small:1,tiny",
                    help="variants / variant:batch items for which the 2nd+ --conv-impls are measured "
                         "('all', 'none'; base with 'xla' costs minutes on a CPU)")
+    p.add_argument("--remat", default="auto,off",
+                   help="TransformerBlock rematerialisation to measure (layers.rematerialize: auto, on, off), "
+                        "the first is the ratio reference (default 'auto,off'; auto = the trainer's setting)")
+    p.add_argument("--remat-compare", default="small:1,base:1",
+                   help="variants / variant:batch items for which the 2nd+ --remat modes are measured")
     p.add_argument("--xla-flags", action="append", default=None,
                    help="extra XLA_FLAGS setting to measure for Flax (child process); repeatable")
     p.add_argument("--xla-flags-configs", default="small:1",
@@ -706,6 +751,7 @@ def main(argv=None) -> None:
                "min_repeats": opts.min_repeats, "budget_s": opts.budget, "configs": [],
                "load_start": loadavg()}
     impls = opts.conv_impls.split(",")
+    remats = opts.remat.split(",")
     tc = opts.torch_compile
 
     def log(msg):
@@ -722,12 +768,15 @@ def main(argv=None) -> None:
         results["configs"].append(c)
         # Flax (each conv lowering) and PyTorch eager are timed together, interleaved.
         fns = {}
-        for i, impl in enumerate(impls):
-            if i and not selected(opts.conv_compare, variant, batch):
-                continue
-            label = f"conv {impl}"
+        flax_variants = [(impls[0], remats[0])]
+        if selected(opts.remat_compare, variant, batch):
+            flax_variants += [(impls[0], m) for m in remats[1:]]
+        if selected(opts.conv_compare, variant, batch):
+            flax_variants += [(impl, remats[0]) for impl in impls[1:]]
+        for impl, remat in flax_variants:
+            label = f"conv {impl}, remat {remat}"
             log(f"{variant}:{batch} Flax {label}: build and compile")
-            c["flax"][label], f = prepare_flax(variant, batch, opts.size, impl, opts)
+            c["flax"][label], f = prepare_flax(variant, batch, opts.size, impl, opts, remat)
             fns.update({(label, k): v for k, v in f.items()})
         fns.update({("torch_eager", k): v for k, v in prepare_torch_eager(variant, batch, opts.size, opts).items()})
         c["quiet_wait"] = wait_quiet(opts.quiet_threshold, opts.max_wait, log)
@@ -741,11 +790,12 @@ def main(argv=None) -> None:
         save()
         if selected(opts.xla_flags_configs, variant, batch):
             for flags in opts.xla_flags:
-                label = f"conv {impls[0]}, XLA_FLAGS={flags}"
+                label = f"conv {impls[0]}, remat {remats[0]}, XLA_FLAGS={flags}"
                 log(f"{variant}:{batch} Flax {label} (child process)")
                 env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
                 c["flax"][label] = run_child(
-                    _child_args(opts, "flax", variant, batch, ["--conv-impls", impls[0]]), env, 1200)
+                    _child_args(opts, "flax", variant, batch, ["--conv-impls", impls[0], "--remat", remats[0]]),
+                    env, 1200)
                 save()
         if selected(tc, variant, batch):
             log(f"{variant}:{batch} torch.compile (child process, cold cache)")

@@ -137,7 +137,7 @@ def parse_hlo(text: str) -> dict:
         ops = opcodes(i["calls"]) if i["calls"] else {i["opcode"]}
         i["ops"] = sorted(ops)
         if not i["op_name"] and i["opcode"] != "parameter":
-            i["op_name"] = inherited_op_name(i)
+            i["op_name"], i["inherited"] = inherited_op_name(i), True
         if i["calls"] and not scope_known(i["op_name"]):
             # A fusion's metadata is its root's; when the root has no scope, take the scope most
             # of its fused instructions carry.
@@ -165,7 +165,7 @@ def classify(instr: dict | None) -> tuple[str, str, str]:
     if instr is None:
         return OTHER, "?", "compute"
     cat = instr.get("op_name_scope") or scope_of(instr["op_name"])
-    if cat == OTHER and "convolution" in instr["ops"]:
+    if "convolution" in instr["ops"] and (cat == OTHER or instr.get("inherited")):
         cat = SCOPES["conv3x3"]  # the library convolutions' weight gradients carry no metadata
     direction = "bwd" if "transpose(" in instr["op_name"] else "fwd"
     ops = set(instr["ops"]) - {"parameter", "constant", "bitcast", "broadcast", "reshape", "tuple",
@@ -193,7 +193,7 @@ def trace_op_times(trace_dir: str, instrs: dict, reps: int) -> dict:
         ms = e["dur"] / 1e3 / reps
         table[cat][f"{direction} {kind}"] += ms
         ops[e["name"]] += ms
-    top = sorted(ops.items(), key=lambda kv: -kv[1])[:25]
+    top = sorted(ops.items(), key=lambda kv: -kv[1])
     return {"by_category": {k: dict(v) for k, v in table.items()},
             "top_ops": [{"name": n, "ms": round(t, 2), "category": classify(instrs[n])[0],
                          "direction": classify(instrs[n])[1], "ops": instrs[n]["ops"],
@@ -263,26 +263,31 @@ def run(opts) -> dict:
     out["hlo_ops"] = len(instrs)
 
     def timed(fn, n):
-        ts = []
+        """Medians of the wall time and of this process's CPU time (the latter is less
+        sensitive to other processes on a shared machine)."""
+        ts, cs = [], []
         for _ in range(n):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn())
             ts.append(time.perf_counter() - t)
-        return sorted(ts)[len(ts) // 2]
+            cs.append(time.process_time() - c)
+        return sorted(ts)[len(ts) // 2], sorted(cs)[len(cs) // 2]
 
     call_fwd = lambda: fwd(params, rest, x)  # noqa: E731
     call_vg = lambda: vg(params, rest, x, target)  # noqa: E731
     call_vg()
-    out["fwd_s"] = round(timed(call_fwd, max(opts.reps, 3)), 4)
-    out["fwd_bwd_s"] = round(timed(call_vg, opts.reps), 4)
-    with tempfile.TemporaryDirectory(prefix="adair_trace_") as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        t = time.perf_counter()
-        for _ in range(opts.reps):
-            jax.block_until_ready(call_vg())
-        out["fwd_bwd_traced_s"] = round((time.perf_counter() - t) / opts.reps, 4)
-        jax.profiler.stop_trace()
-        out["time"] = trace_op_times(trace_dir, instrs, opts.reps)
+    out["fwd_s"], out["fwd_cpu_s"] = (round(v, 4) for v in timed(call_fwd, max(opts.reps, 3)))
+    out["fwd_bwd_s"], out["fwd_bwd_cpu_s"] = (round(v, 4) for v in timed(call_vg, opts.reps))
+    for key, call, ops in (("time", call_vg, instrs), ("time_fwd_only", call_fwd, parse_hlo(fwd.as_text()))):
+        with tempfile.TemporaryDirectory(prefix="adair_trace_") as trace_dir:
+            jax.profiler.start_trace(trace_dir)
+            t = time.perf_counter()
+            for _ in range(opts.reps):
+                jax.block_until_ready(call())
+            out[f"{key}_traced_s"] = round((time.perf_counter() - t) / opts.reps, 4)
+            jax.profiler.stop_trace()
+            out[key] = trace_op_times(trace_dir, ops, opts.reps)
+    out["fwd_bwd_traced_s"] = out.pop("time_traced_s")
     out["memory"] = peak_memory(opts.dump_dir, instrs)
     out["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     return out
@@ -293,6 +298,7 @@ def run(opts) -> dict:
 
 def markdown(res: dict, top: int = 12) -> str:
     t = res["time"]["by_category"]
+    fo = res.get("time_fwd_only", {}).get("by_category", {})
     mem = res.get("memory", {}).get("by_category", {})
     cols = ("fwd compute", "fwd data movement", "bwd compute", "bwd data movement")
     total = {c: sum(v.get(c, 0.0) for v in t.values()) for c in cols}
@@ -302,14 +308,17 @@ def markdown(res: dict, top: int = 12) -> str:
         f"{res['jax_version']}, {res['date']}; XLA_FLAGS `{res['xla_flags'] or '(none)'}`; load average "
         f"{res['load_start']} -> {res['load_end']}.",
         f"Forward {res['fwd_s']:.3f} s, forward+backward {res['fwd_bwd_s']:.3f} s "
-        f"({res['fwd_bwd_s'] / res['fwd_s']:.1f}x the forward; traced: {res['fwd_bwd_traced_s']:.3f} s); "
+        f"({res['fwd_bwd_s'] / res['fwd_s']:.1f}x the forward"
+        + (f"; CPU time {res['fwd_cpu_s']:.3f} / {res['fwd_bwd_cpu_s']:.3f} s, "
+           f"{res['fwd_bwd_cpu_s'] / res['fwd_cpu_s']:.1f}x" if "fwd_cpu_s" in res else "")
+        + f"; traced: {res['fwd_bwd_traced_s']:.3f} s); "
         f"XLA temporaries {res['temp_gb_fwd']:.2f} GB forward, **{res['temp_gb_fwd_bwd']:.2f} GB** forward+backward; "
         f"{res['gflop_fwd_bwd']:.0f} GFLOP and {res['gbytes_accessed_fwd_bwd']:.0f} GB accessed by XLA's cost "
         f"analysis; {res['hlo_ops']} HLO instructions; compile {res['compile_fwd_bwd_s']:.0f} s.",
         "",
-        "| category | fwd ms | fwd of which data movement | bwd ms | bwd of which data movement | share of op time "
-        "| MB at the peak: fwd values kept / bwd temporaries |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| category | forward program ms | fwd ms | fwd of which data movement | bwd ms | bwd of which data movement "
+        "| share of op time | MB at the peak: fwd values kept / bwd temporaries |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = sorted(t, key=lambda c: -sum(t[c].values()))
     for cat in order:
@@ -317,14 +326,15 @@ def markdown(res: dict, top: int = 12) -> str:
         fwd = v.get("fwd compute", 0) + v.get("fwd data movement", 0)
         bwd = v.get("bwd compute", 0) + v.get("bwd data movement", 0)
         m = mem.get(cat, {})
-        lines.append(f"| {cat} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | {bwd:.0f} | "
+        lines.append(f"| {cat} | {sum(fo.get(cat, {}).values()):.0f} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | {bwd:.0f} | "
                      f"{v.get('bwd data movement', 0):.0f} | {100 * (fwd + bwd) / grand:.1f} % | "
                      f"{m.get('fwd (kept for bwd)', 0):.0f} / {m.get('bwd', 0):.0f} |")
     fwd_t = total["fwd compute"] + total["fwd data movement"]
     bwd_t = total["bwd compute"] + total["bwd data movement"]
     mk = sum(v.get("fwd (kept for bwd)", 0) for v in mem.values())
     mb = sum(v.get("bwd", 0) for v in mem.values())
-    lines.append(f"| **all** | {fwd_t:.0f} | {total['fwd data movement']:.0f} | {bwd_t:.0f} | "
+    fo_t = sum(sum(v.values()) for v in fo.values())
+    lines.append(f"| **all** | {fo_t:.0f} | {fwd_t:.0f} | {total['fwd data movement']:.0f} | {bwd_t:.0f} | "
                  f"{total['bwd data movement']:.0f} | 100 % | {mk:.0f} / {mb:.0f} |")
     lines += ["", f"Top {top} ops (ms per call):", "", "| op | category | direction | ms | fused ops |", "|---|---|---|---:|---|"]
     for o in res["time"]["top_ops"][:top]:
