@@ -1,7 +1,8 @@
 """Where AdaIR's forward+backward spends its time and memory on XLA:CPU, per op category.
 
 Compiles ``jax.value_and_grad`` of the L1 loss over the parameters (as ``adair_speed.py`` and a
-supervised step do) and reads XLA's own accounts of the compiled program:
+supervised step do; ``--remat``, default the trainer's setting) and reads XLA's own accounts of
+the compiled program:
 
 * **time**: a ``jax.profiler`` trace of ``--reps`` calls; every executed HLO op (a thunk: a
   fusion, a library convolution, a dot, an FFT, a copy) is one trace event named after the
@@ -246,10 +247,11 @@ def run(opts) -> dict:
         return jax.value_and_grad(lambda q: jnp.mean(jnp.abs(forward(q, r, img) - tgt)))(p)
 
     out = {"variant": opts.variant, "batch": opts.batch, "size": opts.size, "conv_impl": opts.conv_impl,
+           "remat": opts.remat,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_version": jax.__version__,
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "load_start": " ".join(f"{v:.2f}" for v in os.getloadavg())}
-    with layers.conv_implementation(opts.conv_impl):
+    with layers.conv_implementation(opts.conv_impl), layers.rematerialize(opts.remat):
         fwd = jax.jit(forward).lower(params, rest, x).compile()
         t = time.perf_counter()
         vg = jax.jit(adair_fwd_bwd).lower(params, rest, x, target).compile()
@@ -304,7 +306,8 @@ def markdown(res: dict, top: int = 12) -> str:
     total = {c: sum(v.get(c, 0.0) for v in t.values()) for c in cols}
     grand = sum(total.values())
     lines = [
-        f"{res['variant']}, {res['batch']}x{res['size']}x{res['size']}, conv `{res['conv_impl']}`, jax "
+        f"{res['variant']}, {res['batch']}x{res['size']}x{res['size']}, conv `{res['conv_impl']}`, "
+        f"remat `{res.get('remat', 'off')}`, jax "
         f"{res['jax_version']}, {res['date']}; XLA_FLAGS `{res['xla_flags'] or '(none)'}`; load average "
         f"{res['load_start']} -> {res['load_end']}.",
         f"Forward {res['fwd_s']:.3f} s, forward+backward {res['fwd_bwd_s']:.3f} s "
@@ -350,6 +353,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--reps", type=int, default=3, help="timed and traced calls")
     p.add_argument("--conv-impl", default="auto", help="layers.conv_implementation: auto, rewrite, xla")
+    p.add_argument("--remat", default="auto",
+                   help="layers.rematerialize: auto (the trainer's setting: on where the CPU rewrites are on), on, off")
     p.add_argument("--top", type=int, default=12, help="ops listed individually in the Markdown")
     p.add_argument("--dump-dir", default=None, help="keep XLA's dump here (default: a temporary directory)")
     p.add_argument("--out", default=None, help="write the results JSON here")
