@@ -18,6 +18,10 @@ to ``KILL_DIR``, or the whole path when it ends with ``$`` (the example: orbax's
 checkpoint 2, killed just before it). Each counted operation is appended to ``KILL_LOG`` as
 ``index<TAB>op<TAB>path``, the one killed at as ``KILL<TAB>index<TAB>op<TAB>path``.
 
+The kill is exact under any load: the KILL line is the log's last, and no counted operation
+after it is done, also one that another thread reaches while the signal is being delivered
+(:func:`_point` counts, logs and kills under one lock that the killing thread keeps).
+
 torch is made unimportable (tests/block_torch.py): tensorboardX imports it when present, three
 seconds per process, and the trainer's supervised stage needs none of it.
 """
@@ -30,6 +34,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 
 import tests.block_torch  # noqa: F401  (see the module docstring)
 
@@ -37,7 +42,7 @@ _DIR = os.path.realpath(os.environ["KILL_DIR"])
 _AT = int(os.environ.get("KILL_AT") or 0)
 _FROM_OP, _, _FROM = (os.environ.get("KILL_FROM") or "").rpartition(" ")
 _LOG = os.environ.get("KILL_LOG")
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a signal handler's write inside _point must not deadlock
 _count = 0  # operations so far
 _start = 0 if not _FROM else None  # the count at which KILL_FROM first matched
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -60,7 +65,13 @@ def _under(path, dir_fd=None) -> str | None:
 
 
 def _point(op: str, *paths, dir_fd=None) -> None:
-    """Counts one operation on ``paths`` (the first of them in the watched directory names it)."""
+    """Counts one operation on ``paths`` (the first of them in the watched directory names it).
+
+    Counting, logging and killing happen under one lock, which the killing thread never
+    releases: an operation another thread (orbax's commit thread) reaches meanwhile waits for
+    the lock and dies with the process, before it is logged or done. So the KILL line is the
+    log's last, and nothing after the operation killed at happened, under any load.
+    """
     global _count, _start
     full = next((p for p in (_under(path, dir_fd) for path in paths) if p is not None), None)
     if full is None:
@@ -72,13 +83,15 @@ def _point(op: str, *paths, dir_fd=None) -> None:
         if _start is None and _matches(op, relative):
             _start = index - 1
         kill = _AT > 0 and _start is not None and index - _start == _AT
-    if _LOG:
-        line = f"{'KILL' + chr(9) if kill else ''}{index}\t{op}\t{relative}\n"
-        fd = _real_os_open(_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.write(fd, line.encode())
-        os.close(fd)
-    if kill:
-        os.kill(os.getpid(), signal.SIGKILL)
+        if _LOG:
+            line = f"{'KILL' + chr(9) if kill else ''}{index}\t{op}\t{relative}\n"
+            fd = _real_os_open(_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(fd, line.encode())
+            os.close(fd)
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)  # delivered before the call returns to this thread
+            while True:  # (and should it not be, the lock stays held)
+                time.sleep(60)
 
 
 def _matches(op: str, relative: str) -> bool:

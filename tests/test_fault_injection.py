@@ -60,6 +60,51 @@ def _ops(log: pathlib.Path) -> list[tuple[str, str]]:
     return [(parts[-2], parts[-1]) for parts in lines]
 
 
+# A kill_points target whose SIGKILL lands late: the harness's os.kill is delayed until another
+# thread has tried one more operation in the watched directory (or 3 s have passed). That is
+# the race seen under load (orbax's commit thread logged an operation after the KILL line).
+_LATE_KILL_TARGET = """
+import os, threading
+d = os.environ["KILL_DIR"]
+other_started, other_done, killing = threading.Event(), threading.Event(), threading.Event()
+real_kill = os.kill
+
+def late_kill(pid, sig):
+    killing.set()
+    other_started.wait(60)
+    other_done.wait(3)  # under the exact harness this never comes: the other operation waits for the kill
+    real_kill(pid, sig)
+
+os.kill = late_kill
+
+def other():
+    killing.wait()
+    other_started.set()
+    open(os.path.join(d, "after-the-kill"), "w").close()
+    other_done.set()
+
+threading.Thread(target=other, daemon=True).start()
+for n in range(5):
+    open(os.path.join(d, f"main-{n}"), "w").close()
+"""
+
+
+def test_the_kill_lands_at_the_logged_operation_even_when_the_signal_is_late(tmp_path):
+    """tests/kill_points.py's own guarantee, which the chained kills below rely on: the KILL line
+    is the log's last, the operation killed at is not done, and an operation another thread
+    reaches while the SIGKILL is on its way is neither logged nor done."""
+    (tmp_path / "late_kill_target.py").write_text(_LATE_KILL_TARGET)
+    watched, log = tmp_path / "watched", tmp_path / "ops.log"
+    watched.mkdir()
+    env = os.environ | {"KILL_DIR": str(watched), "KILL_AT": "3", "KILL_FROM": "", "KILL_LOG": str(log),
+                        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "tests.kill_points", "late_kill_target"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode == -signal.SIGKILL, (out.returncode, out.stderr[-2000:])
+    assert log.read_text().splitlines() == ["1\topen-w\tmain-0", "2\topen-w\tmain-1", "KILL\t3\topen-w\tmain-2"]
+    assert sorted(p.name for p in watched.iterdir()) == ["main-0", "main-1"]
+
+
 @pytest.fixture(scope="module")
 def reference(demo_root, tmp_path_factory):
     """The uninterrupted run, with the log of its filesystem operations."""
