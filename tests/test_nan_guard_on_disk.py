@@ -3,12 +3,16 @@
 state before the bad step, i.e. what an uninterrupted run holds after the same good steps.
 
 The bad step is provoked precisely: the third training batch (step index 2) has a NaN pixel in
-its degraded images, so L1 and every gradient are non-finite at that step only.
+its degraded images, so L1 and every gradient are non-finite at that step only. A gradient that
+is not finite while every loss is (an overflow in a backward pass) is caught as well: the guard
+itself (``apply_update``) and the loop's verdict are checked with one directly.
 """
 
 import pathlib
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -94,3 +98,34 @@ def test_a_non_finite_step_saves_the_state_before_it(demo_root, tmp_path, monkey
     moved = [np.any(np.asarray(a) != np.asarray(b)) for a, b in
              zip(jax.tree.leaves(bad_state.params), jax.tree.leaves(initial.params))]  # fmt: skip
     assert any(moved)
+
+
+def test_a_non_finite_gradient_with_finite_losses_is_not_applied(tmp_path):
+    """Every loss term finite, one gradient entry inf (or NaN): the step is skipped (parameters,
+    Adam's moments and count, step unchanged), ``ok`` is 0, every ``finite/<term>`` is 1, and the
+    loop stops with a checkpoint, saying that a gradient (not a loss) went bad."""
+    from irpo_jax import config_lib
+    from irpo_jax.training import loop
+
+    cfg = config_lib.base_config("supervised")
+    cfg.optim.update(name="adam", lr=0.1, schedule="constant", warmup_steps=0, grad_clip=1.0)
+    params = {"net": {"w": jnp.asarray([1.0, -2.0, 0.5], jnp.float32)}}
+    tx = trainer.build_optimizer(cfg, params, 10)
+    state = trainer.TrainState.initial(params, tx, 0, with_ref=False)
+    terms = {"l1": jnp.float32(0.25), "total": jnp.float32(0.25)}
+    good, metrics = trainer.apply_update(state, {"net": {"w": jnp.asarray([0.1, 0.2, 0.3])}}, tx, terms)
+    assert float(metrics["ok"]) == 1.0 and int(good.step) == 1  # the same step with a finite gradient is applied
+    for bad in (np.inf, np.nan):
+        grads = {"net": {"w": jnp.asarray([0.1, bad, 0.3], jnp.float32)}}
+        new, metrics = trainer.apply_update(state, grads, tx, terms)
+        assert float(metrics["ok"]) == 0.0
+        assert float(metrics["finite/l1"]) == float(metrics["finite/total"]) == 1.0
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        # The loop's verdict on such a step: save the last good state, stop, name the gradient.
+        saved = []
+        run = types.SimpleNamespace(save=lambda: saved.append(True), workdir=tmp_path)
+        result = types.SimpleNamespace(step=7, metrics=jax.device_get(metrics))
+        with pytest.raises(trainer.TrainingError, match=r"non-finite value in a gradient at step 7") as err:
+            loop._Run._check_finite(run, result)
+        assert saved == [True] and "loss/" not in str(err.value)
