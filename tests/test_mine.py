@@ -159,6 +159,55 @@ def test_whole_images_are_bucketed_by_shape_and_scored_like_skimage(demo_root, m
         assert e["psnr"] == pytest.approx(want, abs=1e-3)
 
 
+def _crop_img(path) -> np.ndarray:
+    """The official crop_img(base=16) of an image file, uint8, written out here."""
+    a = np.array(Image.open(path).convert("RGB"))
+    h, w = a.shape[:2]
+    return a[(h % 16) // 2 : h - h % 16 + (h % 16) // 2, (w % 16) // 2 : w - w % 16 + (w % 16) // 2]
+
+
+def _documented_noisy(record, clean_u8: np.ndarray, seed: int) -> np.ndarray:
+    """The module docstring's denoise input: uint8-truncated Gaussian noise of the record's sigma
+    from ``default_rng([seed, hash(record id)])``, the hash being the first 8 bytes of the id's
+    sha256 (little endian), drawn in the shape of the (cropped) clean image."""
+    import hashlib
+
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(record.id.encode()).digest()[:8], "little")])
+    return np.clip(clean_u8 + rng.standard_normal(clean_u8.shape) * record.sigma, 0, 255).astype(np.uint8)
+
+
+def test_a_crop_is_the_image_centre_and_denoise_inputs_are_the_documented_noise(demo_root, model_dir, tmp_path):
+    """``--crop N`` scores the centre N x N of the crop_img-ed pair, and a denoise record's input is
+    the documented noise stream (pinned: mining a hard set must not depend on the code version).
+    An identity "model" scores the degraded input itself."""
+    crop, seed = 48, 5
+    cfg = {"root": str(demo_root), "tasks": ("lowlight", "denoise")}
+    mine.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=crop, batch_size=4, seed=seed, restorer=jnp.asarray,
+              progress=False)  # fmt: skip
+    _, entries = R.read_manifest(tmp_path / "m.jsonl")
+    records, _ = R.train_records(cfg)
+    assert {r.task for r in records} == {"lowlight", "denoise"}
+
+    def centre(a):
+        top, left = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
+        assert top > 0 and left > 0  # the centre is not the corner: a crop from (0, 0) would differ
+        return a[top : top + crop, left : left + crop]
+
+    noisy_inputs = {}
+    for e, r in zip(entries, records, strict=True):
+        clean = centre(_crop_img(r.clean))
+        degraded = _documented_noisy(r, clean, seed) if r.degraded is None else centre(_crop_img(r.degraded))
+        if r.degraded is None:
+            noisy_inputs[r.id] = degraded
+        want = peak_signal_noise_ratio(clean.astype(np.float32) / 255, degraded.astype(np.float32) / 255, data_range=1)
+        assert e["psnr"] == pytest.approx(want, abs=1e-3), r.id
+    # The input itself, bit for bit, and another seed draws other noise.
+    record = next(r for r in records if r.degraded is None)
+    got, _ = mine.mining_input(record, crop=crop, seed=seed)
+    np.testing.assert_array_equal(got, noisy_inputs[record.id].astype(np.float32) / np.float32(255))
+    assert not np.array_equal(mine.mining_input(record, crop=crop, seed=seed + 1)[0], got)
+
+
 def test_manifest_subset_mode_trains_on_exactly_the_selected_pairs(mined, demo_root):
     _, entries = R.read_manifest(mined)
     selected = {e["id"] for e in entries if e["selected"]}
