@@ -2,12 +2,17 @@
 (irpo_jax/training/checkpoints.py) and log records after the checkpoint (irpo_jax/metrics_log.py).
 
 The end-to-end proof is tests/test_fault_injection.py (a run killed at 20+ points); these are
-the pieces, each state built by hand.
+the pieces, each state built by hand, and the loop's side of the two recovery rules without the
+kill harness: a run that dies after logging a step but before its checkpoint is resumed by the
+same command and logs each step once, with the uninterrupted run's values; a finished run whose
+``model/`` is older than its last checkpoint gets ``model/`` rewritten by the same command.
 """
 
 import json
 import pathlib
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -138,3 +143,92 @@ def test_a_run_that_starts_at_step_0_drops_every_record(tmp_path):
         assert read_metrics(tmp_path) == [] and list((tmp_path / "tensorboard").iterdir()) == []
     MetricWriter(tmp_path, keep_through_step=2).close()  # a rerun with nothing to log adds no file
     assert list((tmp_path / "tensorboard").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the loop's side
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing on the way out handles it."""
+
+
+def _loss_records(workdir: pathlib.Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss/l1"]) for r in read_metrics(workdir) if "loss/l1" in r]
+
+
+def _scalar_events(workdir: pathlib.Path) -> list[tuple[tuple[str, int], float]]:
+    return [((v.tag, e.step), v.simple_value) for f in sorted((workdir / "tensorboard").iterdir())
+            for e in read_events(f) if e.HasField("summary") for v in e.summary.value]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def killed_before_its_last_checkpoint(demo_root, tmp_path_factory):
+    """Three supervised steps of the tiny AdaIR with a checkpoint after each: uninterrupted, and
+    killed at the final checkpoint's save (step 3 done and logged, checkpoint 3 not written),
+    then rerun by the same command."""
+    from irpo_jax import trainer
+    from irpo_jax.training.checkpoints import TrainCheckpointer
+    from test_train import smoke_config
+
+    cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.checkpoint_every": 1, "train.log_every": 1,
+                                                   "train.keep_checkpoints": 2})  # fmt: skip
+    reference, run = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
+    assert trainer.run(cfg, reference, progress=False)["stop"] == "finished"
+    real_save = TrainCheckpointer.save
+
+    def save(self, state, *args, **kwargs):
+        if int(jax.device_get(state.step)) == 3:
+            raise _Killed
+        return real_save(self, state, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrainCheckpointer, "save", save)
+        with pytest.raises(_Killed):
+            trainer.run(cfg, run, progress=False)
+    killed = {"losses": _loss_records(run), "checkpoints": sorted(p.name for p in (run / "checkpoints").iterdir()),
+              "model_step": model_step(run / "model")}  # fmt: skip
+    summary = trainer.run(cfg, run, progress=False)
+    return cfg, reference, run, killed, summary
+
+
+def test_a_resumed_run_logs_each_step_once(killed_before_its_last_checkpoint):
+    _, reference, run, killed, summary = killed_before_its_last_checkpoint
+    # What the kill left: step 3 logged, its checkpoint (and model/) not written.
+    assert [s for s, _ in killed["losses"]] == [1, 2, 3]
+    assert killed["checkpoints"] == ["1", "2"] and killed["model_step"] == 2
+    assert summary["stop"] == "finished" and summary["steps"] == 3
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "3"]  # train.keep_checkpoints=2
+    # The rerun resumed at 2 and logged step 3 again: once, with the uninterrupted run's value.
+    assert _loss_records(run) == _loss_records(reference)
+    assert [s for s, _ in _loss_records(run)] == [1, 2, 3]
+    events, want = _scalar_events(run), _scalar_events(reference)
+    assert len(events) == len({k for k, _ in events}), "a (tag, step) logged twice in TensorBoard"
+    assert {k for k, _ in events} == {k for k, _ in want}
+    assert sorted(kv for kv in events if kv[0][0].startswith("loss/")) == sorted(kv for kv in want if kv[0][0].startswith("loss/"))
+
+
+def test_a_finished_run_with_a_model_older_than_its_checkpoint_is_repaired(killed_before_its_last_checkpoint,
+                                                                            tmp_path):  # fmt: skip
+    """model/ of step 2 (other weights) and a leftover copy beside it, after the run finished
+    (a kill between the final commit and the refresh): the same command rewrites model/ from
+    checkpoint 3, and the run stays finished."""
+    from flax import nnx
+
+    from irpo_jax import checkpointing, trainer
+    from irpo_jax.models import adair
+
+    cfg, reference, run, _, _ = killed_before_its_last_checkpoint
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "model")
+    older = adair.AdaIR("tiny", rngs=nnx.Rngs(7))
+    for name in ("model", ".model.previous"):
+        (copy / name).mkdir()
+        checkpointing.write_model(copy / name, older, {"manifest.json": {"trained_steps": 2}})
+    summary = trainer.run(cfg, copy, progress=False)
+    assert summary["stop"] == "already finished" and summary["steps"] == 3
+    assert model_step(copy / "model") == 3 and not (copy / ".model.previous").exists()
+    got, _ = checkpointing.restore_model(copy / "model")
+    want, _ = checkpointing.restore_model(reference / "model")
+    assert checkpointing.params_sha256(got) == checkpointing.params_sha256(want) != checkpointing.params_sha256(older)
+    assert _loss_records(copy) == _loss_records(reference)  # nothing logged again
