@@ -61,6 +61,45 @@ def test_grpo_mines_the_hard_set_first_and_a_resumed_run_reuses_it(mining_cfg, t
     assert not calls
 
 
+def test_the_runs_mining_follows_the_mining_settings(mining_cfg, tmp_path, monkeypatch):
+    """Every ``mining.*`` setting reaches the run's own mining, none left at its default: the
+    share kept (``fraction``), the ranking (``selection``, ``rank_by``), the images scored
+    (``crop``: the model sees centre crops of that size), the forward batch (``batch_size``,
+    rounded up to the 2 devices), and the seed (``seed``, recorded for the noise and a random
+    selection). The selected pairs are checked against an independent sort of the recorded scores."""
+    import math
+
+    import irpo_jax
+
+    cfg = mining_cfg.copy_and_resolve_references()
+    cfg.seed = 3
+    cfg.mining.update(fraction=0.5, selection="global", rank_by="ssim", crop=48, batch_size=3)
+    shapes, real_load = [], irpo_jax.load_model
+
+    def load_model(path):
+        restorer = real_load(path)
+        return lambda x: shapes.append(tuple(x.shape)) or restorer(x)
+
+    monkeypatch.setattr(irpo_jax, "load_model", load_model)
+    data = hard_set.training_data(cfg, tmp_path, progress=False)
+    assert data["manifest"] == str(tmp_path / hard_set.MINED)
+    header, entries = readers.read_manifest(tmp_path / hard_set.MINED)
+    assert header["selection"] | {"selected": None} == {"mode": "global", "fraction": 0.5, "rank_by": "ssim", "seed": 3,
+                                                        "selected": None}  # fmt: skip
+    assert header["measure"]["crop"] == 48 and header["measure"]["noise_seed"] == 3
+    assert shapes and {s[1:] for s in shapes} == {(48, 48, 3)} and max(s[0] for s in shapes) == 4
+    # One ranking over both tasks, by SSIM, worst first: the ceil(0.5 n) lowest SSIMs.
+    k = math.ceil(0.5 * len(entries))
+    worst = sorted(entries, key=lambda e: (e["ssim"], e["id"]))[:k]
+    assert {e["id"] for e in entries if e["selected"]} == {e["id"] for e in worst}
+    by_psnr = sorted(entries, key=lambda e: (e["psnr"], e["id"]))[:k]
+    assert {e["id"] for e in worst} != {e["id"] for e in by_psnr}  # rank_by is visible in this data
+    per_task = [e for t in ("derain", "deblur") for e in
+                sorted((e for e in entries if e["task"] == t), key=lambda e: (e["ssim"], e["id"]))
+                [:math.ceil(0.5 * sum(e["task"] == t for e in entries))]]  # fmt: skip
+    assert {e["id"] for e in worst} != {e["id"] for e in per_task}  # and so is the global ranking
+
+
 def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_path):
     cfg = mining_cfg.copy_and_resolve_references()
     cfg.data.manifest = "all"
@@ -135,3 +174,40 @@ def test_the_papers_30_epochs_in_optimizer_steps():
         assert plan["lr"]["first"] == plan["lr"]["last"] == pytest.approx(3e-5)
         assert f"{total:,}" in config_file.read_text()  # the docstring states these numbers
     assert len(records) == 27110
+
+
+def test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_rate():
+    """Several updates per batch (``grpo.policy_iters``) and a decaying schedule: the run is
+    epochs x batches x policy_iters optimizer steps, the plan says it is that many epochs, and
+    its learning rate "at the last step" is the rate of the run's last optimizer step (the
+    schedule's closed form at step T - 1, which the loop logs with it), not the rate one step
+    later (0 for a cosine that ends at T)."""
+    import math
+
+    from irpo_jax import config_lib
+    from irpo_jax.training import run_length
+    from irpo_jax.training.loop import total_steps_of
+
+    cfg = config_lib.base_config("grpo")
+    cfg.train.update(epochs=3, batch_size=5, steps=0)
+    cfg.grpo.policy_iters = 3
+    cfg.optim.update(schedule="cosine", lr=1e-3, warmup_steps=4)
+    records = [readers.Record(f"derain:{i}", "derain", None, "c.png", "d.png", None) for i in range(5)]
+    data = readers.resolve_config(cfg.data) | {"manifest": "hard.jsonl", "repeats": {"derain": 2}}
+    samples = 10  # 5 pairs x 2 repeats
+    total = total_steps_of(cfg, samples)
+    assert total == 3 * math.ceil(3 * samples / 5) == 18
+    text, plan = run_length.describe(cfg, data, records, total, samples)
+    assert plan["epochs"] == pytest.approx(3) and plan["updates_per_batch"] == 3 and plan["batch_size"] == 5
+    assert "18 optimizer steps = 3 epochs of 10 samples at batch 5, 3 updates per batch" in text
+    last = 0.5e-3 * (1 + math.cos(math.pi * (total - 1 - 4) / (total - 4)))  # the cosine at step T - 1
+    assert last > 1e-7
+    assert plan["lr"]["first"] == 0.0 and plan["lr"]["last"] == pytest.approx(last, rel=1e-4)
+    logged_last = float(trainer.learning_rate(cfg, total, samples)(total - 1))  # what the loop logs at the end
+    assert plan["lr"]["last"] == pytest.approx(logged_last, rel=1e-6)
+    assert plan["per_task"] == {"derain": {"pairs": 5, "samples": 10, "repeats": 2}}
+    # train.steps overrides the epochs, and must be a whole number of batches' updates.
+    cfg.train.steps = 12
+    assert total_steps_of(cfg, samples) == 12
+    _, plan = run_length.describe(cfg, data, records, 12, samples)
+    assert plan["epochs"] == pytest.approx(12 / 3 * 5 / 10)
