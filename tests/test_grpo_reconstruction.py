@@ -54,8 +54,11 @@ LR, ADAM_EPS = 1e6, 1e8  # parameter change = -0.01 x (the schedule's factor) x 
 # step; the updates run at STEP (and STEP + 1), past the warm-up.
 WARMUP = 2
 HEAD_LR_MULT = 6.0
-KL_COEF, ENTROPY_COEF, CLIP_EPS, ADV_EPS = 0.2, 0.05, 0.2, 1e-8
-LAMBDA_SUP, LAMBDA_CONS = (0.35, 0.1), (0.2, 0.05)  # Appendix C
+# Every GRPO coefficient away from its config default (a code path that reads the default instead
+# of the config would pass with the defaults): adv_eps large enough to move the advantages, the
+# lambdas of Appendix C's shape (L_sup above L_cons, both decaying), not its values.
+KL_COEF, ENTROPY_COEF, CLIP_EPS, ADV_EPS = 0.2, 0.05, 0.25, 1e-4
+LAMBDA_SUP, LAMBDA_CONS = (0.45, 0.15), (0.3, 0.04)
 
 
 def lr_at(step: int) -> float:
@@ -78,13 +81,22 @@ JAX_NAMES = ("psnr", "ssim", "task")
 # ``cons_target``: "both" (L_cons trains through y_g* and y_det) / "det_anchor" (y_det constant).
 VARIANTS = {
     "default": dict(grpo={}, missing="strict"),
-    "rl_backbone+all_rollouts+stale+det_anchor+normalize_then_sum": dict(
-        grpo=dict(rl_updates_backbone=True, supervise_best_only=False, one_step_stale=True, cons_target="det_anchor",
+    # Two policy iterations on rollouts sampled by other parameters: the ratio uses the stored
+    # log-probs. (grpo.one_step_stale makes the same difference to the update; test_train's
+    # stale run checks that one.)
+    "rl_backbone+all_rollouts+two_policy_iters+det_anchor+normalize_then_sum": dict(
+        grpo=dict(rl_updates_backbone=True, supervise_best_only=False, policy_iters=2, cons_target="det_anchor",
                   aggregation="normalize_then_sum"),
         missing="renormalise", stale=True),
     "teacher_forced+analytic_kl+batch_scale+constant_reference": dict(
         grpo=dict(reuse_head_inputs=False, kl_estimator="analytic", adv_scale="batch"),
         missing="renormalise", constant_ref=True),
+    # Fresh rollouts and the best-only supervision, where the head-input shortcut would apply,
+    # but rl_updates_backbone: the shortcut must be off (L_RL reaches the backbone). And g*
+    # chosen by the reward where the normalize_then_sum advantages rank an image otherwise.
+    "fresh+best_only+rl_backbone+normalize_then_sum": dict(
+        grpo=dict(rl_updates_backbone=True, aggregation="normalize_then_sum"), missing="strict",
+        reward_vs_advantage=True),
 }  # fmt: skip
 
 
@@ -324,6 +336,18 @@ def raw_scores(raw: dict[str, np.ndarray], missing: str) -> dict[str, np.ndarray
     return raw
 
 
+def rank_reward_and_advantage_apart(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Image 2's scores made so that its best rollout by the composite reward (0: far the best
+    PSNR) is not its best by the normalize_then_sum advantage (1: slightly ahead on every other
+    component, each of which normalisation inflates to the same size as the PSNR's)."""
+    raw = {k: v.copy() for k, v in raw.items()}
+    raw["psnr"][2] = [45.0, 15.0, 15.0]
+    for k, (lo, hi) in WINDOWS.items():
+        if k != "psnr":
+            raw[k][2] = lo + (hi - lo) * np.asarray([0.5, 0.55, 0.5])
+    return raw
+
+
 def groups_of(tree) -> dict[str, np.ndarray]:
     """Raveled parameter groups: each head (rate/fuse per level) and the backbone."""
     out = {f"heads/{fre}/{head}": np.asarray(jax.flatten_util.ravel_pytree(sub)[0], np.float64)
@@ -409,6 +433,8 @@ def prepared(setup, name: str) -> dict:
     assert any(getattr(path[-1], "name", None) == "count" for path, _ in jax.tree_util.tree_leaves_with_path(opt_state))
     state = dataclasses.replace(state, step=jnp.asarray(STEP, jnp.int32), ref_params=ref, opt_state=opt_state)
     raw = raw_scores(setup["raw"], variant["missing"])
+    if variant.get("reward_vs_advantage"):
+        raw = rank_reward_and_advantage_apart(raw)
     rollout = dict(setup["rollout"])
     rollout["jax_scores"] = {k: jnp.asarray(raw[k], jnp.float32) for k in JAX_NAMES}
     remote = {k: jnp.asarray(v, jnp.float32) for k, v in raw.items() if k not in JAX_NAMES}
@@ -428,7 +454,7 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
     g, state, rollout, batch = p["cfg"].grpo, p["state"], p["rollout"], setup["batch"]
     stale = bool(variant.get("stale"))
     fresh = not (g.one_step_stale or g.policy_iters > 1)
-    # Two updates on the same rollouts in the stale case (as grpo.policy_iters = 2 does): the
+    # Two updates on the same rollouts in the stale case (grpo.policy_iters = 2, as the loop does): the
     # second from the moved parameters, at the next annealing step.
     for iteration in range(2 if stale else 1):
         x = expected_inputs(p["raw"], variant, STEP + iteration)
@@ -442,6 +468,9 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
         # images whose L1 differ (so a wrong mask changes L_sup), clipping active and inactive.
         assert np.isnan(x["rewards"]).any() and x["scored"].tolist() == [1.0, 0.0, 1.0]
         assert (x["adv"] > 0).any() and (x["adv"] < 0).any()
+        if variant.get("reward_vs_advantage"):  # a scored image whose g* is not its highest advantage
+            assert x["scored"][2] and x["best"][2].argmax() == 0 and x["adv"][2].argmax() == 1
+        assert trainer.reuses_head_inputs(g) == (name == "default")
         per_image = np.asarray(values["per_image_sup"])
         assert abs(per_image[0] - per_image[2]) > 0.05 * per_image[2] and abs(per_image[1] - per_image[2]) > 0.05 * per_image[2]
         if stale and iteration == 0:
