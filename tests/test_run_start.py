@@ -1,8 +1,11 @@
-"""What a training run checks before its first step: the test sets it will evaluate on at the end
-(a missing target found after days of training would fail the run's last step)."""
+"""What a training run checks and sets before its first step: the test sets it will evaluate on at
+the end (a missing target found after days of training would fail the run's last step), the
+devices of its mesh (``train.devices``) and the compilation cache (``train.compilation_cache``)."""
 
+import os
 import shutil
 
+import jax
 import pytest
 
 from irpo_jax import trainer
@@ -22,3 +25,33 @@ def test_a_test_set_with_a_missing_target_stops_the_run_before_training(demo_roo
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
     cfg.train.eval_at_end = False  # the way out the message names
     assert trainer.run(cfg, tmp_path / "run2", progress=False)["stop"] == "finished"
+
+
+def test_train_devices_chooses_the_mesh(demo_root, tmp_path):
+    """One image per step: refused on the mesh of all (2) devices, accepted on ``train.devices=1``
+    (the start then goes on, here to the data root left empty on purpose, before any compile)."""
+    assert jax.device_count() == 2
+    cfg = smoke_config(demo_root, "supervised", **{"train.batch_size": 1, "train.devices": 0})
+    with pytest.raises(trainer.TrainingError, match=r"train.batch_size=1 must be a multiple of the 2 devices"):
+        trainer.run(cfg, tmp_path / "all", progress=False)
+    cfg = smoke_config(demo_root, "supervised", **{"train.batch_size": 1, "train.devices": 1, "data.root": ""})
+    with pytest.raises(ValueError, match="data.root"):
+        trainer.run(cfg, tmp_path / "one", progress=False)
+
+
+def test_train_compilation_cache_is_the_runs_cache(demo_root, tmp_path, monkeypatch):
+    """The run points JAX's persistent cache at ``train.compilation_cache`` (made absolute), and
+    leaves it alone when it is "". (Recorded, not applied: the suite's own cache stays.)"""
+    updates = []
+    real = jax.config.update
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)) if
+                        name == "jax_compilation_cache_dir" else real(name, value))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")  # --workdir under a file: the start stops right after the cache is set
+    for cache, want in (("my/cache", [("jax_compilation_cache_dir", os.path.join(str(tmp_path), "my", "cache"))]),
+                        ("", [])):  # fmt: skip
+        updates.clear()
+        cfg = smoke_config(demo_root, "supervised", **{"train.compilation_cache": cache})
+        with pytest.raises(trainer.TrainingError, match="cannot be written|is a file"):
+            trainer.run(cfg, tmp_path / "a_file" / "run", progress=False)
+        assert updates == want
