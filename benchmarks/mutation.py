@@ -2,8 +2,10 @@
 
 Each mutant is one small change to one module (an operator, a constant, a comparison, a removed
 term, swapped arguments, a negated condition, a jnp function swapped for its twin, a dropped
-``stop_gradient``), chosen by rules from the module's syntax tree and sampled deterministically
-from ``--seed``. For each mutant the tests that import the module (directly, or through the
+``stop_gradient``; and the kinds of bug issue 28 found: one operand of a switch combination or a
+recovery condition dropped, a variable passed where another was meant (the wrong selection
+key), a config value replaced by its default constant, a step or size one off), chosen by rules
+from the module's syntax tree and sampled deterministically from ``--seed``. For each mutant the tests that import the module (directly, or through the
 trainer for the modules the trainer uses) run in a throw-away copy of the repository, fastest
 file first, stopping at the first failure (``pytest -x``) or at ``--timeout``. A mutant is
 *killed* when a test fails (or the mutated module no longer imports), *survives* when every
@@ -13,6 +15,8 @@ selected test passes. The script prints the kill rate per module and each surviv
     nice -n 10 python benchmarks/mutation.py                  # the default modules (an hour or more on 2 cores)
     python benchmarks/mutation.py --module irpo_jax/grpo/losses.py --max-mutants 5
     python benchmarks/mutation.py --bugs                      # issue 17's hand-written bugs instead
+    python benchmarks/mutation.py --bugs 28                   # issue 28's
+    nice -n 10 python benchmarks/mutation.py --module irpo_jax/training/ --tests-for irpo_jax/training/=tests/test_train.py,...
 
 Never touches the checkout it is run from: the copy lives under ``--workdir`` (a temporary
 folder by default), its package is the one imported (``PYTHONPATH``; checked by an import probe
@@ -158,6 +162,35 @@ def _constant_variants(value) -> list:
     return []
 
 
+# Builtins with a twin (bare names: any(...) -> all(...)).
+BUILTIN_TWINS = {"any": "all", "all": "any"}
+# Config sections whose values a mutant may replace by their default (config_default), and the
+# local names the code reads them through (g = cfg.grpo, t = cfg.train, ...).
+CONFIG_SECTIONS = ("grpo", "train", "mining", "optim")
+CONFIG_ALIASES = {"g": "grpo", "t": "train", "m": "mining", "o": "optim"}
+# Identifiers that count steps, epochs, sizes or positions: off_by_one moves them by 1.
+COUNTING = re.compile(r"step|epoch|iter|count|index|total|size|batch|keep|latest", re.I)
+
+
+def config_defaults(root: pathlib.Path = ROOT) -> dict[str, dict[str, object]]:
+    """``{section: {key: default}}`` of the literal defaults ``config_lib.base_config`` assigns
+    (``c.grpo.clip_eps = 0.2``), read from its syntax tree (nothing imported)."""
+    tree = ast.parse((root / "irpo_jax" / "config_lib.py").read_text())
+    base = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "base_config")
+    out: dict[str, dict[str, object]] = collections.defaultdict(dict)
+    for node in ast.walk(base):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        chain = ast.unparse(target).split(".")
+        if len(chain) == 3 and chain[1] in CONFIG_SECTIONS:
+            try:
+                out[chain[1]][chain[2]] = ast.literal_eval(node.value)
+            except ValueError:  # not a literal (a variable, a call): no constant to put instead
+                pass
+    return dict(out)
+
+
 # Calls whose first two arguments commute: swapping them is an equivalent mutant, never generated.
 SYMMETRIC = ("max", "min", "maximum", "minimum", "fmax", "fmin", "add", "multiply", "logaddexp", "hypot")
 
@@ -172,12 +205,15 @@ def generate(path: str, root: pathlib.Path = ROOT) -> list[Mutant]:
         skipped.update(id(n) for n in ast.walk(node))
     out: list[Mutant] = []
 
+    seen: set[tuple[int, int, str]] = set()
+
     def add(node: ast.AST, rule: str, replacement: str, span_node: ast.AST | None = None):
         span_node = span_node or node
         start, end = _span(span_node, offsets)
         original = text[start:end]
-        if replacement == original:
+        if replacement == original or (start, end, replacement) in seen:
             return
+        seen.add((start, end, replacement))
         try:  # a replacement must parse in place (the unparse of a sub-expression is parenthesised as needed)
             ast.parse(text[:start] + replacement + text[end:])
         except SyntaxError:
@@ -230,8 +266,107 @@ def generate(path: str, root: pathlib.Path = ROOT) -> list[Mutant]:
                 a, b = node.args[0], node.args[1]
                 if ast.unparse(a) != ast.unparse(b):
                     add(node, "swap_args:0,1", ast.unparse(_copy_with(node, args=[b, a, *node.args[2:]])))
+    _issue28_rules(tree, skipped, add, config_defaults(root))
     out.sort(key=lambda m: (m.line, m.col, m.rule, m.replacement))
     return out
+
+
+def _issue28_rules(tree: ast.AST, skipped: set[int], add, defaults: dict[str, dict[str, object]]) -> None:
+    """The kinds of bug issue 28 found, as rules (each site's mutants go through ``add``):
+
+    * ``drop_operand``: one operand of an ``and``/``or`` removed (a switch combination that
+      forgets one switch; a recovery condition narrowed or widened);
+    * ``swap_name``: a variable passed to a call replaced by another local variable of the
+      same function that is passed to a call too (``best_rollout(rewards)`` ->
+      ``best_rollout(advantages)``: the wrong selection key);
+    * ``config_default``: ``<...>.grpo.clip_eps`` (or ``g.clip_eps``, ``t.steps``, ...) replaced
+      by ``base_config``'s default (a config value the code path ignores);
+    * ``off_by_one``: a counting name (steps, epochs, sizes, indices) passed to a call or used
+      as an index moved by one (a plan computed one step off);
+    * ``twin:any->all`` for the builtins.
+    """
+
+    def live(node: ast.AST) -> bool:
+        return id(node) not in skipped and hasattr(node, "lineno")
+
+    for node in ast.walk(tree):
+        if not live(node):
+            continue
+        if isinstance(node, ast.BoolOp):
+            kind = "and" if isinstance(node.op, ast.And) else "or"
+            for i in range(len(node.values)):
+                rest = node.values[:i] + node.values[i + 1 :]
+                kept = rest[0] if len(rest) == 1 else _copy_with(node, values=rest)
+                add(node, f"drop_operand:{kind}[{i}]", f"({ast.unparse(kept)})")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BUILTIN_TWINS:
+            twin = BUILTIN_TWINS[node.func.id]
+            add(node, f"twin:{node.func.id}->{twin}", ast.unparse(_copy_with(node, func=ast.Name(twin, ast.Load()))))
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            chain = ast.unparse(node).split(".")
+            section = chain[-2] if len(chain) >= 2 and chain[-2] in CONFIG_SECTIONS else None
+            if section is None and len(chain) == 2:
+                section = CONFIG_ALIASES.get(chain[0])
+            if section is not None and node.attr in defaults.get(section, {}):
+                add(node, f"config_default:{section}.{node.attr}", repr(defaults[section][node.attr]))
+
+    # Function-scoped rules. swap_name: a variable a call receives replaced by one of the two
+    # local variables bound nearest before it (in its function or an enclosing one): the
+    # plausible mix-up (``advantages`` is computed just after ``rewards``), not every name.
+    statement_of = {}  # node -> the statement it belongs to (a name is bound once its statement ends)
+    for stmt in ast.walk(tree):
+        if isinstance(stmt, ast.stmt):
+            for sub in ast.walk(stmt):
+                statement_of.setdefault(id(sub), stmt) if sub is stmt else statement_of.__setitem__(id(sub), stmt)
+
+    def visit(node: ast.AST, bindings: list[tuple[tuple[int, int], str]]) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            bound = [((node.lineno, node.col_offset), a.arg) for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                     if a.arg not in ("self", "cls")]  # fmt: skip
+            for n in _own_nodes(node):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    stmt = statement_of.get(id(n), n)
+                    bound.append(((stmt.end_lineno, stmt.end_col_offset), n.id))
+            bindings = bindings + bound
+            for call in _own_nodes(node):
+                if not isinstance(call, ast.Call):
+                    continue
+                for arg in [*call.args, *(k.value for k in call.keywords)]:
+                    if isinstance(arg, ast.Name) and live(arg):
+                        if arg.id not in {name for _, name in bindings}:
+                            continue  # a global or a builtin
+                        here = (arg.lineno, arg.col_offset)
+                        before = sorted((pos for pos in bindings if pos[0] <= here and pos[1] != arg.id), reverse=True)
+                        nearest = list(dict.fromkeys(name for _, name in before))[:2]
+                        for other in nearest:
+                            add(arg, f"swap_name:{arg.id}->{other}", other)
+                    if isinstance(arg, (ast.Name, ast.Attribute)) and live(arg):
+                        _off_by_one(arg, add)
+            for sub in _own_nodes(node):
+                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, (ast.Name, ast.Attribute)) and live(sub.slice):
+                    _off_by_one(sub.slice, add)
+        for child in ast.iter_child_nodes(node):
+            visit(child, bindings)
+
+    visit(tree, [])
+
+
+def _own_nodes(fn: ast.AST) -> list[ast.AST]:
+    """The nodes of a function's body outside the functions nested in it."""
+    out, todo = [], list(ast.iter_child_nodes(fn))
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _off_by_one(node: ast.AST, add) -> None:
+    name = node.id if isinstance(node, ast.Name) else node.attr
+    if isinstance(getattr(node, "ctx", None), ast.Load) and COUNTING.search(name):
+        for delta in ("- 1", "+ 1"):
+            add(node, f"off_by_one:{delta.replace(' ', '')}", f"({ast.unparse(node)} {delta})")
 
 
 def _copy_with(node: ast.AST, **changes) -> ast.AST:
@@ -295,9 +430,41 @@ BUGS = (
 )  # fmt: skip
 
 
-def hand_bugs(root: pathlib.Path = ROOT) -> list[Mutant]:
+# Issue 28's: behaviours that changed with every test passing, each now guarded by a test.
+BUGS_28 = (
+    ("head-input shortcut kept with rl_updates_backbone", "irpo_jax/training/steps.py",
+     "return bool(g.reuse_head_inputs and fresh and not g.rl_updates_backbone and g.supervise_best_only)",
+     "return bool(g.reuse_head_inputs and fresh and g.supervise_best_only)"),
+    ("g* chosen by the advantage", "irpo_jax/training/steps.py",
+     "best = losses.best_rollout(rewards)", "best = losses.best_rollout(advantages)"),
+    ("NaN guard blind to gradients", "irpo_jax/training/optimizer.py",
+     "ok = jnp.all(jnp.isfinite(flat_grads)) & jnp.all(jnp.asarray(list(finite.values())))",
+     "ok = jnp.all(jnp.asarray(list(finite.values())))"),
+    ("planned epochs ignore policy_iters", "irpo_jax/training/run_length.py",
+     "epochs = total_steps / per_batch * t.batch_size / epoch_size", "epochs = total_steps * t.batch_size / epoch_size"),
+    ("plan's last learning rate one step late", "irpo_jax/training/run_length.py",
+     "float(schedule(max(total_steps - 1, 0)))", "float(schedule(total_steps))"),
+    ("the run's mining keeps 30 % whatever mining.fraction", "irpo_jax/training/hard_set.py",
+     'kwargs = dict(fraction=s["fraction"],', "kwargs = dict(fraction=0.3,"),
+    ("mining crops the top-left corner", "irpo_jax/mine.py",
+     "top, left = (h - ch) // 2, (w - cw) // 2", "top, left = 0, 0"),
+    ("denoise noise stream without the seed", "irpo_jax/mine.py",
+     "rng = np.random.default_rng([int(seed), _id_seed(record.id)])", "rng = np.random.default_rng(_id_seed(record.id))"),
+    ("an empty checkpoints/ is a saved run", "irpo_jax/training/workdir.py",
+     "saved = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())",
+     "saved = checkpoints.is_dir()"),
+    ("a resumed run keeps the records logged after its checkpoint", "irpo_jax/training/loop.py",
+     "keep_through_step=-1 if latest is None else latest)", "keep_through_step=None)"),
+    ("a stale model/ is rewritten only when missing", "irpo_jax/training/checkpoints.py",
+     "if found == step:\n            return False", "if found is not None:\n            return False"),
+    ("clip_eps read as its default", "irpo_jax/training/steps.py", "clip_eps=g.clip_eps,", "clip_eps=0.2,"),
+)  # fmt: skip
+BUG_SETS = {"17": BUGS, "28": BUGS_28}
+
+
+def hand_bugs(root: pathlib.Path = ROOT, which: str = "17") -> list[Mutant]:
     out = []
-    for name, path, old, new in BUGS:
+    for name, path, old, new in BUG_SETS[which]:
         text = (root / path).read_text()
         count = text.count(old)
         if count != 1:
@@ -539,7 +706,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mutants", type=int, default=8, help="mutants sampled per module (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
-    parser.add_argument("--bugs", action="store_true", help="run issue 17's hand-written bugs instead of sampled mutants")
+    parser.add_argument("--bugs", nargs="?", const="17", choices=sorted(BUG_SETS),
+                        help="run an issue's hand-written bugs instead of sampled mutants (default: 17)")
+    parser.add_argument("--tests-for", action="append", default=[], metavar="PREFIX=FILE[,FILE...]",
+                        help="the test files for the modules whose path starts with PREFIX (repeatable; "
+                             "overrides --tests and the importers for those modules)")
     parser.add_argument("--match", help="only the mutants whose id (or bug name) contains this text")
     parser.add_argument("--survivors-of", type=pathlib.Path, metavar="JSON",
                         help="only the mutants that were not killed in an earlier run's --json (same seed and sources)")
@@ -556,12 +727,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.bugs:
-        mutants = hand_bugs()
+        mutants = hand_bugs(which=args.bugs)
     else:
         modules = args.module or list(DEFAULT_MODULES)
         rng = random.Random(args.seed)
         mutants = []
-        for path in modules:
+        files = []
+        for path in modules:  # a folder: its modules
+            folder = ROOT / path
+            files += sorted(p.relative_to(ROOT).as_posix() for p in folder.glob("*.py")) if folder.is_dir() else [path]
+        for path in files:
             path = str(pathlib.Path(path).as_posix())
             if not (ROOT / path).is_file():
                 parser.error(f"--module {path}: no such file under {ROOT}")
@@ -577,7 +752,11 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [m for m in mutants if m.id in wanted]
     selection = {}
     for path in sorted({m.path for m in mutants}):
-        selection[path] = list(args.tests) if args.tests else tests_for(path, ROOT, args.include_slow)
+        chosen = [spec.partition("=")[2].split(",") for spec in args.tests_for if path.startswith(spec.partition("=")[0])]
+        if chosen:
+            selection[path] = chosen[-1]
+        else:
+            selection[path] = list(args.tests) if args.tests else tests_for(path, ROOT, args.include_slow)
     if args.list:
         for m in mutants:
             text = (ROOT / m.path).read_text()
