@@ -65,6 +65,24 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
                                        err_msg=f"{name} {term}")  # fmt: skip
 
 
+def test_the_head_input_shortcut_is_taken_only_where_it_is_exact():
+    """``grpo.reuse_head_inputs`` scores the actions from the heads' stored inputs only where that
+    equals the teacher-forced pass (README, "No teacher-forced rollouts on fresh data"): the
+    update's parameters are the sampling ones (one policy iteration, not one-step-stale), L_RL
+    stops at the heads' inputs (not ``rl_updates_backbone``), and the backbone losses need no
+    teacher-forced restorations (``supervise_best_only``). Every combination of the five switches."""
+    import itertools
+
+    cfg = config_lib.load_config("configs/allinone5.py:smoke")
+    for reuse, iters, stale, backbone, best_only in itertools.product((True, False), (1, 2), (False, True),
+                                                                      (False, True), (True, False)):  # fmt: skip
+        cfg.grpo.update(reuse_head_inputs=reuse, policy_iters=iters, one_step_stale=stale, rl_updates_backbone=backbone,
+                        supervise_best_only=best_only)  # fmt: skip
+        sampling_parameters = iters == 1 and not stale
+        want = reuse and sampling_parameters and not backbone and best_only
+        assert trainer.reuses_head_inputs(cfg.grpo) == want, (reuse, iters, stale, backbone, best_only)
+
+
 def test_constant_reference_heads_give_the_full_reference_pass():
     """A step-0 reference policy (heads' last layers exactly zero) yields its log-probs without
     decoder passes (``constant_ref``): the same concentrations and log-probs as the full
