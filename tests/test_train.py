@@ -149,13 +149,10 @@ def test_resume_equals_uninterrupted(demo_root, grpo_run, tmp_path):
     assert_trees_close(params_of(tmp_path), params_of(grpo_run[0]), atol=0)  # bit for bit
 
 
-@pytest.mark.xfail(strict=True, reason="a bug this test found (issue 28): with grpo.policy_iters=k > 1 the loop counts a "
-                   "batch of k optimizer steps as one when it logs and checkpoints (_after_step's new_step = "
-                   "result.step + 1), so logs land at steps 1, 3, ... and an even log_every or checkpoint_every "
-                   "never fires; remove this mark with the fix")  # fmt: skip
 def test_several_policy_iterations_log_and_checkpoint_at_the_optimizer_step(grpo_run, tmp_path):
     """``grpo.policy_iters=2``: each batch makes two optimizer steps, and the logs and periodic
-    checkpoints count optimizer steps (as ``train.steps`` does): every 2 steps is every batch."""
+    checkpoints count optimizer steps (as ``train.steps`` does): every 2 steps is every batch.
+    (Issue 28 found the loop counting batches: logs at steps 1, 3 and no checkpoint at all.)"""
     _, _, cfg = grpo_run
     cfg = cfg.copy_and_resolve_references()
     cfg.grpo.policy_iters = 2

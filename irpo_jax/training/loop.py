@@ -104,6 +104,12 @@ def total_steps_of(cfg: ml_collections.ConfigDict, epoch_size: int) -> int:
     return total
 
 
+def _due(every: int, before: int, after: int) -> bool:
+    """Whether a batch that took the run from optimizer step ``before`` to ``after`` reached or
+    crossed a multiple of ``every`` (0: never)."""
+    return bool(every) and after // every > before // every
+
+
 class _StopSignal:
     """SIGTERM/SIGINT: the first turns into a flag the loop checks between steps (it then saves a
     checkpoint and stops: preemption-safe); a second one ends the process at once, without one.
@@ -491,25 +497,30 @@ class _Run:
         )
 
     def _after_step(self, result: _StepResult, panel_due: bool, rate: dict[str, float]) -> dict[str, float]:
-        """Logs, panels, probes, evaluations and periodic checkpoints after step ``result.step``.
-        Returns the step's scalar metrics."""
+        """Logs, panels, probes, evaluations and periodic checkpoints after the batch that started
+        at optimizer step ``result.step`` (``grpo.policy_iters`` steps in the GRPO stage, else 1).
+
+        The intervals count optimizer steps, as ``train.steps`` does: an event is due when the
+        batch reached or crossed a multiple of its interval, and it is recorded at the step the
+        batch ended on. Returns the batch's scalar metrics (its last update's)."""
         cfg, t = self.cfg, self.cfg.train
-        new_step = result.step + 1
+        new_step = self.step
         last = {k: float(v) for k, v in result.metrics.items() if not k.startswith("finite/") and k != "ok"}
-        if (t.log_every and new_step % t.log_every == 0) or new_step == self.total_steps:
-            lr = float(learning_rate(cfg, self.total_steps, self.data.epoch_size)(result.step))
+        if _due(t.log_every, result.step, new_step) or new_step == self.total_steps:
+            lr = float(learning_rate(cfg, self.total_steps, self.data.epoch_size)(new_step - 1))
             extra = {"opt/lr": lr, **rate}
-            extra.update({f"perf/{k}_s": v / max(new_step - self.start_step, 1) for k, v in self.timings.items()})
+            batches = max((new_step - self.start_step) // updates_per_batch(cfg), 1)  # each timed once
+            extra.update({f"perf/{k}_s": v / batches for k, v in self.timings.items()})
             extra.update(memory_stats())
             self.writer.scalars(new_step, last | extra)
         if panel_due:
             tag = "degraded_rollouts_mean_clean" if result.rollout is not None else "degraded_restored_clean"
             self.writer.image(new_step, f"panels/{tag}", _panel(result))
-        if self.probe is not None and (new_step % t.probe_every == 0 or new_step == self.total_steps):
+        if self.probe is not None and (_due(t.probe_every, result.step, new_step) or new_step == self.total_steps):
             self.writer.scalars(new_step, self.probe(self.state.params))
-        if t.eval_every and new_step % t.eval_every == 0 and new_step < self.total_steps:
+        if _due(t.eval_every, result.step, new_step) and new_step < self.total_steps:
             _evaluate(cfg, self.workdir, self.current_model(), new_step, self.writer)
-        if t.checkpoint_every and new_step % t.checkpoint_every == 0 and new_step < self.total_steps:
+        if _due(t.checkpoint_every, result.step, new_step) and new_step < self.total_steps:
             self.save()
         return last
 
@@ -525,13 +536,14 @@ class _Run:
         bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"{cfg.name} {self.stage}", unit="step",
                    disable=not progress or jax.process_index() != 0, dynamic_ncols=True)  # fmt: skip
         images_seen, t_start, last = 0, time.perf_counter(), {}
+        per_batch = updates_per_batch(cfg)
         stop_reason = "finished"
         try:
             with _StopSignal() as stop:
                 if self.step < self.total_steps and jax.process_index() == 0:  # (minutes on a GPU)
                     print(f"compiling the {self.stage} step (the first step waits for it)", flush=True)
                 while (step := self.step) < self.total_steps:
-                    panel_due = bool(cfg.train.panel_every) and (step + 1) % cfg.train.panel_every == 0
+                    panel_due = _due(cfg.train.panel_every, step, step + per_batch)
                     if self.stage == "supervised":
                         result = self._supervised_step(step, panel_due)
                     else:
@@ -548,10 +560,10 @@ class _Run:
                     rate = {"perf/images_per_s": images_seen / elapsed}
                     if self.stage == "grpo":
                         rate["perf/rollouts_per_s"] = images_seen * cfg.grpo.group_size / elapsed
-                    bar.update(1)
+                    bar.update(self.step - step)
                     bar.set_postfix({k.split("/")[-1]: f"{v:.2f}" for k, v in rate.items()})
                     last = self._after_step(result, panel_due, rate)
-                    new_step = step + 1
+                    new_step = self.step
                     if stop.received and new_step < self.total_steps:  # after the last step: finished
                         stop_reason = f"stopped by {stop.received}"
                         break
