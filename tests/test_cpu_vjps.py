@@ -83,12 +83,28 @@ def test_layer_norm_written_vjp_dtypes_under_bfloat16():
     assert [t.dtype for t in vjp(g)] == [jnp.bfloat16, jnp.float32, jnp.float32]
 
 
-def test_sum_over_pixels():
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 2, 4, 5), (3, 4, 5), (4, 5), (5,)])
+def test_sum_over_pixels(shape):
     rng = np.random.default_rng(0)
-    a, b = _random(rng, (2, 3, 4, 5), jnp.float32), _random(rng, (2, 3, 4, 5), jnp.float32)
+    a, b = _random(rng, shape, jnp.float32), _random(rng, shape, jnp.float32)
     got = layers.sum_over_pixels(a, b)
     for t, s in zip((a, b), got, strict=True):
-        np.testing.assert_allclose(s, jnp.sum(t, axis=(0, 1, 2)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(s, jnp.sum(t, axis=tuple(range(len(shape) - 1))), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_kernel_gradient_with_a_sharded_batch_needs_no_all_gather():
+    """Under the trainer's mesh the kernel gradient's sum over the sharded batch is one
+    all-reduce: a variadic reduction over the batch made XLA all-gather its partial sums."""
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rng = np.random.default_rng(0)
+    x, kernel = _random(rng, (2, 8, 8, 4), jnp.float32), _random(rng, (3, 3, 4), jnp.float32)
+    grad = jax.jit(jax.grad(lambda k, x: jnp.sum(layers._depthwise_shifted(x, k) ** 2)))
+    with jax.set_mesh(mesh):
+        sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        hlo = grad.lower(kernel, sharded).compile().as_text()
+        got = grad(kernel, sharded)
+    assert "all-gather(" not in hlo and "all-reduce(" in hlo
+    np.testing.assert_allclose(got, grad(kernel, x), rtol=1e-5, atol=1e-5)
 
 
 def _channel_attention_plain(q, k, v, temperature, heads):

@@ -494,18 +494,21 @@ _normalized.defvjp(_normalized_fwd, _normalized_bwd)
 
 
 def sum_over_pixels(*ts: jax.Array) -> tuple[jax.Array, ...]:
-    """Each of ``ts`` (..., W, C) summed over every axis but the last -> (C,) each.
+    """Each of ``ts`` (B, ..., W, C) summed over every axis but the last -> (C,) each.
 
-    One variadic reduction over the leading axes, which XLA:CPU fuses with the operands'
-    producers into one pass, then the short sums over W (a parameter gradient's shape: a conv
-    kernel's or a LayerNorm's is a sum of this kind over all pixels).
+    One variadic reduction over the axes between the batch and W, which XLA:CPU fuses with the
+    operands' producers into one pass, then the short sums over the batch and W (a parameter
+    gradient's shape: a conv kernel's or a LayerNorm's is a sum of this kind over all pixels).
+    The batch stays out of the variadic reduction: with the batch sharded over a device mesh,
+    XLA's partitioner all-gathers a variadic reduction's partial results, while a plain sum over
+    the batch becomes one all-reduce.
     """
-    if ts[0].ndim == 1:
-        return ts
-    lead = tuple(range(ts[0].ndim - 2))
+    if ts[0].ndim <= 2:
+        return tuple(jnp.sum(t, axis=0) if t.ndim == 2 else t for t in ts)
+    middle = tuple(range(1, ts[0].ndim - 2))
     zeros = tuple(jnp.zeros((), t.dtype) for t in ts)
-    rows = jax.lax.reduce(ts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), lead) if lead else ts
-    return tuple(jnp.sum(r, axis=0) for r in rows)
+    rows = jax.lax.reduce(ts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), middle) if middle else ts
+    return tuple(jnp.sum(r, axis=(0, 1)) for r in rows)
 
 
 def gelu(x: jax.Array) -> jax.Array:
