@@ -21,6 +21,9 @@ def test_cpu_mode_runs_every_section(tmp_path):
         "--cpu", "--out", str(tmp_path / "out"), "--sections", ",".join(sections), "--size", "16",
         "--torch-compile-backend", "eager",  # the child's protocol; inductor takes minutes on CPU
         "--reps", "1", "--warmup", "0", "--matmul", "64", "--reward-bench-models", "light",
+        # Every section must run however loaded the machine is (the 420 s default deadline once
+        # skipped sections under load); the child's limit only guards against a hang.
+        "--deadline", "1e9", "--compile-timeout", "1800",
         "--reward-models", str(models), "--reward-registry", "benchmarks.reward_bridge:BENCH_COMPONENTS",
     ])  # fmt: skip
     for name in sections:
