@@ -1,0 +1,97 @@
+"""The mini-IRPO study's pipeline end to end in its quick setting (benchmarks/mini_irpo.py --quick):
+data, the starting model (PyTorch, converted), the hard and random sets, two arms, every
+evaluation row, the comparison page and the report; a rerun finds everything done. And every
+arm's command parses to the config the arm means (the arms the quick test does not train).
+
+Checks the pipeline, not the result: two optimizer steps of the tiny model move nothing.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from irpo_jax.training.workdir import flat_diff
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import mini_irpo  # noqa: E402
+
+pytestmark = pytest.mark.torch  # the starting model is trained with the PyTorch reference
+
+
+def parsed(cmd: list[str]):
+    """The config ``python -m irpo_jax.train`` would build from ``cmd`` (its flags, as absl parses them)."""
+    values = flags.FlagValues()
+    args = ["train", *(a for a in cmd if a.startswith("--config"))]
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=args)
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the config path is relative to the repository, as the runner runs it
+    try:
+        values(args)
+    finally:
+        os.chdir(cwd)
+    return values.config
+
+
+def test_every_arm_command_means_its_arm(tmp_path):
+    study = mini_irpo.Study(mini_irpo.Settings(out=tmp_path, quick=False))
+    seen = {}
+    for arm, seed in study.runs():
+        cfg = parsed(study.train_command(arm, seed, study.workdir(arm, seed), lr=study.lr, steps=study.steps))
+        seen[(arm.key, seed)] = cfg
+        assert cfg.seed == seed and cfg.train.steps == study.steps and cfg.optim.lr == study.lr
+        assert cfg.model.init_from == str(tmp_path.absolute() / "start" / "model")
+        assert cfg.train.stage == arm.stage and cfg.train.batch_size == 2 and cfg.optim.name == "adam"
+        assert cfg.optim.schedule == "constant" and cfg.data.augment == "flips"  # the same optimizer and data
+    assert sorted({k for k, _ in seen}) == sorted(mini_irpo.ARM_BY_KEY)
+    assert [s for k, s in seen if k in ("a", "b", "g")] == [0, 1, 2] * 3  # three seeds of a, b and g
+    hard = str(tmp_path.absolute() / "hard.jsonl")
+    c = {k: v for (k, s), v in seen.items() if s == 0}
+    assert c["a"].data.manifest == c["b"].data.manifest == c["g"].data.manifest == hard  # the same hard set
+    assert c["c"].data.manifest == "all" and c["d"].data.manifest.endswith("random30.jsonl")
+    assert c["a"].grpo.group_size == 4 and [c[f"e{g}"].grpo.group_size for g in (2, 3, 8)] == [2, 3, 8]
+    assert c["g"].optim.head_lr_mult == 0.0 and c["a"].optim.head_lr_mult == 6.0
+    assert c["f_gen"].reward.groups.task.weight == 0.0 and c["f_gen"].reward.groups.gen.weight == 0.6
+    assert c["f_task"].reward.groups.gen.weight == 0.0 and c["f_task"].reward.groups.task.weight == 0.3
+    differs = {"b": {"train.stage", "name"}, "c": {"train.stage", "name", "data.manifest"}, "d": {"data.manifest"},
+               "g": {"optim.head_lr_mult"}, "e2": {"grpo.group_size"}, "e3": {"grpo.group_size"},
+               "e8": {"grpo.group_size"}, "f_gen": {"reward.groups.task.weight"},
+               "f_task": {"reward.groups.gen.weight"}}  # fmt: skip
+    for key, cfg in c.items():  # nothing else differs from (a)
+        assert set(flat_diff(c["a"].to_dict(), cfg.to_dict())) == differs.get(key, set()), key
+
+
+def test_quick_study_end_to_end(tmp_path, monkeypatch):
+    # The subprocesses compile like the suite (tests/conftest.py): fewer XLA optimisations.
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    out = tmp_path / "study"
+    assert mini_irpo.main(["--quick", "--out", str(out), "--only", "a,b", "--no_progress"]) == 0
+    start = json.loads((out / "start" / "summary.json").read_text())
+    assert set(start["para1"]) == {"fre1", "fre2", "fre3"} and (out / "start" / "model" / "manifest.json").exists()
+    for name in ("hard.jsonl", "random30.jsonl"):
+        header = json.loads((out / name).read_text().splitlines()[0])
+        assert header["selection"]["mode"] == ("random" if name.startswith("random") else "per_task")
+    for run in ("a_s0", "b_s0"):
+        summary = json.loads((out / "arms" / run / "summary.json").read_text())
+        assert summary["steps"] == summary["total_steps"] == 2
+        results = json.loads(next((out / "evals" / run).glob("eval/*/results.json")).read_text())
+        rows = set(results["rows"])
+        assert {"sots", "rain100l", "bsd68_s25", "gopro", "lol", "val_denoise", "ood_lowlight"} <= rows
+    assert next((out / "evals" / "a_s0" / "oracle").glob("eval/*/results.json")).exists()
+    page = (out / "report" / "compare_a_vs_b" / "index.html").read_text()
+    assert "ood_deblur" in page and "sots" in page
+    report = (out / "report" / "mini_irpo.md").read_text()
+    for text in ("### In domain", "### Out of domain", "### Validation", "(a) - (b), test:", "Wall time per arm",
+                 "IRPO Table 2", "Mean |para1|", "Best-of-K oracle"):
+        assert text in report, text
+    for png in ("reward_curves.png", "probe_reward_curves.png", "loss_curves.png", "start_val_curve.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+    # Resumable: a rerun finds every stage done and only rewrites the report.
+    walls = {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
+    assert mini_irpo.main(["--quick", "--out", str(out), "--only", "a,b", "--no_progress"]) == 0
+    assert walls == {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
