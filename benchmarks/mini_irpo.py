@@ -581,6 +581,78 @@ def diagnostics(records: list[dict]) -> dict[str, tuple[float, float]]:
     return out
 
 
+FRES = ("fre1", "fre2", "fre3")
+ACTIONS = ("r_h", "r_l", "g_f", "g_o")
+
+
+def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None) -> list[str]:
+    """The report's diagnostics from each run's metrics records: the losses, rewards and policy
+    statistics (first 10 % -> last 10 % of the logged steps); the action statistics and the
+    reward's within-group correlation with PSNR where the trainer logs them (issue 23), as a table
+    per frequency module and as curves (``rep/action_curves.png``, ``rep/corr_psnr.png``); a line
+    naming what this trainer does not log."""
+    md = ["### Diagnostics (from each run's metrics.jsonl: first 10 % -> last 10 % of the logged steps)", ""]
+    diag = {name: d for name, recs in metrics.items() if (d := diagnostics(recs))}
+    keys = []
+    for d in diag.values():
+        keys += [k for k in d if k not in keys and not k.startswith(ACTION_PREFIX)]
+    for chunk in range(0, len(keys), 6):
+        ks = keys[chunk:chunk + 6]
+        md += ["| run | " + " | ".join(ks) + " |", "|:--|" + "--:|" * len(ks)]
+        md += [f"| {name} | " + " | ".join(f"{d[k][0]:.4g} -> {d[k][1]:.4g}" if k in d else "" for k in ks) + " |"
+               for name, d in diag.items()]
+        md.append("")
+    acted = {name: d for name, d in diag.items() if any(k.startswith(ACTION_PREFIX) for k in d)}
+    if acted:
+        md += ["Action statistics per frequency module (Beta means of the sampled actions, their mean "
+               "concentration alpha + beta over the four actions, and the share of rollouts whose mask differs "
+               "from AdaIR's; first 10 % -> last 10 %):", "",
+               "| run | module | " + " | ".join(ACTIONS) + " | concentration | mask changed |",
+               "|:--|:--|" + "--:|" * (len(ACTIONS) + 2)]
+        for name, d in acted.items():
+            for fre in FRES:
+                cells = []
+                for a in ACTIONS:
+                    v = d.get(f"actions/{fre}/{a}/mean")
+                    cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
+                conc = [d[k] for a in ACTIONS if (k := f"actions/{fre}/{a}/concentration") in d]
+                cells.append(f"{np.mean([c[0] for c in conc]):.3g} -> {np.mean([c[1] for c in conc]):.3g}" if conc else "")
+                v = d.get(f"actions/{fre}/mask_changed")
+                cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
+                if any(cells):
+                    md.append(f"| {name} | {fre} | " + " | ".join(cells) + " |")
+        md.append("")
+        if rep is not None:
+            first = next(iter(acted))
+            recs = metrics[first]
+            series = {}
+            for fre in FRES:
+                pts = [(r["step"], r[f"actions/{fre}/mask_changed"]) for r in recs if f"actions/{fre}/mask_changed" in r]
+                if pts:
+                    series[f"{fre} mask changed"] = tuple(np.array(v, float) for v in zip(*pts))
+                for a in ACTIONS:
+                    pts = [(r["step"], r[f"actions/{fre}/{a}/mean"]) for r in recs if f"actions/{fre}/{a}/mean" in r]
+                    if pts:
+                        series[f"{fre} {a}"] = tuple(np.array(v, float) for v in zip(*pts))
+            plot_lines(rep / "action_curves.png", f"{first}: action means and mask changes", series, "step", "")
+            md += [f"![{first}'s action statistics](action_curves.png)", ""]
+    if rep is not None and any("reward/corr_psnr" in d for d in diag.values()):
+        series = {}
+        for name, recs in metrics.items():
+            pts = [(r["step"], r["reward/corr_psnr"]) for r in recs if "reward/corr_psnr" in r]
+            if pts:
+                series[name] = _smooth(*(np.array(v, float) for v in zip(*pts)), 5)
+        plot_lines(rep / "corr_psnr.png", "within-group correlation of the reward with PSNR (moving average of 5)",
+                   series, "step", "corr")
+        md += ["![the reward's within-group correlation with PSNR](corr_psnr.png)", ""]
+    absent = [k for k in ("reward/corr_psnr",) if not any(k in d for d in diag.values())]
+    if not acted:
+        absent.append("actions/*")
+    if absent and diag:
+        md += [f"Not logged by this version of the trainer: {', '.join(absent)} (issue 23 adds them).", ""]
+    return md
+
+
 def _params(model_dir: Path) -> dict[str, np.ndarray]:
     from flax import nnx
 
@@ -720,26 +792,7 @@ def report(study: Study) -> Path:
     md += ["", "Wall time includes the process start, the compilation and the data scan; s/step is wall / steps.", ""]
 
     # Diagnostics.
-    md += ["### Diagnostics (from each run's metrics.jsonl: first 10 % -> last 10 % of the logged steps)", ""]
-    diag_rows, keys = {}, []
-    for arm, seed in runs:
-        diag = diagnostics(metrics_of(study.workdir(arm, seed)))
-        if diag:
-            diag_rows[f"{arm.key}_s{seed}"] = diag
-            keys += [k for k in diag if k not in keys]
-    if diag_rows:
-        for chunk in range(0, len(keys), 6):
-            ks = keys[chunk:chunk + 6]
-            md += ["| run | " + " | ".join(ks) + " |", "|:--|" + "--:|" * len(ks)]
-            for name, diag in diag_rows.items():
-                md.append(f"| {name} | " + " | ".join(f"{diag[k][0]:.4g} -> {diag[k][1]:.4g}" if k in diag else ""
-                                                      for k in ks) + " |")
-            md.append("")
-    absent = [k for k in ("reward/corr_psnr",) if k not in keys]
-    if not any(k.startswith(ACTION_PREFIX) for k in keys):
-        absent.append("actions/*")
-    if absent:
-        md += [f"Not logged by this version of the trainer: {', '.join(absent)} (issue 23 adds them).", ""]
+    md += diagnostics_section({f"{a.key}_s{sd}": metrics_of(study.workdir(a, sd)) for a, sd in runs}, rep)
     policy_runs = [(a, s) for a, s in runs if a.stage == "grpo" and (study.workdir(a, s) / "model").is_dir()]
     para = {"start": para1_of(study.start / "model")} if (study.start / "model").is_dir() else {}
     changes = {}

@@ -95,3 +95,29 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     walls = {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
     assert mini_irpo.main(["--quick", "--out", str(out), "--only", "a,b", "--no_progress"]) == 0
     assert walls == {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
+
+
+def test_diagnostics_read_the_action_statistics_when_logged_and_say_so_when_not(tmp_path):
+    steps = range(10, 210, 10)
+    plain = [{"step": s, "reward/total/mean": 0.3 + s / 1000, "loss/total": 1.0 - s / 1000} for s in steps]
+    with_actions = [dict(r, **{"reward/corr_psnr": 0.5, **{f"actions/{f}/{a}/mean": 0.5 + r["step"] / 2000
+                                                          for f in mini_irpo.FRES for a in mini_irpo.ACTIONS},
+                               **{f"actions/{f}/{a}/concentration": 100.0 for f in mini_irpo.FRES
+                                  for a in mini_irpo.ACTIONS},
+                               **{f"actions/{f}/mask_changed": 0.25 for f in mini_irpo.FRES}})
+                    for r in plain]  # fmt: skip
+    d = mini_irpo.diagnostics(plain)
+    assert d["reward/total/mean"] == pytest.approx(((0.31 + 0.32) / 2, (0.49 + 0.50) / 2))  # 10 %: 2 of 20 records
+    assert d["loss/total"] == pytest.approx(((0.99 + 0.98) / 2, (0.81 + 0.80) / 2))
+    text = "\n".join(mini_irpo.diagnostics_section({"a_s0": plain}, tmp_path))
+    assert "Not logged by this version of the trainer: reward/corr_psnr, actions/*" in text
+    assert not (tmp_path / "action_curves.png").exists()
+    text = "\n".join(mini_irpo.diagnostics_section({"a_s0": with_actions, "b_s0": plain[:3]}, tmp_path))
+    assert "Not logged" not in text and "| a_s0 | fre2 | 0.508 -> 0.597 |" in text and "| 0.250 -> 0.250 |" in text
+    assert (tmp_path / "action_curves.png").stat().st_size > 1000 and (tmp_path / "corr_psnr.png").exists()
+
+
+def test_welch_says_whether_a_difference_exceeds_the_seeds_spread():
+    assert "beyond" in mini_irpo.welch([1.0, 1.1, 1.2], [0.0, 0.1, 0.2])
+    assert "within" in mini_irpo.welch([1.0, 0.0, 2.0], [0.9, 0.0, 1.9])
+    assert "one seed" in mini_irpo.welch([1.0], [0.5])
