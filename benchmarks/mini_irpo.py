@@ -267,7 +267,8 @@ class Study:
         if done:
             return json.loads(done[0].read_text())
         rows = [*minibench.rows("test"), *minibench.rows("val"), *minibench.rows("ood")]
-        args = ["--checkpoint", str(model), "--config", CONFIG + (f":{self.s.variant.strip(',')}" if self.s.quick else ""),
+        config = CONFIG + (f":{self.s.variant.strip(',')}" if self.s.quick else "")
+        args = ["--checkpoint", str(model), "--config", config,
                 "--data_root", str(self.data), "--sets", ",".join(rows), "--out", str(out)]
         t0 = time.time()
         if evaluate.main(args + (["--save_images"] if save_images else [])):
@@ -616,7 +617,8 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
                     v = d.get(f"actions/{fre}/{a}/mean")
                     cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
                 conc = [d[k] for a in ACTIONS if (k := f"actions/{fre}/{a}/concentration") in d]
-                cells.append(f"{np.mean([c[0] for c in conc]):.3g} -> {np.mean([c[1] for c in conc]):.3g}" if conc else "")
+                cells.append(f"{np.mean([c[0] for c in conc]):.3g} -> {np.mean([c[1] for c in conc]):.3g}"
+                             if conc else "")
                 v = d.get(f"actions/{fre}/mask_changed")
                 cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
                 if any(cells):
@@ -627,7 +629,8 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
             recs = metrics[first]
             series = {}
             for fre in FRES:
-                pts = [(r["step"], r[f"actions/{fre}/mask_changed"]) for r in recs if f"actions/{fre}/mask_changed" in r]
+                key = f"actions/{fre}/mask_changed"
+                pts = [(r["step"], r[key]) for r in recs if key in r]
                 if pts:
                     series[f"{fre} mask changed"] = tuple(np.array(v, float) for v in zip(*pts))
                 for a in ACTIONS:
@@ -804,8 +807,8 @@ def report(study: Study) -> Path:
         changes[f"{arm.key}_s{seed}"] = heads_change(step0_heads(study, seed), study.workdir(arm, seed) / "model")
     if para:
         md += ["Mean |para1| per FreModule (how much the frequency modules feed the decoder):", "",
-               "| model | " + " | ".join(next(iter(para.values()))) + " |", "|:--|" + "--:|" * len(next(iter(para.values())))]
-        md += [f"| {k} | " + " | ".join(f"{v:.4g}" for v in p.values()) + " |" for k, p in para.items()]
+               "| model | " + " | ".join(FRES) + " |", "|:--|" + "--:|" * len(FRES)]
+        md += [f"| {k} | " + " | ".join(f"{p[f]:.4g}" if f in p else "" for f in FRES) + " |" for k, p in para.items()]
         md.append("")
     if changes:
         md += ["Relative change of the policy heads' parameters from step 0 (||Δθ|| / ||θ_0||): "

@@ -154,7 +154,8 @@ def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", 
             continue
         scores = _val_psnr(model, val)
         state["seconds"] = time.time() - t_start
-        entry = {"step": state["step"], "lr": step_lr, "train_l1": float(loss), "seconds": round(state["seconds"], 1),
+        l1 = float(loss.detach())
+        entry = {"step": state["step"], "lr": step_lr, "train_l1": l1, "seconds": round(state["seconds"], 1),
                  **{f"val/{k}": v for k, v in scores.items()}}
         state["curve"].append(entry)
         if scores["average"] > state["best"] + min_delta:
@@ -169,7 +170,7 @@ def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", 
                     state.update(lr=state["lr"] * 0.5, reductions=state["reductions"] + 1, since_best=0)
         if progress:
             print(f"step {state['step']}: val {scores['average']:.3f} dB (best {state['best']:.3f} at "
-                  f"{state['best_step']}), lr {step_lr:.2e}, l1 {float(loss):.4f}, {state['seconds'] / 60:.1f} min",
+                  f"{state['best_step']}), lr {step_lr:.2e}, l1 {l1:.4f}, {state['seconds'] / 60:.1f} min",
                   flush=True)
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "data": data.get_state(),
                       "torch_rng": torch.get_rng_state(), "state": state}, out / "state.pt")

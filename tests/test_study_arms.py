@@ -30,8 +30,8 @@ def test_head_lr_mult_zero_is_the_update_without_the_policy_gradient():
     params = nnx.to_pure_dict(params)
     rng = np.random.default_rng(0)
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
-    batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 3], jnp.int32),
-             "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
+    degraded = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    batch = {"clean": jnp.asarray(clean), "degraded": jnp.asarray(degraded), "task_id": jnp.asarray([0, 3], jnp.int32)}
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
     rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
 

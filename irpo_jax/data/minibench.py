@@ -359,7 +359,8 @@ def _generate(seed: int, sizes: Sizes, photos: dict[str, np.ndarray]) -> tuple[d
                     degraded, p = _in_domain(task, clean, rng, sigma)
                 if split == "test":
                     if task == "dehaze":
-                        root, inp, tgt = "test/dehaze", f"{501 + i:04d}_{p['A']:g}_{p['beta']:g}.png", f"{501 + i:04d}.png"
+                        scene = f"{501 + i:04d}"  # SOTS: input/IIII_A_beta.png -> target/IIII.png
+                        root, inp, tgt = "test/dehaze", f"{scene}_{p['A']:g}_{p['beta']:g}.png", f"{scene}.png"
                     else:
                         root = {"derain": "test/derain/Rain100L", "deblur": "test/deblur/gopro",
                                 "lowlight": "test/enhance/lol"}[task]
