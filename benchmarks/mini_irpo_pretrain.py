@@ -110,15 +110,25 @@ def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", 
     Returns:
       ``{"steps", "best_step", "best_val_psnr", "para1", "seconds", "model"}`` (also ``out/summary.json``).
     """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "summary.json").exists() and (out / "model" / "manifest.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    from irpo_jax.training.lock import acquire
+
+    with acquire(out):  # one writer: a second start (the runner while this trains) is refused
+        return _pretrain(out, data_root, variant=variant, patch=patch, batch=batch, lr=lr, weight_decay=weight_decay,
+                         warmup=warmup, eval_every=eval_every, patience=patience, min_delta=min_delta,
+                         reductions=reductions, max_steps=max_steps, seed=seed, threads=threads, progress=progress)
+
+
+def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_decay, warmup, eval_every, patience,
+              min_delta, reductions, max_steps, seed, threads, progress) -> dict:
     import torch
 
     from irpo_jax.data import minibench
     from irpo_jax.data.pipeline import make_train_iterator
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "summary.json").exists() and (out / "model" / "manifest.json").exists():
-        return json.loads((out / "summary.json").read_text())
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     model = _torch_model(variant)
