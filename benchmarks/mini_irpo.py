@@ -357,14 +357,16 @@ def _program(arm: Arm) -> tuple[str, int]:
     return (arm.stage, int(g) if arm.stage == "grpo" else 0)
 
 
-def timing(study: Study, steps: int = 8) -> dict:
+def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     """Measures each distinct step program of the study (supervised; GRPO at every G) in this
     process, with a random model and random 64-pixel batches (the cost does not depend on the
     weights), and projects the study's training time: ``steps`` timed steps after two untimed
     ones (the compile), wall and process CPU seconds per step, and the load average.
 
-    The projection counts optimizer steps x runs per program, plus the measured compile and a
-    fixed 60 s per run for the process start and data scan, plus 1 minute per evaluated model.
+    The projection counts optimizer steps x runs per program; the measured compile once per
+    distinct program (runs that differ only in their seed or data share theirs through the
+    persistent compilation cache); 60 s per run for the process start and data scan; 1 minute per
+    evaluated model; and the largest step count that fits ``budget_h`` hours.
     On a quiet 2-core machine the wall time of a step is between CPU/2 and CPU (XLA:CPU's
     parallelism on a small model); the CPU column is what a loaded machine cannot inflate.
     """
@@ -426,23 +428,28 @@ def timing(study: Study, steps: int = 8) -> dict:
         print(f"{key}: {wall:.3f} s/step wall, {cpu:.3f} s/step CPU (compile + 2 steps {compile_s:.0f} s)", flush=True)
     result["load_after"] = os.getloadavg()
     runs = study.runs()
-    total_cpu = total_compile = 0.0
+    per_study_step = overhead = 0.0
+    compiled = set()
     for arm, _ in runs:
         stage, group = _program(arm)
         r = result["programs"][f"{stage} G={group}" if group else stage]
-        total_cpu += study.steps * r["cpu_s"]
-        total_compile += r["compile_and_2_steps_s"] + 60.0
-    evals = 60.0 * (len(runs) + 1)
+        per_study_step += r["cpu_s"]
+        program = (stage, tuple(sorted(arm.overrides)))  # what is baked into the compiled step
+        overhead += 60.0 + (r["compile_and_2_steps_s"] if program not in compiled else 0.0)
+        compiled.add(program)
+    overhead += 60.0 * (len(runs) + 1)  # evaluations
+    fits = max(0, int((budget_h * 3600 - overhead) / per_study_step))
     result["projection"] = {
-        "runs": len(runs), "steps": study.steps, "train_cpu_s": total_cpu, "overhead_s": total_compile + evals,
-        "hours_if_one_core": (total_cpu + total_compile + evals) / 3600,
-        "hours_if_two_cores": (total_cpu / 2 + total_compile + evals) / 3600}
+        "runs": len(runs), "steps": study.steps, "cpu_s_per_study_step": per_study_step, "overhead_s": overhead,
+        "compiled_programs": len(compiled), "hours_if_one_core": (study.steps * per_study_step + overhead) / 3600,
+        "hours_if_two_cores": (study.steps * per_study_step / 2 + overhead) / 3600,
+        f"steps_that_fit_{budget_h:g}h_one_core": fits}
     _write_json(study.out / "timing.json", result)
     pr = result["projection"]
-    print(f"projection: {pr['runs']} runs x {pr['steps']} steps: {pr['train_cpu_s'] / 3600:.2f} CPU-hours of steps + "
-          f"{pr['overhead_s'] / 3600:.2f} h of starts, compiles and evaluations -> {pr['hours_if_two_cores']:.2f} h "
-          f"(steps on both cores) to {pr['hours_if_one_core']:.2f} h (one core); load {result['load_before']} -> "
-          f"{result['load_after']}")
+    print(f"projection: {pr['runs']} runs x {pr['steps']} steps, {per_study_step:.1f} CPU-s per step of every run "
+          f"together, {overhead / 3600:.2f} h of starts, {len(compiled)} compiles and evaluations -> "
+          f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h (one core); "
+          f"{fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> {result['load_after']}")
     return result
 
 
