@@ -258,28 +258,30 @@ class Study:
     # ---- stage 5
 
     def evaluate(self, name: str, model: Path, *, save_images: bool, oracle_k: int = 0) -> dict:
-        """``results.json`` of ``model`` on every row (test, val, ood), computed once."""
+        """``results.json`` of ``model`` on every row (test, val, ood), computed once (and with
+        ``oracle_k``, a best-of-K oracle on the validation rows into ``oracle/``)."""
         from irpo_jax import evaluate
         from irpo_jax.data import minibench
 
         out = self.out / "evals" / name
-        done = sorted(out.glob("eval/*/results.json"))
-        if done:
-            return json.loads(done[0].read_text())
-        rows = [*minibench.rows("test"), *minibench.rows("val"), *minibench.rows("ood")]
         config = CONFIG + (f":{self.s.variant.strip(',')}" if self.s.quick else "")
-        args = ["--checkpoint", str(model), "--config", config,
-                "--data_root", str(self.data), "--sets", ",".join(rows), "--out", str(out)]
+        # --overwrite: these folders are the runner's own; what an interrupted evaluation left is replaced.
+        common = ["--checkpoint", str(model), "--config", config, "--data_root", str(self.data), "--overwrite"]
+        rows = [*minibench.rows("test"), *minibench.rows("val"), *minibench.rows("ood")]
         t0 = time.time()
-        if evaluate.main(args + (["--save_images"] if save_images else [])):
-            raise SystemExit(f"evaluating {model} failed (see above)")
-        results = json.loads(sorted(out.glob("eval/*/results.json"))[0].read_text())
-        if oracle_k:  # best-of-K sampled restorations on the validation rows: what the actions can reach
-            if evaluate.main(args[:-4] + ["--sets", ",".join(minibench.rows("val")), "--out", str(out / "oracle"),
-                                          "--oracle_k", str(oracle_k)]):
+        if not sorted(out.glob("eval/*/results.json")):
+            args = common + ["--sets", ",".join(rows), "--out", str(out)] + (["--save_images"] if save_images else [])
+            if evaluate.main(args):
+                raise SystemExit(f"evaluating {model} failed (see above)")
+        if oracle_k and not sorted((out / "oracle").glob("eval/*/results.json")):
+            # Best-of-K sampled restorations on the validation rows: how far the actions can move PSNR.
+            args = common + ["--sets", ",".join(minibench.rows("val")), "--out", str(out / "oracle"),
+                             "--oracle_k", str(oracle_k)]
+            if evaluate.main(args):
                 raise SystemExit(f"the oracle evaluation of {model} failed (see above)")
-        _write_json(out / "seconds.json", {"seconds": round(time.time() - t0, 1)})
-        return results
+        if not (out / "seconds.json").exists():
+            _write_json(out / "seconds.json", {"seconds": round(time.time() - t0, 1)})
+        return json.loads(sorted(out.glob("eval/*/results.json"))[0].read_text())
 
     # ---- everything
 
