@@ -474,9 +474,12 @@ def split_columns(split: str) -> dict[str, str]:
     return {t: f"{split}_{t}" for t in TASK_COLUMNS}
 
 
-def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metric: str = "psnr") -> tuple[str, dict]:
+def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metric: str = "psnr",
+              paper=None) -> tuple[str, dict]:
     """A markdown table of ``split`` (test/val/ood): per task and the average, mean +- std over
-    each entry's seeds, and the difference of the average from the starting model."""
+    each entry's seeds, and the difference of the average from the starting model; with
+    ``paper`` (a :class:`irpo_jax.published.Table`), its AdaIR and IRPO rows at the bottom, in
+    italics, with IRPO's difference from AdaIR (the shape to compare, not the values)."""
     cols = split_columns(split)
     start = _scores(study, "start")
     base = float(np.mean([start["rows"][r][metric] for r in cols.values()])) if start else math.nan
@@ -497,6 +500,15 @@ def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metr
         delta = f"{m - base:+.2f}" if metric == "psnr" else f"{m - base:+.3f}"
         lines.append(f"| {label} | {len(results)} | " + " | ".join(cells) + f" | {avg} | {delta} |")
         numbers[label] = per_seed_avg
+    if paper is not None:
+        k = 0 if metric == "psnr" else 1
+        for method, name in (("adair", "AdaIR"), ("irpo", "IRPO")):
+            cells = [fmt.format(paper.values[method][r][k]) for r in paper.rows]
+            avg = paper.average[method][k]
+            delta = avg - paper.average["adair"][k]
+            delta = f"{delta:+.2f}" if metric == "psnr" else f"{delta:+.3f}"
+            lines.append(f"| *paper: {name} (base model, real data)* | | " + " | ".join(f"*{c}*" for c in cells)
+                         + f" | *{fmt.format(avg)}* | *{delta}* |")
     return "\n".join(lines), numbers
 
 
@@ -765,14 +777,11 @@ def report(study: Study) -> Path:
     for split, title, paper in (("test", "In domain (the five-task table; IRPO Table 2)", TABLES["allinone5"][0]),
                                 ("ood", "Out of domain (IRPO Table 3)", TABLES["allinone5"][1]),
                                 ("val", "Validation (settings were chosen on these)", None)):
-        table, numbers = arm_table(study, split, entries)
+        table, numbers = arm_table(study, split, entries, paper=paper)
         md += [f"### {title}", "", table, ""]
         if paper is not None:
-            adair, irpo = paper.average["adair"], paper.average["irpo"]
-            md += [f"Paper ({paper.title}), base AdaIR on the real data: AdaIR {adair[0]:.2f} -> IRPO "
-                   f"{irpo[0]:.2f} dB average ({irpo[0] - adair[0]:+.2f}); per task: " + ", ".join(
-                       f"{t} {paper.values['adair'][r][0]:.2f} -> {paper.values['irpo'][r][0]:.2f}"
-                       for t, r in zip(TASK_COLUMNS, paper.rows)) + ".", ""]
+            md += [f"The italic rows: {paper.title}; their columns are the real sets in the same task order "
+                   f"({', '.join(paper.rows)}); \"vs start\" there is IRPO's gain over AdaIR.", ""]
         a, b, g = (numbers.get(f"({k}) {ARM_BY_KEY[k].label}") for k in ("a", "b", "g"))
         if a and b:
             md.append(f"(a) - (b), {split}: {welch(a, b)}.")
@@ -780,7 +789,7 @@ def report(study: Study) -> Path:
             md.append(f"(a) - (g), {split}: {welch(a, g)} (what L_RL adds).")
         md.append("")
         if split == "test":
-            ssim_table, _ = arm_table(study, split, entries, metric="ssim")
+            ssim_table, _ = arm_table(study, split, entries, metric="ssim", paper=paper)
             md += ["SSIM:", "", ssim_table, ""]
 
     md += ["### The paper's ablation rows (five-task average PSNR, real data, base model)", ""]
