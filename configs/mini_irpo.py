@@ -15,6 +15,7 @@ This is configs/allinone5.py scaled to a 2-core CPU. What differs, and why:
   model.variant small               the base model's GRPO step takes ~22 s on this CPU
   data.root                         the mini benchmark (irpo_jax.data.minibench), synthetic five tasks
   data.patch_size 64                128 crops cost ~4x per step; the test images are 128x128
+  model.policy.spectrum_tile 64     = data.patch_size, as the policy requires (issue 23)
   data.repeats 1 per task           the set is balanced by construction (30-40 images per task);
                                     AdaIR's repeats correct the real data's imbalance (72k hazy vs 200 rainy)
   data.eval_sets / eval_paired      the benchmark's rows: test (five-task table), val_*, ood_*
@@ -59,6 +60,7 @@ def get_config(arg=None):
     c.data.tasks = ("denoise", "derain", "dehaze", "deblur", "lowlight")  # the five degradations
     c.data.repeats = {t: 1 for t in c.data.tasks}  # a balanced set: every pair once per epoch
     c.data.patch_size = 64  # training crop side (pixels); evaluation images are 128x128 whole
+    c.model.policy.spectrum_tile = 64  # = data.patch_size: the rate heads' FFT statistics over crop-sized tiles
     c.data.eval_paired = minibench.eval_paired()  # rows val_<task> and ood_<task>
     c.data.eval_sets = minibench.rows("test")  # the five-task table; the runner adds val and ood
     c.data.worker_count = 0  # read in-process (2 cores)
@@ -84,6 +86,7 @@ def get_config(arg=None):
         c.model.init_from = f"{ROOT}_quick/start/model"
         c.data.root = f"{ROOT}_quick/data"
         c.data.patch_size = 32
+        c.model.policy.spectrum_tile = 32  # = data.patch_size
         c.data.validate = "none"
         c.train.steps = 2
         c.train.log_every = 1
