@@ -314,9 +314,10 @@ class Study:
 
     def pilot(self, lrs: tuple[float, ...] = PILOT_LRS) -> dict:
         """IRPO (a) and the control (b), seed 0, at each learning rate, with the validation rows
-        evaluated every 100 steps (configs/mini_irpo.py:pilot; ``--only a``: IRPO alone); the choice: the learning
-        rate and step count with the best validation average of IRPO (the control then gets the
-        same, as the study requires; its curves show whether that choice favours IRPO)."""
+        evaluated every 100 steps (configs/mini_irpo.py:pilot; ``--only a``: IRPO alone); the
+        choice: the learning rate and step count with the best validation average of IRPO (the
+        control then gets the same, as the study requires; its curves show whether that choice
+        favours IRPO)."""
         self.build_data()
         self.starting_model()
         self.mine()
@@ -450,8 +451,8 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     pr = result["projection"]
     print(f"projection: {pr['runs']} runs x {pr['steps']} steps, {per_study_step:.1f} CPU-s per step of every run "
           f"together, {overhead / 3600:.2f} h of starts, {len(compiled)} compiles and evaluations -> "
-          f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h (one core); "
-          f"{fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> {result['load_after']}")
+          f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h "
+          f"(one core); {fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> {result['load_after']}")
     return result
 
 
