@@ -452,7 +452,8 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     print(f"projection: {pr['runs']} runs x {pr['steps']} steps, {per_study_step:.1f} CPU-s per step of every run "
           f"together, {overhead / 3600:.2f} h of starts, {len(compiled)} compiles and evaluations -> "
           f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h "
-          f"(one core); {fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> {result['load_after']}")
+          f"(one core); {fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> "
+          f"{result['load_after']}")
     return result
 
 
