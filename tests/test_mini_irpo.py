@@ -18,8 +18,8 @@ from ml_collections import config_flags
 from irpo_jax.training.workdir import flat_diff
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import mini_irpo  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from benchmarks import mini_irpo  # noqa: E402
 
 pytestmark = pytest.mark.torch  # the starting model is trained with the PyTorch reference
 
