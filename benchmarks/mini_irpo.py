@@ -679,12 +679,10 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
     return md
 
 
-def _params(model_dir: Path) -> dict[str, np.ndarray]:
+def _flat_params(module) -> dict[str, np.ndarray]:
+    """A module's parameters as ``{"dotted.path": array}``."""
     from flax import nnx
 
-    from irpo_jax import checkpointing
-
-    module, _ = checkpointing.restore_model(model_dir)
     flat = {}
 
     def walk(prefix, tree):
@@ -696,6 +694,13 @@ def _params(model_dir: Path) -> dict[str, np.ndarray]:
 
     walk("", nnx.to_pure_dict(nnx.state(module, nnx.Param)))
     return flat
+
+
+def _params(model_dir: Path) -> dict[str, np.ndarray]:
+    from irpo_jax import checkpointing
+
+    module, _ = checkpointing.restore_model(model_dir)
+    return _flat_params(module)
 
 
 def para1_of(model_dir: Path) -> dict[str, float]:
@@ -729,17 +734,7 @@ def step0_heads(study: Study, seed: int) -> dict[str, np.ndarray]:
     base, _ = checkpointing.restore_model(study.start / "model")
     cfg = _config(study.s)
     policy = IRPOPolicy(base.config, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(seed))
-    flat = {}
-
-    def walk(prefix, tree):
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[f"{prefix}{k}"] = np.asarray(v)
-
-    walk("", nnx.to_pure_dict(nnx.state(policy, nnx.Param)))
-    return {k: v for k, v in flat.items() if k.startswith("heads.")}
+    return {k: v for k, v in _flat_params(policy).items() if k.startswith("heads.")}
 
 
 def report(study: Study) -> Path:
