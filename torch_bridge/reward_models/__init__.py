@@ -32,8 +32,9 @@ call each from one thread.
 One module per family, the shared parts in `base`, the registry in `registry`; every public name
 is re-exported here (`from torch_bridge.reward_models import build_components`):
 
-    base.py        RewardModelUnavailable, the RewardComponent protocol, the default config,
-                   path/hub resolution, weight hashing, batch checks
+    base.py        RewardModelUnavailable, the RewardComponent protocol and RewardModel, the
+                   base class of the four models (info() and the checked __call__); the default
+                   config, path/hub resolution, weight hashing, batch checks
     lpips.py       LPIPSReward, build_lpips
     clip.py        ClipImageEncoder (shared with aesthetic), ClipSimilarityReward, build_clip
     aesthetic.py   AestheticHead, AestheticReward, build_aesthetic
@@ -52,6 +53,7 @@ from torch_bridge.reward_models.aesthetic import (
 from torch_bridge.reward_models.base import (
     CONFIG_PREFIX,
     RewardComponent,
+    RewardModel,
     RewardModelUnavailable,
     default_reward_model_config,
     sha256_file,
@@ -86,6 +88,7 @@ __all__ = [
     "LPIPSReward",
     "QwenJudgeReward",
     "RewardComponent",
+    "RewardModel",
     "RewardModelUnavailable",
     "build_aesthetic",
     "build_clip",

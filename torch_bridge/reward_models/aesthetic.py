@@ -6,14 +6,13 @@ comes from `clip.ClipImageEncoder`, shared with the `clip` component when both n
 
 from __future__ import annotations
 
-import copy
 import pathlib
 
 import torch
 
 from torch_bridge.reward_models.base import (
+    RewardModel,
     RewardModelUnavailable,
-    _check_batch,
     _hash_files,
     _key,
     _merged_config,
@@ -99,7 +98,7 @@ def load_aesthetic_head(path: pathlib.Path, key: str) -> AestheticHead:
     return head.eval().requires_grad_(False)
 
 
-class AestheticReward:
+class AestheticReward(RewardModel):
     """LAION aesthetic rating of the restored image (B.1 R_aes), raw (about 1-10).
 
     The paper normalises it to [0, 1] without giving the map; the composer does that
@@ -111,48 +110,32 @@ class AestheticReward:
     def __init__(
         self, head: AestheticHead, encoder: ClipImageEncoder, head_path: pathlib.Path, config: dict
     ) -> None:
+        super().__init__(device=encoder.device, config=config)
         self.head = head
         self.encoder = encoder
         self.head_path = head_path
-        self.device = encoder.device
-        self.config = config
 
-    def info(self) -> dict:
+    def describe(self) -> dict:
+        """The head and the CLIP model under it (ids, weights of both, the encoder's record)."""
         clip_info = self.encoder.info()
         return {
-            "name": self.name,
             "model_id": f"laion-improved-aesthetic({pathlib.Path(self.head_path).name}) "
             f"on {clip_info['model_id']}",
             "weights": {**_hash_files([self.head_path]), **clip_info["weights"]},
-            "device": str(self.device),
             "dtype": clip_info["dtype"],
             "clip": clip_info,
             "score": "LAION aesthetic MLP on the L2-normalised CLIP embedding of restored",
             "score_range": [1.0, 10.0],  # AVA rating scale; the affine head is not clipped
-            "config": copy.deepcopy(self.config),
         }
 
-    @torch.inference_mode()
-    def __call__(
+    def score(
         self,
         degraded: torch.Tensor,
         restored: torch.Tensor,
         clean: torch.Tensor,
-        *,
-        sample_ids: list[str] | None = None,
+        sample_ids: list[str] | None,
     ) -> torch.Tensor:
-        """Scores a batch.
-
-        Args:
-            degraded: (B, 3, H, W) in [0, 1] (unused).
-            restored: (B, 3, H, W) in [0, 1].
-            clean: (B, 3, H, W) in [0, 1] (unused: the score is no-reference).
-            sample_ids: unused.
-
-        Returns:
-            (B,) float32 raw aesthetic ratings.
-        """
-        _, restored, _ = _check_batch(degraded, restored, clean, self.device)
+        """(B,) float32 raw aesthetic ratings of `restored` (no reference: the rest is unused)."""
         emb = self.encoder.embed_restored(restored)
         emb = emb / emb.norm(dim=-1, keepdim=True)  # the original script's `normalized()` (L2)
         return self.head(emb).float()

@@ -3,12 +3,14 @@
 Every family module (`lpips`, `clip`, `aesthetic`, `qwen_judge`) builds on these: the paper's
 default settings (`default_reward_model_config`, merged per component by `_merged_config`),
 `RewardModelUnavailable` for absent weights, the `RewardComponent` protocol the reward process
-calls, and the helpers that resolve a local path or hub id, hash weight files, read state dicts
+calls, `RewardModel` (that protocol's shared half: the handshake record and the checked call,
+so each model writes only `describe()` and `score()`), and the helpers that resolve a local path or hub id, hash weight files, read state dicts
 with `weights_only=True`, and check a batch's shapes.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pathlib
@@ -33,7 +35,11 @@ class RewardModelUnavailable(ValueError):
 
 
 class RewardComponent(Protocol):
-    """One PyTorch reward model, as the reward process sees it."""
+    """One PyTorch reward model, as the reward process sees it.
+
+    The real models implement it through `RewardModel`; stand-ins (the tests' and benchmarks'
+    fakes) may implement it directly.
+    """
 
     name: str  # "lpips" | "clip" | "aesthetic" | "qwen"
 
@@ -51,6 +57,89 @@ class RewardComponent(Protocol):
     ) -> torch.Tensor:
         """Scores (B, 3, H, W) float32 in [0, 1] -> (B,) float32 raw scores (NaN: failed)."""
         ...
+
+
+class RewardModel(RewardComponent):
+    """The part of `RewardComponent` every real reward model shares; a subclass holds its own.
+
+    `info()` is `name`, the subclass's `describe()`, `device`, `stats()` when it counts
+    something, and a copy of `config`. `__call__` checks the three batches (shapes, one
+    `sample_ids` entry per sample), puts them on `input_device` as float32 and calls
+    `score(...)` under `torch.inference_mode()`.
+
+    A subclass sets `name` and writes `describe()` and `score()` (and `stats()`, `input_device`
+    where it differs).
+
+    Args:
+        device: where the model runs.
+        config: the component's merged config section (recorded in `info()`).
+    """
+
+    name: str
+
+    def __init__(self, *, device: torch.device, config: dict) -> None:
+        self.device = device
+        self.config = config
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where `__call__` puts the checked batches (the model's device)."""
+        return self.device
+
+    def describe(self) -> dict:
+        """The model's own handshake fields: model_id, weights {file: sha256}, dtype, score, ..."""
+        raise NotImplementedError
+
+    def stats(self) -> dict | None:
+        """Counters since build for the handshake, or None when the model counts nothing."""
+        return None
+
+    def info(self) -> dict:
+        """Handshake record: name, `describe()`, device, `stats()` if any, config."""
+        record = {"name": self.name, **self.describe(), "device": str(self.device)}
+        stats = self.stats()
+        if stats is not None:
+            record["stats"] = stats
+        return {**record, "config": copy.deepcopy(self.config)}
+
+    def score(
+        self,
+        degraded: torch.Tensor,
+        restored: torch.Tensor,
+        clean: torch.Tensor,
+        sample_ids: list[str] | None,
+    ) -> torch.Tensor:
+        """The model's scores for checked float32 (B, 3, H, W) batches on `input_device`."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        degraded: torch.Tensor,
+        restored: torch.Tensor,
+        clean: torch.Tensor,
+        *,
+        sample_ids: list[str] | None = None,
+    ) -> torch.Tensor:
+        """Scores a batch.
+
+        Args:
+            degraded: (B, 3, H, W) in [0, 1], the policy's input.
+            restored: (B, 3, H, W) in [0, 1].
+            clean: (B, 3, H, W) in [0, 1].
+            sample_ids: None, or one hashable id per sample (the G rollouts of an image share
+                it); what a model does with them is said in its `score`.
+
+        Returns:
+            (B,) float32 raw scores (see the subclass's `score`).
+
+        Raises:
+            ValueError: the batches are not (B, 3, H, W) of one shape, or `sample_ids` does not
+                have B entries.
+        """
+        degraded, restored, clean = _check_batch(degraded, restored, clean, self.input_device)
+        _check_sample_ids(sample_ids, restored.shape[0])
+        with torch.inference_mode():
+            return self.score(degraded, restored, clean, sample_ids)
 
 
 def default_reward_model_config() -> dict:

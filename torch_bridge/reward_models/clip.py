@@ -8,7 +8,6 @@ and two caches (clean embeddings per sample id, the last restored batch); `build
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import pathlib
 from collections.abc import Sequence
@@ -18,9 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from torch_bridge.reward_models.base import (
+    RewardModel,
     RewardModelUnavailable,
-    _check_batch,
-    _check_sample_ids,
     _hash_files,
     _key,
     _merged_config,
@@ -266,54 +264,40 @@ def _get_clip_encoder(
     return encoder
 
 
-class ClipSimilarityReward:
+class ClipSimilarityReward(RewardModel):
     """Cosine similarity of the CLIP image embeddings of restored and clean (B.1 R_clip)."""
 
     name = "clip"
 
     def __init__(self, encoder: ClipImageEncoder, config: dict) -> None:
+        super().__init__(device=encoder.device, config=config)
         self.encoder = encoder
-        self.device = encoder.device
-        self.config = config
 
-    def info(self) -> dict:
+    def describe(self) -> dict:
+        """The encoder's record (model id, weights, dtype, preprocessing) and the score."""
         return {
-            "name": self.name,
             **self.encoder.info(),
-            "device": str(self.device),
             "score": "cos(CLIP(restored), CLIP(clean))",
             "score_range": [-1.0, 1.0],
-            "stats": self.encoder.stats(),
-            "config": copy.deepcopy(self.config),
         }
 
     def stats(self) -> dict:
+        """The encoder's counters (forwards, cache hits and misses)."""
         return self.encoder.stats()
 
-    @torch.inference_mode()
-    def __call__(
+    def score(
         self,
         degraded: torch.Tensor,
         restored: torch.Tensor,
         clean: torch.Tensor,
-        *,
-        sample_ids: list[str] | None = None,
+        sample_ids: list[str] | None,
     ) -> torch.Tensor:
-        """Scores a batch.
+        """(B,) float32 cosine similarities; `degraded` is unused.
 
-        Args:
-            degraded: (B, 3, H, W) in [0, 1] (unused).
-            restored: (B, 3, H, W) in [0, 1].
-            clean: (B, 3, H, W) in [0, 1].
-            sample_ids: one hashable id per sample (str or int; the G rollouts of an image share
-                it): clean embeddings are cached under it. An id seen again with a different
-                clean image (another random crop) is recomputed. None: no caching.
-
-        Returns:
-            (B,) float32 cosine similarities.
+        `sample_ids` (str or int; the G rollouts of an image share one): clean embeddings are
+        cached under them. An id seen again with a different clean image (another random crop)
+        is recomputed. None: no caching.
         """
-        _, restored, clean = _check_batch(degraded, restored, clean, self.device)
-        _check_sample_ids(sample_ids, restored.shape[0])
         e_restored = self.encoder.embed_restored(restored)
         e_clean = self.encoder.embed_clean(clean, sample_ids)
         return F.cosine_similarity(e_restored, e_clean, dim=-1, eps=1e-8).float()

@@ -6,7 +6,6 @@ checked files, never downloaded by lpips itself; both are matched key by key.
 
 from __future__ import annotations
 
-import copy
 import os
 import pathlib
 import re
@@ -15,8 +14,8 @@ import warnings
 import torch
 
 from torch_bridge.reward_models.base import (
+    RewardModel,
     RewardModelUnavailable,
-    _check_batch,
     _hash_files,
     _key,
     _merged_config,
@@ -32,7 +31,7 @@ _LPIPS_TRUNKS = {
 }
 
 
-class LPIPSReward:
+class LPIPSReward(RewardModel):
     """`1 - LPIPS(restored, clean)` with the lpips package (Zhang et al. 2018, version 0.1).
 
     LPIPS takes inputs in [-1, 1]; the [0, 1] images are mapped with `2x - 1` (what
@@ -53,48 +52,31 @@ class LPIPSReward:
         device: torch.device,
         config: dict,
     ) -> None:
+        super().__init__(device=device, config=config)
         self.model = model
         self.net = net
         self.version = version
         self.trunk_path = trunk_path
         self.lin_path = lin_path
-        self.device = device
-        self.config = config
 
-    def info(self) -> dict:
-        """Handshake record (hashes the two weight files on first call)."""
+    def describe(self) -> dict:
+        """The model id and the two weight files' hashes (computed on first call)."""
         return {
-            "name": self.name,
             "model_id": f"lpips-{self.net}-v{self.version}",
             "weights": _hash_files([self.trunk_path, self.lin_path]),
-            "device": str(self.device),
             "dtype": "float32",
             "score": "1 - LPIPS(restored, clean)",
             "score_range": [None, 1.0],
-            "config": copy.deepcopy(self.config),
         }
 
-    @torch.inference_mode()
-    def __call__(
+    def score(
         self,
         degraded: torch.Tensor,
         restored: torch.Tensor,
         clean: torch.Tensor,
-        *,
-        sample_ids: list[str] | None = None,
+        sample_ids: list[str] | None,
     ) -> torch.Tensor:
-        """Scores a batch.
-
-        Args:
-            degraded: (B, 3, H, W) in [0, 1] (unused).
-            restored: (B, 3, H, W) in [0, 1].
-            clean: (B, 3, H, W) in [0, 1].
-            sample_ids: unused.
-
-        Returns:
-            (B,) float32 `1 - LPIPS`.
-        """
-        _, restored, clean = _check_batch(degraded, restored, clean, self.device)
+        """(B,) float32 `1 - LPIPS(restored, clean)`; `degraded` and `sample_ids` are unused."""
         distance = self.model(2.0 * restored - 1.0, 2.0 * clean - 1.0)  # (B, 1, 1, 1)
         return (1.0 - distance.reshape(-1)).float()
 

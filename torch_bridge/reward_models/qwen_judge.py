@@ -8,7 +8,6 @@ which batches the three-image conversations and decodes greedily.
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import math
 import pathlib
@@ -19,8 +18,8 @@ from typing import Any
 import torch
 
 from torch_bridge.reward_models.base import (
+    RewardModel,
     RewardModelUnavailable,
-    _check_batch,
     _hash_files,
     _key,
     _merged_config,
@@ -134,7 +133,7 @@ def expected_judge_score(logits: torch.Tensor, digit_token_ids: Sequence[int]) -
     return rescale_judge_score(probs @ levels)
 
 
-class QwenJudgeReward:
+class QwenJudgeReward(RewardModel):
     """Qwen2.5-VL-7B-Instruct as the expert judge of B.2.
 
     One user turn holds the three images (degraded, restored, ground truth, in the prompt's
@@ -168,15 +167,14 @@ class QwenJudgeReward:
     ) -> None:
         from transformers import GenerationConfig
 
+        super().__init__(device=device, config=config)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only batching: prompts end together
         self.model_id = model_id
         self.directory = directory
-        self.device = device
         self.dtype = dtype
-        self.config = config
         self.max_new_tokens = int(config["max_new_tokens"])
         self.batch_size = max(1, int(config["batch_size"]))
         self.continuous = bool(config["continuous"])
@@ -238,21 +236,23 @@ class QwenJudgeReward:
             ids.append(encoded[0])
         return ids
 
-    def info(self) -> dict:
+    @property
+    def input_device(self) -> torch.device:
+        """CPU: the processor works on CPU tensors and moves nothing to the model's device."""
+        return torch.device("cpu")
+
+    def describe(self) -> dict:
+        """Model id, weights, dtype, the prompt's source and hash, and the score's map."""
         return {
-            "name": self.name,
             "model_id": self.model_id,
             "path": str(self.directory),
             "weights": _hash_files(_weight_files(self.directory)),
-            "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "prompt_source": "IRPO paper, Appendix B.2 (Qwen-VL Verifier Prompt), verbatim",
             "prompt_sha256": hashlib.sha256(QWEN_PROMPT.encode()).hexdigest(),
             "score": "(s - 1) / 4 for the judge's <Score>s</Score>, s in 1..5"
             + (" (expected value over the score tokens)" if self.continuous else ""),
             "score_range": [0.0, 1.0],
-            "stats": self.stats(),
-            "config": copy.deepcopy(self.config),
         }
 
     def stats(self) -> dict:
@@ -301,31 +301,20 @@ class QwenJudgeReward:
         logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
         return expected_judge_score(logits, self.digit_token_ids).cpu()
 
-    def __call__(
+    def score(
         self,
         degraded: torch.Tensor,
         restored: torch.Tensor,
         clean: torch.Tensor,
-        *,
-        sample_ids: list[str] | None = None,
+        sample_ids: list[str] | None,
     ) -> torch.Tensor:
-        """Judges a batch.
-
-        Args:
-            degraded: (B, 3, H, W) in [0, 1], the policy's input.
-            restored: (B, 3, H, W) in [0, 1].
-            clean: (B, 3, H, W) in [0, 1].
-            sample_ids: unused.
+        """Judges a batch (on CPU tensors); `sample_ids` is unused.
 
         Returns:
-            (B,) float32 in [0, 1]; NaN where the answer had no valid score (discrete mode).
-            The answers are kept in `last_responses` for logging.
+            (B,) float32 in [0, 1] on the model's device; NaN where the answer had no valid
+            score (discrete mode). The answers are kept in `last_responses` for logging.
         """
-        # The processor works on CPU tensors; it moves nothing to the model's device itself.
-        degraded, restored, clean = (
-            x.clamp(0.0, 1.0)
-            for x in _check_batch(degraded, restored, clean, torch.device("cpu"))
-        )
+        degraded, restored, clean = (x.clamp(0.0, 1.0) for x in (degraded, restored, clean))
         scores = torch.full((degraded.shape[0],), math.nan, dtype=torch.float32)
         self.last_responses = []
         for start in range(0, degraded.shape[0], self.batch_size):
