@@ -16,8 +16,9 @@ Why a separate process: JAX and PyTorch each want to own their GPUs' memory (JAX
 functions, after :func:`main` has set the environment.
 
 Protocol: :mod:`irpo_jax.rewards.wire` (length-prefixed JSON header + raw float32 arrays, never
-pickle, never JPEG), loaded from its file so this process needs neither jax nor an installed
-``irpo_jax`` (it can run from a different virtual environment). One connection at a time; each
+pickle, never JPEG), a plain import that pulls in numpy only, not jax: the process needs the
+``irpo_jax`` sources on its path (the trainer puts them there) but not its dependencies, so it can
+run from a different virtual environment. One connection at a time; each
 ``score`` request is run through every requested component as one batch, and the reply is a
 ``(B, n_components)`` float32 table (NaN where a component failed, with its error text) plus
 per-component timings.
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import importlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -60,6 +60,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# numpy and the standard library only: irpo_jax and irpo_jax.rewards import nothing at import time
+# (their names load on first use), so this process never imports jax.
+from irpo_jax.rewards import wire
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -67,31 +71,6 @@ log = logging.getLogger("torch_bridge.reward_server")
 
 DEFAULT_REGISTRY = "torch_bridge.reward_models:COMPONENTS"
 EXIT_CODES = {"components": 3, "address": 4}  # start-up failures, for the client's message
-
-
-def _load_wire():
-    """Loads ``irpo_jax/rewards/wire.py`` by path, without importing ``irpo_jax.rewards`` (jax).
-
-    Tries the checkout next to this package first, then an installed ``irpo_jax``.
-    """
-    name = "_irpo_reward_wire"
-    if name in sys.modules:
-        return sys.modules[name]
-    here = pathlib.Path(__file__).resolve().parent.parent / "irpo_jax" / "rewards" / "wire.py"
-    path = here
-    if not here.exists():
-        spec = importlib.util.find_spec("irpo_jax")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("torch_bridge.reward_server needs irpo_jax/rewards/wire.py")
-        path = pathlib.Path(spec.submodule_search_locations[0]) / "rewards" / "wire.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-wire = _load_wire()
 
 
 # --------------------------------------------------------------------------------------------
