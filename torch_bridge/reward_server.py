@@ -63,6 +63,7 @@ import numpy as np
 # numpy and the standard library only: irpo_jax and irpo_jax.rewards import nothing at import time
 # (their names load on first use), so this process never imports jax.
 from irpo_jax.rewards import wire
+from irpo_jax.rewards.bridge import RewardBridge
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -182,7 +183,7 @@ def _check_images(degraded: Any, restored: Any, clean: Any) -> int:
         raise ValueError(f"images must be (B, H, W, 3) with B >= 1, got {shape}")
     for a in (degraded, restored, clean):
         if str(a.dtype) != "float32":
-            raise ValueError(f"images must be float32, got {a.dtype}")
+            raise TypeError(f"images must be float32, got {a.dtype}")
     return shape[0]
 
 
@@ -340,7 +341,7 @@ class RewardServer:
             batch = _check_images(arrays["degraded"], arrays["restored"], arrays["clean"])
         except KeyError as e:
             raise _BadRequest(f"score request without the {e} array") from None
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # TypeError: not float32
             raise _BadRequest(str(e)) from None
         sample_ids = arrays.get("sample_ids")
         if sample_ids is not None:
@@ -541,10 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class InProcessRewards:
+class InProcessRewards(RewardBridge):
     """The reward process's API, served inside the calling process (single device, CPU runs).
 
-    Same surface as ``irpo_jax.rewards.remote.RewardProcess``: ``info``, ``request(...)`` ->
+    The other implementation of ``irpo_jax.rewards.bridge.RewardBridge`` (beside
+    ``irpo_jax.rewards.remote.RewardProcess``): ``info``, ``live_components``, ``request(...)`` ->
     future of a ``RewardResult``, ``score(...)``, ``close()``, context manager. Jax arrays enter
     torch through DLPack only (``torch.from_dlpack``; zero-copy on the same device; a sharded
     array is first gathered onto one device); requests run on one background thread, so torch
@@ -606,7 +608,6 @@ class InProcessRewards:
         components: Sequence[str] | None = None,
     ) -> concurrent.futures.Future:
         """Scores a batch in the background; see ``RewardProcess.request`` for the arguments."""
-        del task_ids  # not used by the components' contract; accepted for API parity
         if self._closed:
             raise RuntimeError("InProcessRewards is closed")
         names = list(components) if components is not None else list(self.components)
@@ -619,6 +620,10 @@ class InProcessRewards:
         ids = None if sample_ids is None else [int(i) for i in np.asarray(sample_ids).reshape(-1)]
         if ids is not None and len(ids) != batch:
             raise ValueError(f"sample_ids must have {batch} entries, got {len(ids)}")
+        # Checked as the process client checks them, then unused: the components' contract does
+        # not take them (reserved for task-aware judges).
+        if task_ids is not None and np.size(task_ids) != batch:
+            raise ValueError(f"task_ids must have {batch} entries, got {np.shape(task_ids)}")
         rid = next(self._ids)
         # Scored later, on another thread: numpy buffers are copied now, as RewardProcess does,
         # so a caller reusing them cannot change the scores (jax arrays are immutable).
@@ -641,20 +646,10 @@ class InProcessRewards:
             roundtrip_s=server_s,
         )
 
-    def score(self, *args: Any, timeout: float | None = None, **kwargs: Any):
-        """``request(...).result(timeout)``."""
-        return self.request(*args, **kwargs).result(timeout)
-
     def close(self) -> None:
         """Waits for queued requests and releases the worker thread (idempotent)."""
         self._closed = True
         self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> InProcessRewards:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _single_device(array: Any) -> Any:

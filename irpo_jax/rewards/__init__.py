@@ -5,8 +5,10 @@
 * ``compose.py``: the component registry, normalisation windows, weights and the composite
   reward of Eq. 22 (``default_reward_config``, ``compose``, re-exported here as
   ``compose_rewards`` so that ``irpo_jax.rewards.compose`` stays the module);
+* ``bridge.py``: ``RewardBridge``, the interface (and its contract) of the two ways to reach the
+  PyTorch reward models: the reward process and the in-process mode;
 * ``remote.py``: the client of the PyTorch reward process (``RewardProcess``,
-  ``open_reward_bridge``); ``wire.py``: its framing protocol. Neither imports torch.
+  ``open_reward_bridge``); ``wire.py``: its framing protocol. None of them imports torch.
 
 The names below are loaded on first use (module ``__getattr__``), so importing this package
 imports nothing: ``torch_bridge.reward_server`` runs ``from irpo_jax.rewards import wire``
@@ -27,6 +29,7 @@ _EXPORTS = {
     "remote_components": ("compose", "remote_components"),
     "remote_components_for_step": ("compose", "remote_components_for_step"),
     "validate_reward_config": ("compose", "validate_reward_config"),
+    "RewardBridge": ("bridge", "RewardBridge"),
     "RewardProcess": ("remote", "RewardProcess"),
     "RewardProcessError": ("remote", "RewardProcessError"),
     "open_reward_bridge": ("remote", "open_reward_bridge"),
