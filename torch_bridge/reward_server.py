@@ -28,7 +28,9 @@ shared-memory segment, and ``torch.from_numpy`` wraps them as they are. The batc
 to the device and re-laid out NHWC -> NCHW once per request (:func:`nhwc_to_torch` says why), so
 components receive contiguous ``(B, 3, H, W)`` float32 tensors in [0, 1], shared by all of them:
 never modify them in place. In-process mode (:class:`InProcessRewards`) hands jax arrays over
-with ``torch.from_dlpack`` (zero-copy on the same device) and otherwise runs the same code.
+with ``torch.from_dlpack`` (zero-copy on the same device) and otherwise runs the same code. It
+and the trainer's client of this process (``irpo_jax.rewards.remote.RewardProcess``) are the two
+implementations of ``irpo_jax.rewards.bridge.RewardBridge``, where their common contract is.
 
 Faults: a component that raises gives NaN for its column and an ``errors`` entry, not a crash;
 a component whose weights are missing makes start-up fail (exit code 3) with the factory's
