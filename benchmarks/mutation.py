@@ -425,7 +425,7 @@ BUGS = (
      "var = jnp.sum(centred**2) / jnp.maximum(jnp.sum(valid), 1)", "var = jnp.sum(centred**2) / centred.size"),
     ("demo low-light gamma inverted", "irpo_jax/data/degradations.py",
      "np.power(img, np.float32(gamma))", "np.power(img, np.float32(1.0 / gamma))"),
-    ("CLIP normalisation constants changed", "torch_bridge/reward_models.py",
+    ("CLIP normalisation constants changed", "torch_bridge/reward_models/clip.py",
      "_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)", "_OPENAI_CLIP_MEAN = (0.485, 0.456, 0.406)"),
 )  # fmt: skip
 

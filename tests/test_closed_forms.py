@@ -131,7 +131,7 @@ def test_beta_head_concentrations_floor_and_cap():
 @pytest.mark.torch
 def test_clip_fallback_constants_are_openais(tmp_path):
     pytest.importorskip("torch")
-    from torch_bridge import reward_models as rm
+    from torch_bridge.reward_models import clip as rm
 
     assert rm._OPENAI_CLIP_MEAN == OPENAI_CLIP_MEAN and rm._OPENAI_CLIP_STD == OPENAI_CLIP_STD
     # A model directory without preprocessor_config.json gets OpenAI's pipeline at the model's size.
@@ -147,7 +147,7 @@ def test_clip_preprocessing_is_openais_pipeline():
     torch = pytest.importorskip("torch")
     from PIL import Image
 
-    from torch_bridge import reward_models as rm
+    from torch_bridge.reward_models import clip as rm
 
     encoder = rm.ClipImageEncoder(
         None, model_id="test", directory=None, device=torch.device("cpu"), dtype=torch.float32,

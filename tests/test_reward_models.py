@@ -122,6 +122,19 @@ def test_batch_shapes_are_checked(lpips_trunk):
         comp(x, x, x[:1])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         comp(x[:, :1], x[:, :1], x[:, :1])
+    # The shared base checks the ids for every model (LPIPS itself does not use them).
+    with pytest.raises(ValueError, match="sample_ids has 1 entries for a batch of 2"):
+        comp(x, x, x, sample_ids=["a"])
+
+
+def test_every_model_shares_the_base_contract():
+    """The four models inherit info() and the checked __call__; each defines only its own part."""
+    models = (rm.LPIPSReward, rm.ClipSimilarityReward, rm.AestheticReward, rm.QwenJudgeReward)
+    for cls in models:
+        assert issubclass(cls, rm.RewardModel), cls
+        assert "__call__" not in vars(cls) and "info" not in vars(cls), cls
+        assert {"describe", "score"} <= set(vars(cls)), cls
+    assert sorted(cls.name for cls in models) == sorted(rm.COMPONENTS)
 
 
 # ------------------------------------------------------------------------------------------

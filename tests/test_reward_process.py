@@ -500,6 +500,64 @@ def test_in_process_mode_gives_the_same_scores(proc):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("mode", ["process", "inprocess"])
+def test_both_bridges_keep_the_reward_bridge_contract(mode):
+    """RewardProcess and InProcessRewards do what irpo_jax.rewards.bridge.RewardBridge says, with
+    the same checks and the same scores (the fakes' own values, computed here)."""
+    from irpo_jax.rewards import wire
+    from irpo_jax.rewards.bridge import RewardBridge
+    from torch_bridge.reward_server import InProcessRewards
+
+    if mode == "process":
+        bridge = _start(BASIC, request_timeout_s=60, max_restarts=0)
+    else:
+        bridge = InProcessRewards(BASIC, registry=REGISTRY, torch_threads=1)
+    with bridge as entered:
+        assert entered is bridge and isinstance(bridge, RewardBridge)
+        info = bridge.info
+        assert info["type"] == "hello" and info["v"] == wire.PROTOCOL_VERSION
+        assert sorted(info["components"]) == sorted(BASIC)
+        assert info["components"]["mean_abs"]["model_id"] == "fake/mean_abs"
+        assert bridge.live_components == list(info["components"])
+
+        degraded, restored, clean = _batch(b=4, seed=7)
+        ids, tasks = np.array([11, 12, 13, 14]), np.array([0, 1, 2, 3], np.int32)
+        buffers = [a.copy() for a in (degraded, restored, clean)]
+        future = bridge.request(*buffers, tasks, ids, components=["degraded_mean", "mean_abs"])
+        assert isinstance(future, concurrent.futures.Future)
+        for a in buffers:  # numpy inputs are copied at the call
+            a[...] = 0.5
+        result = future.result(timeout=60)
+        assert isinstance(result, wire.RewardResult)
+        assert list(result.scores) == ["degraded_mean", "mean_abs"]  # the requested order
+        for name, got in result.scores.items():
+            assert got.dtype == np.float32 and got.shape == (4,)
+            np.testing.assert_array_equal(got, _reference(name, degraded, restored, clean, ids))
+        # Every live component by default, in the handshake's order; one that raises gives NaN
+        # and an error entry, never a failed future.
+        everything = bridge.score(degraded, restored, clean, sample_ids=ids, timeout=60)
+        assert list(everything.scores) == bridge.live_components
+        assert np.isnan(everything.scores["raises"]).all()
+        assert "unlucky sample 13" in everything.errors["raises"]
+        assert set(everything.errors) == {"raises"}
+        np.testing.assert_array_equal(everything.scores["mean_abs"], result.scores["mean_abs"])
+
+        with pytest.raises(ValueError, match="not live"):
+            bridge.request(degraded, restored, clean, components=["lpips"])
+        with pytest.raises(ValueError, match="shape"):
+            bridge.request(degraded, restored[:2], clean)
+        with pytest.raises(ValueError, match="sample_ids must have 4 entries"):
+            bridge.request(degraded, restored, clean, sample_ids=ids[:3])
+        with pytest.raises(ValueError, match="task_ids must have 4 entries"):
+            bridge.request(degraded, restored, clean, task_ids=tasks[:3])
+        with pytest.raises(TypeError, match="float32"):
+            bridge.request(degraded.astype(np.float64), restored, clean)
+    with pytest.raises(RuntimeError):  # closed on leaving the block
+        bridge.request(degraded, restored, clean)
+    bridge.close()  # a second close is harmless
+
+
+@pytest.mark.torch
 def test_real_registry_lpips_through_the_process(tmp_path, proc):
     """The default registry (torch_bridge.reward_models) behind the process: LPIPS with a random
     AlexNet trunk file scores as the same component called here. (A start-up failure's message

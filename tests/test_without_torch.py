@@ -1,4 +1,5 @@
-"""irpo_jax imports, and its non-bridge tests run, with torch unimportable."""
+"""irpo_jax imports, and its non-bridge tests run, with torch unimportable; the reward process
+and its wire format import with jax unimportable."""
 
 import os
 import pathlib
@@ -39,3 +40,20 @@ def test_non_bridge_tests_run_without_torch():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # The bridge tests skip, the rest pass.
     assert re.search(r"\d+ passed", result.stdout) and re.search(r"\d+ skipped", result.stdout), result.stdout
+
+
+def test_reward_server_and_wire_import_without_jax():
+    """The reward process imports the wire format as a plain module, and that pulls in no jax
+    (nor torch: the server imports torch only after setting CUDA_VISIBLE_DEVICES)."""
+    code = (
+        "import tests.block_jax, sys\n"
+        "from torch_bridge import reward_server\n"
+        "from irpo_jax.rewards import wire\n"
+        "assert reward_server.wire is wire is sys.modules['irpo_jax.rewards.wire']\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'torch'))\n"
+        "assert not heavy, heavy\n"
+        "import irpo_jax.rewards as rewards\n"
+        "assert 'open_reward_bridge' in dir(rewards) and 'irpo_jax.rewards.remote' not in sys.modules\n"
+    )
+    result = run(["-c", code])
+    assert result.returncode == 0, result.stderr

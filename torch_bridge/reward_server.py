@@ -16,8 +16,9 @@ Why a separate process: JAX and PyTorch each want to own their GPUs' memory (JAX
 functions, after :func:`main` has set the environment.
 
 Protocol: :mod:`irpo_jax.rewards.wire` (length-prefixed JSON header + raw float32 arrays, never
-pickle, never JPEG), loaded from its file so this process needs neither jax nor an installed
-``irpo_jax`` (it can run from a different virtual environment). One connection at a time; each
+pickle, never JPEG), a plain import that pulls in numpy only, not jax: the process needs the
+``irpo_jax`` sources on its path (the trainer puts them there) but not its dependencies, so it can
+run from a different virtual environment. One connection at a time; each
 ``score`` request is run through every requested component as one batch, and the reply is a
 ``(B, n_components)`` float32 table (NaN where a component failed, with its error text) plus
 per-component timings.
@@ -27,7 +28,9 @@ shared-memory segment, and ``torch.from_numpy`` wraps them as they are. The batc
 to the device and re-laid out NHWC -> NCHW once per request (:func:`nhwc_to_torch` says why), so
 components receive contiguous ``(B, 3, H, W)`` float32 tensors in [0, 1], shared by all of them:
 never modify them in place. In-process mode (:class:`InProcessRewards`) hands jax arrays over
-with ``torch.from_dlpack`` (zero-copy on the same device) and otherwise runs the same code.
+with ``torch.from_dlpack`` (zero-copy on the same device) and otherwise runs the same code. It
+and the trainer's client of this process (``irpo_jax.rewards.remote.RewardProcess``) are the two
+implementations of ``irpo_jax.rewards.bridge.RewardBridge``, where their common contract is.
 
 Faults: a component that raises gives NaN for its column and an ``errors`` entry, not a crash;
 a component whose weights are missing makes start-up fail (exit code 3) with the factory's
@@ -41,7 +44,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import importlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -60,6 +62,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# numpy and the standard library only: irpo_jax and irpo_jax.rewards import nothing at import time
+# (their names load on first use), so this process never imports jax.
+from irpo_jax.rewards import wire
+from irpo_jax.rewards.bridge import RewardBridge
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -67,31 +74,6 @@ log = logging.getLogger("torch_bridge.reward_server")
 
 DEFAULT_REGISTRY = "torch_bridge.reward_models:COMPONENTS"
 EXIT_CODES = {"components": 3, "address": 4}  # start-up failures, for the client's message
-
-
-def _load_wire():
-    """Loads ``irpo_jax/rewards/wire.py`` by path, without importing ``irpo_jax.rewards`` (jax).
-
-    Tries the checkout next to this package first, then an installed ``irpo_jax``.
-    """
-    name = "_irpo_reward_wire"
-    if name in sys.modules:
-        return sys.modules[name]
-    here = pathlib.Path(__file__).resolve().parent.parent / "irpo_jax" / "rewards" / "wire.py"
-    path = here
-    if not here.exists():
-        spec = importlib.util.find_spec("irpo_jax")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("torch_bridge.reward_server needs irpo_jax/rewards/wire.py")
-        path = pathlib.Path(spec.submodule_search_locations[0]) / "rewards" / "wire.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-wire = _load_wire()
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +185,7 @@ def _check_images(degraded: Any, restored: Any, clean: Any) -> int:
         raise ValueError(f"images must be (B, H, W, 3) with B >= 1, got {shape}")
     for a in (degraded, restored, clean):
         if str(a.dtype) != "float32":
-            raise ValueError(f"images must be float32, got {a.dtype}")
+            raise TypeError(f"images must be float32, got {a.dtype}")
     return shape[0]
 
 
@@ -361,7 +343,7 @@ class RewardServer:
             batch = _check_images(arrays["degraded"], arrays["restored"], arrays["clean"])
         except KeyError as e:
             raise _BadRequest(f"score request without the {e} array") from None
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # TypeError: not float32
             raise _BadRequest(str(e)) from None
         sample_ids = arrays.get("sample_ids")
         if sample_ids is not None:
@@ -562,10 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class InProcessRewards:
+class InProcessRewards(RewardBridge):
     """The reward process's API, served inside the calling process (single device, CPU runs).
 
-    Same surface as ``irpo_jax.rewards.remote.RewardProcess``: ``info``, ``request(...)`` ->
+    The other implementation of ``irpo_jax.rewards.bridge.RewardBridge`` (beside
+    ``irpo_jax.rewards.remote.RewardProcess``): ``info``, ``live_components``, ``request(...)`` ->
     future of a ``RewardResult``, ``score(...)``, ``close()``, context manager. Jax arrays enter
     torch through DLPack only (``torch.from_dlpack``; zero-copy on the same device; a sharded
     array is first gathered onto one device); requests run on one background thread, so torch
@@ -627,7 +610,6 @@ class InProcessRewards:
         components: Sequence[str] | None = None,
     ) -> concurrent.futures.Future:
         """Scores a batch in the background; see ``RewardProcess.request`` for the arguments."""
-        del task_ids  # not used by the components' contract; accepted for API parity
         if self._closed:
             raise RuntimeError("InProcessRewards is closed")
         names = list(components) if components is not None else list(self.components)
@@ -640,6 +622,10 @@ class InProcessRewards:
         ids = None if sample_ids is None else [int(i) for i in np.asarray(sample_ids).reshape(-1)]
         if ids is not None and len(ids) != batch:
             raise ValueError(f"sample_ids must have {batch} entries, got {len(ids)}")
+        # Checked as the process client checks them, then unused: the components' contract does
+        # not take them (reserved for task-aware judges).
+        if task_ids is not None and np.size(task_ids) != batch:
+            raise ValueError(f"task_ids must have {batch} entries, got {np.shape(task_ids)}")
         rid = next(self._ids)
         # Scored later, on another thread: numpy buffers are copied now, as RewardProcess does,
         # so a caller reusing them cannot change the scores (jax arrays are immutable).
@@ -662,20 +648,10 @@ class InProcessRewards:
             roundtrip_s=server_s,
         )
 
-    def score(self, *args: Any, timeout: float | None = None, **kwargs: Any):
-        """``request(...).result(timeout)``."""
-        return self.request(*args, **kwargs).result(timeout)
-
     def close(self) -> None:
         """Waits for queued requests and releases the worker thread (idempotent)."""
         self._closed = True
         self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> InProcessRewards:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _single_device(array: Any) -> Any:

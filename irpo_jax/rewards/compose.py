@@ -181,7 +181,8 @@ def default_reward_config() -> ml_collections.ConfigDict:
     cfg.bridge.torch_threads = 0  # torch intra-op threads in the reward process (0 = torch default)
 
     # Per-component model settings (weight paths, model ids, ...), forwarded verbatim to the
-    # reward process's component factories; see torch_bridge/reward_models.py for the fields.
+    # reward process's component factories; the fields: default_reward_model_config in
+    # torch_bridge/reward_models/base.py.
     cfg.models = ml_collections.ConfigDict()
     return cfg
 

@@ -9,6 +9,8 @@ Typical use, right after the rollouts so torch scoring overlaps the trainer's JA
         total, parts = compose(jax_scores, remote, cfg.reward)
 
 or :func:`open_reward_bridge` to pick the process, in-process or no bridge from the config.
+:class:`RewardProcess` is one of the two implementations of
+:class:`irpo_jax.rewards.bridge.RewardBridge`, whose docstring states the contract.
 
 Two ways to get a process:
 
@@ -63,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from irpo_jax.rewards import wire
+from irpo_jax.rewards.bridge import RewardBridge
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -117,9 +120,10 @@ def _host_float32(x: Any, name: str) -> np.ndarray:
     raise TypeError(f"{name}: expected float32 images, got {a.dtype}; cast explicitly if intended")
 
 
-class RewardProcess:
+class RewardProcess(RewardBridge):
     """Client of one reward process; see the module docstring. Build with :meth:`start`,
-    :meth:`connect` or :meth:`from_config`."""
+    :meth:`connect` or :meth:`from_config`. ``score`` and the context manager come from
+    :class:`~irpo_jax.rewards.bridge.RewardBridge`."""
 
     def __init__(
         self,
@@ -388,10 +392,6 @@ class RewardProcess:
         self._queue.put(_Request(next(self._ids), names, arrays, future))
         return future
 
-    def score(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> wire.RewardResult:
-        """``request(...).result(timeout)``."""
-        return self.request(*args, **kwargs).result(timeout)
-
     def close(self, timeout: float = 30.0) -> None:
         """Stops the client; a spawned process is shut down and its files removed (idempotent).
 
@@ -416,12 +416,6 @@ class RewardProcess:
         """Asks a server started by hand to exit, then closes (for spawned ones: :meth:`close`)."""
         if self._launch is None:
             self._launch_shutdown = True
-        self.close()
-
-    def __enter__(self) -> RewardProcess:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     # -------------------------------------------------------------------------- worker thread
@@ -688,7 +682,7 @@ def bridge_components_config(cfg: Any) -> dict[str, dict[str, Any]]:
     return {name: _plain(models.get(name) or {}) for name in remote_components(cfg)}
 
 
-def open_reward_bridge(cfg: Any) -> Any:
+def open_reward_bridge(cfg: Any) -> RewardBridge | None:
     """The reward backend the config asks for.
 
     Args:

@@ -1,8 +1,10 @@
 """The reward bridge's wire protocol: length-prefixed frames of a JSON header and raw arrays.
 
 Shared by the trainer's client (:mod:`irpo_jax.rewards.remote`) and the PyTorch reward process
-(:mod:`torch_bridge.reward_server`). Pure numpy + the standard library, so the reward process can
-load this file without jax and the trainer without torch.
+(:mod:`torch_bridge.reward_server`). Pure numpy + the standard library, so the reward process
+imports it (``from irpo_jax.rewards import wire``: the package loads its jax modules lazily)
+without jax, and the trainer without torch. Keep it that way: no jax, no torch, no other
+``irpo_jax`` module here (``tests/test_without_torch.py`` checks).
 
 Frame layout (all integers little-endian)::
 
