@@ -25,7 +25,7 @@ real data are read by the same code::
 ``LISTS`` is ``data.list_dir``; by default ``ROOT/data_dir`` (the demo set) or, failing that,
 ``ROOT/../data_dir`` (the official checkout, where ``data/`` and ``data_dir/`` are siblings).
 
-**Task ids** are the names of :data:`irpo_jax.rewards.task.TASKS` (``denoise, derain, dehaze,
+**Task ids** are the names of :data:`irpo_jax.tasks.TASKS` (``denoise, derain, dehaze,
 deblur, lowlight``); the official ``enhance`` is ``lowlight`` here, and the noise level of a
 denoise record is kept separately in ``Record.sigma`` (0 for the other tasks) instead of the
 official ``denoise_15/25/50`` ids.
@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from irpo_jax.rewards.task import TASKS
+from irpo_jax.tasks import OOD_SETS, SET_GROUPS, TASK_IDS, TASKS, TEST_SETS, expand_set_names
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ __all__ = [
     "train_records",
 ]
 
-TASK_IDS: dict[str, int] = {t: i for i, t in enumerate(TASKS)}
 OFFICIAL_SIGMAS = (15, 25, 50)
 # Per-task repetition factors of the official all-in-one epoch (adair-spec.md 10.2); denoise is
 # repeated x3 for each sigma, so every clean image appears 9 times per epoch.
@@ -114,26 +113,6 @@ OFFICIAL_REPEATS = {"denoise": 3, "derain": 120, "dehaze": 1, "deblur": 5, "lowl
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_KIND = "irpo-jax-mining-manifest"
 
-# Standard test sets: name -> (task, default folder under the root, layout). "noisy" folders
-# hold clean images only (noise by the seeded protocol); "sots" finds target/IIII.png by id; the
-# out-of-domain layouts are each release's own (irpo_jax.data.ood_sets).
-TEST_SETS: dict[str, tuple[str, str, str]] = {
-    "sots": ("dehaze", "test/dehaze", "sots"),
-    "rain100l": ("derain", "test/derain/Rain100L", "paired"),
-    "bsd68": ("denoise", "test/denoise/bsd68", "noisy"),
-    "urban100": ("denoise", "test/denoise/urban100", "noisy"),
-    "gopro": ("deblur", "test/deblur/gopro", "paired"),
-    "lol": ("lowlight", "test/enhance/lol", "paired"),
-    # IRPO Table 3 (real-world, out of domain), one per task.
-    "rrshid": ("dehaze", "test/ood/rrshid", "rrshid"),
-    "gtrain": ("derain", "test/ood/gtrain", "gtrain"),
-    "sidd": ("denoise", "test/ood/sidd", "sidd"),
-    "reloblur": ("deblur", "test/ood/reloblur", "reloblur"),
-    "lolistreet": ("lowlight", "test/ood/lolistreet", "lolistreet"),
-}
-OOD_SETS = ("rrshid", "gtrain", "sidd", "reloblur", "lolistreet")  # IRPO Table 3's column order
-# Names that stand for several sets wherever set names are given (evaluate --sets, data.eval_sets).
-SET_GROUPS: dict[str, tuple[str, ...]] = {"ood5": OOD_SETS}
 
 
 class DataError(ValueError):
@@ -163,7 +142,7 @@ def default_data_config(root: str = "") -> Any:
     c.root = str(root)  # AdaIR data root holding Train/ and test/ (the demo set's --out)
     # Folder with the noisy/ rainy/ hazy/ list files; "" = ROOT/data_dir, else ROOT/../data_dir.
     c.list_dir = ""
-    c.tasks = tuple(TASKS)  # tasks in the training mixture (names of rewards.task.TASKS)
+    c.tasks = tuple(TASKS)  # tasks in the training mixture (names of irpo_jax.tasks.TASKS)
     c.sigmas = OFFICIAL_SIGMAS  # denoise noise levels (0..255 units); a record per image and sigma
     c.repeats = dict(OFFICIAL_REPEATS)  # per-task repetitions per epoch (denoise: per sigma)
     c.train_dirs = {  # per-task training folders, relative to root
@@ -926,17 +905,6 @@ def _sots_records(folder: Path, name: str) -> tuple[list[Record], list[str]]:
     if not out:
         raise DataError(f"test set {name}: no input/target pairs in {folder}")
     return out, missing
-
-
-def expand_set_names(names: Sequence[str]) -> list[str]:
-    """``names`` with each group of :data:`SET_GROUPS` (``ood5``) replaced by its sets, in order,
-    without duplicates."""
-    out: list[str] = []
-    for name in names:
-        for n in SET_GROUPS.get(name, (name,)):
-            if n not in out:
-                out.append(n)
-    return out
 
 
 def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
