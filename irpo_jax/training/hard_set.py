@@ -28,7 +28,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from irpo_jax.data import readers
+from irpo_jax.data.config import resolve_config
+from irpo_jax.data.manifest import read_manifest
+from irpo_jax.data.records import DataError
 from irpo_jax.training import TrainingError
 
 log = logging.getLogger("irpo_jax.train")
@@ -49,7 +51,7 @@ def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, prog
       TrainingError: a manifest mined by another model, or mining settings that changed.
       DataError: data problems (from the readers), naming the path.
     """
-    data = readers.resolve_config(cfg.data)
+    data = resolve_config(cfg.data)
     manifest = str(data["manifest"] or "")
     if manifest == EVERY_PAIR:
         data["manifest"] = ""
@@ -83,7 +85,7 @@ def _model_identity(checkpoint: pathlib.Path) -> dict[str, Any]:
 
 def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what: str) -> dict[str, Any]:
     """The manifest's header, after checking that ``model.init_from`` mined it."""
-    header, _ = readers.read_manifest(manifest)
+    header, _ = read_manifest(manifest)
     if not cfg.model.init_from or cfg.mining.allow_other_model:
         return header
     mined_by = header.get("model") or {}
@@ -122,10 +124,10 @@ def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool)
           f"{s['rank_by']} ({images}) -> {out}")
     kwargs = dict(fraction=s["fraction"], selection=s["selection"], rank_by=s["rank_by"], crop=s["crop"],
                   batch_size=int(cfg.mining.batch_size), seed=s["seed"], progress=progress)  # fmt: skip
-    data = readers.resolve_config(cfg.data) | {"manifest": ""}
+    data = resolve_config(cfg.data) | {"manifest": ""}
     try:
         result = mine.mine(data, cfg.model.init_from, out, resume=True, **kwargs)
-    except readers.DataError as err:
+    except DataError as err:
         partials = [p for p in out.parent.glob(out.name + ".partial*.jsonl") if p.is_file()]
         if not partials:
             raise

@@ -13,12 +13,13 @@ from typing import Any
 
 import ml_collections
 
-from irpo_jax.data import readers
+from irpo_jax.data.records import Record
+from irpo_jax.data.train_set import mixture_indices
 from irpo_jax.grpo.losses import linear_anneal
 from irpo_jax.training.optimizer import learning_rate, updates_per_batch
 
 
-def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[readers.Record], total_steps: int,
+def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record], total_steps: int,
              epoch_size: int) -> tuple[str, dict[str, Any]]:
     """The run's length and schedules as printable lines and as a record (``summary.json``'s ``plan``).
 
@@ -31,7 +32,7 @@ def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[reader
     """
     t = cfg.train
     pairs = collections.Counter(r.task for r in records)
-    samples = collections.Counter(records[i].task for i in readers.mixture_indices(records, data_cfg))
+    samples = collections.Counter(records[i].task for i in mixture_indices(records, data_cfg))
     per_task = {task: {"pairs": pairs[task], "samples": samples[task],
                        "repeats": round(samples[task] / pairs[task], 3) if pairs[task] else 0}
                 for task in pairs}  # fmt: skip
