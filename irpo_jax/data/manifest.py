@@ -1,24 +1,124 @@
 """The mining manifest: the hard set ``python -m irpo_jax.mine`` writes and training reads.
 
-JSON lines: a header line (``kind`` :data:`MANIFEST_KIND`), then one line per training pair
-(``"id"``, ``"task"``, ``"selected"``, ...). :func:`read_manifest` reads one, every line checked;
-:func:`records_from_manifest` is the subset of a dataset's records a manifest selected
-(``data.manifest``), checked against the data root it was mined under.
+This module owns the format: :func:`manifest_entry` and :func:`manifest_header` build its lines,
+:func:`write_manifest` writes it, :func:`read_manifest` reads it (every line checked),
+:func:`records_from_manifest` is the subset of a dataset's records it selected
+(``data.manifest``), and :func:`mined_by` / :func:`mining_settings` decode what its header
+records (``training.hard_set`` checks a manifest against the run with them).
+
+Format (JSON lines, keys sorted, ASCII, ``\n`` after every line): the first line is a header
+``{"kind": "irpo-jax-mining-manifest", "version": 1, "data_root", "data_fingerprint", "records",
+"model": {"checkpoint", "id", "source"}, "measure": {...}, "selection": {...}, "summary": [...]}``;
+then one line per record ``{"id", "task", "sigma", "degraded", "clean", "psnr", "ssim",
+"selected", "rank"}`` (paths relative to ``data_root``; ``rank`` 0 = worst in its ranking group;
+a pair that failed to decode has ``"error"`` and ``psnr``/``ssim`` null and is never selected).
+The model ``id`` is the sha256 of ``model.json`` and every file under ``params/``
+(``mine.checkpoint_id``). Record ids are root-relative (:class:`~irpo_jax.data.records.Record`),
+so a manifest still matches data that was moved.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from irpo_jax.data.records import DataError, Record
+from irpo_jax.data.records import DataError, Record, relative_to_root
 
-__all__ = ["MANIFEST_KIND", "read_manifest", "records_from_manifest"]
+__all__ = [
+    "MANIFEST_KIND",
+    "MANIFEST_VERSION",
+    "manifest_entry",
+    "manifest_header",
+    "manifest_text",
+    "mined_by",
+    "mining_settings",
+    "read_manifest",
+    "records_from_manifest",
+    "write_manifest",
+]
 
 MANIFEST_KIND = "irpo-jax-mining-manifest"  # the header's "kind"
+MANIFEST_VERSION = 1  # the header's "version"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def manifest_entry(record: Record, data_root: str | os.PathLike, *, psnr: float | None,
+                   ssim: float | None, error: str | None = None) -> dict[str, Any]:
+    """One record's line, before selection (mining adds ``"selected"`` and ``"rank"``).
+
+    Args:
+      record: the training pair.
+      data_root: the absolute data root; paths under it are written relative to it.
+      psnr, ssim: the pair's scores; None for a pair that failed to decode.
+      error: why it failed, if it did (the key is left out otherwise).
+    """
+
+    def rel(p: str | None) -> str | None:
+        return None if p is None else relative_to_root(Path(data_root), Path(p))
+
+    entry = {"id": record.id, "task": record.task, "sigma": record.sigma,
+             "degraded": rel(record.degraded), "clean": rel(record.clean), "psnr": psnr,
+             "ssim": ssim}
+    if error:
+        entry["error"] = error
+    return entry
+
+
+def manifest_header(*, data_root: str, data_fingerprint: str, records: int,
+                    model: Mapping[str, Any], measure: Mapping[str, Any],
+                    selection: Mapping[str, Any], summary: Any) -> dict[str, Any]:
+    """The header line.
+
+    Args:
+      data_root: the absolute data root the records were read under.
+      data_fingerprint: :func:`irpo_jax.data.records.fingerprint` of the records.
+      records: how many record lines follow.
+      model: ``{"checkpoint", "id", "source"}`` of the model that scored them.
+      measure: how they were scored (``crop``, ``crop_base``, ``noise_seed``, ``metric``).
+      selection: ``{"mode", "fraction", "rank_by", "seed", "selected"}``.
+      summary: the per-task summary rows.
+    """
+    return {"kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "data_root": data_root,
+            "data_fingerprint": data_fingerprint, "records": records, "model": dict(model),
+            "measure": dict(measure), "selection": dict(selection), "summary": summary}
+
+
+def manifest_text(header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str:
+    """The manifest's text: the header line, then one line per entry (see the module docstring)."""
+    return json.dumps(header, sort_keys=True) + "\n" + "".join(
+        json.dumps(e, sort_keys=True) + "\n" for e in entries)
+
+
+def write_manifest(path: str | os.PathLike, header: Mapping[str, Any],
+                   entries: Sequence[Mapping[str, Any]]) -> None:
+    """Writes the manifest atomically (a hidden temporary beside ``path``, then a rename), so a
+    reader never sees half a manifest."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(manifest_text(header, entries))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def mined_by(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The model a manifest was mined with: ``{"checkpoint", "id", "source"}`` ({} if unrecorded)."""
+    return dict(header.get("model") or {})
+
+
+def mining_settings(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a manifest was mined with, as ``{"fraction", "selection", "rank_by", "crop",
+    "seed"}`` (None where the header does not record one): what ``mining.*`` and ``seed`` of a
+    training config must equal for a run to reuse it."""
+    sel, measure = header.get("selection", {}), header.get("measure", {})
+    return {"fraction": sel.get("fraction"), "selection": sel.get("mode"), "rank_by": sel.get("rank_by"),
+            "crop": measure.get("crop"), "seed": sel.get("seed")}  # fmt: skip
 
 
 def _manifest_lines(path: Path) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:

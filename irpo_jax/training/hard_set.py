@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from irpo_jax.data.config import resolve_config
-from irpo_jax.data.manifest import read_manifest
+from irpo_jax.data.manifest import mined_by, mining_settings, read_manifest
 from irpo_jax.data.records import DataError
 from irpo_jax.training import TrainingError
 
@@ -66,15 +66,10 @@ def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, prog
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The run's mining settings, keyed as :func:`~irpo_jax.data.manifest.mining_settings` decodes a header."""
     m = cfg.mining
     return {"fraction": float(m.fraction), "selection": str(m.selection), "rank_by": str(m.rank_by),
             "crop": int(m.crop), "seed": int(cfg.seed)}  # fmt: skip
-
-
-def _recorded(header: dict[str, Any]) -> dict[str, Any]:
-    sel, measure = header.get("selection", {}), header.get("measure", {})
-    return {"fraction": sel.get("fraction"), "selection": sel.get("mode"), "rank_by": sel.get("rank_by"),
-            "crop": measure.get("crop"), "seed": sel.get("seed")}  # fmt: skip
 
 
 def _model_identity(checkpoint: pathlib.Path) -> dict[str, Any]:
@@ -88,11 +83,11 @@ def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what
     header, _ = read_manifest(manifest)
     if not cfg.model.init_from or cfg.mining.allow_other_model:
         return header
-    mined_by = header.get("model") or {}
+    model = mined_by(header)
     mine_id = _model_identity(pathlib.Path(cfg.model.init_from))["id"]
-    if mined_by.get("id") != mine_id:
+    if model.get("id") != mine_id:
         raise TrainingError(
-            f"{what} was mined by the model {mined_by.get('checkpoint')} (id {mined_by.get('id')}), but this run "
+            f"{what} was mined by the model {model.get('checkpoint')} (id {model.get('id')}), but this run "
             f"starts from model.init_from={cfg.model.init_from} (id {mine_id}): the hard set is the pairs the "
             "starting model restores worst. Leave data.manifest empty to mine it with this model, mine again "
             "(python -m irpo_jax.mine --checkpoint <init_from> ...), or set mining.allow_other_model=True to use it anyway."
@@ -107,7 +102,7 @@ def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool)
     out = (workdir / MINED).absolute()
     if out.exists():
         header = _check_model(cfg, out, what=f"{out} (this run's hard set)")
-        recorded, wanted = _recorded(header), _settings(cfg)
+        recorded, wanted = mining_settings(header), _settings(cfg)
         changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
         if changed:
             diffs = ", ".join(f"{k}: {recorded.get(k)} -> {wanted[k]}" for k in changed)
