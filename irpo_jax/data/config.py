@@ -1,8 +1,11 @@
 """The data section of a config: its keys and defaults, and where its paths point.
 
 :func:`default_data_config` is the documented data config (every key with its meaning);
-:func:`resolve_config` merges a user's dict or ConfigDict over it and checks the values;
-:func:`data_root`, :func:`under` and :func:`list_dir` turn its paths into folders.
+:func:`resolve_data_config` merges a user's dict or ConfigDict over it, checks the values and
+returns a frozen :class:`DataConfig`, once per run: the readers, the training iterator, mining and
+the trainer take that object as it is instead of resolving the config again
+(:func:`resolve_config` is the same as a plain dict). :func:`data_root`, :func:`under` and
+:func:`list_dir` turn its paths into folders.
 Paths are relative to ``data.root`` unless absolute. ``LISTS`` (``data.list_dir``) is by default
 ``ROOT/data_dir`` (the demo set) or, failing that, ``ROOT/../data_dir`` (the official checkout,
 where ``data/`` and ``data_dir/`` are siblings).
@@ -10,8 +13,10 @@ where ``data/`` and ``data_dir/`` are siblings).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,12 @@ from irpo_jax.tasks import TASK_IDS, TASKS, TEST_SETS
 
 __all__ = [
     "OFFICIAL_REPEATS",
+    "DataConfig",
     "data_root",
     "default_data_config",
     "list_dir",
     "resolve_config",
+    "resolve_data_config",
     "under",
 ]
 
@@ -37,7 +44,7 @@ def default_data_config(root: str = "") -> Any:
     """The data section of a training/mining config, with the official five-task mixture.
 
     Returns an ``ml_collections.ConfigDict`` (plain dicts with any subset of these keys are
-    accepted too; see :func:`resolve_config`). Paths are relative to ``root`` unless absolute.
+    accepted too; see :func:`resolve_data_config`). Paths are relative to ``root`` unless absolute.
 
     Args:
       root: the AdaIR data root (holds ``Train/`` and ``test/``), e.g. a demo set's ``--out``.
@@ -94,15 +101,61 @@ def _to_plain(cfg: Any) -> dict[str, Any]:
     raise TypeError(f"a data config must be a dict or ConfigDict, got {type(cfg).__name__}")
 
 
-def resolve_config(cfg: Any) -> dict[str, Any]:
-    """Merges ``cfg`` (dict or ConfigDict, any subset of keys) over :func:`default_data_config`.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data section of a config, resolved once: defaults filled in, names and values checked.
+
+    :func:`resolve_data_config` makes one from a user's dict or ConfigDict; the readers, the
+    training iterator, mining and the trainer take it as it is (resolving a :class:`DataConfig`
+    again returns it unchanged), so a run reads its data config in one place. The fields are
+    the keys of :func:`default_data_config`, whose comments say what each means; their values
+    are the user's, unconverted, so :meth:`as_dict` is exactly the plain dict
+    :func:`resolve_config` has always returned. Frozen: derive a variant with
+    ``dataclasses.replace`` and treat the dicts and lists inside as read-only.
+    """
+
+    root: str  # AdaIR data root holding Train/ and test/
+    list_dir: str  # folder of the official list files; "" = ROOT/data_dir, else ROOT/../data_dir
+    tasks: tuple[str, ...]  # tasks in the training mixture (names of irpo_jax.tasks.TASKS)
+    sigmas: Sequence[int]  # denoise noise levels (0..255 units)
+    repeats: dict[str, int]  # per-task (and paired_train set) repetitions per epoch
+    train_dirs: dict[str, str]  # per-task training folders, relative to root
+    list_files: dict[str, str]  # official name lists, relative to list_dir
+    paired_train: Sequence[Mapping[str, Any]]  # extra paired training folders
+    test_dirs: dict[str, str]  # per-test-set folders, relative to root
+    eval_sets: Sequence[str]  # the sets evaluated by default
+    eval_paired: dict[str, Mapping[str, Any]]  # extra paired evaluation folders
+    test_noise_seed: int  # seed of the official BSD68/Urban100 noise stream
+    patch_size: int  # training crop side (pixels)
+    crop_base: int  # crop_img(base)
+    augment: str  # "flips", "official" or "none"
+    validate: str  # pre-training scan: "header", "decode" or "none"
+    worker_count: int  # grain worker processes; -1 = auto, 0 = in-process
+    worker_buffer_size: int  # batches buffered per worker
+    read_threads: int  # decoding threads per process
+    max_skips: int  # consecutive unreadable samples tolerated
+    manifest: str  # mining manifest; "" = none, "all" = every pair
+    manifest_allow_other_root: bool  # accept a manifest mined under a different data root
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict (a deep copy, keys sorted as a ConfigDict lists them): what
+        :func:`resolve_config` returns (evaluation records parts of it with its results)."""
+        return copy.deepcopy({name: getattr(self, name) for name in sorted(self.__dataclass_fields__)})
+
+
+def resolve_data_config(cfg: Any) -> DataConfig:
+    """Merges ``cfg`` (dict or ConfigDict, any subset of keys) over :func:`default_data_config`
+    and checks it; a :class:`DataConfig` is returned as it is (it was checked when made).
 
     Nested dicts (``repeats``, ``train_dirs``, ...) are merged key by key, so
     ``{"repeats": {"derain": 10}}`` keeps the other factors.
 
     Raises:
-      DataError: an unknown key (most likely a typo), an unknown task name or a bad value.
+      DataError: an unknown key (most likely a typo), an unknown task name or a bad value; the
+        message names the key and the valid values.
     """
+    if isinstance(cfg, DataConfig):
+        return cfg
     base = default_data_config().to_dict()
     user = _to_plain(cfg)
     unknown = sorted(set(user) - set(base))
@@ -125,16 +178,31 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     for t, r in out["repeats"].items():
         if int(r) < 0:
             raise DataError(f"data.repeats.{t} must be >= 0, got {r}")
-    return out
+    return DataConfig(**out)
 
 
-def data_root(cfg: Mapping[str, Any]) -> Path:
-    if not cfg["root"]:
+def resolve_config(cfg: Any) -> dict[str, Any]:
+    """:func:`resolve_data_config` as a plain dict (a copy the caller may change), for callers
+    that index the data config by key or store it.
+
+    Raises:
+      DataError: as :func:`resolve_data_config`.
+    """
+    return resolve_data_config(cfg).as_dict()
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``data.root`` as an absolute folder that exists.
+
+    Raises:
+      DataError: an empty or missing root, saying what to point it at.
+    """
+    if not cfg.root:
         raise DataError(
             "data.root is empty: point it at an AdaIR data folder (with Train/ and test/), e.g. "
             "a demo set built by `python -m irpo_jax.data.demo --out DIR`."
         )
-    root = Path(os.path.expanduser(str(cfg["root"]))).absolute()
+    root = Path(os.path.expanduser(str(cfg.root))).absolute()
     if not root.is_dir():
         raise DataError(
             f"data.root {root} does not exist or is not a folder. Point data.root at the AdaIR "
@@ -145,13 +213,15 @@ def data_root(cfg: Mapping[str, Any]) -> Path:
 
 
 def under(root: Path, rel: str) -> Path:
+    """``rel`` (``~`` expanded) under ``root``, or itself when absolute."""
     p = Path(os.path.expanduser(str(rel)))
     return p if p.is_absolute() else root / p
 
 
-def list_dir(cfg: Mapping[str, Any], root: Path) -> Path:
-    if cfg["list_dir"]:
-        return under(root, cfg["list_dir"])
+def list_dir(cfg: DataConfig, root: Path) -> Path:
+    """The folder of the official list files (``data.list_dir``, see the module docstring)."""
+    if cfg.list_dir:
+        return under(root, cfg.list_dir)
     for cand in (root / "data_dir", root.parent / "data_dir"):
         if cand.is_dir():
             return cand

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from irpo_jax.data import ood_sets
-from irpo_jax.data.config import data_root, resolve_config, under
+from irpo_jax.data.config import DataConfig, data_root, resolve_data_config, under
 from irpo_jax.data.images import (
     OFFICIAL_SIGMAS,
     add_official_noise,
@@ -166,7 +166,8 @@ def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
     """The test sets, in order; noisy sets expand to one set per sigma (``bsd68_s25``).
 
     Args:
-      cfg: data config.
+      cfg: the data config (a :class:`~irpo_jax.data.config.DataConfig`, or a dict or ConfigDict
+        that :func:`~irpo_jax.data.config.resolve_data_config` resolves).
       names: set names (keys of :data:`TEST_SETS` or of ``data.eval_paired``, or a group of
         :data:`SET_GROUPS` such as ``ood5``); default ``data.eval_sets``. A requested set whose
         folder is missing raises.
@@ -180,9 +181,9 @@ def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
       DataError: a missing folder, a layout that is not the set's, an empty set, or (unless
         ``allow_partial``) inputs without a target; the message names the files and what to do.
     """
-    cfg = resolve_config(cfg)
+    cfg = resolve_data_config(cfg)
     root = data_root(cfg)
-    names = expand_set_names(list(cfg["eval_sets"] if names is None else names))
+    names = expand_set_names(list(cfg.eval_sets if names is None else names))
     out: dict[str, EvalSet] = {}
     for name in names:
         try:
@@ -198,26 +199,26 @@ def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
                         "set (evaluate --allow_partial) whose row is marked partial")
             out.update(sets)
         except DataError as err:
-            where = (f"data.eval_paired.{name}" if name in cfg["eval_paired"]
+            where = (f"data.eval_paired.{name}" if name in cfg.eval_paired
                      else f"data.test_dirs.{name}")
             raise DataError(f"{err} (fix {where}, or leave {name!r} out of "
                             "data.eval_sets)") from err
     return out
 
 
-def _eval_set(name: str, cfg: Mapping[str, Any], root: Path) -> dict[str, EvalSet]:
+def _eval_set(name: str, cfg: DataConfig, root: Path) -> dict[str, EvalSet]:
     """One named test set (noisy sets: one per sigma)."""
-    base = cfg["crop_base"]
-    if name in cfg["eval_paired"]:
-        spec = dict(cfg["eval_paired"][name])
+    base = cfg.crop_base
+    if name in cfg.eval_paired:
+        spec = dict(cfg.eval_paired[name])
         recs, missing = paired_folder(under(root, spec["path"]).absolute(), spec["task"], name)
         return {name: EvalSet(name, spec["task"], recs, crop_base=base, missing=missing)}
     if name not in TEST_SETS:
         raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)}, a group "
                         f"({', '.join(SET_GROUPS)}) or a key of data.eval_paired "
-                        f"({sorted(cfg['eval_paired'])})")
+                        f"({sorted(cfg.eval_paired)})")
     task, _, layout = TEST_SETS[name]
-    folder = under(root, cfg["test_dirs"][name])
+    folder = under(root, cfg.test_dirs[name])
     if layout == "paired":
         recs, missing = paired_folder(folder, task, name)
         return {name: EvalSet(name, task, recs, crop_base=base, missing=missing)}
@@ -236,12 +237,12 @@ def _eval_set(name: str, cfg: Mapping[str, Any], root: Path) -> dict[str, EvalSe
     if not files:
         raise DataError(f"test set {name}: no images in {folder}")
     shapes = [(*cropped_size(image_size(str(p), decode=False), base), 3) for p in files]
-    sigmas = [int(s) for s in cfg["sigmas"]]
+    sigmas = [int(s) for s in cfg.sigmas]
     # The stream runs over the official sigmas in their order whatever data.sigmas holds (it is
     # also the training setting): sigma 25's test noise stays the published one when training
     # uses only some levels. Other levels continue the stream after sigma 50.
     stream_sigmas = list(OFFICIAL_SIGMAS) + [s for s in sigmas if s not in OFFICIAL_SIGMAS]
-    stream = _NoiseStream(int(cfg["test_noise_seed"]), shapes * len(stream_sigmas))
+    stream = _NoiseStream(int(cfg.test_noise_seed), shapes * len(stream_sigmas))
     out = {}
     for s in sigmas:
         recs = [Record(f"{name}:{p.name}@s{s}", "denoise", s, str(p), None) for p in files]

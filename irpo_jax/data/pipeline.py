@@ -60,7 +60,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from irpo_jax.data.config import resolve_config
+from irpo_jax.data.config import resolve_data_config
 from irpo_jax.data.eval_sets import eval_sets
 from irpo_jax.data.images import (
     add_official_noise,
@@ -353,7 +353,8 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     ``data.validate``), the manifest (``data.manifest``: train only on its selected pairs).
 
     Args:
-      data_cfg: data config (``default_data_config()`` or a dict with any subset of its keys).
+      data_cfg: data config (a resolved ``DataConfig``, ``default_data_config()`` or a dict with
+        any subset of its keys).
       batch_size: global batch size (all processes); must divide by ``shard_count``.
       seed: shuffling and augmentation seed (>= 0).
       shard_index: this process's shard; default ``jax.process_index()``.
@@ -368,7 +369,7 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     Raises:
       DataError: a data problem, naming the path and what to do.
     """
-    cfg = resolve_config(data_cfg)
+    cfg = resolve_data_config(data_cfg)
     if shard_index is None or shard_count is None:
         import jax  # only here: worker processes never need it
 
@@ -383,30 +384,29 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     local_bs = batch_size // shard_count
 
     records, scan = train_records(cfg)
-    if cfg["manifest"] and cfg["manifest"] != "all":  # "all": every pair (the trainer's opt-out of mining)
-        records = records_from_manifest(records, cfg["manifest"], cfg["root"],
-                                                cfg["manifest_allow_other_root"])
-        log.info("training on the %d pairs selected by %s", len(records), cfg["manifest"])
+    if cfg.manifest and cfg.manifest != "all":  # "all": every pair (the trainer's opt-out of mining)
+        records = records_from_manifest(records, cfg.manifest, cfg.root, cfg.manifest_allow_other_root)
+        log.info("training on the %d pairs selected by %s", len(records), cfg.manifest)
     mix = mixture_indices(records, cfg)
     if len(mix) < batch_size:
         raise DataError(f"the training mixture has {len(mix)} samples per epoch, fewer than one "
                         f"batch of {batch_size}; check data.repeats / data.tasks")
 
     order = grain.MapDataset.source(mix).shuffle(seed=int(seed)).repeat(None)
-    sampler = _Sampler(records, order, int(seed), int(cfg["patch_size"]), cfg["augment"],
-                       int(cfg["crop_base"]), int(cfg["max_skips"]))
+    sampler = _Sampler(records, order, int(seed), int(cfg.patch_size), cfg.augment,
+                       int(cfg.crop_base), int(cfg.max_skips))
     samples = order.map_with_index(sampler)[shard_index::shard_count]
     batches = samples.batch(local_bs, drop_remainder=True)
 
-    workers = cfg["worker_count"] if worker_count is None else worker_count
+    workers = cfg.worker_count if worker_count is None else worker_count
     workers = _auto_workers() if workers < 0 else int(workers)
     fp = _stream_fingerprint(fingerprint(records), len(mix), int(seed), batch_size,
-                             shard_index, shard_count, cfg["patch_size"], cfg["augment"],
-                             cfg["crop_base"], cfg["repeats"])
+                             shard_index, shard_count, cfg.patch_size, cfg.augment,
+                             cfg.crop_base, cfg.repeats)
     return TrainIterator(batches, records=records, epoch_size=len(mix), local_batch_size=local_bs,
                        shard_count=shard_count, fingerprint=fp, worker_count=workers,
-                       worker_buffer_size=int(cfg["worker_buffer_size"]),
-                       read_threads=int(cfg["read_threads"]), scan=scan)
+                       worker_buffer_size=int(cfg.worker_buffer_size),
+                       read_threads=int(cfg.read_threads), scan=scan)
 
 
 def _eval_element(item: dict[str, Any], task_id: int) -> dict[str, Any]:

@@ -8,16 +8,23 @@ callers that read data (``readers.train_records``, ``readers.eval_sets``, ``read
 * :mod:`irpo_jax.data.records` -- :class:`Record` (a pair by path), :class:`ScanReport`,
   :class:`DataError`, paired folders, :func:`fingerprint`;
 * :mod:`irpo_jax.data.images` -- decoding, ``crop_img`` and the official noise;
-* :mod:`irpo_jax.data.config` -- the data config's keys and defaults, :func:`resolve_config`;
+* :mod:`irpo_jax.data.config` -- the data config's keys and defaults, resolved once into a
+  :class:`DataConfig` (:func:`resolve_data_config`; :func:`resolve_config`: as a plain dict);
 * :mod:`irpo_jax.data.train_set` -- the training pairs of the AdaIR layout, scanned; the mixture;
 * :mod:`irpo_jax.data.eval_sets` -- the test sets and their seeded noise;
   :mod:`irpo_jax.data.ood_sets` -- the out-of-domain releases;
-* :mod:`irpo_jax.data.manifest` -- the mining manifest (the hard set).
+* :mod:`irpo_jax.data.manifest` -- the mining manifest (the hard set): format, writer, reader.
 """
 
 from __future__ import annotations
 
-from irpo_jax.data.config import OFFICIAL_REPEATS, default_data_config, resolve_config
+from irpo_jax.data.config import (
+    OFFICIAL_REPEATS,
+    DataConfig,
+    default_data_config,
+    resolve_config,
+    resolve_data_config,
+)
 from irpo_jax.data.eval_sets import EvalSet, eval_sets
 from irpo_jax.data.images import (
     OFFICIAL_SIGMAS,
@@ -50,6 +57,7 @@ __all__ = [
     "SET_GROUPS",
     "TASK_IDS",
     "TEST_SETS",
+    "DataConfig",
     "DataError",
     "EvalSet",
     "Record",
@@ -68,6 +76,7 @@ __all__ = [
     "records_from_manifest",
     "relative_to_root",
     "resolve_config",
+    "resolve_data_config",
     "to_float01",
     "to_uint8_domain",
     "train_records",

@@ -29,11 +29,11 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from irpo_jax.data.config import data_root, list_dir, resolve_config, under
+from irpo_jax.data.config import DataConfig, data_root, list_dir, resolve_data_config, under
 from irpo_jax.data.images import cropped_size, image_size
 from irpo_jax.data.records import (
     DataError,
@@ -64,11 +64,11 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _task_pairs(task: str, cfg: Mapping[str, Any], root: Path) -> list[tuple[str | None, str, str]]:
+def _task_pairs(task: str, cfg: DataConfig, root: Path) -> list[tuple[str | None, str, str]]:
     """``[(degraded path or None, clean path, id base)]`` of one task's official training set."""
-    folder = under(root, cfg["train_dirs"][task])
+    folder = under(root, cfg.train_dirs[task])
     _require_dir(folder, f"{task} training set", f"data.train_dirs.{task}")
-    list_rel = cfg["list_files"].get(task)
+    list_rel = cfg.list_files.get(task)
     listed: list[str] | None = None
     if list_rel:
         list_path = list_dir(cfg, root) / list_rel
@@ -181,7 +181,8 @@ def train_records(cfg: Any, *, validate: str | None = None,
     """The unique training pairs of the configured mixture (no repetition), scanned.
 
     Args:
-      cfg: data config (dict or ConfigDict; see :func:`default_data_config`).
+      cfg: the data config (a :class:`~irpo_jax.data.config.DataConfig`, or a dict or ConfigDict
+        that :func:`~irpo_jax.data.config.resolve_data_config` resolves).
       validate: override ``data.validate`` ("header", "decode" or "none").
       min_side: smallest acceptable side after ``crop_img``; default ``data.patch_size``.
 
@@ -193,17 +194,17 @@ def train_records(cfg: Any, *, validate: str | None = None,
     Raises:
       DataError: a missing or empty folder, or every record of a task unusable.
     """
-    cfg = resolve_config(cfg)
+    cfg = resolve_data_config(cfg)
     root = data_root(cfg)
-    validate = validate or cfg["validate"]
-    min_side = cfg["patch_size"] if min_side is None else min_side
+    validate = validate or cfg.validate
+    min_side = cfg.patch_size if min_side is None else min_side
     report = ScanReport()
     # (group name, task, [(degraded or None, clean, id)])
     groups: list[tuple[str, str, list[tuple[str | None, str, str]]]] = []
-    for task in cfg["tasks"]:
+    for task in cfg.tasks:
         pairs = _task_pairs(task, cfg, root)
         groups.append((task, task, [(d, c, f"{task}:{key}") for d, c, key in pairs]))
-    for spec in cfg["paired_train"]:
+    for spec in cfg.paired_train:
         spec = dict(spec)
         name = spec.get("name") or Path(spec["path"]).name
         if name in TASK_IDS:
@@ -214,14 +215,14 @@ def train_records(cfg: Any, *, validate: str | None = None,
 
     records: list[Record] = []
     for group, task, pairs in groups:
-        sizes = _scan([(d, c) for d, c, _ in pairs], validate, min_side, cfg["crop_base"], report)
+        sizes = _scan([(d, c) for d, c, _ in pairs], validate, min_side, cfg.crop_base, report)
         kept = 0
         for (degraded, clean, key), size in zip(pairs, sizes):
             if size is None:
                 continue
             size = None if size == (0, 0) else size
             if degraded is None:  # denoise: one record per noise level
-                for s in cfg["sigmas"]:
+                for s in cfg.sigmas:
                     records.append(Record(f"{key}@s{int(s)}", task, int(s), clean, None, size))
             else:
                 records.append(Record(key, task, 0, clean, degraded, size))
@@ -239,13 +240,14 @@ def train_records(cfg: Any, *, validate: str | None = None,
 
 def mixture_indices(records: Sequence[Record], cfg: Any) -> list[int]:
     """Record indices of one epoch of the mixture: each record repeated ``data.repeats[task]``
-    times (paired_train records: their own ``repeat``, default 1)."""
-    cfg = resolve_config(cfg)
+    times (paired_train records: their own ``repeat``, default 1). ``cfg``: as for
+    :func:`train_records`."""
+    cfg = resolve_data_config(cfg)
     paired = {(dict(s).get("name") or Path(dict(s)["path"]).name): int(dict(s).get("repeat", 1))
-              for s in cfg["paired_train"]}
+              for s in cfg.paired_train}
     out: list[int] = []
     for i, r in enumerate(records):
         set_name = r.id.split(":", 1)[0]
-        n = paired[set_name] if set_name in paired else int(cfg["repeats"].get(r.task, 1))
+        n = paired[set_name] if set_name in paired else int(cfg.repeats.get(r.task, 1))
         out.extend([i] * n)
     return out

@@ -21,6 +21,7 @@ default) or every mined pair once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from irpo_jax.data.config import resolve_config
+from irpo_jax.data.config import DataConfig, resolve_data_config
 from irpo_jax.data.manifest import mined_by, mining_settings, read_manifest
 from irpo_jax.data.records import DataError
 from irpo_jax.training import TrainingError
@@ -39,8 +40,8 @@ MINED = "mined.jsonl"  # the hard set a run mines, in its workdir
 EVERY_PAIR = "all"  # data.manifest value: no hard set
 
 
-def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
-    """The data config the run's training iterator reads (a plain dict, ``data.manifest`` resolved).
+def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, progress: bool = True) -> DataConfig:
+    """The data config the run's training iterator reads, resolved once (``data.manifest`` resolved).
 
     GRPO: mines ``<workdir>/mined.jsonl`` first when ``data.manifest`` is empty (every process
     takes part; the manifest is written by process 0 and read by all), checks a given manifest
@@ -51,17 +52,17 @@ def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, prog
       TrainingError: a manifest mined by another model, or mining settings that changed.
       DataError: data problems (from the readers), naming the path.
     """
-    data = resolve_config(cfg.data)
-    manifest = str(data["manifest"] or "")
+    data = resolve_data_config(cfg.data)
+    manifest = str(data.manifest or "")
     if manifest == EVERY_PAIR:
-        data["manifest"] = ""
+        data = dataclasses.replace(data, manifest="")
     elif cfg.train.stage == "grpo" and not manifest:
         if cfg.model.init_from:  # (without one, building the model says what to do)
-            data["manifest"] = str(_mine(cfg, workdir, progress))
+            data = dataclasses.replace(data, manifest=str(_mine(cfg, data, workdir, progress)))
     elif cfg.train.stage == "grpo":
         _check_model(cfg, pathlib.Path(manifest), what=f"data.manifest {manifest}")
     if cfg.train.stage == "grpo" and not cfg.grpo.task_repeats:
-        data["repeats"] = {task: 1 for task in data["repeats"]}
+        data = dataclasses.replace(data, repeats={task: 1 for task in data.repeats})
     return data
 
 
@@ -95,8 +96,9 @@ def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what
     return header
 
 
-def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool) -> pathlib.Path:
-    """``<workdir>/mined.jsonl``, mined now unless an earlier invocation of this run did."""
+def _mine(cfg: ml_collections.ConfigDict, data: DataConfig, workdir: pathlib.Path, progress: bool) -> pathlib.Path:
+    """``<workdir>/mined.jsonl``, mined now (on ``data``, the run's resolved data config) unless an
+    earlier invocation of this run did."""
     from irpo_jax import mine
 
     out = (workdir / MINED).absolute()
@@ -119,7 +121,7 @@ def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool)
           f"{s['rank_by']} ({images}) -> {out}")
     kwargs = dict(fraction=s["fraction"], selection=s["selection"], rank_by=s["rank_by"], crop=s["crop"],
                   batch_size=int(cfg.mining.batch_size), seed=s["seed"], progress=progress)  # fmt: skip
-    data = resolve_config(cfg.data) | {"manifest": ""}
+    data = dataclasses.replace(data, manifest="")
     try:
         result = mine.mine(data, cfg.model.init_from, out, resume=True, **kwargs)
     except DataError as err:

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from irpo_jax.data.config import resolve_data_config
 from irpo_jax.data.records import Record
 from irpo_jax.data.train_set import mixture_indices
 from irpo_jax.grpo.losses import linear_anneal
@@ -25,12 +26,14 @@ def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record
 
     Args:
       cfg: the run's config.
-      data_cfg: the data config the training iterator reads (manifest resolved).
+      data_cfg: the data config the training iterator reads (manifest resolved; a ``DataConfig``
+        as ``hard_set.training_data`` returns it, or a dict).
       records: the training records (the hard set in GRPO), as the iterator holds them.
       total_steps: the run's optimizer steps.
       epoch_size: samples per epoch (the mixture's length).
     """
     t = cfg.train
+    data_cfg = resolve_data_config(data_cfg)
     pairs = collections.Counter(r.task for r in records)
     samples = collections.Counter(records[i].task for i in mixture_indices(records, data_cfg))
     per_task = {task: {"pairs": pairs[task], "samples": samples[task],
@@ -45,7 +48,7 @@ def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record
         "updates_per_batch": per_batch, "per_task": per_task, "lr": {"schedule": cfg.optim.schedule, "first": lr[0],
         "last": lr[1], "head_lr_mult": float(cfg.optim.head_lr_mult)},
     }  # fmt: skip
-    what = "the hard set" if cfg.train.stage == "grpo" and data_cfg.get("manifest") else "every pair"
+    what = "the hard set" if cfg.train.stage == "grpo" and data_cfg.manifest else "every pair"
     how = f"train.steps={t.steps}" if t.steps else f"train.epochs={t.epochs:g}"
     lines = [
         f"run length: {total_steps:,} optimizer steps = {epochs:.4g} epochs of {epoch_size:,} samples at batch "
