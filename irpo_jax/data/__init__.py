@@ -6,10 +6,11 @@ names come from :mod:`irpo_jax.tasks`.
 
 * ``records`` -- a pair by path (``Record``), ``ScanReport``, ``DataError``, paired folders.
 * ``images`` -- decoding, the official ``crop_img`` and the denoise sets' noise.
-* ``config`` -- the data config: its keys, defaults and checks; where its paths point.
+* ``config`` -- the data config: its keys, defaults and checks, resolved once into a
+  ``DataConfig``; where its paths point.
 * ``train_set`` -- the training pairs of the AdaIR layout, scanned; the epoch mixture.
 * ``eval_sets`` -- the test sets (whole, seeded noise); ``ood_sets`` -- the out-of-domain releases.
-* ``manifest`` -- the mining manifest (the hard set) and its reader.
+* ``manifest`` -- the mining manifest (the hard set): its format, writer and reader.
 * ``readers`` -- the public names of the modules above in one place, for the CLIs.
 * ``pipeline`` -- the grain training iterator and the evaluation batches.
 * ``degradations`` -- pure-numpy noise, rain, haze, motion blur and low-light models.
