@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from irpo_jax.data.readers import default_data_config
+from irpo_jax.data.config import default_data_config
 from irpo_jax.rewards.compose import default_reward_config
 
 VARIANTS = ("demo", "smoke")
@@ -38,7 +38,7 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
-    c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.readers)
+    c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.config)
     # data.manifest: "" = GRPO mines the hard set itself (mining.*, into <workdir>/mined.jsonl), a path = that
     # mining manifest's selected pairs, "all" = every pair (irpo_jax.training.hard_set)
 

@@ -31,13 +31,9 @@ loaded): an existing ``OUT`` (or summary) that mining did not write is refused, 
 existing mining manifest -- another run's result -- unless ``--overwrite`` is given or the run
 resumes its partial file (whose run already passed this check).
 
-Manifest format (JSON lines): the first line is a header ``{"kind": "irpo-jax-mining-manifest",
-"version": 1, "data_root", "data_fingerprint", "records", "model": {"checkpoint", "id",
-"source"}, "measure": {...}, "selection": {...}, "summary": {...}}``; then one line per record
-``{"id", "task", "sigma", "degraded", "clean", "psnr", "ssim", "selected", "rank"}`` (paths
-relative to ``data_root``; ``rank`` 0 = worst in its ranking group; a pair that failed to decode
-has ``"error"`` and ``psnr``/``ssim`` null and is never selected). The model ``id`` is the sha256
-of ``model.json`` and every file under ``params/``.
+Manifest format (JSON lines, a header then one line per record): :mod:`irpo_jax.data.manifest`,
+which writes and reads it. The model ``id`` is the sha256 of ``model.json`` and every file under
+``params/`` (:func:`checkpoint_id`).
 
 Config coupling (kept minimal): ``--config path.py[:arg]`` imports the file, calls
 ``get_config(arg)`` (or ``get_config()``) and uses its ``data`` field, which is a data config as
@@ -63,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from irpo_jax.data import readers
+from irpo_jax.data import manifest, readers
 from irpo_jax.data.readers import DataError, Record
 
 log = logging.getLogger(__name__)
@@ -358,10 +354,10 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
                 f"{PARTIAL_KIND!r} header), and mining keeps its partial results there. Move it "
                 "away, choose another --out, or pass --overwrite to replace it.", p)
     if out.exists():
-        if _first_json_kind(out) != readers.MANIFEST_KIND:
+        if _first_json_kind(out) != manifest.MANIFEST_KIND:
             raise DataError(
                 f"--out {out} exists and is not a mining manifest (its first line is not a "
-                f"{readers.MANIFEST_KIND!r} header); mining does not replace a file it did not "
+                f"{manifest.MANIFEST_KIND!r} header); mining does not replace a file it did not "
                 "write. Choose another --out, or pass --overwrite to replace it.", out)
         if not (resume and partials):
             raise DataError(
@@ -591,41 +587,33 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
             done.update(_read_partial(_partial_path(out, q, nproc), partial_header))
 
     # ---- the manifest, in record order.
-    def rel(p: str | None) -> str | None:
-        return None if p is None else readers.relative_to_root(Path(root), Path(p))
-
     entries = []
     for r in records:
         e = done.get(r.id)
         if e is None:
             raise RuntimeError(f"no mining result for {r.id}; rerun to complete {partial}")
-        entry = {"id": r.id, "task": r.task, "sigma": r.sigma, "degraded": rel(r.degraded),
-                 "clean": rel(r.clean), "psnr": e["psnr"], "ssim": e["ssim"]}
-        if e.get("error"):
-            entry["error"] = e["error"]
-        entries.append(entry)
+        entries.append(manifest.manifest_entry(r, root, psnr=e["psnr"], ssim=e["ssim"],
+                                               error=e.get("error")))
     chosen = select(entries, mode=selection, fraction=fraction, rank_by=rank_by, seed=seed)
     for e in entries:
         e["selected"], e["rank"] = chosen.get(e["id"], (False, None))
     rows = summary_rows(entries)
-    header = {
-        "kind": readers.MANIFEST_KIND, "version": 1, "data_root": root,
-        "data_fingerprint": partial_header["data_fingerprint"], "records": len(entries),
-        "model": {"checkpoint": str(checkpoint), "id": model_id, "source": source},
-        "measure": measure,
-        "selection": {"mode": selection, "fraction": fraction, "rank_by": rank_by,
-                      "seed": int(seed), "selected": sum(e["selected"] for e in entries)},
-        "summary": rows,
-    }
-    text = json.dumps(header, sort_keys=True) + "\n" + "".join(
-        json.dumps(e, sort_keys=True) + "\n" for e in entries)
+    header = manifest.manifest_header(
+        data_root=root, data_fingerprint=partial_header["data_fingerprint"], records=len(entries),
+        model={"checkpoint": str(checkpoint), "id": model_id, "source": source},
+        measure=measure,
+        selection={"mode": selection, "fraction": fraction, "rank_by": rank_by,
+                   "seed": int(seed), "selected": sum(e["selected"] for e in entries)},
+        summary=rows,
+    )
     title = (f"{SUMMARY_TITLE} {len(entries)} pairs under {root}, model {model_id}, "
              f"{selection} {fraction:g} by {rank_by}")
     table = summary_table(rows, title)
-    for path, content in ((out, text), (out.with_suffix(".summary.md"), table)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+    manifest.write_manifest(out, header, entries)
+    summary = out.with_suffix(".summary.md")
+    tmp = summary.with_name(f".{summary.name}.tmp")
+    tmp.write_text(table)
+    os.replace(tmp, summary)
     for q in range(nproc):
         _partial_path(out, q, nproc).unlink(missing_ok=True)
     return {**header, "table": table}

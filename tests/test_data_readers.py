@@ -21,7 +21,7 @@ from PIL import Image
 
 from irpo_jax.data import demo
 from irpo_jax.data import readers as R
-from irpo_jax.rewards.task import TASKS
+from irpo_jax.tasks import TASKS
 
 DEMO_TASK = {"denoise": "denoise", "derain": "derain", "dehaze": "dehaze", "deblur": "deblur",
              "enhance": "lowlight"}

@@ -21,8 +21,8 @@ from PIL import Image
 
 from irpo_jax import checkpointing
 from irpo_jax import evaluate as ev
+from irpo_jax.data.config import default_data_config
 from irpo_jax.data.demo import build_demo_set
-from irpo_jax.data.readers import default_data_config
 
 
 @pytest.fixture(scope="module")

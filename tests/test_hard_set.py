@@ -57,7 +57,7 @@ def test_grpo_mines_the_hard_set_first_and_a_resumed_run_reuses_it(mining_cfg, t
     assert sum(v["pairs"] for v in plan.values()) == len(want)
     # Resumed (checkpointed after step 1): the run's data is its hard set, not mined again.
     calls.clear()
-    assert hard_set.training_data(cfg, workdir, progress=False)["manifest"] == str(workdir / hard_set.MINED)
+    assert hard_set.training_data(cfg, workdir, progress=False).manifest == str(workdir / hard_set.MINED)
     assert not calls
 
 
@@ -82,7 +82,7 @@ def test_the_runs_mining_follows_the_mining_settings(mining_cfg, tmp_path, monke
 
     monkeypatch.setattr(irpo_jax, "load_model", load_model)
     data = hard_set.training_data(cfg, tmp_path, progress=False)
-    assert data["manifest"] == str(tmp_path / hard_set.MINED)
+    assert data.manifest == str(tmp_path / hard_set.MINED)
     header, entries = readers.read_manifest(tmp_path / hard_set.MINED)
     assert header["selection"] | {"selected": None} == {"mode": "global", "fraction": 0.5, "rank_by": "ssim", "seed": 3,
                                                         "selected": None}  # fmt: skip
@@ -104,7 +104,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
     cfg = mining_cfg.copy_and_resolve_references()
     cfg.data.manifest = "all"
     data = hard_set.training_data(cfg, tmp_path, progress=False)
-    assert data["manifest"] == "" and not (tmp_path / hard_set.MINED).exists()
+    assert data.manifest == "" and not (tmp_path / hard_set.MINED).exists()
 
     # A manifest mined by another model: refused, naming both models.
     path = tmp_path / "mined_by_another.jsonl"
@@ -117,7 +117,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
     with pytest.raises(trainer.TrainingError, match=r"was mined by the model /elsewhere/adair5d.*model.init_from="):
         hard_set.training_data(cfg, tmp_path, progress=False)
     cfg.mining.allow_other_model = True
-    assert hard_set.training_data(cfg, tmp_path, progress=False)["manifest"] == str(path)
+    assert hard_set.training_data(cfg, tmp_path, progress=False).manifest == str(path)
 
     # The run's own hard set, mined with other settings than the (changed) config's: refused.
     cfg = mining_cfg.copy_and_resolve_references()
@@ -133,10 +133,10 @@ def test_task_repeats_switch_sets_what_an_epoch_is(mining_cfg, tmp_path):
     cfg.data.manifest = "all"
     cfg.data.repeats = {"derain": 3, "deblur": 2}
     with_repeats = hard_set.training_data(cfg, tmp_path, progress=False)
-    assert with_repeats["repeats"]["derain"] == 3 and with_repeats["repeats"]["deblur"] == 2
+    assert with_repeats.repeats["derain"] == 3 and with_repeats.repeats["deblur"] == 2
     cfg.grpo.task_repeats = False
     once = hard_set.training_data(cfg, tmp_path, progress=False)
-    assert set(once["repeats"].values()) == {1}
+    assert set(once.repeats.values()) == {1}
     records, _ = readers.train_records(once)
     assert len(readers.mixture_indices(records, once)) == len(records)
     assert len(readers.mixture_indices(records, with_repeats)) == sum(

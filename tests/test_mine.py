@@ -238,7 +238,7 @@ def test_cli(demo_root, model_dir, tmp_path, capsys):
     # --config supplies the data section; --data_root overrides its root.
     cfg_file = tmp_path / "cfg.py"
     cfg_file.write_text(
-        "from irpo_jax.data.readers import default_data_config\n"
+        "from irpo_jax.data.config import default_data_config\n"
         "import ml_collections\n"
         "def get_config(arg=None):\n"
         "    c = ml_collections.ConfigDict()\n"

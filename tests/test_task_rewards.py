@@ -16,7 +16,6 @@ from skimage import data
 
 from irpo_jax.rewards import (
     TASK_REWARDS,
-    TASKS,
     r_aniso,
     r_color,
     r_contrast,
@@ -27,6 +26,7 @@ from irpo_jax.rewards import (
     task_reward,
     task_reward_by_id,
 )
+from irpo_jax.tasks import TASKS
 
 EPS = 1e-6
 KX = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)  # along width

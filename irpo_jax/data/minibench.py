@@ -63,12 +63,12 @@ from scipy import ndimage
 
 from irpo_jax.data import degradations as deg
 from irpo_jax.data.demo import Box, _orient, _png_bytes, _skimage
+from irpo_jax.tasks import TASKS
 
 GENERATOR = "irpo_jax.data.minibench"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 README = "README.md"
-TASKS = ("denoise", "derain", "dehaze", "deblur", "lowlight")
 
 
 @dataclasses.dataclass(frozen=True)

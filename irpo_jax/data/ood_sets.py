@@ -2,8 +2,8 @@
 
 The five real-world sets (one per task) are read where their downloads unpack, by default
 ``<data.root>/test/ood/<set>/`` (``data.test_dirs.<set>`` or ``evaluate --test_dir SET=DIR``
-point elsewhere). Each reader returns a :class:`Listing` that :func:`irpo_jax.data.readers.eval_sets`
-turns into an :class:`~irpo_jax.data.readers.EvalSet`; pixels are decoded only when evaluated.
+point elsewhere). Each reader returns a :class:`Listing` that :func:`irpo_jax.data.eval_sets.eval_sets`
+turns into an :class:`~irpo_jax.data.eval_sets.EvalSet`; pixels are decoded only when evaluated.
 Image names are paths below the set's folder (their common leading folders dropped), so images
 with the same file name in different sub-folders stay apart.
 
@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from irpo_jax.data.readers import IMAGE_EXTENSIONS, DataError, Record
+from irpo_jax.data.records import IMAGE_EXTENSIONS, DataError, Record
 
 __all__ = [
     "READERS",

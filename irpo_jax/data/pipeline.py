@@ -6,11 +6,11 @@
     state = it.get_state()          # JSON-able; store it with the model checkpoint
     it = make_train_iterator(data_cfg, batch_size=32, seed=0); it.set_state(state)  # resumes
 
-**Sample order.** One epoch is the mixture of :func:`readers.mixture_indices` (every record
-repeated by its task's factor, the official 5-task factors by default). A ``grain.MapDataset``
-shuffles it with ``seed`` and repeats it forever, reshuffling every epoch; element ``p`` of this
-stream (its *position*) is the same on every host. Process ``i`` of ``n`` takes the positions
-``p = i (mod n)`` -- disjoint across processes and together covering every epoch -- and groups
+**Sample order.** One epoch is the mixture of :func:`~irpo_jax.data.train_set.mixture_indices`
+(every record repeated by its task's factor, the official 5-task factors by default). A
+``grain.MapDataset`` shuffles it with ``seed`` and repeats it forever, reshuffling every epoch;
+element ``p`` of this stream (its *position*) is the same on every host. Process ``i`` of ``n``
+takes the positions ``p = i (mod n)`` -- disjoint across processes and together covering every epoch -- and groups
 them into local batches of ``batch_size // n``. Batches do not straddle anything special: an
 epoch boundary may fall inside a batch (the official DataLoader drops the remainder instead).
 
@@ -60,8 +60,19 @@ from typing import Any
 import grain
 import numpy as np
 
-from irpo_jax.data import readers
-from irpo_jax.data.readers import DataError, Record
+from irpo_jax.data.config import resolve_data_config
+from irpo_jax.data.eval_sets import eval_sets
+from irpo_jax.data.images import (
+    add_official_noise,
+    crop_img,
+    load_image,
+    to_float01,
+    to_uint8_domain,
+)
+from irpo_jax.data.manifest import records_from_manifest
+from irpo_jax.data.records import DataError, Record, ScanReport, fingerprint
+from irpo_jax.data.train_set import mixture_indices, train_records
+from irpo_jax.tasks import TASK_IDS
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +137,10 @@ def make_train_sample(record: Record, rng: np.random.Generator, *, patch_size: i
     Raises:
       DataError: an undecodable file, a size mismatch or an image smaller than the crop.
     """
-    clean = readers.crop_img(readers.load_image(record.clean), crop_base)  # (H, W, 3)
+    clean = crop_img(load_image(record.clean), crop_base)  # (H, W, 3)
     degraded = None
     if record.degraded is not None:
-        degraded = readers.crop_img(readers.load_image(record.degraded), crop_base)
+        degraded = crop_img(load_image(record.degraded), crop_base)
         if degraded.shape[:2] != clean.shape[:2]:
             raise DataError(f"{record.degraded} is {degraded.shape[1]}x{degraded.shape[0]} but its "
                             f"ground truth {record.clean} is {clean.shape[1]}x{clean.shape[0]}",
@@ -143,14 +154,14 @@ def make_train_sample(record: Record, rng: np.random.Generator, *, patch_size: i
     left = int(rng.integers(0, w - patch_size + 1))
     window = (slice(top, top + patch_size), slice(left, left + patch_size))
     if degraded is None:
-        (clean,) = augment_pair([readers.to_uint8_domain(clean[window])], rng, augment)
+        (clean,) = augment_pair([to_uint8_domain(clean[window])], rng, augment)
         normals = rng.standard_normal(clean.shape)  # (P, P, 3) float64, as np.random.randn
-        degraded = readers.add_official_noise(np.ascontiguousarray(clean), record.sigma, normals)
+        degraded = add_official_noise(np.ascontiguousarray(clean), record.sigma, normals)
     else:
         degraded, clean = augment_pair([degraded[window], clean[window]], rng, augment)
     return {
-        "degraded": readers.to_float01(np.ascontiguousarray(degraded)),
-        "clean": readers.to_float01(np.ascontiguousarray(clean)),
+        "degraded": to_float01(np.ascontiguousarray(degraded)),
+        "clean": to_float01(np.ascontiguousarray(clean)),
         "task_id": np.int32(record.task_id),
         "sigma": np.float32(record.sigma),
     }
@@ -234,12 +245,12 @@ class TrainIterator:
       epoch_size: samples per epoch over all processes (the mixture length).
       local_batch_size: batch size of this process.
       shard_count: number of processes (shards) sharing the stream.
-      scan: the pre-training :class:`readers.ScanReport`.
+      scan: the pre-training :class:`irpo_jax.data.records.ScanReport`.
     """
 
     def __init__(self, batches: grain.MapDataset, *, records: list[Record], epoch_size: int,
                  local_batch_size: int, shard_count: int, fingerprint: str, worker_count: int,
-                 worker_buffer_size: int, read_threads: int, scan: readers.ScanReport):
+                 worker_buffer_size: int, read_threads: int, scan: ScanReport):
         self._batches = batches
         self.shard_count = shard_count
         self.records = records
@@ -342,7 +353,8 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     ``data.validate``), the manifest (``data.manifest``: train only on its selected pairs).
 
     Args:
-      data_cfg: data config (``default_data_config()`` or a dict with any subset of its keys).
+      data_cfg: data config (a resolved ``DataConfig``, ``default_data_config()`` or a dict with
+        any subset of its keys).
       batch_size: global batch size (all processes); must divide by ``shard_count``.
       seed: shuffling and augmentation seed (>= 0).
       shard_index: this process's shard; default ``jax.process_index()``.
@@ -357,7 +369,7 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
     Raises:
       DataError: a data problem, naming the path and what to do.
     """
-    cfg = readers.resolve_config(data_cfg)
+    cfg = resolve_data_config(data_cfg)
     if shard_index is None or shard_count is None:
         import jax  # only here: worker processes never need it
 
@@ -371,36 +383,35 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
         raise ValueError(f"seed must be >= 0, got {seed}")
     local_bs = batch_size // shard_count
 
-    records, scan = readers.train_records(cfg)
-    if cfg["manifest"] and cfg["manifest"] != "all":  # "all": every pair (the trainer's opt-out of mining)
-        records = readers.records_from_manifest(records, cfg["manifest"], cfg["root"],
-                                                cfg["manifest_allow_other_root"])
-        log.info("training on the %d pairs selected by %s", len(records), cfg["manifest"])
-    mix = readers.mixture_indices(records, cfg)
+    records, scan = train_records(cfg)
+    if cfg.manifest and cfg.manifest != "all":  # "all": every pair (the trainer's opt-out of mining)
+        records = records_from_manifest(records, cfg.manifest, cfg.root, cfg.manifest_allow_other_root)
+        log.info("training on the %d pairs selected by %s", len(records), cfg.manifest)
+    mix = mixture_indices(records, cfg)
     if len(mix) < batch_size:
         raise DataError(f"the training mixture has {len(mix)} samples per epoch, fewer than one "
                         f"batch of {batch_size}; check data.repeats / data.tasks")
 
     order = grain.MapDataset.source(mix).shuffle(seed=int(seed)).repeat(None)
-    sampler = _Sampler(records, order, int(seed), int(cfg["patch_size"]), cfg["augment"],
-                       int(cfg["crop_base"]), int(cfg["max_skips"]))
+    sampler = _Sampler(records, order, int(seed), int(cfg.patch_size), cfg.augment,
+                       int(cfg.crop_base), int(cfg.max_skips))
     samples = order.map_with_index(sampler)[shard_index::shard_count]
     batches = samples.batch(local_bs, drop_remainder=True)
 
-    workers = cfg["worker_count"] if worker_count is None else worker_count
+    workers = cfg.worker_count if worker_count is None else worker_count
     workers = _auto_workers() if workers < 0 else int(workers)
-    fp = _stream_fingerprint(readers.fingerprint(records), len(mix), int(seed), batch_size,
-                             shard_index, shard_count, cfg["patch_size"], cfg["augment"],
-                             cfg["crop_base"], cfg["repeats"])
+    fp = _stream_fingerprint(fingerprint(records), len(mix), int(seed), batch_size,
+                             shard_index, shard_count, cfg.patch_size, cfg.augment,
+                             cfg.crop_base, cfg.repeats)
     return TrainIterator(batches, records=records, epoch_size=len(mix), local_batch_size=local_bs,
                        shard_count=shard_count, fingerprint=fp, worker_count=workers,
-                       worker_buffer_size=int(cfg["worker_buffer_size"]),
-                       read_threads=int(cfg["read_threads"]), scan=scan)
+                       worker_buffer_size=int(cfg.worker_buffer_size),
+                       read_threads=int(cfg.read_threads), scan=scan)
 
 
 def _eval_element(item: dict[str, Any], task_id: int) -> dict[str, Any]:
-    return {"degraded": readers.to_float01(item["degraded"]),
-            "clean": readers.to_float01(item["clean"]),
+    return {"degraded": to_float01(item["degraded"]),
+            "clean": to_float01(item["clean"]),
             "task_id": np.int32(task_id), "sigma": np.float32(item["sigma"]), "name": item["name"]}
 
 
@@ -415,13 +426,13 @@ def make_eval_sets(data_cfg: Any,
     Returns:
       ``{name: MapDataset}`` whose elements are ``{"degraded", "clean": (H, W, 3) float32 in
       [0, 1], cropped to multiples of ``data.crop_base``; "task_id": int32; "sigma": float32;
-      "name": file name}``. Noisy inputs follow the seeded protocol of :mod:`readers`.
+      "name": file name}``. Noisy inputs follow the seeded protocol of :mod:`irpo_jax.data.eval_sets`.
     """
     import functools
 
     out = {}
-    for name, es in readers.eval_sets(data_cfg, names).items():
-        task_id = readers.TASK_IDS[es.task]
+    for name, es in eval_sets(data_cfg, names).items():
+        task_id = TASK_IDS[es.task]
         to_float = functools.partial(_eval_element, task_id=task_id)
         out[name] = grain.MapDataset.source(es).map(to_float)
     return out

@@ -44,14 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from irpo_jax.data import archives
-from irpo_jax.data.readers import (
-    OFFICIAL_REPEATS,
-    OFFICIAL_SIGMAS,
-    DataError,
-    eval_sets,
-    train_records,
-)
+from irpo_jax.data.config import OFFICIAL_REPEATS
+from irpo_jax.data.eval_sets import eval_sets
+from irpo_jax.data.images import OFFICIAL_SIGMAS
+from irpo_jax.data.records import DataError
 from irpo_jax.data.releases import RELEASES, Found, Release, releases_by_unit
+from irpo_jax.data.train_set import train_records
 
 __all__ = ["MARKER", "CheckRow", "ReleaseResult", "check", "format_report", "main", "prepare"]
 
@@ -60,8 +58,8 @@ log = logging.getLogger(__name__)
 MARKER = ".prepared.json"  # inside every unit prepare laid out: what it holds and from where
 _KIND = "irpo-jax-prepared-unit"
 _STAGING = ".prepare-staging"  # inside a staging folder until it is complete
-LIST_DIR = "data_dir"  # AdaIR's list files, where readers.default_data_config looks first
-# The training unit of each task (readers.default_data_config's train_dirs).
+LIST_DIR = "data_dir"  # AdaIR's list files, where config.default_data_config looks first
+# The training unit of each task (config.default_data_config's train_dirs).
 TRAIN_UNITS = {"denoise": "Train/Denoise", "derain": "Train/Derain", "dehaze": "Train/Dehaze",
                "deblur": "Train/Deblur", "lowlight": "Train/Enhance"}
 
@@ -355,7 +353,7 @@ def check(root: str | os.PathLike, *, tasks: Sequence[str] | None = None, sets: 
       root: the data root (``Train/``, ``test/``, ``data_dir/``).
       tasks: training tasks to check (default: the five); ``()`` for none.
       sets: evaluation sets to check (default: the five in-domain and the five out-of-domain).
-      validate: the training scan (``readers.train_records``): "header", "decode" or "none".
+      validate: the training scan (``train_set.train_records``): "header", "decode" or "none".
       expected: sizes to check instead of the published ones, by task or set name.
     """
     root = Path(root).expanduser().absolute()

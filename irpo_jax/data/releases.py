@@ -4,7 +4,7 @@ Every training set, test set and out-of-domain set that ``configs/allinone5.py``
 :class:`Release`: its published size, where it is published, what it looks like once downloaded
 (the folders and file names a recogniser looks for in :func:`irpo_jax.data.archives.scan`'s
 virtual paths, so it is found packed or extracted, under any parent folders), and where its files
-go in the AdaIR layout (adair-spec.md section 10; :mod:`irpo_jax.data.readers`). Files keep their
+go in the AdaIR layout (adair-spec.md section 10; :mod:`irpo_jax.data.train_set`). Files keep their
 bytes; only their folders and, where AdaIR's layout renames them, their names change.
 
 Sources of each structure (``confirmed`` says whether the structure was seen in public code or
@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
 from irpo_jax.data.archives import Member, archive_kind
-from irpo_jax.data.readers import IMAGE_EXTENSIONS
+from irpo_jax.data.records import IMAGE_EXTENSIONS
 
 __all__ = ["RELEASES", "UNITS", "Found", "Release", "releases_by_unit"]
 
@@ -87,7 +87,7 @@ class Release:
       confirmed: whether its download's structure was seen in public code or documentation.
       find: the recogniser.
       list_file: the AdaIR list file it writes lines to (relative to ``data_dir``), if any.
-      eval_set: the evaluation set (``readers.TEST_SETS``) it is, if it is one.
+      eval_set: the evaluation set (``irpo_jax.tasks.TEST_SETS``) it is, if it is one.
     """
 
     name: str

@@ -35,7 +35,6 @@ _EXPORTS = {
     "open_reward_bridge": ("remote", "open_reward_bridge"),
     "EPS": ("task", "EPS"),
     "LUMA_WEIGHTS": ("task", "LUMA_WEIGHTS"),
-    "TASKS": ("task", "TASKS"),
     "TASK_REWARDS": ("task", "TASK_REWARDS"),
     "grad_magnitude": ("task", "grad_magnitude"),
     "luminance": ("task", "luminance"),

@@ -86,7 +86,7 @@ class RewardComponent:
         arrive from the reward process, :mod:`irpo_jax.rewards.remote`).
       raw: what the raw score is, for error messages and docs.
       fn: for JAX components, ``fn(degraded, restored, clean, task_ids) -> (B,)`` raw scores with
-        images ``(B, H, W, 3)`` in [0, 1] and ``task_ids`` ``(B,)`` indices into ``TASKS``.
+        images ``(B, H, W, 3)`` in [0, 1] and ``task_ids`` ``(B,)`` indices into ``irpo_jax.tasks.TASKS``.
     """
 
     name: str
@@ -278,7 +278,7 @@ def jax_reward_scores(
       degraded: ``(B, H, W, 3)`` inputs in [0, 1].
       restored: ``(B, H, W, 3)`` rollouts in [0, 1].
       clean: ``(B, H, W, 3)`` targets in [0, 1].
-      task_ids: ``(B,)`` int, index into ``irpo_jax.rewards.TASKS``.
+      task_ids: ``(B,)`` int, index into ``irpo_jax.tasks.TASKS``.
       names: JAX components to compute.
 
     Returns:

@@ -59,10 +59,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from irpo_jax.tasks import TASKS
+
 __all__ = [
     "EPS",
     "LUMA_WEIGHTS",
-    "TASKS",
     "TASK_REWARDS",
     "luminance",
     "sobel",
@@ -82,8 +83,6 @@ EPS = 1e-6  # the paper's epsilon (Appendix B, notation)
 MAG_EPS = 1e-12  # inside the square root of M(Z); keeps M and its gradient finite at G = 0
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Y = 0.299 R + 0.587 G + 0.114 B (Rec. 601)
 
-# Index = task id, as used by task_reward_by_id and the data pipeline.
-TASKS = ("denoise", "derain", "dehaze", "deblur", "lowlight")
 
 
 def _clip01(t: jax.Array) -> jax.Array:
@@ -336,7 +335,7 @@ def task_reward_by_id(task_ids: jax.Array, restored: jax.Array, clean: jax.Array
     one reward.
 
     Args:
-      task_ids: ``(B,)`` integers, index into ``TASKS``.
+      task_ids: ``(B,)`` integers, index into ``irpo_jax.tasks.TASKS`` (the task ids).
       restored: ``(B, H, W, 3)`` in [0, 1].
       clean: ``(B, H, W, 3)`` in [0, 1].
 

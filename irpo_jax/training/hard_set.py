@@ -21,6 +21,7 @@ default) or every mined pair once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from typing import Any
@@ -28,7 +29,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from irpo_jax.data import readers
+from irpo_jax.data.config import DataConfig, resolve_data_config
+from irpo_jax.data.manifest import mined_by, mining_settings, read_manifest
+from irpo_jax.data.records import DataError
 from irpo_jax.training import TrainingError
 
 log = logging.getLogger("irpo_jax.train")
@@ -37,8 +40,8 @@ MINED = "mined.jsonl"  # the hard set a run mines, in its workdir
 EVERY_PAIR = "all"  # data.manifest value: no hard set
 
 
-def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
-    """The data config the run's training iterator reads (a plain dict, ``data.manifest`` resolved).
+def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, progress: bool = True) -> DataConfig:
+    """The data config the run's training iterator reads, resolved once (``data.manifest`` resolved).
 
     GRPO: mines ``<workdir>/mined.jsonl`` first when ``data.manifest`` is empty (every process
     takes part; the manifest is written by process 0 and read by all), checks a given manifest
@@ -49,30 +52,25 @@ def training_data(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *, prog
       TrainingError: a manifest mined by another model, or mining settings that changed.
       DataError: data problems (from the readers), naming the path.
     """
-    data = readers.resolve_config(cfg.data)
-    manifest = str(data["manifest"] or "")
+    data = resolve_data_config(cfg.data)
+    manifest = str(data.manifest or "")
     if manifest == EVERY_PAIR:
-        data["manifest"] = ""
+        data = dataclasses.replace(data, manifest="")
     elif cfg.train.stage == "grpo" and not manifest:
         if cfg.model.init_from:  # (without one, building the model says what to do)
-            data["manifest"] = str(_mine(cfg, workdir, progress))
+            data = dataclasses.replace(data, manifest=str(_mine(cfg, data, workdir, progress)))
     elif cfg.train.stage == "grpo":
         _check_model(cfg, pathlib.Path(manifest), what=f"data.manifest {manifest}")
     if cfg.train.stage == "grpo" and not cfg.grpo.task_repeats:
-        data["repeats"] = {task: 1 for task in data["repeats"]}
+        data = dataclasses.replace(data, repeats={task: 1 for task in data.repeats})
     return data
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The run's mining settings, keyed as :func:`~irpo_jax.data.manifest.mining_settings` decodes a header."""
     m = cfg.mining
     return {"fraction": float(m.fraction), "selection": str(m.selection), "rank_by": str(m.rank_by),
             "crop": int(m.crop), "seed": int(cfg.seed)}  # fmt: skip
-
-
-def _recorded(header: dict[str, Any]) -> dict[str, Any]:
-    sel, measure = header.get("selection", {}), header.get("measure", {})
-    return {"fraction": sel.get("fraction"), "selection": sel.get("mode"), "rank_by": sel.get("rank_by"),
-            "crop": measure.get("crop"), "seed": sel.get("seed")}  # fmt: skip
 
 
 def _model_identity(checkpoint: pathlib.Path) -> dict[str, Any]:
@@ -83,14 +81,14 @@ def _model_identity(checkpoint: pathlib.Path) -> dict[str, Any]:
 
 def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what: str) -> dict[str, Any]:
     """The manifest's header, after checking that ``model.init_from`` mined it."""
-    header, _ = readers.read_manifest(manifest)
+    header, _ = read_manifest(manifest)
     if not cfg.model.init_from or cfg.mining.allow_other_model:
         return header
-    mined_by = header.get("model") or {}
+    model = mined_by(header)
     mine_id = _model_identity(pathlib.Path(cfg.model.init_from))["id"]
-    if mined_by.get("id") != mine_id:
+    if model.get("id") != mine_id:
         raise TrainingError(
-            f"{what} was mined by the model {mined_by.get('checkpoint')} (id {mined_by.get('id')}), but this run "
+            f"{what} was mined by the model {model.get('checkpoint')} (id {model.get('id')}), but this run "
             f"starts from model.init_from={cfg.model.init_from} (id {mine_id}): the hard set is the pairs the "
             "starting model restores worst. Leave data.manifest empty to mine it with this model, mine again "
             "(python -m irpo_jax.mine --checkpoint <init_from> ...), or set mining.allow_other_model=True to use it anyway."
@@ -98,14 +96,15 @@ def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what
     return header
 
 
-def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool) -> pathlib.Path:
-    """``<workdir>/mined.jsonl``, mined now unless an earlier invocation of this run did."""
+def _mine(cfg: ml_collections.ConfigDict, data: DataConfig, workdir: pathlib.Path, progress: bool) -> pathlib.Path:
+    """``<workdir>/mined.jsonl``, mined now (on ``data``, the run's resolved data config) unless an
+    earlier invocation of this run did."""
     from irpo_jax import mine
 
     out = (workdir / MINED).absolute()
     if out.exists():
         header = _check_model(cfg, out, what=f"{out} (this run's hard set)")
-        recorded, wanted = _recorded(header), _settings(cfg)
+        recorded, wanted = mining_settings(header), _settings(cfg)
         changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
         if changed:
             diffs = ", ".join(f"{k}: {recorded.get(k)} -> {wanted[k]}" for k in changed)
@@ -122,10 +121,10 @@ def _mine(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool)
           f"{s['rank_by']} ({images}) -> {out}")
     kwargs = dict(fraction=s["fraction"], selection=s["selection"], rank_by=s["rank_by"], crop=s["crop"],
                   batch_size=int(cfg.mining.batch_size), seed=s["seed"], progress=progress)  # fmt: skip
-    data = readers.resolve_config(cfg.data) | {"manifest": ""}
+    data = dataclasses.replace(data, manifest="")
     try:
         result = mine.mine(data, cfg.model.init_from, out, resume=True, **kwargs)
-    except readers.DataError as err:
+    except DataError as err:
         partials = [p for p in out.parent.glob(out.name + ".partial*.jsonl") if p.is_file()]
         if not partials:
             raise

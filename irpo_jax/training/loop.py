@@ -338,7 +338,7 @@ class _Run:
         if not (t.eval_at_end or t.eval_every):
             return
         try:
-            readers.eval_sets(self.cfg.data)
+            readers.eval_sets(self.data_cfg)
         except readers.DataError as err:
             raise TrainingError(f"{err}\n(the run evaluates on data.eval_sets; fix them, choose others with "
                                 "--config.data.eval_sets, or set train.eval_at_end=False and train.eval_every=0)") from err

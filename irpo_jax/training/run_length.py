@@ -13,25 +13,29 @@ from typing import Any
 
 import ml_collections
 
-from irpo_jax.data import readers
+from irpo_jax.data.config import resolve_data_config
+from irpo_jax.data.records import Record
+from irpo_jax.data.train_set import mixture_indices
 from irpo_jax.grpo.losses import linear_anneal
 from irpo_jax.training.optimizer import learning_rate, updates_per_batch
 
 
-def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[readers.Record], total_steps: int,
+def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record], total_steps: int,
              epoch_size: int) -> tuple[str, dict[str, Any]]:
     """The run's length and schedules as printable lines and as a record (``summary.json``'s ``plan``).
 
     Args:
       cfg: the run's config.
-      data_cfg: the data config the training iterator reads (manifest resolved).
+      data_cfg: the data config the training iterator reads (manifest resolved; a ``DataConfig``
+        as ``hard_set.training_data`` returns it, or a dict).
       records: the training records (the hard set in GRPO), as the iterator holds them.
       total_steps: the run's optimizer steps.
       epoch_size: samples per epoch (the mixture's length).
     """
     t = cfg.train
+    data_cfg = resolve_data_config(data_cfg)
     pairs = collections.Counter(r.task for r in records)
-    samples = collections.Counter(records[i].task for i in readers.mixture_indices(records, data_cfg))
+    samples = collections.Counter(records[i].task for i in mixture_indices(records, data_cfg))
     per_task = {task: {"pairs": pairs[task], "samples": samples[task],
                        "repeats": round(samples[task] / pairs[task], 3) if pairs[task] else 0}
                 for task in pairs}  # fmt: skip
@@ -44,7 +48,7 @@ def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[reader
         "updates_per_batch": per_batch, "per_task": per_task, "lr": {"schedule": cfg.optim.schedule, "first": lr[0],
         "last": lr[1], "head_lr_mult": float(cfg.optim.head_lr_mult)},
     }  # fmt: skip
-    what = "the hard set" if cfg.train.stage == "grpo" and data_cfg.get("manifest") else "every pair"
+    what = "the hard set" if cfg.train.stage == "grpo" and data_cfg.manifest else "every pair"
     how = f"train.steps={t.steps}" if t.steps else f"train.epochs={t.epochs:g}"
     lines = [
         f"run length: {total_steps:,} optimizer steps = {epochs:.4g} epochs of {epoch_size:,} samples at batch "
