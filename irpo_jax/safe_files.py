@@ -64,6 +64,8 @@ def _create(path: pathlib.Path) -> pathlib.Path:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # only a random suffix colliding (same process and thread)
             continue
+        except OSError as e:  # name the file the caller asked for, not the temporary one
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         return tmp
     raise FileExistsError(17, "no free temporary name", str(path))
 

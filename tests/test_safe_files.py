@@ -32,10 +32,9 @@ def test_writes_text_bytes_and_json(tmp_path):
 def test_an_exception_mid_write_keeps_the_old_content_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "config.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        with safe_files.atomic_open(target) as f:
-            f.write("half of the new")
-            raise RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError, match="disk on fire"), safe_files.atomic_open(target) as f:
+        f.write("half of the new")
+        raise RuntimeError("disk on fire")
     assert target.read_text() == "old"
     assert _names(tmp_path) == ["config.json"]
 
@@ -128,3 +127,9 @@ def test_safe_files_imports_nothing_from_the_package():
     with open(source) as f:
         text = f.read()
     assert "from irpo_jax" not in text and "import irpo_jax" not in text
+
+
+def test_a_folder_that_refuses_the_file_is_an_os_error_naming_the_target(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        safe_files.atomic_write_text(tmp_path / "missing" / "x.json", "1")
+    assert e.value.filename == str(tmp_path / "missing" / "x.json")
