@@ -140,10 +140,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
+    from irpo_jax import safe_files
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    safe_files.atomic_write_json(path, value, indent=1, sort_keys=True)
 
 
 def _config(s: Settings, stage: str = "grpo", extra: str = ""):

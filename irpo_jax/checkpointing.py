@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from irpo_jax import safe_files
 from irpo_jax.models import adair
 
 MODEL_FORMAT = "irpo-jax-model"
@@ -88,10 +88,8 @@ def atomic_directory(dst: pathlib.Path) -> Iterator[pathlib.Path]:
     ``dst`` must not exist when the block ends (callers decide about overwriting first).
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
+    tmp = safe_files.partial_name(dst)
+    tmp.mkdir(0o777)  # the mode mkdir gives an ordinary directory under the umask (mkdtemp's is private)
     try:
         yield tmp
         os.replace(tmp, dst)
