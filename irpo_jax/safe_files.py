@@ -19,6 +19,9 @@ house rules, written once here:
   A killed writer leaves its temporary file; :func:`remove_partial_files` deletes those whose
   process is gone (or, for a caller that holds the folder's lock, all of them).
 
+A folder written whole (a model directory, a page) is built in a temporary sibling of the same
+name pattern and renamed into place: :func:`atomic_directory`.
+
 This module imports nothing from the package (it is the ground floor every layer may use).
 """
 
@@ -30,6 +33,7 @@ import os
 import pathlib
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -129,6 +133,23 @@ def atomic_write_text(path: os.PathLike | str, text: str) -> None:
 def atomic_write_json(path: os.PathLike | str, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
     """Writes ``json.dumps(value, indent=indent, sort_keys=sort_keys)`` and a newline, whole or not at all."""
     atomic_write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield a fresh temporary directory beside ``dst``; move it to ``dst`` only on success.
+
+    ``dst`` must not exist when the block ends (callers decide about overwriting first).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(dst)
+    tmp.mkdir(0o777)  # the mode mkdir gives an ordinary directory under the umask (mkdtemp's is private)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
