@@ -69,9 +69,14 @@ def _create(path: pathlib.Path) -> pathlib.Path:
         except FileExistsError:  # only a random suffix colliding (same process and thread)
             continue
         except OSError as e:  # name the file the caller asked for, not the temporary one
-            raise type(e)(e.errno, e.strerror, str(path)) from e
+            raise _naming(e, path) from e
         return tmp
     raise FileExistsError(17, "no free temporary name", str(path))
+
+
+def _naming(err: OSError, path: pathlib.Path) -> OSError:
+    """``err`` (same type, errno and reason) naming ``path``."""
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def _fsync(path: pathlib.Path) -> None:
@@ -96,6 +101,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[pathlib.Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename not in (str(tmp), tmp) or e.errno is None:
+            raise
+        raise _naming(e, path) from e  # the file the caller asked for, not the temporary one
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

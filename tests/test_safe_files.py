@@ -133,3 +133,11 @@ def test_a_folder_that_refuses_the_file_is_an_os_error_naming_the_target(tmp_pat
     with pytest.raises(FileNotFoundError) as e:
         safe_files.atomic_write_text(tmp_path / "missing" / "x.json", "1")
     assert e.value.filename == str(tmp_path / "missing" / "x.json")
+
+
+def test_a_write_error_names_the_target(tmp_path):
+    target = tmp_path / "x.pth"
+    with pytest.raises(OSError) as e, safe_files.atomic_path(target) as tmp:
+        raise OSError(28, "No space left on device", str(tmp))
+    assert e.value.errno == 28 and e.value.filename == str(target)
+    assert _names(tmp_path) == []
