@@ -147,10 +147,10 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _config(s: Settings, stage: str = "grpo", extra: str = ""):
-    from irpo_jax import config_lib
+    from irpo_jax import cli
 
     arg = ",".join(p for p in (("supervised" if stage == "supervised" else ""), s.variant.strip(","), extra) if p)
-    return config_lib.load_config(str(_REPO / CONFIG) + (f":{arg}" if arg else ""))
+    return cli.load_config(str(_REPO / CONFIG) + (f":{arg}" if arg else ""))
 
 
 def metrics_of(workdir: Path) -> list[dict[str, Any]]:
