@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -164,7 +165,14 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_INSTALLED_BY: list[int] = []  # the process that installed the handler (a forked child inherits it)
+
+
 def _raise_terminated(signum, frame):
+    if os.getpid() not in _INSTALLED_BY:  # a forked worker: die of the signal, as it would have
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated
 
 
@@ -175,9 +183,11 @@ def sigterm_raises() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _INSTALLED_BY.append(os.getpid())
     try:
         yield
     finally:
+        _INSTALLED_BY.pop()
         signal.signal(signal.SIGTERM, previous)
 
 

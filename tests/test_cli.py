@@ -132,3 +132,19 @@ def test_setup_logging_formats(capsys):
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+def test_a_forked_child_dies_of_sigterm_as_before():
+    """Workers forked during set-up inherit the handler; they die of the signal, with no traceback."""
+    with cli.sigterm_raises():
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                import time
+
+                time.sleep(30)
+            finally:
+                os._exit(7)  # reached only if the signal was turned into an exception
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
