@@ -425,7 +425,7 @@ def to_flax(
         message names the path).
       CheckpointReadError, ConversionError: an unreadable or non-AdaIR checkpoint.
     """
-    from irpo_jax import checkpointing, destinations
+    from irpo_jax import destinations, safe_files
     from irpo_jax.models import convert
 
     src, dst = pathlib.Path(src), pathlib.Path(dst).absolute()
@@ -475,7 +475,7 @@ def to_flax(
             )
     try:
         if action == "new":
-            with checkpointing.atomic_directory(dst) as tmp:
+            with safe_files.atomic_directory(dst) as tmp:
                 manifest = _write_conversion(tmp, model, manifest)
         else:  # "empty" or "replace": in place, so that dst keeps its identity
             old_files = _read_manifest(dst)["files"] if action == "replace" else None
