@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irpo_jax import cli, destinations
+from irpo_jax.training import TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/allinone5.py[:variant].",
                                           lock_config=True)
@@ -52,11 +53,9 @@ def main(argv: list[str]) -> int:
     def workdir_error(e: OSError) -> str | None:  # the workdir refused a write the check could not foresee
         return f"{destinations.os_error_line(e)} (in --workdir {workdir})" if _within(e.filename, workdir) else None
 
-    from irpo_jax import trainer
-
     return cli.main_errors(
-        lambda: _train(cfg, workdir),
-        (trainer.TrainingError, ValueError),  # ValueError: data/config errors raised with a message for people
+        lambda: _train(cfg, workdir),  # imports the trainer (jax: seconds) where SIGTERM is one line too
+        (TrainingError, ValueError),  # ValueError: data/config errors raised with a message for people
         os_error=workdir_error,
         # SIGINT/SIGTERM outside the loop's own handling: mining the hard set, loading data
         resume="the same command resumes from the last checkpoint (a hard set being mined continues from its "
