@@ -140,17 +140,17 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
+    from irpo_jax import safe_files
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    safe_files.atomic_write_json(path, value, indent=1, sort_keys=True)
 
 
 def _config(s: Settings, stage: str = "grpo", extra: str = ""):
-    from irpo_jax import config_lib
+    from irpo_jax import cli
 
     arg = ",".join(p for p in (("supervised" if stage == "supervised" else ""), s.variant.strip(","), extra) if p)
-    return config_lib.load_config(str(_REPO / CONFIG) + (f":{arg}" if arg else ""))
+    return cli.load_config(str(_REPO / CONFIG) + (f":{arg}" if arg else ""))
 
 
 def metrics_of(workdir: Path) -> list[dict[str, Any]]:

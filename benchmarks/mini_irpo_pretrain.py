@@ -96,9 +96,10 @@ def para1_magnitudes(state_dict) -> dict[str, dict[str, float]]:
 def _save_atomic(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from irpo_jax import safe_files
+
+    with safe_files.atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", patch: int = 64,

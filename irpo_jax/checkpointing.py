@@ -14,14 +14,11 @@ renamed into place at the end, so an interrupted write never leaves a half-writt
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -30,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from irpo_jax.models import adair
+from irpo_jax.safe_files import atomic_directory  # noqa: F401 - its callers import it from here too
 
 MODEL_FORMAT = "irpo-jax-model"
 MODEL_FORMAT_VERSION = 1
@@ -79,25 +77,6 @@ def params_sha256(model: nnx.Module) -> str:
         h.update(f"{jax.tree_util.keystr(path)} {a.dtype.str} {a.shape}\0".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_directory(dst: pathlib.Path) -> Iterator[pathlib.Path]:
-    """Yield a fresh temporary directory beside ``dst``; move it to ``dst`` only on success.
-
-    ``dst`` must not exist when the block ends (callers decide about overwriting first).
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_model(directory: pathlib.Path, model: nnx.Module, extra_files: Mapping[str, Any] | None = None) -> None:

@@ -195,17 +195,8 @@ def parse_arg(arg: str | None) -> tuple[str | None, str | None]:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load ``path/to/config.py[:arg]`` the way ``--config`` does (for CLIs other than train and tests)."""
-    import importlib.util
-    import pathlib
+    """Load ``path/to/config.py[:arg]`` the way ``--config`` does: :func:`irpo_jax.cli.load_config`
+    (kept here for the callers that import it from this module)."""
+    from irpo_jax import cli
 
-    path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {file} does not exist (expected e.g. configs/allinone5.py)")
-    module_spec = importlib.util.spec_from_file_location(f"_irpo_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {file} has no get_config(arg=None) function")
-    return module.get_config(arg or None)
+    return cli.load_config(spec)

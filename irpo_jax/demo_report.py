@@ -16,7 +16,7 @@ import json
 import pathlib
 import sys
 
-from irpo_jax import evaluate
+from irpo_jax import cli, evaluate
 from irpo_jax.metrics_log import read_metrics
 
 
@@ -105,9 +105,9 @@ def report(runs: pathlib.Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    runs = pathlib.Path(argv[0] if argv else "runs")
-    print(report(runs))
+    p = cli.ArgumentParser(prog="python -m irpo_jax.demo_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="?", default="runs", help="the demo's runs folder (default runs)")
+    print(report(pathlib.Path(p.parse_args(argv).runs)))
     return 0
 
 

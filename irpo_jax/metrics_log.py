@@ -21,15 +21,15 @@ import math
 import os
 import pathlib
 import struct
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from irpo_jax import safe_files
+
 _EVENTS = "events.out.tfevents"
 _WRITERS = itertools.count()  # event files opened by this process
-_PARTIAL = ".partial-"  # a rewrite in progress (no "tfevents" in the name: TensorBoard skips it)
 
 
 class MetricWriter:
@@ -152,9 +152,7 @@ def _truncate_jsonl(path: pathlib.Path, keep_through_step: int) -> None:
     raw = path.read_bytes()
     kept = b"".join(line for line, record in _jsonl_records(raw) if _keep(record["step"], keep_through_step))
     if kept != raw:
-        from irpo_jax.training.workdir import atomic_write_text
-
-        atomic_write_text(path, kept.decode())
+        safe_files.atomic_write_bytes(path, kept)
 
 
 def _tfrecords(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -183,8 +181,7 @@ def _truncate_events(tb_dir: pathlib.Path, keep_through_step: int) -> None:
 
     if not tb_dir.is_dir():
         return
-    for leftover in tb_dir.glob(f"{_PARTIAL}*"):
-        leftover.unlink(missing_ok=True)
+    safe_files.remove_partial_files(tb_dir, max_age_s=0)  # under the workdir's lock: every writer is gone
     for path in sorted(tb_dir.glob(f"{_EVENTS}*")):
         raw = path.read_bytes()
         kept, events = [], 0
@@ -196,15 +193,7 @@ def _truncate_events(tb_dir: pathlib.Path, keep_through_step: int) -> None:
         if not events:
             path.unlink()
         elif len(b"".join(kept)) != len(raw):
-            fd, tmp = tempfile.mkstemp(prefix=_PARTIAL, dir=tb_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"".join(kept))
-                f.flush()
-                os.fsync(f.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, path)
+            safe_files.atomic_write_bytes(path, b"".join(kept))
 
 
 # Short names in panel captions (tiles are 32-128 pixels wide; the bitmap font is 6 pixels a character).

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from irpo_jax import cli, safe_files
+
 __all__ = ["ReproductionError", "compare_with_expected", "main"]
 
 FIVE_TASK = ("sots", "rain100l", "bsd68_s25", "gopro", "lol")
@@ -193,8 +195,8 @@ class _Recipe:
             if not record.is_file():
                 rows = {r: [results["rows"][r]["psnr"], results["rows"][r]["ssim"]] for r in FIVE_TASK}
                 avg = [sum(v[i] for v in rows.values()) / len(rows) for i in (0, 1)]
-                record.write_text(json.dumps({"source": f"the demo's first evaluation ({self.eval_a})",
-                                              "rows": rows, "average": avg}, indent=1) + "\n")
+                safe_files.atomic_write_json(record, {"source": f"the demo's first evaluation ({self.eval_a})",
+                                                      "rows": rows, "average": avg}, indent=1)
                 print(f"== recorded the demo's expected numbers in {record}", flush=True)
             expected = json.loads(record.read_text())
         else:
@@ -204,11 +206,9 @@ class _Recipe:
             print(line, flush=True)
 
     def mine_step(self) -> None:
-        from irpo_jax import config_lib
-
         if self.mined.is_file() and not Path(str(self.mined) + ".partial.jsonl").exists():
             return self.skip("mine", f"{self.mined} holds the hard set")
-        m = config_lib.load_config(self.config).mining
+        m = cli.load_config(self.config).mining
         self.run("mine", ["irpo_jax.mine", "--checkpoint", str(self.adair), "--config", self.config,
                           "--data_root", str(self.data), "--out", str(self.mined), "--fraction", str(m.fraction),
                           "--crop", str(m.crop), "--no_progress"])
@@ -241,7 +241,7 @@ class _Recipe:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m irpo_jax.reproduce", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m irpo_jax.reproduce", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--downloads", help="folder with the downloaded data sets (prepare --downloads)")
     p.add_argument("--checkpoint", help="the official adair5d.ckpt (converted with --verify)")
@@ -264,12 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.variant = "demo"
     if args.demo and args.sets == DEFAULT_SETS:
         args.sets = "sots,rain100l,bsd68,gopro,lol"  # the demo set has no out-of-domain sets
-    try:
-        _Recipe(args)()
-    except ReproductionError as err:
-        print(f"reproduce: stopped: {err}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return cli.main_errors(lambda: _Recipe(args)() or 0, (ReproductionError,), prefix="reproduce: stopped: ",
+                           resume="rerun the same command: finished steps are skipped")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ chains see the run as unfinished.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import signal
@@ -24,10 +23,10 @@ import sys
 from typing import Any
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from irpo_jax import destinations
+from irpo_jax import cli, destinations
+from irpo_jax.training import TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/allinone5.py[:variant].",
                                           lock_config=True)
@@ -39,46 +38,38 @@ _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Checkpoint and leave aft
 
 def main(argv: list[str]) -> int:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
-    from irpo_jax import trainer
-
+    cli.setup_logging(timestamps=True)
     cfg = _CONFIG.value
     try:
         cfg is None or cfg.name  # noqa: B018 - a file that failed to load raises on first use
     except OSError as e:
-        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-        reason = reason.rpartition("failure to load: ")[2]  # ml_collections' wrapper says nothing more
-        print(f"error: --config: {reason}; --config takes a .py file with get_config(), "
-              "e.g. configs/allinone5.py", file=sys.stderr)
+        print(f"error: {cli.config_error_line(e)}", file=sys.stderr)
         return 2
     if cfg is None:
         print("error: --config is required, e.g. --config configs/allinone5.py", file=sys.stderr)
         return 2
     workdir = pathlib.Path(_WORKDIR.value or f"runs/{cfg.name}")
-    try:  # before the data and the model are loaded, which can take minutes
-        destinations.check_directory(workdir, "--workdir")
-    except destinations.DestinationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+    def workdir_error(e: OSError) -> str | None:  # the workdir refused a write the check could not foresee
+        return f"{destinations.os_error_line(e)} (in --workdir {workdir})" if _within(e.filename, workdir) else None
+
+    return cli.main_errors(
+        lambda: _train(cfg, workdir),  # imports the trainer (jax: seconds) where SIGTERM is one line too
+        (TrainingError, ValueError),  # ValueError: data/config errors raised with a message for people
+        os_error=workdir_error,
+        # SIGINT/SIGTERM outside the loop's own handling: mining the hard set, loading data
+        resume="the same command resumes from the last checkpoint (a hard set being mined continues from its "
+        "partial file)",
+    )
+
+
+def _train(cfg: Any, workdir: pathlib.Path) -> int:
+    """Checks the workdir, runs the trainer, prints where its outputs are; the exit status."""
+    from irpo_jax import trainer
+
+    destinations.check_directory(workdir, "--workdir")  # before the data and the model are loaded (minutes)
     print(f"workdir: {workdir}  (stage {cfg.train.stage}, model {cfg.model.variant}, data {cfg.data.root})")
-    try:
-        summary = trainer.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
-    except trainer.TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:  # data/config errors raised with a message for people
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # outside the loop's own handling: mining the hard set, loading data
-        print("error: interrupted (Ctrl-C); the same command resumes from the last checkpoint (a hard set "
-              "being mined continues from its partial file)", file=sys.stderr)  # fmt: skip
-        return 128 + signal.SIGINT.value
-    except OSError as e:  # the workdir refused a write the check above could not foresee (disk full)
-        if not _within(e.filename, workdir):
-            raise
-        print(f"error: {destinations.os_error_line(e)} (in --workdir {workdir})", file=sys.stderr)
-        return 1
+    summary = trainer.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
     print(f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
           f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}")
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,32 +88,20 @@ def _within(filename: Any, workdir: pathlib.Path) -> bool:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error instead of a traceback for a mistyped flag,
-    config file, variant or config override (``--config.optim.lrr=1``)."""
+    config file, variant or config override (``--config.optim.lrr=1``); kebab-case flags are
+    respelled with a note (:mod:`irpo_jax.cli`)."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(argv[:1] + cli.snake_case_flags(argv[1:], list(flags.FLAGS), "python -m irpo_jax.train"))
     except (AttributeError, KeyError) as e:  # an override of a field the config does not have
         detail: Any = e
         while isinstance(detail, BaseException) and detail.args:  # ml_collections nests a KeyError
             detail = detail.args[0]
         detail = str(detail)
         message = "no such config field " + " ".join(line.strip() for line in detail.splitlines())
-    except SyntaxError as e:  # the config file is not Python (a JSON file, a typo)
-        message = (f"--config {e.filename}: not a valid Python config file ({e.msg}, line {e.lineno}); "
-                   "--config takes a .py file with get_config(), e.g. configs/allinone5.py")
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever loading the config file raised
-        message = _one_line(str(e)) or type(e).__name__
+        message = cli.config_error_line(e)
     print(f"error: {message}\n(python -m irpo_jax.train --helpfull lists the flags)", file=sys.stderr)
     sys.exit(2)
-
-
-def _one_line(message: str) -> str:
-    """A config file's error arrives with its traceback as text: keep what precedes it and the
-    exception's last line."""
-    head, marker, trace = message.partition("Traceback (most recent call last):")
-    lines = [line.strip() for line in (trace if marker else message).splitlines() if line.strip()]
-    if marker:
-        lines = [head.strip(), lines[-1]] if lines else [head.strip()]
-    return " ".join(line for line in lines if line)
 
 
 if __name__ == "__main__":

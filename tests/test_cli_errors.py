@@ -93,6 +93,41 @@ def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(train_cli, tmp_path, c
     assert "the same command resumes" in one_line(capsys)
 
 
+def test_sigterm_outside_the_loop_is_one_line_and_exit_143(train_cli, tmp_path, capsys, monkeypatch):
+    """A SIGTERM during set-up (here: the trainer before its loop) says how to resume, as Ctrl-C does."""
+    import os
+    import signal
+    import time
+
+    from irpo_jax import trainer
+
+    def terminated(cfg, wd, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises before this ends
+
+    monkeypatch.setattr(trainer, "run", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run") == 143
+    assert one_line(capsys).startswith("error: stopped by SIGTERM; the same command resumes")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_kebab_case_flags_still_work_with_a_note(train_cli, tmp_path, capsys, monkeypatch):
+    from irpo_jax import trainer
+
+    seen = {}
+
+    def record(cfg, wd, **kwargs):
+        seen.update(kwargs)
+        return {"steps": 1, "total_steps": 1, "stop": "finished"}
+
+    monkeypatch.setattr(trainer, "run", record)
+    assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run", "--stop-after", "1", "--no-progress") == 0
+    assert seen == {"progress": False, "stop_after": 1}
+    err = capsys.readouterr().err
+    assert "note: --stop-after is now spelled --stop_after" in err and "--no-progress is now spelled --noprogress" in err
+
+
 def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
     """An OSError outside the workdir is not the workdir's fault: it is raised, not reworded."""
     from irpo_jax import trainer

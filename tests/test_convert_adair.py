@@ -58,7 +58,7 @@ def test_load_model_reproduces_the_golden_output(converted, tiny_dir):
 @pytest.mark.filterwarnings("error::UserWarning")  # torch.from_numpy on a read-only JAX view warns
 def test_round_trip_to_torch_is_bit_exact_and_strict_loadable(converted, tiny_dir, tmp_path):
     out = tmp_path / "back.pth"
-    assert convert("--to-torch", converted, out) == 0
+    assert convert("--to_torch", converted, out) == 0
     original = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
     back = torch.load(out, weights_only=True)
     assert list(back) == list(original)
@@ -66,6 +66,12 @@ def test_round_trip_to_torch_is_bit_exact_and_strict_loadable(converted, tiny_di
         assert torch.equal(back[key], original[key]), key
     cfg = json.loads((tiny_dir / "config.json").read_text())["config"]
     TorchAdaIR(**cfg).load_state_dict(back, strict=True)
+
+
+def test_the_old_spelling_to_torch_still_works_with_a_note(converted, tmp_path, capsys):
+    out = tmp_path / "back.pth"
+    assert convert("--to-torch", converted, out) == 0 and out.is_file()
+    assert "note: --to-torch is now spelled --to_torch" in capsys.readouterr().err
 
 
 def test_plain_pth_and_safetensors_give_the_same_parameters(converted, tiny_dir, tmp_path):
@@ -228,7 +234,7 @@ def test_a_trained_model_directory_is_never_replaced(trained_model_dir, tiny_dir
         assert convert(tiny_dir / "state_dict.pth", trained_model_dir, *extra) == 1
         err = capsys.readouterr().err
         assert str(trained_model_dir) in err and "not a directory written by convert_adair" in err
-        assert "trained_steps=3" in err and "--to-torch" in err and "Pass --overwrite" not in err
+        assert "trained_steps=3" in err and "--to_torch" in err and "Pass --overwrite" not in err
         assert snapshot(trained_model_dir) == before
     assert not leftovers(trained_model_dir.parent)
 
@@ -256,14 +262,14 @@ def test_a_model_directory_as_source_suggests_to_torch(which, request, tmp_path,
     assert convert(src, tmp_path / "out.pth") == 1
     err = capsys.readouterr().err
     assert str(src) in err and "already an irpo-jax model directory" in err
-    assert f"--to-torch {src} {tmp_path / 'out.pth'}" in err
+    assert f"--to_torch {src} {tmp_path / 'out.pth'}" in err
     assert not (tmp_path / "out.pth").exists()
 
 
 def test_export_refuses_to_overwrite(converted, tmp_path, capsys):
     out = tmp_path / "exists.pth"
     out.write_bytes(b"user data")
-    assert convert("--to-torch", converted, out) == 1
+    assert convert("--to_torch", converted, out) == 1
     assert "exists.pth" in capsys.readouterr().err
     assert out.read_bytes() == b"user data"
 
@@ -273,7 +279,7 @@ def test_export_to_a_directory_is_refused(converted, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     for extra in ([], ["--overwrite"]):
-        assert convert("--to-torch", converted, out, *extra) == 1
+        assert convert("--to_torch", converted, out, *extra) == 1
         err = capsys.readouterr().err
         assert str(out) in err and "is an existing directory" in err and "existing file" not in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
@@ -302,7 +308,7 @@ def test_policy_export_keeps_the_heads_in_a_separate_file(converted, tiny_dir, t
     with checkpointing.atomic_directory(src) as tmp:
         checkpointing.write_model(tmp, pol)
     out = tmp_path / "policy.pth"
-    assert convert("--to-torch", src, out) == 0
+    assert convert("--to_torch", src, out) == 0
     assert "policy-head tensors" in capsys.readouterr().out
     back = torch.load(out, weights_only=True)
     original = torch.load(tiny_dir / "state_dict.pth", weights_only=True)
@@ -490,7 +496,7 @@ def test_an_unwritable_destination_is_one_line_before_reading(tiny_dir, tmp_path
 def test_an_unwritable_export_path_is_one_line(converted, tmp_path, capsys, dst, why):
     (tmp_path / "FILE").write_text("x")
     dst = dst.replace("FILE", str(tmp_path / "FILE"))
-    assert convert("--to-torch", converted, dst) == 1
+    assert convert("--to_torch", converted, dst) == 1
     one_line_error(capsys, dst, why)
 
 
@@ -504,7 +510,7 @@ def test_a_write_that_fails_anyway_is_one_line_and_leaves_nothing(converted, tmp
         raise OSError(errno.ENOSPC, "No space left on device", getattr(f, "name", None))
 
     monkeypatch.setattr(torch_module, "save", full)
-    assert convert("--to-torch", converted, tmp_path / "x.pth") == 1
+    assert convert("--to_torch", converted, tmp_path / "x.pth") == 1
     one_line_error(capsys, "No space left on device", str(tmp_path / "x.pth"))
     assert list(tmp_path.iterdir()) == []
 

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from irpo_jax import safe_files  # imports nothing else of irpo_jax (no jax)
+
 # Checked in this order; "state_dict" first because that is where Lightning puts the weights.
 WRAPPER_KEYS = ("state_dict", "model", "params", "net")
 # Stripped (repeatedly, in any order) while every key starts with one of them.
@@ -331,20 +333,13 @@ def write_state_dict(
     # torch.from_numpy shares memory; contiguous copies keep safetensors (no strides) happy.
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-            data = save(tensors)
-            with open(tmp, "wb") as f:
-                f.write(data)
-        else:
-            # An open file, not a path: torch's own file writer reports a failed open as a
-            # RuntimeError ("open file failed"), without the path or an errno.
-            with open(tmp, "wb") as f:
-                torch.save(tensors, f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        safe_files.atomic_write_bytes(path, save(tensors))
+    else:
+        # An open file, not a path: torch's own file writer reports a failed open as a
+        # RuntimeError ("open file failed"), without the path or an errno.
+        with safe_files.atomic_open(path, "wb") as f:
+            torch.save(tensors, f)
     return path

@@ -1,7 +1,7 @@
 """Convert official PyTorch AdaIR checkpoints to irpo-jax model directories, and back.
 
   python -m torch_bridge.convert_adair adair5d.ckpt converted/adair5d --verify
-  python -m torch_bridge.convert_adair --to-torch converted/adair5d adair5d_roundtrip.pth
+  python -m torch_bridge.convert_adair --to_torch converted/adair5d adair5d_roundtrip.pth
 
 PyTorch -> Flax reads a Lightning ``.ckpt``, a plain ``.pth`` state dict or ``.safetensors``
 (always ``weights_only=True``), infers the model config from the tensor shapes unless
@@ -26,7 +26,6 @@ Flax -> PyTorch writes the official key names; the file loads into the official 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -234,12 +233,12 @@ def _refusal(dst: pathlib.Path, manifest: dict[str, Any] | None) -> str | None:
             reason = (
                 f"it is a model directory written by training (manifest.json: trained_steps="
                 f"{manifest['trained_steps']}), already an irpo-jax model; to export it to PyTorch use "
-                f"`python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
+                f"`python -m torch_bridge.convert_adair --to_torch {dst} OUT.pth`"
             )
         elif _is_model_directory(dst):
             reason = (
                 "it is an irpo-jax model directory that convert_adair did not write; to export it to "
-                f"PyTorch use `python -m torch_bridge.convert_adair --to-torch {dst} OUT.pth`"
+                f"PyTorch use `python -m torch_bridge.convert_adair --to_torch {dst} OUT.pth`"
             )
         else:
             reason = f"it holds {_listing(dst)}"
@@ -426,7 +425,7 @@ def to_flax(
         message names the path).
       CheckpointReadError, ConversionError: an unreadable or non-AdaIR checkpoint.
     """
-    from irpo_jax import checkpointing, destinations
+    from irpo_jax import destinations, safe_files
     from irpo_jax.models import convert
 
     src, dst = pathlib.Path(src), pathlib.Path(dst).absolute()
@@ -434,8 +433,8 @@ def to_flax(
         out = dst if dst.suffix in (".pth", ".safetensors") else "OUT.pth"
         raise ConvertError(
             f"{src} is already an irpo-jax model directory (it has model.json), not a PyTorch "
-            "checkpoint. To export it to PyTorch pass --to-torch: "
-            f"`python -m torch_bridge.convert_adair --to-torch {src} {out}`."
+            "checkpoint. To export it to PyTorch pass --to_torch: "
+            f"`python -m torch_bridge.convert_adair --to_torch {src} {out}`."
         )
     _check_destination(dst)
     with warnings.catch_warnings(record=True) as caught:
@@ -476,7 +475,7 @@ def to_flax(
             )
     try:
         if action == "new":
-            with checkpointing.atomic_directory(dst) as tmp:
+            with safe_files.atomic_directory(dst) as tmp:
                 manifest = _write_conversion(tmp, model, manifest)
         else:  # "empty" or "replace": in place, so that dst keeps its identity
             old_files = _read_manifest(dst)["files"] if action == "replace" else None
@@ -496,7 +495,7 @@ def _check_output_file(path: pathlib.Path, overwrite: bool) -> None:
 
     if path.is_dir():
         raise ConvertError(
-            f"the output path {path} is an existing directory, but --to-torch writes a single "
+            f"the output path {path} is an existing directory, but --to_torch writes a single "
             f".pth or .safetensors file. Nothing was written; give a file path such as "
             f"{path / 'adair.pth'}."
         )
@@ -541,14 +540,17 @@ def to_torch(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from irpo_jax import cli
+
+    parser = cli.ArgumentParser(
         prog="python -m torch_bridge.convert_adair",
         description="Convert an official PyTorch AdaIR checkpoint to an irpo-jax model directory "
-        "(or back with --to-torch).",
+        "(or back with --to_torch).",
     )
-    parser.add_argument("src", help="PyTorch checkpoint (.ckpt/.pth/.safetensors), or with --to-torch a model directory")
-    parser.add_argument("dst", help="output model directory, or with --to-torch a .pth/.safetensors file")
-    parser.add_argument("--to-torch", action="store_true", help="export a model directory back to PyTorch")
+    parser.add_argument("src", help="PyTorch checkpoint (.ckpt/.pth/.safetensors), or with --to_torch a model directory")
+    parser.add_argument("dst", help="output model directory, or with --to_torch a .pth/.safetensors file")
+    parser.add_argument("--to_torch", action="store_true",
+                        help="export a model directory back to PyTorch (also spelled --to-torch, deprecated)")
     parser.add_argument("--verify", action="store_true", help="compare with the PyTorch reference after converting")
     parser.add_argument(
         "--config", help="model config instead of inferring it: base|small|tiny, a JSON object or a .json file"
@@ -556,25 +558,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an earlier convert_adair output (never another directory); with --to-torch, an existing file",
+        help="replace an earlier convert_adair output (never another directory); with --to_torch, an existing file",
     )
     args = parser.parse_args(argv)
     from irpo_jax.checkpointing import CheckpointError
     from irpo_jax.destinations import os_error_line
     from irpo_jax.models.convert import ConversionError
 
-    try:
+    def convert() -> int:
         if args.to_torch:
             to_torch(args.src, args.dst, overwrite=args.overwrite)
         else:
             to_flax(args.src, args.dst, config=_parse_config(args.config), run_verify=args.verify, overwrite=args.overwrite)
-    except (ConvertError, ConversionError, CheckpointError, checkpoint_io.CheckpointReadError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # reading the source, or a write the checks above could not foresee
-        print(f"error: {os_error_line(e, 'cannot access')}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return cli.main_errors(
+        convert,
+        (ConvertError, ConversionError, CheckpointError, checkpoint_io.CheckpointReadError, FileExistsError, ValueError),
+        # reading the source, or a write the checks could not foresee
+        os_error=lambda e: os_error_line(e, "cannot access"),
+    )
 
 
 if __name__ == "__main__":

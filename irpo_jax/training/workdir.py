@@ -1,16 +1,13 @@
 """The run directory: the settings a run cannot start with (checked before any work), the resolved
 config it saves, which changes a resumed run accepts, the lock that keeps it to one live run, and
-the whole-or-nothing writes of its small files.
+the cleanup of the temporary files a killed run's whole-or-nothing writes (:mod:`irpo_jax.safe_files`) left.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +15,12 @@ from typing import Any
 import jax
 import ml_collections
 
+from irpo_jax import safe_files
+from irpo_jax.safe_files import atomic_write_text  # training/loop.py imports it from here
 from irpo_jax.training import TrainingError
 from irpo_jax.training.lock import LOCK_NAME, WorkdirLock, acquire
 
 log = logging.getLogger("irpo_jax.train")
-
-_PARTIAL = ".partial-"  # in the name of a file being written (atomic_write_text)
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> dict:
@@ -152,7 +149,7 @@ def _entries(workdir: pathlib.Path) -> list[str]:
 
 
 def _is_partial(path: pathlib.Path) -> bool:
-    return path.name.startswith(".") and _PARTIAL in path.name and path.is_file()
+    return safe_files.is_partial(path) and path.is_file()
 
 
 def _writable(workdir: pathlib.Path, write: Callable[[], Any]) -> Any:
@@ -196,38 +193,9 @@ def _check_and_save(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, path:
         _writable(workdir, lambda: atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n"))
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Writes ``path`` whole or not at all: a temporary sibling, flushed, renamed over it.
-
-    A kill during the write leaves the old content (or no file) and a ``.<name>.partial-*``
-    sibling, which :func:`remove_partial_files` deletes at the next start.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_PARTIAL}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def remove_partial_files(workdir: pathlib.Path) -> None:
-    """Deletes the temporary files of :func:`atomic_write_text` that a killed run left."""
-    for leftover in workdir.iterdir():
-        if _is_partial(leftover):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Deletes the temporary files a killed run's writes left (under the workdir's lock: all of them)."""
+    safe_files.remove_partial_files(workdir, max_age_s=0)
 
 
 def flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
