@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     cfg = _CONFIG.value
     try:
@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"workdir: {workdir}  (stage {cfg.train.stage}, model {cfg.model.variant}, data {cfg.data.root})")
     try:
-        summary = trainer.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
-    except trainer.TrainingError as e:
+        summary = training.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
+    except training.TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # data/config errors raised with a message for people

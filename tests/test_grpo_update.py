@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from irpo_jax import config_lib, trainer
+from irpo_jax import config_lib, training
 from irpo_jax.models import layers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -26,14 +26,14 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = training.TrainState.initial(params, tx, 0, with_ref=True)
     rng = np.random.default_rng(0)
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
              "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
     assert len(set(np.asarray(rollout["jax_scores"]["psnr"]).ravel().tolist())) == 6  # a real choice of g*
 
     assert set(rollout["head_inputs"]) == {f"fre{i}/{h}" for i in (1, 2, 3) for h in ("rate", "fuse")}
@@ -46,8 +46,8 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     variants = {"direct": (False, False), "best_only": (True, False), "best_only+head_inputs": (True, True)}
     for name, (best_only, reuse) in variants.items():
         cfg.grpo.update(supervise_best_only=best_only, reuse_head_inputs=reuse)
-        assert trainer.reuses_head_inputs(cfg.grpo) == reuse
-        update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
+        assert training.reuses_head_inputs(cfg.grpo) == reuse
+        update = training.make_grpo_update(graphdef, tx, cfg, 10)
         products[name] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
         if name != "best_only":
             s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
@@ -80,7 +80,7 @@ def test_the_head_input_shortcut_is_taken_only_where_it_is_exact():
                         supervise_best_only=best_only)  # fmt: skip
         sampling_parameters = iters == 1 and not stale
         want = reuse and sampling_parameters and not backbone and best_only
-        assert trainer.reuses_head_inputs(cfg.grpo) == want, (reuse, iters, stale, backbone, best_only)
+        assert training.reuses_head_inputs(cfg.grpo) == want, (reuse, iters, stale, backbone, best_only)
 
 
 def test_constant_reference_heads_give_the_full_reference_pass():
@@ -107,15 +107,15 @@ def test_constant_reference_heads_give_the_full_reference_pass():
         return x * (1 + rng.normal(0, 0.05, x.shape)).astype(x.dtype)  # current backbone != reference
 
     params = jax.tree_util.tree_map_with_path(perturbed, ref_params)
-    assert trainer.reference_is_constant(ref_params) and not trainer.reference_is_constant(params)
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = dataclasses.replace(trainer.TrainState.initial(params, tx, 0, with_ref=True),
+    assert training.reference_is_constant(ref_params) and not training.reference_is_constant(params)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = dataclasses.replace(training.TrainState.initial(params, tx, 0, with_ref=True),
                                 ref_params=jax.tree.map(jnp.asarray, ref_params))  # fmt: skip
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
              "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
 
     # The reference's concentrations (what the analytic KL reads) and log-probs (Eq. 11's).
     def reference(ref, img, actions, constant):
@@ -134,7 +134,7 @@ def test_constant_reference_heads_give_the_full_reference_pass():
 
     products = {}
     for constant in (False, True):
-        update = trainer.make_grpo_update(graphdef, tx, cfg, 10, constant_ref=constant)
+        update = training.make_grpo_update(graphdef, tx, cfg, 10, constant_ref=constant)
         with layers.conv_implementation("xla"):  # every conv a conv_general_dilated, as counted
             products[constant] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
     passes = flops.encoder_flops(cfg.model.variant, 32, 32, 2) + 2 * 3 * flops.decoder_flops(cfg.model.variant, 32, 32)

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from irpo_jax.data import readers
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 
 log = logging.getLogger("irpo_jax.train")
 

@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 from irpo_jax import checkpointing
 from irpo_jax.data import readers
 from irpo_jax.models import adair
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.checkpoints import TrainCheckpointer
 from irpo_jax.training.mesh import (
     host_device, init_distributed, make_mesh, memory_stats, on_mesh, process_rows, to_global, to_host,

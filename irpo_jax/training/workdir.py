@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.lock import LOCK_NAME, WorkdirLock, acquire
 
 log = logging.getLogger("irpo_jax.train")
