@@ -23,7 +23,7 @@ import pytest
 from irpo_jax import checkpointing, config_lib, training
 from irpo_jax.metrics_log import read_metrics
 from irpo_jax.rewards import remote
-from irpo_jax.training.loop import _score_remotely
+from irpo_jax.training.rollouts import score_remotely
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -286,7 +286,7 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     sampled = rollout_fn(state.params, batches[0], key(0))
     for t in range(2):
         following = rollout_fn(state.params, batches[t + 1], key(t + 1))  # by theta_t, for update t + 1
-        scores = _score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
+        scores = score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
         state, _ = update_fn(state, batches[t], sampled, scores)
         sampled = following
     assert_trees_close(params_of(workdir), state.params, atol=0)
@@ -296,7 +296,7 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     ckpt.close()
     rollout = {k: v for k, v in sampled.items() if k != "stats"}  # logged, not kept with the rollouts
     want = {"batch": batches[2], "rollout": rollout,
-            "remote_scores": _score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
+            "remote_scores": score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
     assert_trees_close(pending, want, atol=0)
 
 

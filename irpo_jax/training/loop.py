@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -45,11 +44,12 @@ from irpo_jax.models import adair
 from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.checkpoints import TrainCheckpointer
 from irpo_jax.training.mesh import (
-    host_device, init_distributed, make_mesh, memory_stats, on_mesh, process_rows, to_global, to_host,
+    host_device, init_distributed, make_mesh, memory_stats, on_mesh, to_global, to_host,
 )  # fmt: skip
 from irpo_jax.training.optimizer import TrainState, build_optimizer, learning_rate, updates_per_batch
+from irpo_jax.training.rollouts import RewardProbe, Sampled, done, score_remotely
 from irpo_jax.training.steps import (
-    make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
+    make_grpo_update, make_rollout_step, make_supervised_step, reference_is_constant,
 )  # fmt: skip
 from irpo_jax.training.workdir import atomic_write_text, check_workdir_config, validate_config
 
@@ -185,26 +185,6 @@ class _StopSignal:
 
 
 @dataclasses.dataclass
-class _Sampled:
-    """A batch, its G rollouts per image and the (future) remote scores: what one update consumes."""
-
-    batch: dict[str, jax.Array]
-    rollout: dict[str, Any]
-    scores: concurrent.futures.Future  # of name -> (B, G) raw remote scores
-    stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # logged, not checkpointed
-
-    def tree(self) -> dict[str, Any]:
-        """As a checkpointable pytree (waits for the scores)."""
-        return {"batch": self.batch, "rollout": self.rollout, "remote_scores": self.scores.result()}
-
-
-def _done(value: Any) -> concurrent.futures.Future:
-    future = concurrent.futures.Future()
-    future.set_result(value)
-    return future
-
-
-@dataclasses.dataclass
 class _StepResult:
     """What one training step hands to the logging after it."""
 
@@ -215,39 +195,6 @@ class _StepResult:
     remote_scores: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
     y_det: np.ndarray | None = None  # the deterministic restoration, on panel steps
     rewards: jax.Array | None = None  # GRPO: the (B, G) composite rewards (panels)
-
-
-class _RewardProbe:
-    """The mean reward of G rollouts on fixed training batches, with fixed sampling keys.
-
-    Why: the per-step ``reward/total/mean`` is dominated by which images the step drew (a hazy
-    image scores low whatever the policy does), so it cannot show progress over a short run.
-    Scoring the same batches with the same keys at every probe removes that noise; the curve
-    moves only because the parameters did. The batches come from their own iterator (seed
-    ``seed + 1``), so the training data order is untouched and a resumed run probes the same
-    images.
-    """
-
-    def __init__(self, cfg, data_cfg, sharded, rollout_fn, score_remotely):
-        from irpo_jax.data.pipeline import make_train_iterator
-
-        source = make_train_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
-        try:
-            self.batches = [to_global(next(source), sharded) for _ in range(int(cfg.train.probe_batches))]
-        finally:
-            getattr(source, "close", lambda: None)()
-        self.keys = [jax.random.fold_in(jax.random.key(cfg.seed + 1), i) for i in range(len(self.batches))]
-        self.rollout_fn, self.score_remotely = rollout_fn, score_remotely
-        self.reward_fn = jax.jit(make_probe_reward(cfg))
-
-    def __call__(self, params) -> dict[str, float]:
-        values: dict[str, list[np.ndarray]] = {}
-        for batch, key in zip(self.batches, self.keys):
-            rollout = self.rollout_fn(params, batch, key)
-            rewards = self.reward_fn(rollout["jax_scores"], self.score_remotely(batch, rollout))
-            for k, v in rewards.items():
-                values.setdefault(k, []).append(to_host(v))
-        return {f"probe/reward/{k}/mean": float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
 
 
 class _Run:
@@ -265,7 +212,7 @@ class _Run:
 
         self.cfg, self.workdir, self.stage = cfg, workdir, cfg.train.stage
         self.stale = self.stage == "grpo" and bool(cfg.grpo.one_step_stale)
-        self.pending: _Sampled | None = None  # one-step-stale: the sample the next update consumes
+        self.pending: Sampled | None = None  # one-step-stale: the sample the next update consumes
         self.bridge = self.scorer = self.ckpt = self.writer = self.probe = None
         self.jax_names: tuple[str, ...] = ()
         self.live_remote: tuple[str, ...] = ()
@@ -326,7 +273,7 @@ class _Run:
         self.data.set_state(data_state)
         saved = self.ckpt.restore_pending(self.mesh) if self.stale else None
         if saved is not None:  # (a checkpoint of the normal mode has none: the next step samples anew)
-            self.pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
+            self.pending = Sampled(saved["batch"], saved["rollout"], done(saved["remote_scores"]))
         self.ckpt.ensure_model(self.current_model, self.meta)  # a kill may have left model/ older
         log.info("resumed %s at step %d", self.workdir, self.step)
         print(f"resuming {self.workdir} at step {self.step} of {self.total_steps}")
@@ -383,7 +330,7 @@ class _Run:
             update = make_grpo_update(graphdef, self.tx, cfg, self.total_steps, constant_ref=constant_ref)
             self.update_fn = on_mesh(mesh, jax.jit(update, donate_argnums=0))
             if cfg.train.probe_every:
-                self.probe = _RewardProbe(cfg, self.data_cfg, self.sharded, self.rollout_fn, self._probe_scores)
+                self.probe = RewardProbe(cfg, self.data_cfg, self.sharded, self.rollout_fn, self._probe_scores)
         # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
         self.mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
 
@@ -396,21 +343,21 @@ class _Run:
     def current_model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, jax.device_get(self.state.params))
 
-    def sample(self, index: int, batch: dict[str, jax.Array]) -> _Sampled:
+    def sample(self, index: int, batch: dict[str, jax.Array]) -> Sampled:
         """Rollouts of ``batch`` under the current parameters (key ``fold_in(rng, index)``) and
         the request for their remote scores."""
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), index)
         rollout = jax.block_until_ready(self.rollout_fn(self.state.params, batch, key))
         stats = rollout.pop("stats")  # the actions' statistics: logged with the update's metrics
         if self.scorer is None:
-            return _Sampled(batch, rollout, _done({}), stats)
-        future = self.scorer.submit(_score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
-        return _Sampled(batch, rollout, future, stats)
+            return Sampled(batch, rollout, done({}), stats)
+        future = self.scorer.submit(score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
+        return Sampled(batch, rollout, future, stats)
 
     def _probe_scores(self, batch, rollout) -> dict[str, jax.Array]:
         if self.bridge is None:
             return {}
-        return _score_remotely(self.bridge, self.cfg, 0, batch, rollout, self.live_remote)
+        return score_remotely(self.bridge, self.cfg, 0, batch, rollout, self.live_remote)
 
     def save(self, pending_grace_s: float | None = None) -> None:
         """Checkpoints the state (and, one-step-stale, the pending sample with its scores).
@@ -433,7 +380,7 @@ class _Run:
         self.ckpt.save(self.state, self.data.get_state(), self.meta, self.current_model(), tree)
 
     @staticmethod
-    def _scores_of(sampled: _Sampled, stop: _StopSignal) -> dict[str, jax.Array] | None:
+    def _scores_of(sampled: Sampled, stop: _StopSignal) -> dict[str, jax.Array] | None:
         """The sample's remote scores; None if a signal arrives first (a hung reward process
         must not hold a preempted job past its grace period)."""
         while True:
@@ -670,28 +617,3 @@ def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) 
     table = evaluate.format_table(results)
     writer.text(step, "eval/table", table)
     print(table)
-
-
-def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:
-    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays sharded like the batch.
-
-    Each process sends its own images' rollouts to its own reward process.
-    """
-    from irpo_jax.rewards.compose import remote_components_for_step
-
-    names = [n for n in remote_components_for_step(cfg.reward, step) if n in live]
-    if not names:
-        return {}
-    restored, first = process_rows(rollout["restored"])  # (b, G, H, W, 3), this process's b
-    restored = jnp.clip(restored, 0, 1)
-    b, g = restored.shape[:2]
-    rep = lambda k: jnp.repeat(process_rows(batch[k])[0], g, axis=0)  # noqa: E731
-    b_global = batch["degraded"].shape[0]
-    result = bridge.score(
-        rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
-        task_ids=np.asarray(rep("task_id")), components=names,
-        sample_ids=np.repeat(np.arange(first, first + b) + step * b_global, g),
-    )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
-    sharding = NamedSharding(batch["degraded"].sharding.mesh, P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, v.reshape(b, g)) for k, v in result.scores.items()}
-
