@@ -1,27 +1,37 @@
 """A GRPO run's sampling side: G rollouts of a batch under the current parameters and the request
 for their torch reward scores, outside jit and beside the loop.
 
-The loop (:mod:`irpo_jax.training.loop`) consumes a :class:`Sampled` per update: its batch, its
-rollouts (from the jitted :func:`~irpo_jax.training.steps.make_rollout_step`) and a future of
-their remote scores (:func:`score_remotely`: each process asks its own reward process for its own
-images' rollouts). :class:`RewardProbe` scores fixed batches with fixed keys, so that a run's
-reward curve moves only with its parameters.
+:class:`Rollouts` holds what sampling needs for a whole run: the reward process (or the
+in-process bridge) and its report of the live components, the one thread that requests their
+scores in step order, and the jitted rollout
+(:func:`~irpo_jax.training.steps.make_rollout_step`). The loop (:mod:`irpo_jax.training.loop`)
+asks it for a :class:`Sampled` per update (a batch, its rollouts and the future of their remote
+scores: :func:`score_remotely`, each process asking its own reward process about its own images)
+and waits for the scores when the update needs them, so that in the one-step-stale mode the
+scoring overlaps the previous update. :class:`RewardProbe` scores fixed batches with fixed keys,
+so that a run's reward curve moves only with its parameters.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from irpo_jax.training.mesh import process_rows, to_global, to_host
-from irpo_jax.training.steps import make_probe_reward
+from irpo_jax.training.errors import TrainingError
+from irpo_jax.training.mesh import on_mesh, process_rows, to_global, to_host
+from irpo_jax.training.optimizer import TrainState
+from irpo_jax.training.steps import make_probe_reward, make_rollout_step
+from irpo_jax.training.workdir import atomic_write_text
 
 
 @dataclasses.dataclass
@@ -37,11 +47,97 @@ class Sampled:
         """As a checkpointable pytree (waits for the scores)."""
         return {"batch": self.batch, "rollout": self.rollout, "remote_scores": self.scores.result()}
 
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any]) -> Sampled:
+        """The sample a checkpoint saved (:meth:`tree`), its scores already there."""
+        return cls(tree["batch"], tree["rollout"], _done(tree["remote_scores"]))
 
-def done(value: Any) -> concurrent.futures.Future:
+    def wait_for_scores(self, stop) -> dict[str, jax.Array] | None:
+        """The remote scores; None if a signal arrives first (``stop.received`` set: a hung reward
+        process must not hold a preempted job past its grace period)."""
+        while True:
+            try:
+                return self.scores.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if stop.received:
+                    return None
+
+
+def _done(value: Any) -> concurrent.futures.Future:
     future = concurrent.futures.Future()
     future.set_result(value)
     return future
+
+
+class Rollouts:
+    """The sampling side of a GRPO run, open from its start to its end.
+
+    Opening starts the reward process (``reward.bridge``), prints and saves its report of the
+    components (``reward_components.json``) and stops a ``reward.missing="strict"`` run whose
+    torch components are not all live. :meth:`close` releases the bridge first, so that a
+    request in flight fails instead of being waited for, then the scoring thread.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path, graphdef, mesh):
+        self.cfg = cfg
+        self.bridge = self.scorer = None
+        try:
+            self._open_rewards(workdir)
+            # One worker keeps requests in step order; in the stale mode it scores while the update runs.
+            if self.bridge is not None:
+                self.scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring")
+            self.rollout_fn = on_mesh(mesh, jax.jit(make_rollout_step(graphdef, cfg, self.jax_names)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_rewards(self, workdir: pathlib.Path) -> None:
+        """The reward process (or in-process bridge) and the report of the live components."""
+        from irpo_jax.rewards import compose as compose_lib
+        from irpo_jax.rewards.remote import open_reward_bridge
+
+        cfg = self.cfg
+        self.jax_names = tuple(
+            n for n in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[n].backend == "jax"
+        )
+        self.bridge = open_reward_bridge(cfg.reward)
+        self.live_remote = tuple(self.bridge.live_components) if self.bridge is not None else ()
+        missing = [n for n in compose_lib.remote_components(cfg.reward) if n not in self.live_remote]
+        report = {"jax": list(self.jax_names), "torch_live": list(self.live_remote), "torch_unavailable": missing,
+                  "bridge_mode": cfg.reward.bridge.mode}  # fmt: skip
+        print("reward components: " + json.dumps(report))
+        if missing and cfg.reward.missing == "strict":
+            raise TrainingError(
+                f"reward components {missing} have nonzero weight but are not live (reward.bridge.mode="
+                f"{cfg.reward.bridge.mode!r}); with reward.missing='strict' the run cannot start. Start the "
+                "reward process (reward.bridge.mode=process, weights under reward.models.<name>) or set "
+                "their weights to 0."
+            )
+        if jax.process_index() == 0:
+            atomic_write_text(workdir / "reward_components.json", json.dumps(report, indent=2) + "\n")
+
+    def sample(self, state: TrainState, index: int, batch: dict[str, jax.Array]) -> Sampled:
+        """Rollouts of ``batch`` under ``state``'s parameters (key ``fold_in(rng, index)``) and
+        the request for their remote scores."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), index)
+        rollout = jax.block_until_ready(self.rollout_fn(state.params, batch, key))
+        stats = rollout.pop("stats")  # the actions' statistics: logged with the update's metrics
+        if self.scorer is None:
+            return Sampled(batch, rollout, _done({}), stats)
+        future = self.scorer.submit(score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
+        return Sampled(batch, rollout, future, stats)
+
+    def probe_scores(self, batch, rollout) -> dict[str, jax.Array]:
+        """The remote scores of a probe's rollouts, requested now (as those of step 0)."""
+        if self.bridge is None:
+            return {}
+        return score_remotely(self.bridge, self.cfg, 0, batch, rollout, self.live_remote)
+
+    def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+        if self.scorer is not None:
+            self.scorer.shutdown(wait=True, cancel_futures=True)
 
 
 class RewardProbe:
@@ -55,7 +151,7 @@ class RewardProbe:
     images.
     """
 
-    def __init__(self, cfg, data_cfg, sharded, rollout_fn, score_remotely):
+    def __init__(self, cfg, data_cfg, sharded, rollouts: Rollouts):
         from irpo_jax.data.pipeline import make_train_iterator
 
         source = make_train_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
@@ -64,14 +160,14 @@ class RewardProbe:
         finally:
             getattr(source, "close", lambda: None)()
         self.keys = [jax.random.fold_in(jax.random.key(cfg.seed + 1), i) for i in range(len(self.batches))]
-        self.rollout_fn, self.score_remotely = rollout_fn, score_remotely
+        self.rollout_fn, self.remote_scores = rollouts.rollout_fn, rollouts.probe_scores
         self.reward_fn = jax.jit(make_probe_reward(cfg))
 
     def __call__(self, params) -> dict[str, float]:
         values: dict[str, list[np.ndarray]] = {}
         for batch, key in zip(self.batches, self.keys):
             rollout = self.rollout_fn(params, batch, key)
-            rewards = self.reward_fn(rollout["jax_scores"], self.score_remotely(batch, rollout))
+            rewards = self.reward_fn(rollout["jax_scores"], self.remote_scores(batch, rollout))
             for k, v in rewards.items():
                 values.setdefault(k, []).append(to_host(v))
         return {f"probe/reward/{k}/mean": float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
