@@ -1,13 +1,15 @@
 """The GRPO update's two shortcuts give the same losses and gradients as the direct form
 (backpropagating through all G teacher-forced rollouts): the backbone losses through the best
 rollout alone (``grpo.supervise_best_only``) and the current log-probs from the heads applied to
-the rollout's stored pooled inputs (``grpo.reuse_head_inputs``)."""
+the rollout's stored pooled inputs (``grpo.reuse_head_inputs``). And the ``normalize_then_sum``
+advantages weigh each reward component as the composite reward does."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from irpo_jax import config_lib, training
@@ -139,3 +141,16 @@ def test_constant_reference_heads_give_the_full_reference_pass():
             products[constant] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
     passes = flops.encoder_flops(cfg.model.variant, 32, 32, 2) + 2 * 3 * flops.decoder_flops(cfg.model.variant, 32, 32)
     assert 0 <= (products[False] - products[True]) - passes < 1e-3 * passes
+
+
+def test_normalize_then_sum_weighs_each_component_as_the_composite_reward_does():
+    """The advantages' component weights (``training.effective_weight``) are the reward
+    composition's own rule, ``judge_every=0`` included: the judge is then off, weight 0 (issue 26:
+    the update once had a copy of the rule without that case)."""
+    for judge_every in (1, 3, 0):
+        cfg = compose.default_reward_config()
+        cfg.judge_every = judge_every
+        weights = {name: training.effective_weight(cfg, name) for name in compose.REWARDS}
+        assert {n for n, w in weights.items() if w > 0} == set(compose.active_components(cfg))
+        assert weights["psnr"] == pytest.approx(0.6 * 0.20)
+        assert weights["qwen"] == (0.0 if judge_every == 0 else pytest.approx(0.1 * 1.0))

@@ -13,8 +13,8 @@ One module per concern:
 * :mod:`~irpo_jax.training.steps`: the pure step functions, jitted once each by the loop
   (:func:`make_supervised_step`; GRPO: :func:`make_rollout_step`, :func:`make_grpo_update`,
   :func:`make_probe_reward`, with :func:`reference_is_constant` and :func:`reuses_head_inputs`
-  deciding their shortcuts, and :func:`effective_weight`, a reward component's weight in the
-  total as the ``normalize_then_sum`` advantages weigh it);
+  deciding their shortcuts; the ``normalize_then_sum`` advantages weigh each reward component by
+  :func:`effective_weight`, which :mod:`irpo_jax.rewards.compose` owns and this package re-exports);
 * :mod:`~irpo_jax.training.checkpoints`: :class:`TrainCheckpointer`, a run's orbax checkpoints
   and its ``model/`` directory;
 * :mod:`~irpo_jax.training.workdir`: the run directory: settings checked before any work
@@ -38,8 +38,9 @@ from irpo_jax.training.mesh import host_device, init_distributed, make_mesh, on_
 from irpo_jax.training.optimizer import (
     SCHEDULES, FlatOptimizer, TrainState, apply_update, build_optimizer, head_count, learning_rate, updates_per_batch,
 )  # fmt: skip
+from irpo_jax.rewards.compose import effective_weight
 from irpo_jax.training.steps import (
-    effective_weight, make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
+    make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
     reuses_head_inputs,
 )  # fmt: skip
 from irpo_jax.training.workdir import check_workdir_config, validate_config

@@ -190,7 +190,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
     gradients.
     """
     from irpo_jax.models.policy import kl_divergence
-    from irpo_jax.rewards.compose import compose
+    from irpo_jax.rewards.compose import compose, effective_weight
 
     g = cfg.grpo
     reward_cfg = cfg.reward
@@ -298,11 +298,3 @@ def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
         return {"total": total} | {k: v for k, v in per.items() if k in scored}
 
     return reward
-
-
-def effective_weight(reward_cfg, name: str) -> float:
-    """A component's weight in the total reward (group weight x weight inside the group)."""
-    for group in reward_cfg.groups.values():
-        if name in group.components:
-            return float(group.weight) * float(group.components[name])
-    return 0.0
