@@ -25,8 +25,10 @@ One module per concern:
   :func:`to_global`, :func:`to_host`);
 * :mod:`~irpo_jax.training.hard_set`: the hard set a GRPO run mines for itself;
   :mod:`~irpo_jax.training.run_length`: the run's plan (steps, epochs, learning rates);
+* :mod:`~irpo_jax.training.rollouts`: a GRPO run's sampling side (its rollouts, the reward
+  process and the requests for the torch components' scores, the reward probe);
 * :mod:`~irpo_jax.training.loop`: :func:`run`, which builds the run (:func:`build_model`,
-  :func:`total_steps_of`) and steps it to the end (logging, probes, evaluations, checkpoints);
+  :func:`total_steps_of`) and steps it to the end (logging, probes, evaluations, checkpoints).
 
 ``irpo_jax.trainer``, the former home of these names, is a deprecated alias of this package.
 """

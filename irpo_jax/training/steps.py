@@ -7,7 +7,7 @@ A GRPO step (``train.stage="grpo"``):
    branched at ``fre1``), their log-probs under the current (= old) parameters and the JAX reward
    components (PSNR, SSIM, task-aware);
 2. the torch reward components (LPIPS, CLIP, aesthetic, judge) come from the reward process
-   (:mod:`irpo_jax.training.loop` requests them) and are composed with the JAX ones (Eq. 22);
+   (:mod:`irpo_jax.training.rollouts` requests them) and are composed with the JAX ones (Eq. 22);
 3. :func:`make_grpo_update` (``grpo.policy_iters`` times): log-probs of the stored actions under
    the current parameters and under the frozen reference policy, the deterministic output
    ``y_det``; advantages (Eq. 8), L_RL (Eq. 6/10/11), L_sup and L_cons (Eq. 1, 2) with their
