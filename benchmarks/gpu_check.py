@@ -412,7 +412,7 @@ def prepare_parity(opts, sizes, compiler: Compiler):
 
     variant, size = sizes["variant"], sizes["size"]
     x = _images((1, size, size, 3), seed=1)
-    from irpo_jax.trainer import host_device
+    from irpo_jax.training import host_device
 
     with jax.default_device(host_device()):  # the lowering below targets the default device
         weights = _weights(variant)
@@ -505,7 +505,7 @@ def _batch(n: int, size: int, seed: int) -> dict:
 
 
 class StepZero:
-    """The step-0 :class:`~irpo_jax.trainer.TrainState` of ``make_model()``: its shapes now (to
+    """The step-0 :class:`~irpo_jax.training.TrainState` of ``make_model()``: its shapes now (to
     lower the programs that take it), the arrays when :meth:`build` is called (as the section is
     measured, so that nothing is held on the card between sections)."""
 
@@ -519,7 +519,7 @@ class StepZero:
         """The state on the first device, initialised on the host."""
         import jax
 
-        from irpo_jax.trainer import host_device
+        from irpo_jax.training import host_device
 
         with jax.default_device(host_device()):
             state = self._init()
@@ -528,12 +528,12 @@ class StepZero:
     def _init(self):
         from flax import nnx
 
-        from irpo_jax import trainer
+        from irpo_jax import training
 
         self.graphdef, params = nnx.split(self._make_model(), nnx.Param)
         params = nnx.to_pure_dict(params)
-        self.tx = trainer.build_optimizer(self._cfg, params, 1000)
-        return trainer.TrainState.initial(params, self.tx, 0, with_ref=self._with_ref)
+        self.tx = training.build_optimizer(self._cfg, params, 1000)
+        return training.TrainState.initial(params, self.tx, 0, with_ref=self._with_ref)
 
 
 def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
@@ -544,7 +544,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
     import jax.numpy as jnp
     from flax import nnx
 
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.models import adair
     from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
     from irpo_jax.rewards import compose as compose_lib
@@ -563,7 +563,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
     )
     state_abs, batch_abs = init.abstract, _abstract(batch)
     p = {"init": init}
-    rollout = trainer.make_rollout_step(graphdef, cfg, jax_names)
+    rollout = training.make_rollout_step(graphdef, cfg, jax_names)
     p["rollout"] = compiler.submit(f"{name}/rollout", rollout, state_abs.params, batch_abs, _abstract(key))
 
     def rewards(restored, batch):
@@ -577,14 +577,14 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
     # As the trainer at step 0: the reference policy's heads ignore their inputs, so its log-probs
     # need no decoder pass ("grpo_refpass" measures the update with the pass).
     constant_ref = not sizes.get("reference_pass", False)
-    update = trainer.make_grpo_update(graphdef, tx, cfg, 1000, constant_ref=constant_ref)
+    update = training.make_grpo_update(graphdef, tx, cfg, 1000, constant_ref=constant_ref)
     p["update"] = compiler.submit(f"{name}/update", update, state_abs, batch_abs, rollout_abs, {}, donate=(0,))
     if opts.compare_update:
         # The same update in its direct form: L_sup/L_cons backpropagated through all G rollouts and
         # the log-probs from their teacher-forced decoder passes (no grpo.reuse_head_inputs).
         cfg_all = _grpo_config(sizes)
         cfg_all.grpo.supervise_best_only = False
-        update_all = trainer.make_grpo_update(graphdef, tx, cfg_all, 1000, constant_ref=constant_ref)
+        update_all = training.make_grpo_update(graphdef, tx, cfg_all, 1000, constant_ref=constant_ref)
         p["update_through_all_G"] = compiler.submit(
             f"{name}/update_through_all_G", update_all, state_abs, batch_abs, rollout_abs, {}
         )
@@ -595,7 +595,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
         sup_init = StepZero(lambda: adair.AdaIR(variant, rngs=nnx.Rngs(0)), cfg, with_ref=False)
         sup_batch = {k: batch[k] for k in ("degraded", "clean")}
         _SUPERVISED_1_IMAGE[dtype] = sup_init, compiler.submit(
-            f"supervised_1_image/{dtype}", trainer.make_supervised_step(sup_init.graphdef, sup_init.tx, dtype),
+            f"supervised_1_image/{dtype}", training.make_supervised_step(sup_init.graphdef, sup_init.tx, dtype),
             sup_init.abstract, _abstract(sup_batch), donate=(0,),
         )  # fmt: skip
     p["supervised_init"], p["supervised_1_image"] = _SUPERVISED_1_IMAGE[dtype]
@@ -716,7 +716,7 @@ def _train_programs(sizes, compiler: Compiler, compute_dtype: str) -> dict:
     batch, activations in ``compute_dtype``: its state and step programs and the batch."""
     from flax import nnx
 
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.models import adair
 
     if compute_dtype not in _TRAIN_PROGRAMS:
@@ -724,7 +724,7 @@ def _train_programs(sizes, compiler: Compiler, compute_dtype: str) -> dict:
         init = StepZero(lambda: adair.AdaIR(sizes["variant"], rngs=nnx.Rngs(0)), cfg, with_ref=False)
         b = _batch(sizes["train_batch"], sizes["size"], seed=4)
         batch = {"degraded": b["degraded"], "clean": b["clean"]}
-        step_fn = trainer.make_supervised_step(init.graphdef, init.tx, compute_dtype)
+        step_fn = training.make_supervised_step(init.graphdef, init.tx, compute_dtype)
         step = compiler.submit(f"train/{compute_dtype}", step_fn, init.abstract, _abstract(batch), donate=(0,))
         optimizer = f"{cfg.optim.name} lr={cfg.optim.lr} wd={cfg.optim.weight_decay}"
         _TRAIN_PROGRAMS[compute_dtype] = {"init": init, "step": step, "batch": batch, "optimizer": optimizer}

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from irpo_jax import checkpointing, config_lib, trainer
+from irpo_jax import checkpointing, config_lib, training
 from irpo_jax.models import adair, flops
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -75,14 +75,14 @@ def setup(args):
 def section_reference(args) -> dict:
     cfg, graphdef, params, batches, names = setup(args)
     total = 1000
-    tx = trainer.build_optimizer(cfg, params, total)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
-    assert trainer.reference_is_constant(state.ref_params)
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batches[0], jax.random.key(0))
+    tx = training.build_optimizer(cfg, params, total)
+    state = training.TrainState.initial(params, tx, 0, with_ref=True)
+    assert training.reference_is_constant(state.ref_params)
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batches[0], jax.random.key(0))
     fns, compile_s = {}, {}
     for constant in (False, True):
         t0 = time.perf_counter()
-        fn = jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, total, constant_ref=constant))
+        fn = jax.jit(training.make_grpo_update(graphdef, tx, cfg, total, constant_ref=constant))
         fns[constant] = fn.lower(state, batches[0], rollout, {}).compile()
         compile_s[constant] = time.perf_counter() - t0
     times = {False: [], True: []}
@@ -115,19 +115,19 @@ def section_reference(args) -> dict:
 def section_lambda(args) -> dict:
     cfg, graphdef, params, batches, names = setup(args)
     cfg.optim.update(schedule="constant", warmup_steps=0, lr=args.lr)
-    rollout_fn = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))
+    rollout_fn = jax.jit(training.make_rollout_step(graphdef, cfg, names))
     rollouts = [rollout_fn(params, b, jax.random.key(i)) for i, b in enumerate(batches)]
     settings = {"start (0.35, 0.2)": ((0.35, 0.35), (0.2, 0.2)), "end (0.1, 0.05)": ((0.1, 0.1), (0.05, 0.05)),
                 "start x 2/7 (0.1, 0.057)": ((0.1, 0.1), (0.2 * 2 / 7, 0.2 * 2 / 7))}  # fmt: skip
     flat0 = jax.flatten_util.ravel_pytree(params)[0]
-    n_heads = trainer.head_count(params)
+    n_heads = training.head_count(params)
     moves, first_moves = {}, {}
     for name, (lam_sup, lam_cons) in settings.items():
         c = cfg.copy_and_resolve_references()
         c.grpo.lambda_sup, c.grpo.lambda_cons = lam_sup, lam_cons
-        tx = trainer.build_optimizer(c, params, 1000)
-        state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
-        update = jax.jit(trainer.make_grpo_update(graphdef, tx, c, 1000, constant_ref=True))
+        tx = training.build_optimizer(c, params, 1000)
+        state = training.TrainState.initial(params, tx, 0, with_ref=True)
+        update = jax.jit(training.make_grpo_update(graphdef, tx, c, 1000, constant_ref=True))
         for i, (b, r) in enumerate(zip(batches, rollouts)):
             state, _ = jax.block_until_ready(update(state, b, r, {}))
             if i == 0:

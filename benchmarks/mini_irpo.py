@@ -377,7 +377,7 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.models import adair
     from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
     from irpo_jax.rewards import compose
@@ -402,16 +402,16 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
             c.model.policy.to_dict()), rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(model, nnx.Param)
         params = nnx.to_pure_dict(params)
-        tx = trainer.build_optimizer(c, params, study.steps)
-        state = trainer.TrainState.initial(params, tx, 0, with_ref=stage == "grpo")
+        tx = training.build_optimizer(c, params, study.steps)
+        state = training.TrainState.initial(params, tx, 0, with_ref=stage == "grpo")
         if stage == "supervised":
-            step_fn = on_mesh(mesh, jax.jit(trainer.make_supervised_step(graphdef, tx), donate_argnums=0))
+            step_fn = on_mesh(mesh, jax.jit(training.make_supervised_step(graphdef, tx), donate_argnums=0))
 
             def one(state, i):
                 return step_fn(state, batch)[0]
         else:
-            rollout_fn = on_mesh(mesh, jax.jit(trainer.make_rollout_step(graphdef, c, names)))
-            update_fn = on_mesh(mesh, jax.jit(trainer.make_grpo_update(graphdef, tx, c, study.steps, constant_ref=True),
+            rollout_fn = on_mesh(mesh, jax.jit(training.make_rollout_step(graphdef, c, names)))
+            update_fn = on_mesh(mesh, jax.jit(training.make_grpo_update(graphdef, tx, c, study.steps, constant_ref=True),
                                               donate_argnums=0))
 
             def one(state, i):

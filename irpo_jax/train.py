@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irpo_jax import cli, destinations
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/allinone5.py[:variant].",
                                           lock_config=True)
@@ -65,11 +65,11 @@ def main(argv: list[str]) -> int:
 
 def _train(cfg: Any, workdir: pathlib.Path) -> int:
     """Checks the workdir, runs the trainer, prints where its outputs are; the exit status."""
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     destinations.check_directory(workdir, "--workdir")  # before the data and the model are loaded (minutes)
     print(f"workdir: {workdir}  (stage {cfg.train.stage}, model {cfg.model.variant}, data {cfg.data.root})")
-    summary = trainer.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
+    summary = training.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
     print(f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
           f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}")
     for sig in (signal.SIGINT, signal.SIGTERM):

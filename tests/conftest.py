@@ -109,13 +109,13 @@ def demo_root(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def supervised_run(demo_root, tmp_path_factory):
     """Three supervised smoke steps of the tiny AdaIR on the demo set (one process, all devices)."""
-    from irpo_jax import trainer
+    from irpo_jax import training
     from test_train import smoke_config
 
     workdir = tmp_path_factory.mktemp("sup")
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.eval_at_end": True})
     cfg.data.eval_sets = ("rain100l", "gopro")  # the tasks smoke_config trains on
-    summary = trainer.run(cfg, workdir, progress=False)
+    summary = training.run(cfg, workdir, progress=False)
     return workdir, summary
 
 
@@ -123,7 +123,7 @@ def supervised_run(demo_root, tmp_path_factory):
 def stale_run(demo_root, supervised_run, tmp_path_factory):
     """One-step-stale GRPO with a (fake) remote reward: 2 steps, preempted after 1 and resumed
     (the second update consumes the rollouts saved with the checkpoint), a panel at the end."""
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.rewards import remote
     from test_train import FakeRewardBridge, smoke_config
 
@@ -134,7 +134,7 @@ def stale_run(demo_root, supervised_run, tmp_path_factory):
                                      "grpo.one_step_stale": True, "train.panel_every": 2, "optim.lr": 3e-3})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
-        first = trainer.run(cfg, workdir, progress=False, stop_after=1)
-        summary = trainer.run(cfg, workdir, progress=False)
+        first = training.run(cfg, workdir, progress=False, stop_after=1)
+        summary = training.run(cfg, workdir, progress=False)
     assert first["steps"] == 1 and summary["steps"] == 2 and summary["stop"] == "finished"
     return workdir, cfg

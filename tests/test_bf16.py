@@ -229,7 +229,7 @@ def test_trainer_steps_compute_in_the_configured_dtype():
     """``model.compute_dtype`` reaches the trainer's steps: bfloat16 products in the rollout's and
     the update's jaxprs (and none under float32), and a supervised step whose loss and parameter
     step stay close to the float32 ones."""
-    from irpo_jax import config_lib, trainer
+    from irpo_jax import config_lib, training
     from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 
     cfg = config_lib.load_config("configs/allinone5.py:smoke")
@@ -237,31 +237,31 @@ def test_trainer_steps_compute_in_the_configured_dtype():
     model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = training.TrainState.initial(params, tx, 0, with_ref=True)
     clean = images((2, 32, 32, 3), seed=1)
     batch = {"clean": clean, "degraded": jnp.clip(clean + 0.1 * images((2, 32, 32, 3), seed=2), 0, 1),
              "task_id": jnp.asarray([0, 1], jnp.int32)}  # fmt: skip
     bf16_products = lambda jaxpr: any(op == "dot_general" and d[:2] == ("bfloat16",) * 2 for op, d, _ in _ops(jaxpr))  # noqa: E731
     for dtype in ("float32", "bfloat16"):
         cfg.model.compute_dtype = dtype
-        rollout_fn = trainer.make_rollout_step(graphdef, cfg, ("psnr",))
+        rollout_fn = training.make_rollout_step(graphdef, cfg, ("psnr",))
         traced = jax.make_jaxpr(rollout_fn)(params, batch, jax.random.key(1))
         assert bf16_products(traced.jaxpr) == (dtype == "bfloat16")
         rollout = jax.tree.unflatten(jax.tree.structure(jax.eval_shape(rollout_fn, params, batch, jax.random.key(1))),
                                      [jnp.zeros(a.shape, a.dtype) for a in traced.out_avals])  # fmt: skip
-        update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
+        update = training.make_grpo_update(graphdef, tx, cfg, 10)
         assert bf16_products(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr) == (dtype == "bfloat16")
 
     plain, sup_params = nnx.split(random_adair("tiny"), nnx.Param)
     sup_params = nnx.to_pure_dict(sup_params)
     # Adam's first step with lr = eps = 1e8 is -g (to 1e-8 relative): the steps compare gradients.
     cfg.optim.update(name="adam", lr=1e8, eps=1e8, schedule="constant", warmup_steps=0)
-    sup_tx = trainer.build_optimizer(cfg, sup_params, 10)
-    sup_state = trainer.TrainState.initial(sup_params, sup_tx, 0, with_ref=False)
+    sup_tx = training.build_optimizer(cfg, sup_params, 10)
+    sup_state = training.TrainState.initial(sup_params, sup_tx, 0, with_ref=False)
     steps, losses = {}, {}
     for dtype in ("float32", "bfloat16"):
-        new, metrics = jax.jit(trainer.make_supervised_step(plain, sup_tx, dtype))(sup_state, batch)
+        new, metrics = jax.jit(training.make_supervised_step(plain, sup_tx, dtype))(sup_state, batch)
         losses[dtype] = float(metrics["loss/l1"])
         steps[dtype] = jax.flatten_util.ravel_pytree(new.params)[0] - jax.flatten_util.ravel_pytree(sup_params)[0]
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-2)
@@ -272,9 +272,9 @@ def test_trainer_steps_compute_in_the_configured_dtype():
 
 
 def test_trainer_refuses_an_unknown_compute_dtype(tmp_path):
-    from irpo_jax import config_lib, trainer
+    from irpo_jax import config_lib, training
 
     cfg = config_lib.load_config("configs/allinone5.py:smoke")
     cfg.model.compute_dtype = "float16"
-    with pytest.raises(trainer.TrainingError, match="model.compute_dtype must be 'float32' or 'bfloat16'.*float16"):
-        trainer.run(cfg, tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match="model.compute_dtype must be 'float32' or 'bfloat16'.*float16"):
+        training.run(cfg, tmp_path, progress=False)

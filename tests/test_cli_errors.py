@@ -2,7 +2,7 @@
 CLIs share (:mod:`irpo_jax.destinations`).
 
 ``python -m irpo_jax.train`` is run in-process (``train.parse_flags`` then ``train.main``, as
-``absl.app.run`` does) with ``trainer.run`` replaced: a refused workdir must be refused before
+``absl.app.run`` does) with ``training.run`` replaced: a refused workdir must be refused before
 the trainer is reached. Unwritable places are ``/proc`` (mkdir gives ENOENT) and ``/sys``
 (EPERM): the suite may run as root, whom mode bits do not stop. The other CLIs' cases are tested
 beside their own tests (test_convert_adair, test_restore, test_mine, test_reward_process,
@@ -18,20 +18,20 @@ from irpo_jax import destinations
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = f"{ROOT / 'configs' / 'allinone5.py'}:supervised,demo"
-REACHED = "reached trainer.run"
+REACHED = "reached training.run"
 
 
 @pytest.fixture
 def train_cli(monkeypatch):
-    """``run(*flags) -> exit status``; ``trainer.run`` raises ``REACHED`` unless replaced."""
+    """``run(*flags) -> exit status``; ``training.run`` raises ``REACHED`` unless replaced."""
     from absl import flags
 
-    from irpo_jax import train, trainer
+    from irpo_jax import train, training
 
     def reached(*args, **kwargs):
         raise AssertionError(REACHED)
 
-    monkeypatch.setattr(trainer, "run", reached)
+    monkeypatch.setattr(training, "run", reached)
 
     def run(*args: str) -> int:
         try:
@@ -68,7 +68,7 @@ def test_an_unwritable_workdir_is_one_line_before_training(train_cli, tmp_path, 
 
 
 def test_a_write_that_fails_in_the_workdir_during_training_is_one_line(train_cli, tmp_path, capsys, monkeypatch):
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     workdir = tmp_path / "run"
     victim = workdir / "checkpoints" / "8" / "state"
@@ -76,19 +76,19 @@ def test_a_write_that_fails_in_the_workdir_during_training_is_one_line(train_cli
     def disk_full(cfg, wd, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(victim))
 
-    monkeypatch.setattr(trainer, "run", disk_full)
+    monkeypatch.setattr(training, "run", disk_full)
     assert train_cli("--config", CONFIG, "--workdir", workdir) == 1
     assert one_line(capsys) == f"error: cannot write {victim}: No space left on device (in --workdir {workdir})"
 
 
 def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(train_cli, tmp_path, capsys, monkeypatch):
     """A Ctrl-C while a GRPO run mines its hard set (before the loop's signal handling) says how to resume."""
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     def interrupted(cfg, wd, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "run", interrupted)
+    monkeypatch.setattr(training, "run", interrupted)
     assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run") == 130
     assert "the same command resumes" in one_line(capsys)
 
@@ -99,13 +99,13 @@ def test_sigterm_outside_the_loop_is_one_line_and_exit_143(train_cli, tmp_path, 
     import signal
     import time
 
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     def terminated(cfg, wd, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler raises before this ends
 
-    monkeypatch.setattr(trainer, "run", terminated)
+    monkeypatch.setattr(training, "run", terminated)
     before = signal.getsignal(signal.SIGTERM)
     assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run") == 143
     assert one_line(capsys).startswith("error: stopped by SIGTERM; the same command resumes")
@@ -113,7 +113,7 @@ def test_sigterm_outside_the_loop_is_one_line_and_exit_143(train_cli, tmp_path, 
 
 
 def test_kebab_case_flags_still_work_with_a_note(train_cli, tmp_path, capsys, monkeypatch):
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     seen = {}
 
@@ -121,7 +121,7 @@ def test_kebab_case_flags_still_work_with_a_note(train_cli, tmp_path, capsys, mo
         seen.update(kwargs)
         return {"steps": 1, "total_steps": 1, "stop": "finished"}
 
-    monkeypatch.setattr(trainer, "run", record)
+    monkeypatch.setattr(training, "run", record)
     assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run", "--stop-after", "1", "--no-progress") == 0
     assert seen == {"progress": False, "stop_after": 1}
     err = capsys.readouterr().err
@@ -130,12 +130,12 @@ def test_kebab_case_flags_still_work_with_a_note(train_cli, tmp_path, capsys, mo
 
 def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
     """An OSError outside the workdir is not the workdir's fault: it is raised, not reworded."""
-    from irpo_jax import trainer
+    from irpo_jax import training
 
     def elsewhere(cfg, wd, **kwargs):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/somewhere/else.png")
 
-    monkeypatch.setattr(trainer, "run", elsewhere)
+    monkeypatch.setattr(training, "run", elsewhere)
     with pytest.raises(FileNotFoundError):
         train_cli("--config", CONFIG, "--workdir", tmp_path / "run")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from irpo_jax import config_lib, trainer
+from irpo_jax import config_lib, training
 from irpo_jax.models import policy
 
 # OpenAI CLIP's `_transform(n_px)` (clip/clip.py): Resize(n_px, BICUBIC) of the shorter side,
@@ -38,7 +38,7 @@ def cosine_closed_form(t: int, peak: float, warmup: int, total: int) -> float:
 @pytest.mark.parametrize("warmup", [0, 10])
 def test_cosine_schedule_per_step(warmup):
     total, peak = 100, 3e-5
-    schedule = trainer.learning_rate(_schedule_cfg("cosine", peak, warmup), total)
+    schedule = training.learning_rate(_schedule_cfg("cosine", peak, warmup), total)
     steps = sorted({0, 3, warmup, warmup + 1, (warmup + total) // 2, 75, total - 1, total, total + 20})
     for t in steps:
         assert float(schedule(t)) == pytest.approx(cosine_closed_form(t, peak, warmup, total), rel=1e-5, abs=1e-12), t
@@ -48,10 +48,10 @@ def test_cosine_schedule_per_step(warmup):
 
 
 def test_constant_schedule_with_and_without_warmup():
-    warm = trainer.learning_rate(_schedule_cfg("constant", 2e-4, 8), 50)
+    warm = training.learning_rate(_schedule_cfg("constant", 2e-4, 8), 50)
     for t, want in [(0, 0.0), (2, 5e-5), (4, 1e-4), (8, 2e-4), (30, 2e-4), (60, 2e-4)]:
         assert float(warm(t)) == pytest.approx(want, rel=1e-6, abs=1e-12), t
-    flat = trainer.learning_rate(_schedule_cfg("constant", 3e-5, 0), 50)
+    flat = training.learning_rate(_schedule_cfg("constant", 3e-5, 0), 50)
     assert [float(flat(t)) for t in (0, 25, 49)] == pytest.approx([3e-5] * 3, rel=1e-7)
 
 
@@ -62,14 +62,14 @@ def test_adair_schedule_per_epoch():
     cfg = _schedule_cfg("adair", 1e-3, 0)
     cfg.optim.update(warmup_epochs=3, cosine_epochs=10)
     cfg.train.update(stage="supervised", batch_size=4)
-    schedule = trainer.learning_rate(cfg, 100, epoch_size=6)
+    schedule = training.learning_rate(cfg, 100, epoch_size=6)
     for step in (0, 1, 2, 3, 4, 5, 6, 9, 12, 15, 30):
         e = step * 4 // 6
         want = 1e-3 * e / 2 if e < 3 else 0.5e-3 * (1 + math.cos(math.pi * (e - 3) / 7))
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
     cfg.optim.warmup_epochs = 10
-    with pytest.raises(trainer.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
-        trainer.learning_rate(cfg, 100, epoch_size=6)
+    with pytest.raises(training.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
+        training.learning_rate(cfg, 100, epoch_size=6)
 
 
 def test_the_optimizer_steps_follow_the_schedule_with_the_heads_at_6x():
@@ -80,7 +80,7 @@ def test_the_optimizer_steps_follow_the_schedule_with_the_heads_at_6x():
     cfg = _schedule_cfg("cosine", peak, warmup)
     cfg.optim.update(name="adam", eps=1.0, b1=0.9, b2=0.999, head_lr_mult=6.0, grad_clip=0.0)
     params = {"net": {"w": jnp.zeros((5,), jnp.float32)}, "heads": {"h": jnp.zeros((3,), jnp.float32)}}
-    tx = trainer.build_optimizer(cfg, params, total)
+    tx = training.build_optimizer(cfg, params, total)
     flat = jnp.zeros((8,), jnp.float32)  # ravel order: heads (3), net (5)
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -103,7 +103,7 @@ def test_weight_decay_is_adamw_only():
     for name in ("adam", "adamw"):
         cfg = _schedule_cfg("constant", 0.1, 0)
         cfg.optim.update(name=name, eps=1e-8, weight_decay=0.5, grad_clip=0.0)
-        tx = trainer.build_optimizer(cfg, params, 10)
+        tx = training.build_optimizer(cfg, params, 10)
         new, _ = tx.update(grads, tx.init(params), flat)
         steps[name] = np.asarray(new - flat, np.float64)
     np.testing.assert_allclose(steps["adam"], -0.1 * np.sign(np.asarray(grads)), rtol=1e-5)  # -lr g / |g|

@@ -166,14 +166,14 @@ def killed_before_its_last_checkpoint(demo_root, tmp_path_factory):
     """Three supervised steps of the tiny AdaIR with a checkpoint after each: uninterrupted, and
     killed at the final checkpoint's save (step 3 done and logged, checkpoint 3 not written),
     then rerun by the same command."""
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.training.checkpoints import TrainCheckpointer
     from test_train import smoke_config
 
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.checkpoint_every": 1, "train.log_every": 1,
                                                    "train.keep_checkpoints": 2})  # fmt: skip
     reference, run = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
-    assert trainer.run(cfg, reference, progress=False)["stop"] == "finished"
+    assert training.run(cfg, reference, progress=False)["stop"] == "finished"
     real_save = TrainCheckpointer.save
 
     def save(self, state, *args, **kwargs):
@@ -184,10 +184,10 @@ def killed_before_its_last_checkpoint(demo_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TrainCheckpointer, "save", save)
         with pytest.raises(_Killed):
-            trainer.run(cfg, run, progress=False)
+            training.run(cfg, run, progress=False)
     killed = {"losses": _loss_records(run), "checkpoints": sorted(p.name for p in (run / "checkpoints").iterdir()),
               "model_step": model_step(run / "model")}  # fmt: skip
-    summary = trainer.run(cfg, run, progress=False)
+    summary = training.run(cfg, run, progress=False)
     return cfg, reference, run, killed, summary
 
 
@@ -214,7 +214,7 @@ def test_a_finished_run_with_a_model_older_than_its_checkpoint_is_repaired(kille
     checkpoint 3, and the run stays finished."""
     from flax import nnx
 
-    from irpo_jax import checkpointing, trainer
+    from irpo_jax import checkpointing, training
     from irpo_jax.models import adair
 
     cfg, reference, run, _, _ = killed_before_its_last_checkpoint
@@ -225,7 +225,7 @@ def test_a_finished_run_with_a_model_older_than_its_checkpoint_is_repaired(kille
     for name in ("model", ".model.previous"):
         (copy / name).mkdir()
         checkpointing.write_model(copy / name, older, {"manifest.json": {"trained_steps": 2}})
-    summary = trainer.run(cfg, copy, progress=False)
+    summary = training.run(cfg, copy, progress=False)
     assert summary["stop"] == "already finished" and summary["steps"] == 3
     assert model_step(copy / "model") == 3 and not (copy / ".model.previous").exists()
     got, _ = checkpointing.restore_model(copy / "model")

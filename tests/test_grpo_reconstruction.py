@@ -1,6 +1,6 @@
 """One GRPO update of the trainer against an independent reconstruction from the paper's equations.
 
-``trainer.make_grpo_update`` composes the reward (Eq. 22), the advantages (Eq. 8), L_RL (Eq. 6,
+``training.make_grpo_update`` composes the reward (Eq. 22), the advantages (Eq. 8), L_RL (Eq. 6,
 9-11), L_sup and L_cons (Eq. 1, 2) with their annealed weights (Eq. 7, Appendix C) and takes one
 Adam step with the policy heads at 6x the learning rate. This file rebuilds the same step from
 the equations and the README's decisions alone:
@@ -44,7 +44,7 @@ import pytest
 from flax import nnx
 from jax.scipy.special import digamma, gammaln
 
-from irpo_jax import config_lib, trainer
+from irpo_jax import config_lib, training
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 
 B, G, SIDE = 3, 3, 32
@@ -308,7 +308,7 @@ def setup():
     sigma = np.asarray([0.05, 0.3, 0.15], np.float32)[:, None, None, None]  # images whose L1 differ
     degraded = np.clip(clean + sigma * rng.normal(size=clean.shape), 0, 1).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "degraded": jnp.asarray(degraded), "task_id": jnp.asarray([0, 3, 5], jnp.int32)}
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, ()))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, ()))(params, batch, jax.random.key(1))
     rollout = jax.block_until_ready(rollout)
     assert "head_inputs" in rollout  # the default (fresh, heads only) reuses them
     raw = {  # raw scores, some outside their windows (clipped)
@@ -423,10 +423,10 @@ def prepared(setup, name: str) -> dict:
         for pair in ref["heads"].values():
             for head in pair.values():
                 head["fc2"]["kernel"] = np.zeros_like(head["fc2"]["kernel"])
-    constant_ref = trainer.reference_is_constant(ref)
+    constant_ref = training.reference_is_constant(ref)
     assert constant_ref == bool(variant.get("constant_ref"))
-    tx = trainer.build_optimizer(cfg, params, TOTAL_STEPS)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
+    tx = training.build_optimizer(cfg, params, TOTAL_STEPS)
+    state = training.TrainState.initial(params, tx, 0, with_ref=True)
     # The optimizer's own step counters at STEP too (the schedule reads them, not state.step).
     opt_state = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.full_like(x, STEP) if getattr(path[-1], "name", None) == "count" else x, state.opt_state)
@@ -443,7 +443,7 @@ def prepared(setup, name: str) -> dict:
         rollout["log_prob"] = rollout["log_prob"] + jnp.asarray(shift, jnp.float32)
     # The shortcut only when asked for: by default the update runs the reference pass (always right).
     shortcut = {"constant_ref": True} if constant_ref else {}
-    update = jax.jit(trainer.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS, **shortcut))
+    update = jax.jit(training.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS, **shortcut))
     cache[name] = dict(cfg=cfg, ref=ref, state=state, raw=raw, rollout=rollout, remote=remote, update=update)
     return cache[name]
 
@@ -470,7 +470,7 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
         assert (x["adv"] > 0).any() and (x["adv"] < 0).any()
         if variant.get("reward_vs_advantage"):  # a scored image whose g* is not its highest advantage
             assert x["scored"][2] and x["best"][2].argmax() == 0 and x["adv"][2].argmax() == 1
-        assert trainer.reuses_head_inputs(g) == (name == "default")
+        assert training.reuses_head_inputs(g) == (name == "default")
         per_image = np.asarray(values["per_image_sup"])
         assert abs(per_image[0] - per_image[2]) > 0.05 * per_image[2] and abs(per_image[1] - per_image[2]) > 0.05 * per_image[2]
         if stale and iteration == 0:
@@ -491,10 +491,10 @@ def test_the_reference_is_constant_only_when_every_last_layer_is_zero(setup):
     heads = [head for pair in ref["heads"].values() for head in pair.values()]
     for head in heads:
         head["fc2"]["kernel"] = np.zeros_like(head["fc2"]["kernel"])
-    assert trainer.reference_is_constant(ref)
+    assert training.reference_is_constant(ref)
     heads[-1]["fc2"]["kernel"][0, 1] = 1e-3
-    assert not trainer.reference_is_constant(ref)
-    assert not trainer.reference_is_constant({"net": ref["net"]}) and not trainer.reference_is_constant(None)
+    assert not training.reference_is_constant(ref)
+    assert not training.reference_is_constant({"net": ref["net"]}) and not training.reference_is_constant(None)
 
 
 def test_without_the_kl_term_no_reference_is_needed(setup):
@@ -502,13 +502,13 @@ def test_without_the_kl_term_no_reference_is_needed(setup):
     only, nothing compiled) with no reference parameters in the state."""
     cfg = setup["cfg"].copy_and_resolve_references()
     cfg.grpo.update(kl_coef=0.0, kl_estimator="analytic")
-    tx = trainer.build_optimizer(cfg, setup["params"], TOTAL_STEPS)
-    state = trainer.TrainState.initial(setup["params"], tx, 0, with_ref=False)
+    tx = training.build_optimizer(cfg, setup["params"], TOTAL_STEPS)
+    state = training.TrainState.initial(setup["params"], tx, 0, with_ref=False)
     raw = raw_scores(setup["raw"], "strict")
     rollout = dict(setup["rollout"])
     rollout["jax_scores"] = {k: jnp.asarray(raw[k], jnp.float32) for k in JAX_NAMES}
     remote = {k: jnp.asarray(v, jnp.float32) for k, v in raw.items() if k not in JAX_NAMES}
-    update = trainer.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS)
+    update = training.make_grpo_update(setup["graphdef"], tx, cfg, TOTAL_STEPS)
     _, metrics = jax.eval_shape(update, state, setup["batch"], rollout, remote)
     assert metrics["loss/total"].shape == ()
 

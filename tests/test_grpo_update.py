@@ -1,16 +1,18 @@
 """The GRPO update's two shortcuts give the same losses and gradients as the direct form
 (backpropagating through all G teacher-forced rollouts): the backbone losses through the best
 rollout alone (``grpo.supervise_best_only``) and the current log-probs from the heads applied to
-the rollout's stored pooled inputs (``grpo.reuse_head_inputs``)."""
+the rollout's stored pooled inputs (``grpo.reuse_head_inputs``). And the ``normalize_then_sum``
+advantages weigh each reward component as the composite reward does."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from irpo_jax import config_lib, trainer
+from irpo_jax import config_lib, training
 from irpo_jax.models import layers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -26,14 +28,14 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     model = IRPOPolicy(cfg.model.variant, PolicyConfig.from_dict(cfg.model.policy.to_dict()), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = training.TrainState.initial(params, tx, 0, with_ref=True)
     rng = np.random.default_rng(0)
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
              "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
     assert len(set(np.asarray(rollout["jax_scores"]["psnr"]).ravel().tolist())) == 6  # a real choice of g*
 
     assert set(rollout["head_inputs"]) == {f"fre{i}/{h}" for i in (1, 2, 3) for h in ("rate", "fuse")}
@@ -46,8 +48,8 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     variants = {"direct": (False, False), "best_only": (True, False), "best_only+head_inputs": (True, True)}
     for name, (best_only, reuse) in variants.items():
         cfg.grpo.update(supervise_best_only=best_only, reuse_head_inputs=reuse)
-        assert trainer.reuses_head_inputs(cfg.grpo) == reuse
-        update = trainer.make_grpo_update(graphdef, tx, cfg, 10)
+        assert training.reuses_head_inputs(cfg.grpo) == reuse
+        update = training.make_grpo_update(graphdef, tx, cfg, 10)
         products[name] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
         if name != "best_only":
             s, m = jax.block_until_ready(jax.jit(update)(state, batch, rollout, {}))
@@ -80,7 +82,7 @@ def test_the_head_input_shortcut_is_taken_only_where_it_is_exact():
                         supervise_best_only=best_only)  # fmt: skip
         sampling_parameters = iters == 1 and not stale
         want = reuse and sampling_parameters and not backbone and best_only
-        assert trainer.reuses_head_inputs(cfg.grpo) == want, (reuse, iters, stale, backbone, best_only)
+        assert training.reuses_head_inputs(cfg.grpo) == want, (reuse, iters, stale, backbone, best_only)
 
 
 def test_constant_reference_heads_give_the_full_reference_pass():
@@ -107,15 +109,15 @@ def test_constant_reference_heads_give_the_full_reference_pass():
         return x * (1 + rng.normal(0, 0.05, x.shape)).astype(x.dtype)  # current backbone != reference
 
     params = jax.tree_util.tree_map_with_path(perturbed, ref_params)
-    assert trainer.reference_is_constant(ref_params) and not trainer.reference_is_constant(params)
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = dataclasses.replace(trainer.TrainState.initial(params, tx, 0, with_ref=True),
+    assert training.reference_is_constant(ref_params) and not training.reference_is_constant(params)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = dataclasses.replace(training.TrainState.initial(params, tx, 0, with_ref=True),
                                 ref_params=jax.tree.map(jnp.asarray, ref_params))  # fmt: skip
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
              "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
 
     # The reference's concentrations (what the analytic KL reads) and log-probs (Eq. 11's).
     def reference(ref, img, actions, constant):
@@ -134,8 +136,21 @@ def test_constant_reference_heads_give_the_full_reference_pass():
 
     products = {}
     for constant in (False, True):
-        update = trainer.make_grpo_update(graphdef, tx, cfg, 10, constant_ref=constant)
+        update = training.make_grpo_update(graphdef, tx, cfg, 10, constant_ref=constant)
         with layers.conv_implementation("xla"):  # every conv a conv_general_dilated, as counted
             products[constant] = jaxpr_product_flops(jax.make_jaxpr(update)(state, batch, rollout, {}).jaxpr)
     passes = flops.encoder_flops(cfg.model.variant, 32, 32, 2) + 2 * 3 * flops.decoder_flops(cfg.model.variant, 32, 32)
     assert 0 <= (products[False] - products[True]) - passes < 1e-3 * passes
+
+
+def test_normalize_then_sum_weighs_each_component_as_the_composite_reward_does():
+    """The advantages' component weights (``training.effective_weight``) are the reward
+    composition's own rule, ``judge_every=0`` included: the judge is then off, weight 0 (issue 26:
+    the update once had a copy of the rule without that case)."""
+    for judge_every in (1, 3, 0):
+        cfg = compose.default_reward_config()
+        cfg.judge_every = judge_every
+        weights = {name: training.effective_weight(cfg, name) for name in compose.REWARDS}
+        assert {n for n, w in weights.items() if w > 0} == set(compose.active_components(cfg))
+        assert weights["psnr"] == pytest.approx(0.6 * 0.20)
+        assert weights["qwen"] == (0.0 if judge_every == 0 else pytest.approx(0.1 * 1.0))

@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from irpo_jax import mine, trainer
+from irpo_jax import mine, training
 from irpo_jax.data import readers
 from irpo_jax.training import hard_set
 from test_train import smoke_config
@@ -42,13 +42,13 @@ def test_grpo_mines_the_hard_set_first_and_a_resumed_run_reuses_it(mining_cfg, t
     real = mine.mine
     monkeypatch.setattr(mine, "mine", lambda *a, **k: real(*a, **k, stop_after=1))
     with pytest.raises(mine.MiningInterrupted):
-        trainer.run(cfg, workdir, progress=False)
+        training.run(cfg, workdir, progress=False)
     assert not (workdir / hard_set.MINED).exists()
     assert (workdir / (hard_set.MINED + ".partial.jsonl")).is_file()
     # ... which the same command continues: it finishes mining, then trains on the selected pairs.
     calls = []
     monkeypatch.setattr(mine, "mine", lambda *a, **k: calls.append(k) or real(*a, **k))
-    first = trainer.run(cfg, workdir, progress=False, stop_after=1)
+    first = training.run(cfg, workdir, progress=False, stop_after=1)
     assert calls and calls[0]["resume"] and first["steps"] == 1
     header, got = selected(workdir / hard_set.MINED)
     assert got == want
@@ -114,7 +114,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
     header["model"] = {"checkpoint": "/elsewhere/adair5d", "id": "0" * 16, "source": None}
     path.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
     cfg.data.manifest = str(path)
-    with pytest.raises(trainer.TrainingError, match=r"was mined by the model /elsewhere/adair5d.*model.init_from="):
+    with pytest.raises(training.TrainingError, match=r"was mined by the model /elsewhere/adair5d.*model.init_from="):
         hard_set.training_data(cfg, tmp_path, progress=False)
     cfg.mining.allow_other_model = True
     assert hard_set.training_data(cfg, tmp_path, progress=False).manifest == str(path)
@@ -124,7 +124,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
     mine.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, tmp_path / hard_set.MINED,
               crop=32, progress=False)  # fmt: skip
     cfg.mining.fraction = 0.5
-    with pytest.raises(trainer.TrainingError, match=r"other settings \(fraction: 0.3 -> 0.5\).*new --workdir"):
+    with pytest.raises(training.TrainingError, match=r"other settings \(fraction: 0.3 -> 0.5\).*new --workdir"):
         hard_set.training_data(cfg, tmp_path, progress=False)
 
 
@@ -203,7 +203,7 @@ def test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_r
     last = 0.5e-3 * (1 + math.cos(math.pi * (total - 1 - 4) / (total - 4)))  # the cosine at step T - 1
     assert last > 1e-7
     assert plan["lr"]["first"] == 0.0 and plan["lr"]["last"] == pytest.approx(last, rel=1e-4)
-    logged_last = float(trainer.learning_rate(cfg, total, samples)(total - 1))  # what the loop logs at the end
+    logged_last = float(training.learning_rate(cfg, total, samples)(total - 1))  # what the loop logs at the end
     assert plan["lr"]["last"] == pytest.approx(logged_last, rel=1e-6)
     assert plan["per_task"] == {"derain": {"pairs": 5, "samples": 10, "repeats": 2}}
     # train.steps overrides the epochs, and must be a whole number of batches' updates.

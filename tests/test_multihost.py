@@ -20,12 +20,12 @@ WORKER = textwrap.dedent(
     jax.config.update("jax_disable_most_optimizations", True)
     sys.path.insert(0, os.path.join({root!r}, "tests"))
     from test_train import smoke_config
-    from irpo_jax import trainer
+    from irpo_jax import training
     cfg = smoke_config({demo!r}, "supervised", **{{"train.steps": 3}})
     cfg.distributed.coordinator = "127.0.0.1:{port}"
     cfg.distributed.num_processes = 2
     cfg.distributed.process_id = int(sys.argv[1])
-    summary = trainer.run(cfg, {workdir!r}, progress=False)
+    summary = training.run(cfg, {workdir!r}, progress=False)
     assert jax.process_count() == 2 and jax.device_count() == 2, (jax.process_count(), jax.device_count())
     print("steps", summary["steps"])
     jax.distributed.shutdown()
@@ -42,7 +42,7 @@ GRPO_WORKER = textwrap.dedent(
     jax.config.update("jax_disable_most_optimizations", True)
     sys.path.insert(0, os.path.join({root!r}, "tests"))
     from test_train import FakeRewardBridge, smoke_config
-    from irpo_jax import trainer
+    from irpo_jax import training
     from irpo_jax.rewards import remote
 
     class Recording(FakeRewardBridge):
@@ -57,7 +57,7 @@ GRPO_WORKER = textwrap.dedent(
     cfg.distributed.coordinator = "127.0.0.1:{port}"
     cfg.distributed.num_processes = 2
     cfg.distributed.process_id = int(sys.argv[1])
-    summary = trainer.run(cfg, {workdir!r}, progress=False)
+    summary = training.run(cfg, {workdir!r}, progress=False)
     print("steps", summary["steps"], "scored", Recording.rows)
     jax.distributed.shutdown()
     """

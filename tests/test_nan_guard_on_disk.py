@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from irpo_jax import checkpointing, trainer
+from irpo_jax import checkpointing, training
 from irpo_jax.data import pipeline
 from test_train import smoke_config
 
@@ -47,12 +47,12 @@ class _Poisoned:
         return getattr(self._inner, name)
 
 
-def _saved(workdir: pathlib.Path, like: trainer.TrainState) -> tuple[dict, trainer.TrainState, int]:
+def _saved(workdir: pathlib.Path, like: training.TrainState) -> tuple[dict, training.TrainState, int]:
     """The ``model/`` parameters and the latest checkpoint (step, state) of a run directory;
     ``like``: a train state of the run's structure."""
     module, _ = checkpointing.restore_model(workdir / "model")
     model_params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
-    ckpt = trainer.TrainCheckpointer(workdir, 3)
+    ckpt = training.TrainCheckpointer(workdir, 3)
     try:
         step = ckpt.latest_step()
         state, _, _ = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like))
@@ -67,19 +67,19 @@ def test_a_non_finite_step_saves_the_state_before_it(demo_root, tmp_path, monkey
     real = pipeline.make_train_iterator
     monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: _Poisoned(real(*a, **k), BAD_STEP))
     bad_dir, good_dir = tmp_path / "bad", tmp_path / "good"
-    with pytest.raises(trainer.TrainingError, match=rf"non-finite value in .* at step {BAD_STEP}") as err:
-        trainer.run(cfg, bad_dir, progress=False)
+    with pytest.raises(training.TrainingError, match=rf"non-finite value in .* at step {BAD_STEP}") as err:
+        training.run(cfg, bad_dir, progress=False)
     assert "the update was not applied and the last good state was saved" in str(err.value)
     monkeypatch.setattr(pipeline, "make_train_iterator", real)
-    summary = trainer.run(cfg, good_dir, progress=False, stop_after=BAD_STEP)  # the same two good steps
+    summary = training.run(cfg, good_dir, progress=False, stop_after=BAD_STEP)  # the same two good steps
     assert summary["steps"] == BAD_STEP
 
     # The abstract train state to restore into: the structure of the run's own initial state.
-    model = trainer.build_model(cfg)
+    model = training.build_model(cfg)
     _, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 4, epoch_size=1)
-    initial = trainer.TrainState.initial(params, tx, cfg.seed, with_ref=False)
+    tx = training.build_optimizer(cfg, params, 4, epoch_size=1)
+    initial = training.TrainState.initial(params, tx, cfg.seed, with_ref=False)
 
     bad_model, bad_state, bad_step = _saved(bad_dir, initial)
     good_model, good_state, good_step = _saved(good_dir, initial)
@@ -110,14 +110,14 @@ def test_a_non_finite_gradient_with_finite_losses_is_not_applied(tmp_path):
     cfg = config_lib.base_config("supervised")
     cfg.optim.update(name="adam", lr=0.1, schedule="constant", warmup_steps=0, grad_clip=1.0)
     params = {"net": {"w": jnp.asarray([1.0, -2.0, 0.5], jnp.float32)}}
-    tx = trainer.build_optimizer(cfg, params, 10)
-    state = trainer.TrainState.initial(params, tx, 0, with_ref=False)
+    tx = training.build_optimizer(cfg, params, 10)
+    state = training.TrainState.initial(params, tx, 0, with_ref=False)
     terms = {"l1": jnp.float32(0.25), "total": jnp.float32(0.25)}
-    good, metrics = trainer.apply_update(state, {"net": {"w": jnp.asarray([0.1, 0.2, 0.3])}}, tx, terms)
+    good, metrics = training.apply_update(state, {"net": {"w": jnp.asarray([0.1, 0.2, 0.3])}}, tx, terms)
     assert float(metrics["ok"]) == 1.0 and int(good.step) == 1  # the same step with a finite gradient is applied
     for bad in (np.inf, np.nan):
         grads = {"net": {"w": jnp.asarray([0.1, bad, 0.3], jnp.float32)}}
-        new, metrics = trainer.apply_update(state, grads, tx, terms)
+        new, metrics = training.apply_update(state, grads, tx, terms)
         assert float(metrics["ok"]) == 0.0
         assert float(metrics["finite/l1"]) == float(metrics["finite/total"]) == 1.0
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
@@ -126,6 +126,6 @@ def test_a_non_finite_gradient_with_finite_losses_is_not_applied(tmp_path):
         saved = []
         run = types.SimpleNamespace(save=lambda: saved.append(True), workdir=tmp_path)
         result = types.SimpleNamespace(step=7, metrics=jax.device_get(metrics))
-        with pytest.raises(trainer.TrainingError, match=r"non-finite value in a gradient at step 7") as err:
+        with pytest.raises(training.TrainingError, match=r"non-finite value in a gradient at step 7") as err:
             loop._Run._check_finite(run, result)
         assert saved == [True] and "loss/" not in str(err.value)

@@ -8,7 +8,7 @@ import shutil
 import jax
 import pytest
 
-from irpo_jax import trainer
+from irpo_jax import training
 from test_train import smoke_config
 
 
@@ -20,11 +20,11 @@ def test_a_test_set_with_a_missing_target_stops_the_run_before_training(demo_roo
     # (train.steps as conftest's supervised_run: its compiled step is reused)
     cfg = smoke_config(root, "supervised", **{"train.steps": 3, "train.eval_at_end": True,
                                               "data.eval_sets": ("rain100l",)})  # fmt: skip
-    with pytest.raises(trainer.TrainingError, match=rf"(?s){target.stem}.*train.eval_at_end=False"):
-        trainer.run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(training.TrainingError, match=rf"(?s){target.stem}.*train.eval_at_end=False"):
+        training.run(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
     cfg.train.eval_at_end = False  # the way out the message names
-    assert trainer.run(cfg, tmp_path / "run2", progress=False)["stop"] == "finished"
+    assert training.run(cfg, tmp_path / "run2", progress=False)["stop"] == "finished"
 
 
 def test_train_devices_chooses_the_mesh(demo_root, tmp_path):
@@ -32,11 +32,11 @@ def test_train_devices_chooses_the_mesh(demo_root, tmp_path):
     (the start then goes on, here to the data root left empty on purpose, before any compile)."""
     assert jax.device_count() == 2
     cfg = smoke_config(demo_root, "supervised", **{"train.batch_size": 1, "train.devices": 0})
-    with pytest.raises(trainer.TrainingError, match=r"train.batch_size=1 must be a multiple of the 2 devices"):
-        trainer.run(cfg, tmp_path / "all", progress=False)
+    with pytest.raises(training.TrainingError, match=r"train.batch_size=1 must be a multiple of the 2 devices"):
+        training.run(cfg, tmp_path / "all", progress=False)
     cfg = smoke_config(demo_root, "supervised", **{"train.batch_size": 1, "train.devices": 1, "data.root": ""})
     with pytest.raises(ValueError, match="data.root"):
-        trainer.run(cfg, tmp_path / "one", progress=False)
+        training.run(cfg, tmp_path / "one", progress=False)
 
 
 def test_train_compilation_cache_is_the_runs_cache(demo_root, tmp_path, monkeypatch):
@@ -52,6 +52,6 @@ def test_train_compilation_cache_is_the_runs_cache(demo_root, tmp_path, monkeypa
                         ("", [])):  # fmt: skip
         updates.clear()
         cfg = smoke_config(demo_root, "supervised", **{"train.compilation_cache": cache})
-        with pytest.raises(trainer.TrainingError, match="cannot be written|is a file"):
-            trainer.run(cfg, tmp_path / "a_file" / "run", progress=False)
+        with pytest.raises(training.TrainingError, match="cannot be written|is a file"):
+            training.run(cfg, tmp_path / "a_file" / "run", progress=False)
         assert updates == want

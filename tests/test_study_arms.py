@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from irpo_jax import config_lib, mine, trainer
+from irpo_jax import config_lib, mine, training
 from irpo_jax.data import readers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -33,14 +33,14 @@ def test_head_lr_mult_zero_is_the_update_without_the_policy_gradient():
     degraded = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "degraded": jnp.asarray(degraded), "task_id": jnp.asarray([0, 3], jnp.int32)}
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
 
     new = {}
     for mult in (6.0, 0.0):
         cfg.optim.head_lr_mult = mult
-        tx = trainer.build_optimizer(cfg, params, 10)
-        state = trainer.TrainState.initial(params, tx, 0, with_ref=True)
-        s, metrics = jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 10))(state, batch, rollout, {})
+        tx = training.build_optimizer(cfg, params, 10)
+        state = training.TrainState.initial(params, tx, 0, with_ref=True)
+        s, metrics = jax.jit(training.make_grpo_update(graphdef, tx, cfg, 10))(state, batch, rollout, {})
         assert float(metrics["ok"]) == 1.0 and abs(float(metrics["loss/rl"])) > 0  # L_RL is there, with a gradient
         new[mult] = jax.device_get(s.params)
     moved = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))  # noqa: E731
@@ -64,7 +64,7 @@ def test_supervised_stage_fine_tunes_init_from_on_a_mined_manifest(demo_root, su
     # lr 0: the run's parameters are its starting point, so they show which model it started from.
     cfg = smoke_config(demo_root, "supervised", **{"model.init_from": str(start), "data.manifest": str(manifest),
                                                    "train.steps": 1, "optim.lr": 0.0})  # fmt: skip
-    summary = trainer.run(cfg, tmp_path / "run", progress=False)
+    summary = training.run(cfg, tmp_path / "run", progress=False)
     assert summary["steps"] == 1
     assert sum(v["pairs"] for v in summary["plan"]["per_task"].values()) == len(selected)
     for x, y in zip(jax.tree.leaves(params_of(tmp_path / "run")), jax.tree.leaves(params_of(supervised_run[0])),

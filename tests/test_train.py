@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from irpo_jax import checkpointing, config_lib, trainer
+from irpo_jax import checkpointing, config_lib, training
 from irpo_jax.metrics_log import read_metrics
 from irpo_jax.rewards import remote
-from irpo_jax.training.loop import _score_remotely
+from irpo_jax.training.rollouts import score_remotely
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def grpo_run(demo_root, supervised_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("grpo")
     cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 4,
                                      "train.probe_every": 2, "train.probe_batches": 1})  # fmt: skip
-    return workdir, trainer.run(cfg, workdir, progress=False), cfg
+    return workdir, training.run(cfg, workdir, progress=False), cfg
 
 
 def test_grpo_stage_logs_the_design_metrics(grpo_run):
@@ -129,11 +129,11 @@ def test_reward_probe_scores_fixed_batches_with_fixed_keys(grpo_run):
     from irpo_jax.data.pipeline import make_train_iterator
     from irpo_jax.rewards import compose
 
-    graphdef, params = nnx.split(trainer.build_model(cfg), nnx.Param)
+    graphdef, params = nnx.split(training.build_model(cfg), nnx.Param)
     params = nnx.to_pure_dict(params)
     raw = next(make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed + 1))
     batch = {k: jax.numpy.asarray(raw[k]) for k in ("degraded", "clean", "task_id")}
-    rollout = jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task")))(
+    rollout = jax.jit(training.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task")))(
         params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), 0))
     total, _ = compose.compose({k: v.reshape(-1) for k, v in rollout["jax_scores"].items()}, {}, cfg.reward)
     np.testing.assert_allclose(probes[0]["probe/reward/total/mean"], float(np.nanmean(total)), rtol=1e-5)
@@ -142,9 +142,9 @@ def test_reward_probe_scores_fixed_batches_with_fixed_keys(grpo_run):
 
 def test_resume_equals_uninterrupted(demo_root, grpo_run, tmp_path):
     _, _, cfg = grpo_run
-    first = trainer.run(cfg, tmp_path, progress=False, stop_after=2)  # as if preempted after 2 steps
+    first = training.run(cfg, tmp_path, progress=False, stop_after=2)  # as if preempted after 2 steps
     assert first["steps"] == 2 and "stop_after" in first["stop"]
-    summary = trainer.run(cfg, tmp_path, progress=False)
+    summary = training.run(cfg, tmp_path, progress=False)
     assert summary["steps"] == 4
     assert_trees_close(params_of(tmp_path), params_of(grpo_run[0]), atol=0)  # bit for bit
 
@@ -157,7 +157,7 @@ def test_several_policy_iterations_log_and_checkpoint_at_the_optimizer_step(grpo
     cfg = cfg.copy_and_resolve_references()
     cfg.grpo.policy_iters = 2
     cfg.train.update(probe_every=0, log_every=2, checkpoint_every=2)
-    summary = trainer.run(cfg, tmp_path, progress=False)
+    summary = training.run(cfg, tmp_path, progress=False)
     assert summary["steps"] == 4 and summary["stop"] == "finished"
     assert [r["step"] for r in read_metrics(tmp_path) if "loss/rl" in r] == [2, 4]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
@@ -198,13 +198,13 @@ def test_a_failed_reward_request_saves_the_state_and_the_run_resumes(stale_run, 
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FailingRewardBridge(fail_at=1))
         # From step 2: update 3 consumes the rollouts saved with the checkpoint, update 4 needs
         # those of request 1, which failed.
-        with pytest.raises(trainer.TrainingError, match=r"(?s)reward scores of step 3 failed.*rerun the same command"):
-            trainer.run(cfg, tmp_path / "run", progress=False)
-        ckpt = trainer.TrainCheckpointer(tmp_path / "run", keep=3)
+        with pytest.raises(training.TrainingError, match=r"(?s)reward scores of step 3 failed.*rerun the same command"):
+            training.run(cfg, tmp_path / "run", progress=False)
+        ckpt = training.TrainCheckpointer(tmp_path / "run", keep=3)
         assert ckpt.latest_step() == 3
         ckpt.close()
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
-        summary = trainer.run(cfg, tmp_path / "run", progress=False)
+        summary = training.run(cfg, tmp_path / "run", progress=False)
     assert summary["steps"] == 4 and summary["stop"] == "finished"
 
 
@@ -241,10 +241,10 @@ def test_sigterm_while_the_reward_process_hangs_stops_with_a_checkpoint(grpo_run
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: bridge)
         killer.start()
         t0 = time.monotonic()
-        summary = trainer.run(cfg, tmp_path, progress=False)
+        summary = training.run(cfg, tmp_path, progress=False)
     assert summary["stop"] == "stopped by SIGTERM while waiting for the reward process"
     assert summary["steps"] == 0 and time.monotonic() - t0 < 100
-    ckpt = trainer.TrainCheckpointer(tmp_path, keep=3)
+    ckpt = training.TrainCheckpointer(tmp_path, keep=3)
     assert ckpt.latest_step() == 0
     ckpt.close()
 
@@ -268,35 +268,35 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     from irpo_jax.data.pipeline import make_train_iterator
 
     workdir, cfg = stale_run
-    mesh = trainer.make_mesh()
+    mesh = training.make_mesh()
     replicated, sharded = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s)) for s in ((), ("data",)))
     data = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    graphdef, params = nnx.split(trainer.build_model(cfg), nnx.Param)
+    graphdef, params = nnx.split(training.build_model(cfg), nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = trainer.build_optimizer(cfg, params, 2)
-    state = trainer.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+    tx = training.build_optimizer(cfg, params, 2)
+    state = training.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
                                rng=jax.random.key_data(jax.random.key(cfg.seed)),
                                ref_params=jax.tree.map(np.copy, params))  # fmt: skip
     state = jax.device_put(state, replicated)
     # The trainer's programs, built the trainer's way (also: the compilation cache has them).
-    rollout_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task"))))
-    update_fn = trainer.on_mesh(mesh, jax.jit(trainer.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0))
+    rollout_fn = training.on_mesh(mesh, jax.jit(training.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task"))))
+    update_fn = training.on_mesh(mesh, jax.jit(training.make_grpo_update(graphdef, tx, cfg, 2), donate_argnums=0))
     key = lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i)  # noqa: E731
-    batches = [trainer.to_global(next(data), sharded) for _ in range(3)]
+    batches = [training.to_global(next(data), sharded) for _ in range(3)]
     sampled = rollout_fn(state.params, batches[0], key(0))
     for t in range(2):
         following = rollout_fn(state.params, batches[t + 1], key(t + 1))  # by theta_t, for update t + 1
-        scores = _score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
+        scores = score_remotely(FakeRewardBridge(), cfg, t, batches[t], sampled, ("lpips",))
         state, _ = update_fn(state, batches[t], sampled, scores)
         sampled = following
     assert_trees_close(params_of(workdir), state.params, atol=0)
     # The final checkpoint carries what a third update would consume: batch 2, sampled by theta_1.
-    ckpt = trainer.TrainCheckpointer(workdir, 3)
+    ckpt = training.TrainCheckpointer(workdir, 3)
     pending = ckpt.restore_pending(mesh)
     ckpt.close()
     rollout = {k: v for k, v in sampled.items() if k != "stats"}  # logged, not kept with the rollouts
     want = {"batch": batches[2], "rollout": rollout,
-            "remote_scores": _score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
+            "remote_scores": score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
     assert_trees_close(pending, want, atol=0)
 
 
@@ -307,7 +307,7 @@ def test_two_devices_equal_one(grpo_run, tmp_path):
     assert cfg.train.devices == 0 and cfg.data.worker_count == 0
     one = cfg.copy_and_resolve_references()
     one.train.devices = 1
-    trainer.run(one, tmp_path, progress=False)
+    training.run(one, tmp_path, progress=False)
     assert_trees_close(params_of(tmp_path), params_of(workdir), atol=2e-5)
 
 
@@ -332,8 +332,8 @@ def test_the_evaluate_cli_recognises_the_trainers_results(supervised_run, demo_r
 def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
     workdir, _ = supervised_run
     cfg = smoke_config(demo_root, "supervised", **{"optim.lr": 1e-3})
-    with pytest.raises(trainer.TrainingError, match="different config.*optim.lr"):
-        trainer.run(cfg, workdir, progress=False)
+    with pytest.raises(training.TrainingError, match="different config.*optim.lr"):
+        training.run(cfg, workdir, progress=False)
 
 
 def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as_it_was(supervised_run, demo_root,
@@ -352,7 +352,7 @@ def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as
     run = tmp_path / "old_run"
     (run / "checkpoints" / "4").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(old))
-    with pytest.raises(trainer.TrainingError) as err:
+    with pytest.raises(training.TrainingError) as err:
         wd.check_workdir_config(run, cfg).release()
     message = str(err.value)
     assert "model.policy.mask_rule ('anchored' -> 'widen')" in message
@@ -372,61 +372,61 @@ def test_adair_schedule_is_the_official_per_epoch_rule():
     cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
     assert (cfg.optim.schedule, cfg.train.batch_size, cfg.data.augment) == ("adair", 32, "official")
     epoch_size = 100  # 32-image batches: epoch e starts inside batch ceil(100 e / 32)
-    schedule = trainer.learning_rate(cfg, total_steps=10_000, epoch_size=epoch_size)
+    schedule = training.learning_rate(cfg, total_steps=10_000, epoch_size=epoch_size)
     for step in (0, 3, 4, 40, 46, 47, 51, 300, 467, 468, 469):
         e = step * 32 // epoch_size  # the epoch of the batch's first sample
         want = e * 2e-4 / 14 if e < 15 else 1e-4 * (1 + math.cos(math.pi * (e - 15) / 165))
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
     assert float(schedule(150 * epoch_size // 32)) == pytest.approx(1.7e-5, rel=0.02)  # where AdaIR stops
-    with pytest.raises(trainer.TrainingError, match="epoch size"):
-        trainer.learning_rate(cfg, total_steps=10)
+    with pytest.raises(training.TrainingError, match="epoch size"):
+        training.learning_rate(cfg, total_steps=10)
     cfg.optim.warmup_epochs = 200
-    with pytest.raises(trainer.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
-        trainer.learning_rate(cfg, total_steps=10, epoch_size=epoch_size)
+    with pytest.raises(training.TrainingError, match="warmup_epochs < optim.cosine_epochs"):
+        training.learning_rate(cfg, total_steps=10, epoch_size=epoch_size)
     demo = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised,demo")
     assert demo.optim.schedule == "cosine"  # 40 steps: the per-step shape
 
 
 def test_grpo_steps_must_be_whole_batches_of_policy_iterations(demo_root, tmp_path):
     cfg = smoke_config(demo_root, **{"grpo.policy_iters": 2, "train.steps": 3})
-    with pytest.raises(trainer.TrainingError, match="train.steps=3 .* grpo.policy_iters=2 .* multiple of 2"):
-        trainer.run(cfg, tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match="train.steps=3 .* grpo.policy_iters=2 .* multiple of 2"):
+        training.run(cfg, tmp_path, progress=False)
 
 
 def test_a_workdir_that_is_not_a_run_is_refused_and_kept(demo_root, tmp_path):
     mine = tmp_path / "mine"
     (mine / "model").mkdir(parents=True)
     (mine / "model" / "weights.pth").write_bytes(b"the user's")
-    with pytest.raises(trainer.TrainingError, match="not empty and holds no irpo-jax run .*model"):
-        trainer.run(smoke_config(demo_root, "supervised"), mine, progress=False)
+    with pytest.raises(training.TrainingError, match="not empty and holds no irpo-jax run .*model"):
+        training.run(smoke_config(demo_root, "supervised"), mine, progress=False)
     assert (mine / "model" / "weights.pth").read_bytes() == b"the user's" and not (mine / "config.json").exists()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(trainer.TrainingError, match="is a file"):
-        trainer.run(smoke_config(demo_root, "supervised"), tmp_path / "file", progress=False)
+    with pytest.raises(training.TrainingError, match="is a file"):
+        training.run(smoke_config(demo_root, "supervised"), tmp_path / "file", progress=False)
 
 
 def test_a_start_that_failed_does_not_block_the_corrected_command(demo_root, tmp_path):
     with pytest.raises(ValueError, match="data.root"):
-        trainer.run(smoke_config(demo_root, **{"data.root": ""}), tmp_path, progress=False)
+        training.run(smoke_config(demo_root, **{"data.root": ""}), tmp_path, progress=False)
     assert (tmp_path / "config.json").exists()  # written before the data was read
     # The corrected command gets past the config check (to the next missing piece, here).
-    with pytest.raises(trainer.TrainingError, match="model.init_from is empty"):
-        trainer.run(smoke_config(demo_root), tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match="model.init_from is empty"):
+        training.run(smoke_config(demo_root), tmp_path, progress=False)
 
 
 def test_bad_settings_are_named_before_any_work(demo_root, tmp_path):
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": -1, "train.log_every": -1, "data.patch_size": 30})
-    with pytest.raises(trainer.TrainingError, match=r"train\.steps=-1.*train\.log_every.*data\.patch_size=30"):
-        trainer.run(cfg, tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match=r"train\.steps=-1.*train\.log_every.*data\.patch_size=30"):
+        training.run(cfg, tmp_path, progress=False)
     assert not tmp_path.joinpath("config.json").exists()
 
 
 def test_zero_intervals_mean_only_at_the_end_and_a_finished_run_keeps_its_summary(demo_root, tmp_path):
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 2, "train.log_every": 0, "train.checkpoint_every": 0})
-    summary = trainer.run(cfg, tmp_path, progress=False)
+    summary = training.run(cfg, tmp_path, progress=False)
     assert summary["stop"] == "finished" and summary["last_metrics"]
     assert [r["step"] for r in read_metrics(tmp_path) if "loss/l1" in r] == [2]
-    again = trainer.run(cfg, tmp_path, progress=False)
+    again = training.run(cfg, tmp_path, progress=False)
     assert again["stop"] == "already finished" and again["last_metrics"] == summary["last_metrics"]
     assert json.loads((tmp_path / "summary.json").read_text())["last_metrics"] == summary["last_metrics"]
 
@@ -438,7 +438,7 @@ def test_periodic_evaluations_and_their_image_limit(demo_root, tmp_path):
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.eval_every": 2, "train.eval_max_images": 2,
                                                    "train.eval_at_end": True})  # fmt: skip
     cfg.data.eval_sets = ("rain100l",)
-    trainer.run(cfg, tmp_path, progress=False)
+    training.run(cfg, tmp_path, progress=False)
     assert [r["step"] for r in read_metrics(tmp_path) if "eval/average/psnr" in r] == [2, 3]
     for step in (2, 3):
         results = json.loads(next((tmp_path / "eval").glob(f"{step}*/results.json")).read_text())
@@ -458,14 +458,14 @@ def test_train_cli_reports_flag_mistakes_in_one_line(tmp_path):
 
 
 def test_grpo_without_a_starting_model_says_what_to_do(demo_root, tmp_path):
-    with pytest.raises(trainer.TrainingError, match="model.init_from is empty.*convert_adair"):
-        trainer.run(smoke_config(demo_root), tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match="model.init_from is empty.*convert_adair"):
+        training.run(smoke_config(demo_root), tmp_path, progress=False)
 
 
 def test_nan_stops_with_a_checkpoint_and_names_the_term(demo_root, tmp_path):
     cfg = smoke_config(demo_root, "supervised", **{"optim.lr": 1e30, "train.steps": 4})
-    with pytest.raises(trainer.TrainingError, match=r"non-finite value in (loss/l1|a gradient)") as err:
-        trainer.run(cfg, tmp_path, progress=False)
+    with pytest.raises(training.TrainingError, match=r"non-finite value in (loss/l1|a gradient)") as err:
+        training.run(cfg, tmp_path, progress=False)
     assert "last good state was saved" in str(err.value)
     assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "model" / "model.json").is_file()
 
@@ -490,7 +490,7 @@ def test_a_finished_run_with_a_stale_model_is_repaired(supervised_run, demo_root
     cfg.data.eval_sets = ("rain100l", "gopro")  # as conftest's supervised_run
     evals = [r for r in read_metrics(run) if "eval/average/psnr" in r]
     assert len(evals) == 1
-    summary = trainer.run(cfg, run, progress=False)
+    summary = training.run(cfg, run, progress=False)
     assert summary["stop"] == "already finished"
     assert json.loads((run / "model" / "manifest.json").read_text())["trained_steps"] == 3
     assert_trees_close(params_of(run), params_of(workdir), atol=0)
@@ -513,7 +513,7 @@ def test_a_signal_after_the_last_step_still_reports_finished(demo_root, tmp_path
         return out
 
     monkeypatch.setattr(loop._Run, "_after_step", after_step_then_signal)
-    summary = trainer.run(smoke_config(demo_root, "supervised", **{"train.steps": 1}), tmp_path, progress=False)
+    summary = training.run(smoke_config(demo_root, "supervised", **{"train.steps": 1}), tmp_path, progress=False)
     assert summary["stop"] == "finished" and summary["steps"] == 1
 
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 from test_train import smoke_config
 
-from irpo_jax import trainer
+from irpo_jax import training
 from irpo_jax.training import lock as lock_lib
 from irpo_jax.training.workdir import check_workdir_config
 
@@ -48,8 +48,8 @@ def holder(tmp_path):
 def test_a_second_start_is_refused_naming_the_holder(holder, demo_root):
     workdir, proc = holder
     cfg = smoke_config(demo_root, "supervised")
-    with pytest.raises(trainer.TrainingError) as err:
-        trainer.run(cfg, workdir, progress=False)
+    with pytest.raises(training.TrainingError) as err:
+        training.run(cfg, workdir, progress=False)
     message = str(err.value)
     record = json.loads((workdir / ".lock").read_text())
     assert f"in use by process {proc.pid} on host {socket.gethostname()} since {record['since']}" in message
@@ -81,7 +81,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(holder, demo_root, c
 def test_the_lock_is_released_when_the_start_is_refused(demo_root, tmp_path):
     check_workdir_config(tmp_path, smoke_config(demo_root, "supervised")).release()
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # as if the run had a checkpoint
-    with pytest.raises(trainer.TrainingError, match="different config"):
+    with pytest.raises(training.TrainingError, match="different config"):
         check_workdir_config(tmp_path, smoke_config(demo_root, "supervised", **{"optim.lr": 1.0}))
     lock_lib.acquire(tmp_path).release()  # not left held by the refused start
 
@@ -91,6 +91,6 @@ def test_a_workdir_that_cannot_be_written_is_one_clear_error(demo_root, tmp_path
     cfg = smoke_config(demo_root, "supervised")
     for workdir, reason in ((tmp_path / "file" / "run", f"{tmp_path / 'file'} is a file, not a folder"),
                             (pathlib.Path("/proc/irpo-run"), "")):  # fmt: skip
-        with pytest.raises(trainer.TrainingError, match=f"--workdir {workdir} cannot be written: {reason}") as err:
-            trainer.run(cfg, workdir, progress=False)
+        with pytest.raises(training.TrainingError, match=f"--workdir {workdir} cannot be written: {reason}") as err:
+            training.run(cfg, workdir, progress=False)
         assert "\n" not in str(err.value)

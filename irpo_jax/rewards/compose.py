@@ -205,6 +205,19 @@ def _component_weights(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, fl
     }
 
 
+def effective_weight(cfg: ml_collections.ConfigDict, name: str) -> float:
+    """A component's weight in the total reward: its group's weight x its weight inside the group.
+
+    0 for a component in no group and, with ``judge_every=0``, for the judge
+    (:func:`_component_weights`). What :func:`compose` gives a component when its whole group is
+    live, and what the ``normalize_then_sum`` advantages (``irpo_jax.training.steps``) weigh it by.
+    """
+    for group, weights in _component_weights(cfg).items():
+        if name in weights:
+            return float(cfg.groups[group].weight) * weights[name]
+    return 0.0
+
+
 def validate_reward_config(cfg: ml_collections.ConfigDict) -> None:
     """Checks names, weights, windows and the missing-value mode.
 

@@ -32,7 +32,7 @@ import ml_collections
 from irpo_jax.data.config import DataConfig, resolve_data_config
 from irpo_jax.data.manifest import mined_by, mining_settings, read_manifest
 from irpo_jax.data.records import DataError
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 
 log = logging.getLogger("irpo_jax.train")
 

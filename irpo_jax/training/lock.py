@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Self
 
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 
 log = logging.getLogger("irpo_jax.train")
 

@@ -1,9 +1,9 @@
 """The training loop: :func:`run` builds a run from its config and steps it to the end.
 
-What happens outside jit lives here: batches onto the mesh, rollouts and the requests for their
-torch reward scores, the NaN guard's verdict, logging, image panels, reward probes,
-evaluations, checkpoints and signals. The pure step functions are in
-:mod:`irpo_jax.training.steps`.
+What happens outside jit lives here: batches onto the mesh, the order of a step's parts, the NaN
+guard's verdict, logging, image panels, reward probes, evaluations, checkpoints and signals. The
+pure step functions are in :mod:`irpo_jax.training.steps`; a GRPO step's rollouts and the
+requests for their torch reward scores in :mod:`irpo_jax.training.rollouts`.
 
 With ``grpo.one_step_stale`` the update of step t consumes the batch and rollouts sampled one
 step earlier (by theta_{t-1}) with their remote scores, while the reward process scores the
@@ -18,7 +18,6 @@ parameters as an uninterrupted run.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -32,7 +31,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -42,14 +40,15 @@ from jax.sharding import PartitionSpec as P
 from irpo_jax import checkpointing
 from irpo_jax.data import readers
 from irpo_jax.models import adair
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.checkpoints import TrainCheckpointer
 from irpo_jax.training.mesh import (
-    host_device, init_distributed, make_mesh, memory_stats, on_mesh, process_rows, to_global, to_host,
+    host_device, init_distributed, make_mesh, memory_stats, on_mesh, to_global, to_host,
 )  # fmt: skip
 from irpo_jax.training.optimizer import TrainState, build_optimizer, learning_rate, updates_per_batch
+from irpo_jax.training.rollouts import RewardProbe, Rollouts, Sampled
 from irpo_jax.training.steps import (
-    make_grpo_update, make_probe_reward, make_rollout_step, make_supervised_step, reference_is_constant,
+    make_grpo_update, make_supervised_step, reference_is_constant,
 )  # fmt: skip
 from irpo_jax.training.workdir import atomic_write_text, check_workdir_config, validate_config
 
@@ -185,26 +184,6 @@ class _StopSignal:
 
 
 @dataclasses.dataclass
-class _Sampled:
-    """A batch, its G rollouts per image and the (future) remote scores: what one update consumes."""
-
-    batch: dict[str, jax.Array]
-    rollout: dict[str, Any]
-    scores: concurrent.futures.Future  # of name -> (B, G) raw remote scores
-    stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # logged, not checkpointed
-
-    def tree(self) -> dict[str, Any]:
-        """As a checkpointable pytree (waits for the scores)."""
-        return {"batch": self.batch, "rollout": self.rollout, "remote_scores": self.scores.result()}
-
-
-def _done(value: Any) -> concurrent.futures.Future:
-    future = concurrent.futures.Future()
-    future.set_result(value)
-    return future
-
-
-@dataclasses.dataclass
 class _StepResult:
     """What one training step hands to the logging after it."""
 
@@ -215,39 +194,6 @@ class _StepResult:
     remote_scores: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
     y_det: np.ndarray | None = None  # the deterministic restoration, on panel steps
     rewards: jax.Array | None = None  # GRPO: the (B, G) composite rewards (panels)
-
-
-class _RewardProbe:
-    """The mean reward of G rollouts on fixed training batches, with fixed sampling keys.
-
-    Why: the per-step ``reward/total/mean`` is dominated by which images the step drew (a hazy
-    image scores low whatever the policy does), so it cannot show progress over a short run.
-    Scoring the same batches with the same keys at every probe removes that noise; the curve
-    moves only because the parameters did. The batches come from their own iterator (seed
-    ``seed + 1``), so the training data order is untouched and a resumed run probes the same
-    images.
-    """
-
-    def __init__(self, cfg, data_cfg, sharded, rollout_fn, score_remotely):
-        from irpo_jax.data.pipeline import make_train_iterator
-
-        source = make_train_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
-        try:
-            self.batches = [to_global(next(source), sharded) for _ in range(int(cfg.train.probe_batches))]
-        finally:
-            getattr(source, "close", lambda: None)()
-        self.keys = [jax.random.fold_in(jax.random.key(cfg.seed + 1), i) for i in range(len(self.batches))]
-        self.rollout_fn, self.score_remotely = rollout_fn, score_remotely
-        self.reward_fn = jax.jit(make_probe_reward(cfg))
-
-    def __call__(self, params) -> dict[str, float]:
-        values: dict[str, list[np.ndarray]] = {}
-        for batch, key in zip(self.batches, self.keys):
-            rollout = self.rollout_fn(params, batch, key)
-            rewards = self.reward_fn(rollout["jax_scores"], self.score_remotely(batch, rollout))
-            for k, v in rewards.items():
-                values.setdefault(k, []).append(to_host(v))
-        return {f"probe/reward/{k}/mean": float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
 
 
 class _Run:
@@ -265,10 +211,9 @@ class _Run:
 
         self.cfg, self.workdir, self.stage = cfg, workdir, cfg.train.stage
         self.stale = self.stage == "grpo" and bool(cfg.grpo.one_step_stale)
-        self.pending: _Sampled | None = None  # one-step-stale: the sample the next update consumes
-        self.bridge = self.scorer = self.ckpt = self.writer = self.probe = None
-        self.jax_names: tuple[str, ...] = ()
-        self.live_remote: tuple[str, ...] = ()
+        self.pending: Sampled | None = None  # one-step-stale: the sample the next update consumes
+        self.rollouts: Rollouts | None = None  # GRPO: the sampling side (reward process, scoring thread)
+        self.ckpt = self.writer = self.probe = None
         self.timings = {"rollout": 0.0, "reward_wait": 0.0, "update": 0.0}
         self.mesh = make_mesh(jax.devices()[: cfg.train.devices] if cfg.train.devices else None)
         if cfg.train.batch_size % self.mesh.size:
@@ -308,10 +253,7 @@ class _Run:
             self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0,
                                        keep_through_step=-1 if latest is None else latest)  # fmt: skip
             if self.stage == "grpo":
-                self._open_rewards()
-            # One worker keeps requests in step order; in the stale mode it scores while the update runs.
-            if self.bridge is not None:
-                self.scorer = concurrent.futures.ThreadPoolExecutor(1, "reward-scoring")
+                self.rollouts = Rollouts(cfg, workdir, self.graphdef, self.mesh)
             self._compile()
         except BaseException:
             self.close()
@@ -326,7 +268,7 @@ class _Run:
         self.data.set_state(data_state)
         saved = self.ckpt.restore_pending(self.mesh) if self.stale else None
         if saved is not None:  # (a checkpoint of the normal mode has none: the next step samples anew)
-            self.pending = _Sampled(saved["batch"], saved["rollout"], _done(saved["remote_scores"]))
+            self.pending = Sampled.from_tree(saved)
         self.ckpt.ensure_model(self.current_model, self.meta)  # a kill may have left model/ older
         log.info("resumed %s at step %d", self.workdir, self.step)
         print(f"resuming {self.workdir} at step {self.step} of {self.total_steps}")
@@ -343,39 +285,14 @@ class _Run:
             raise TrainingError(f"{err}\n(the run evaluates on data.eval_sets; fix them, choose others with "
                                 "--config.data.eval_sets, or set train.eval_at_end=False and train.eval_every=0)") from err
 
-    def _open_rewards(self) -> None:
-        """The reward process (or in-process bridge) and the report of the live components."""
-        from irpo_jax.rewards import compose as compose_lib
-        from irpo_jax.rewards.remote import open_reward_bridge
-
-        cfg = self.cfg
-        self.jax_names = tuple(
-            n for n in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[n].backend == "jax"
-        )
-        self.bridge = open_reward_bridge(cfg.reward)
-        self.live_remote = tuple(self.bridge.live_components) if self.bridge is not None else ()
-        missing = [n for n in compose_lib.remote_components(cfg.reward) if n not in self.live_remote]
-        report = {"jax": list(self.jax_names), "torch_live": list(self.live_remote), "torch_unavailable": missing,
-                  "bridge_mode": cfg.reward.bridge.mode}  # fmt: skip
-        print("reward components: " + json.dumps(report))
-        if missing and cfg.reward.missing == "strict":
-            raise TrainingError(
-                f"reward components {missing} have nonzero weight but are not live (reward.bridge.mode="
-                f"{cfg.reward.bridge.mode!r}); with reward.missing='strict' the run cannot start. Start the "
-                "reward process (reward.bridge.mode=process, weights under reward.models.<name>) or set "
-                "their weights to 0."
-            )
-        if jax.process_index() == 0:
-            atomic_write_text(self.workdir / "reward_components.json", json.dumps(report, indent=2) + "\n")
-
     def _compile(self) -> None:
-        """The jitted step functions (traced under the mesh: the model's FFTs stay per device)."""
+        """The jitted step functions (traced under the mesh: the model's FFTs stay per device; the
+        rollout's is :class:`Rollouts`')."""
         cfg, graphdef, mesh = self.cfg, self.graphdef, self.mesh
         if self.stage == "supervised":
             self.step_fn = on_mesh(mesh, jax.jit(make_supervised_step(graphdef, self.tx, cfg.model.compute_dtype),
                                                  donate_argnums=0))  # fmt: skip
         else:
-            self.rollout_fn = on_mesh(mesh, jax.jit(make_rollout_step(graphdef, cfg, self.jax_names)))
             constant_ref = bool(cfg.grpo.kl_coef) and reference_is_constant(self.state.ref_params)
             if constant_ref:
                 log.info("the reference policy's heads ignore their inputs (a step-0 policy): its log-probs "
@@ -383,7 +300,7 @@ class _Run:
             update = make_grpo_update(graphdef, self.tx, cfg, self.total_steps, constant_ref=constant_ref)
             self.update_fn = on_mesh(mesh, jax.jit(update, donate_argnums=0))
             if cfg.train.probe_every:
-                self.probe = _RewardProbe(cfg, self.data_cfg, self.sharded, self.rollout_fn, self._probe_scores)
+                self.probe = RewardProbe(cfg, self.data_cfg, self.sharded, self.rollouts)
         # The deterministic restoration for the panels (policy: Beta means; AdaIR: its output).
         self.mean_fn = on_mesh(mesh, jax.jit(lambda params, img: nnx.merge(graphdef, params)(img)))
 
@@ -395,22 +312,6 @@ class _Run:
 
     def current_model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, jax.device_get(self.state.params))
-
-    def sample(self, index: int, batch: dict[str, jax.Array]) -> _Sampled:
-        """Rollouts of ``batch`` under the current parameters (key ``fold_in(rng, index)``) and
-        the request for their remote scores."""
-        key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), index)
-        rollout = jax.block_until_ready(self.rollout_fn(self.state.params, batch, key))
-        stats = rollout.pop("stats")  # the actions' statistics: logged with the update's metrics
-        if self.scorer is None:
-            return _Sampled(batch, rollout, _done({}), stats)
-        future = self.scorer.submit(_score_remotely, self.bridge, self.cfg, index, batch, rollout, self.live_remote)
-        return _Sampled(batch, rollout, future, stats)
-
-    def _probe_scores(self, batch, rollout) -> dict[str, jax.Array]:
-        if self.bridge is None:
-            return {}
-        return _score_remotely(self.bridge, self.cfg, 0, batch, rollout, self.live_remote)
 
     def save(self, pending_grace_s: float | None = None) -> None:
         """Checkpoints the state (and, one-step-stale, the pending sample with its scores).
@@ -432,17 +333,6 @@ class _Run:
             self.writer.flush()  # everything logged up to this checkpoint is on disk before it
         self.ckpt.save(self.state, self.data.get_state(), self.meta, self.current_model(), tree)
 
-    @staticmethod
-    def _scores_of(sampled: _Sampled, stop: _StopSignal) -> dict[str, jax.Array] | None:
-        """The sample's remote scores; None if a signal arrives first (a hung reward process
-        must not hold a preempted job past its grace period)."""
-        while True:
-            try:
-                return sampled.scores.result(timeout=0.5)
-            except concurrent.futures.TimeoutError:
-                if stop.received:
-                    return None
-
     def _supervised_step(self, step: int, panel_due: bool) -> _StepResult:
         batch = to_global(next(self.data), self.sharded)
         y_det = to_host(self.mean_fn(self.state.params, batch["degraded"])) if panel_due else None  # before donation
@@ -453,13 +343,14 @@ class _Run:
         """Sample, wait for the scores, update. None when a signal arrived while waiting."""
         t0 = time.perf_counter()
         if self.stale and self.pending is None:  # a fresh run's first step also samples what it updates on
-            self.pending = self.sample(step, to_global(next(self.data), self.sharded))
-        fresh = self.sample(step + 1 if self.stale else step, to_global(next(self.data), self.sharded))
+            self.pending = self.rollouts.sample(self.state, step, to_global(next(self.data), self.sharded))
+        index = step + 1 if self.stale else step  # its rollout key and reward request (stale: a step ahead)
+        fresh = self.rollouts.sample(self.state, index, to_global(next(self.data), self.sharded))
         used = self.pending if self.stale else fresh
         y_det = to_host(self.mean_fn(self.state.params, used.batch["degraded"])) if panel_due else None
         t1 = time.perf_counter()
         try:
-            remote_scores = self._scores_of(used, stop)  # stale: requested one step ago
+            remote_scores = used.wait_for_scores(stop)  # stale: requested one step ago
         except Exception as e:
             self.save(pending_grace_s=0)
             raise TrainingError(
@@ -579,13 +470,12 @@ class _Run:
         return stop_reason, last
 
     def close(self) -> None:
-        """Releases what the run opened, in an order that cannot hang: the bridge first, so that a
-        request in flight fails instead of being waited for, then the scoring thread."""
-        for closing in (self.writer, self.ckpt, self.bridge):
+        """Releases what the run opened, in an order that cannot hang: the writers, the checkpoint
+        manager, then the sampling side (:meth:`Rollouts.close`: the bridge first, so that a request
+        in flight fails instead of being waited for, then the scoring thread)."""
+        for closing in (self.writer, self.ckpt, self.rollouts):
             if closing is not None:
                 closing.close()
-        if self.scorer is not None:
-            self.scorer.shutdown(wait=True, cancel_futures=True)
 
     def summary(self, stop_reason: str, last: dict[str, float]) -> dict[str, Any]:
         """The run's summary, written to ``summary.json`` (a finished run's record is kept when
@@ -670,28 +560,3 @@ def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) 
     table = evaluate.format_table(results)
     writer.text(step, "eval/table", table)
     print(table)
-
-
-def _score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]) -> dict[str, jax.Array]:
-    """The torch components' raw scores for the B*G rollouts, as (B, G) arrays sharded like the batch.
-
-    Each process sends its own images' rollouts to its own reward process.
-    """
-    from irpo_jax.rewards.compose import remote_components_for_step
-
-    names = [n for n in remote_components_for_step(cfg.reward, step) if n in live]
-    if not names:
-        return {}
-    restored, first = process_rows(rollout["restored"])  # (b, G, H, W, 3), this process's b
-    restored = jnp.clip(restored, 0, 1)
-    b, g = restored.shape[:2]
-    rep = lambda k: jnp.repeat(process_rows(batch[k])[0], g, axis=0)  # noqa: E731
-    b_global = batch["degraded"].shape[0]
-    result = bridge.score(
-        rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
-        task_ids=np.asarray(rep("task_id")), components=names,
-        sample_ids=np.repeat(np.arange(first, first + b) + step * b_global, g),
-    )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
-    sharding = NamedSharding(batch["degraded"].sharding.mesh, P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, v.reshape(b, g)) for k, v in result.scores.items()}
-

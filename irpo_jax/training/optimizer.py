@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from irpo_jax.training import TrainingError
+from irpo_jax.training.errors import TrainingError
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ A GRPO step (``train.stage="grpo"``):
    branched at ``fre1``), their log-probs under the current (= old) parameters and the JAX reward
    components (PSNR, SSIM, task-aware);
 2. the torch reward components (LPIPS, CLIP, aesthetic, judge) come from the reward process
-   (:mod:`irpo_jax.training.loop` requests them) and are composed with the JAX ones (Eq. 22);
+   (:mod:`irpo_jax.training.rollouts` requests them) and are composed with the JAX ones (Eq. 22);
 3. :func:`make_grpo_update` (``grpo.policy_iters`` times): log-probs of the stored actions under
    the current parameters and under the frozen reference policy, the deterministic output
    ``y_det``; advantages (Eq. 8), L_RL (Eq. 6/10/11), L_sup and L_cons (Eq. 1, 2) with their
@@ -190,7 +190,7 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
     gradients.
     """
     from irpo_jax.models.policy import kl_divergence
-    from irpo_jax.rewards.compose import compose
+    from irpo_jax.rewards.compose import compose, effective_weight
 
     g = cfg.grpo
     reward_cfg = cfg.reward
@@ -265,23 +265,35 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
         metrics.update(rl_metrics)
         metrics.update(opt_metrics)
         metrics.update({"grpo/lambda_sup": lam_sup, "grpo/lambda_cons": lam_cons})
-        metrics["reward/total/mean"] = jnp.nanmean(rewards)
-        metrics["reward/total/std"] = jnp.nanstd(rewards)
-        metrics["reward/frac_zero_std"] = adv_lib.frac_zero_std(rewards)
-        metrics["reward/frac_nan"] = jnp.mean(jnp.isnan(rewards).astype(jnp.float32))
-        if "psnr" in rollout["jax_scores"]:  # does the reward rank a group's rollouts as PSNR does?
-            metrics["reward/corr_psnr"] = adv_lib.within_group_correlation(rewards, rollout["jax_scores"]["psnr"])
+        metrics.update(_reward_metrics(rewards, per, rollout["jax_scores"], remote_scores))
         metrics["rewards"] = rewards
-        scored = set(rollout["jax_scores"]) | set(remote_scores)
-        for k, v in per.items():
-            if not k.startswith("group/") and k not in scored:
-                continue  # unavailable this step (NaN by construction): nothing to log
-            name = k.replace("group/", "group_")
-            metrics[f"reward/{name}/mean"] = jnp.nanmean(v)
-            metrics[f"reward/{name}/std"] = jnp.nanstd(v)
         return state, metrics
 
     return computing_in(cfg.model.compute_dtype, update)
+
+
+def _reward_metrics(rewards: jax.Array, per: Mapping[str, jax.Array], jax_scores: Mapping[str, jax.Array],
+                    remote_scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The update's reward scalars: the (B, G) composite ``rewards``' mean, spread, groups without
+    spread and NaN fraction, their within-group correlation with PSNR, and the mean and spread of
+    each component and group of ``per`` (:func:`~irpo_jax.rewards.compose.compose`'s) that was
+    scored this step."""
+    metrics = {
+        "reward/total/mean": jnp.nanmean(rewards),
+        "reward/total/std": jnp.nanstd(rewards),
+        "reward/frac_zero_std": adv_lib.frac_zero_std(rewards),
+        "reward/frac_nan": jnp.mean(jnp.isnan(rewards).astype(jnp.float32)),
+    }
+    if "psnr" in jax_scores:  # does the reward rank a group's rollouts as PSNR does?
+        metrics["reward/corr_psnr"] = adv_lib.within_group_correlation(rewards, jax_scores["psnr"])
+    scored = set(jax_scores) | set(remote_scores)
+    for k, v in per.items():
+        if not k.startswith("group/") and k not in scored:
+            continue  # unavailable this step (NaN by construction): nothing to log
+        name = k.replace("group/", "group_")
+        metrics[f"reward/{name}/mean"] = jnp.nanmean(v)
+        metrics[f"reward/{name}/std"] = jnp.nanstd(v)
+    return metrics
 
 
 def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
@@ -298,11 +310,3 @@ def make_probe_reward(cfg: ml_collections.ConfigDict) -> Callable:
         return {"total": total} | {k: v for k, v in per.items() if k in scored}
 
     return reward
-
-
-def effective_weight(reward_cfg, name: str) -> float:
-    """A component's weight in the total reward (group weight x weight inside the group)."""
-    for group in reward_cfg.groups.values():
-        if name in group.components:
-            return float(group.weight) * float(group.components[name])
-    return 0.0
