@@ -483,9 +483,9 @@ def _measure_parity(opts, sizes, weights, x, programs) -> dict:
 
 
 def _grpo_config(sizes):
-    from irpo_jax import config_lib
+    from irpo_jax import cli
 
-    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py"))
+    cfg = cli.load_config(str(ROOT / "configs" / "allinone5.py"))
     cfg.model.variant = sizes["variant"]
     cfg.model.init_from = ""
     cfg.grpo.group_size = sizes["group"]
@@ -699,9 +699,9 @@ def _memory_report(peak_before, in_use_before_update, update_info) -> dict:
 def _supervised_config():
     """AdaIR's supervised recipe, at a constant learning rate: the torch step's AdamW has no
     schedule (and the recipe's per-epoch schedule needs a data set's epoch size)."""
-    from irpo_jax import config_lib
+    from irpo_jax import cli
 
-    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
+    cfg = cli.load_config(str(ROOT / "configs" / "allinone5.py") + ":supervised")
     cfg.optim.schedule = "constant"
     return cfg
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from irpo_jax import checkpointing, config_lib, training
+from irpo_jax import checkpointing, cli, training
 from irpo_jax.models import adair, flops
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -47,7 +47,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def setup(args):
-    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":demo")
+    cfg = cli.load_config(str(ROOT / "configs" / "allinone5.py") + ":demo")
     cfg.data.root, cfg.data.patch_size, cfg.data.manifest = args.data, args.size, "all"
     cfg.model.variant = args.variant
     cfg.train.batch_size = args.images

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from irpo_jax.models import adair
-from irpo_jax.safe_files import atomic_directory  # noqa: F401 - its callers import it from here too
+from irpo_jax.safe_files import atomic_directory  # noqa: F401 - the tests' model-directory fixtures call checkpointing.atomic_directory
 
 MODEL_FORMAT = "irpo-jax-model"
 MODEL_FORMAT_VERSION = 1

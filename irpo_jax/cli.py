@@ -20,6 +20,9 @@ checkpoint, then the same codes).
 Configs: :func:`load_config` reads ``path/to/config.py[:arg]`` (``get_config(arg)``), as
 ml_collections' ``--config`` flag does for ``train`` (which keeps that flag for its
 ``--config.field=value`` overrides; :func:`config_error_line` words its errors the same way).
+
+Imports: the standard library only (ml_collections and absl when used), so that a process without
+jax or ml_collections -- the reward server, in a torch-only environment -- can use the rules too.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:
+    import ml_collections
 
 # -------------------------------------------------------------------------------- flag spelling
 
@@ -145,11 +149,18 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 # -------------------------------------------------------------------------------- logging
 
 
-def setup_logging(level: int = logging.INFO, *, timestamps: bool = False) -> None:
+def setup_logging(level: int = logging.INFO, *, timestamps: bool = False, format: str | None = None) -> None:
     """The CLIs' log format on stderr; absl's own logging (orbax logs every file it writes at
-    INFO) kept to warnings."""
+    INFO) kept to warnings.
+
+    Args:
+      level: the root logger's level.
+      timestamps: start each line with the time.
+      format: a ``logging`` format instead of the house one (a process whose lines are mixed into
+        another's log names itself: the reward server's ``reward_server[pid]``).
+    """
     when = "%(asctime)s " if timestamps else ""
-    logging.basicConfig(level=level, format=f"{when}%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=format or f"{when}%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(ImportError):
         from absl import logging as absl_logging
 

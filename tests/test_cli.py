@@ -129,6 +129,10 @@ def test_setup_logging_formats(capsys):
         cli.setup_logging(logging.WARNING)
         logging.getLogger("irpo_jax.x").warning("hello")
         assert capsys.readouterr().err == "WARNING irpo_jax.x: hello\n"
+        root.handlers[:] = []
+        cli.setup_logging(logging.INFO, format="server[%(process)d] %(levelname)s %(message)s")
+        logging.getLogger("irpo_jax.x").info("hello")
+        assert capsys.readouterr().err == f"server[{os.getpid()}] INFO hello\n"
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])

@@ -2,6 +2,7 @@
 by region, read unchanged by the project's readers, out-of-domain degradations outside training's."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -29,6 +30,23 @@ def test_same_seed_same_bytes_and_a_rebuild_is_found_not_redone(quick_set, tmp_p
     assert json.loads((tmp_path / "other" / minibench.MANIFEST).read_text())["files"] != a and other["built"]
     with pytest.raises(FileExistsError, match="other settings"):
         minibench.build(quick_set, seed=4, quick=True)
+
+
+def test_a_failed_build_leaves_nothing_and_the_cli_says_why_in_one_line(tmp_path, monkeypatch, capsys):
+    """Written whole (safe_files.atomic_directory): a build that fails while writing leaves neither
+    the folder nor a temporary sibling; a folder that is not this benchmark is one line, exit 1."""
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(minibench, "json", types.SimpleNamespace(dumps=full_disk, loads=json.loads))
+    with pytest.raises(OSError, match="No space left"):
+        minibench.build(tmp_path / "out", seed=3, quick=True)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "taken").mkdir()
+    assert minibench.main(["--out", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'taken'} exists but holds no manifest.json") and err.count("\n") == 1
 
 
 def test_splits_are_disjoint_by_region(quick_set):

@@ -255,6 +255,17 @@ def test_bad_arguments(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+def test_an_interrupted_run_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM, 143) while laying out: one line saying a rerun finishes, no traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "prepare", interrupted)
+    assert prepare.main(["--downloads", str(tmp_path / "dl"), "--out", str(tmp_path / "data")]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "error: interrupted (Ctrl-C); the same command finishes what is missing"]
+
+
 @pytest.mark.skipif(not archives.bsdtar(), reason="bsdtar (libarchive-tools) not installed")
 def test_rar_and_7z_members_are_listed_and_extracted(tmp_path):
     files = {"exploration_database_and_code/pristine_images/00007.bmp": b"BM" + bytes(100)}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -411,8 +412,8 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
         [sys.executable, "-m", "torch_bridge.reward_server", "--address", address,
          "--config", json.dumps({"mean_abs": {}, "nan_odd": {}, "sleep": {"seconds": 3, "marker": str(tmp_path / "slept")}}),
          "--components", REGISTRY,
-         "--ready-file", str(ready), "--parent-pid", str(parent.pid), "--torch-threads", "1",
-         "--parent-workdir", str(tmp_path / "parents_folder")],
+         "--ready_file", str(ready), "--parent_pid", str(parent.pid), "--torch_threads", "1",
+         "--parent_workdir", str(tmp_path / "parents_folder")],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -457,7 +458,7 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
             assert result.scores["mean_abs"].shape == (8,)
         assert segment and not os.path.exists(f"/dev/shm/{segment}")  # unlinked by close()
 
-        parent.kill()  # the process named by --parent-pid dies: the server must follow
+        parent.kill()  # the process named by --parent_pid dies: the server must follow
         parent.wait()
         assert server.wait(timeout=10) == 0
         assert not (tmp_path / "by_hand.sock").exists()
@@ -641,10 +642,10 @@ def test_config_path_to_the_composite_reward(proc):
     (["--config", '{"mean_abs": {},}'], "--config is not valid JSON: "),
     (["--config", "[1]"], "--config must be a JSON object {component: settings}, not a list"),
     (["--config", "TMP"], "--config TMP: cannot read it"),
-    (["--ready-file", "/proc/irpo_test/ready"], "--ready-file /proc/irpo_test/ready: its folder /proc/irpo_test"),
-    (["--ready-file", "/proc/irpo_test_ready"], "--ready-file /proc/irpo_test_ready: cannot write in /proc ("),
-    (["--ready-file", "TMP"], "--ready-file TMP is a folder"),
-    (["--torch-threads", "-2"], "--torch-threads must be >= 0"),
+    (["--ready_file", "/proc/irpo_test/ready"], "--ready_file /proc/irpo_test/ready: its folder /proc/irpo_test"),
+    (["--ready_file", "/proc/irpo_test_ready"], "--ready_file /proc/irpo_test_ready: cannot write in /proc ("),
+    (["--ready_file", "TMP"], "--ready_file TMP is a folder"),
+    (["--torch_threads", "-2"], "--torch_threads must be >= 0"),
     (["--address", "localhost:5555"], "--address: reward bridge address 'localhost:5555'"),  # the last one wins
 ])
 def test_server_cli_errors_are_one_line_before_anything_loads(tmp_path, capsys, monkeypatch, flags, needle):
@@ -658,6 +659,41 @@ def test_server_cli_errors_are_one_line_before_anything_loads(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]  # no socket, no ready file
+
+
+def test_server_flags_are_snake_case_and_the_kebab_spelling_still_works_with_a_note(capsys):
+    """The client passes the snake_case flags; a server started by hand with the old kebab-case
+    spelling (scripts written before) gets the same arguments and one note per old flag."""
+    from torch_bridge import reward_server
+
+    new = reward_server._parse_args(["--address", "unix:/x.sock", "--cuda_visible_devices", "1", "--ready_file", "r",
+                                     "--parent_pid", "7", "--parent_workdir", "w", "--torch_threads", "2"])
+    assert capsys.readouterr().err == ""
+    old = reward_server._parse_args(["--address", "unix:/x.sock", "--cuda-visible-devices", "1", "--ready-file", "r",
+                                     "--parent-pid", "7", "--parent-workdir", "w", "--torch-threads=2"])
+    assert vars(old) == vars(new)
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 5 and "note: --ready-file is now spelled --ready_file" in notes[1], notes
+
+
+def test_the_client_spawns_the_server_with_the_snake_case_flags(monkeypatch, tmp_path):
+    """Every flag of the command line RewardProcess.start builds is one the server defines."""
+    from irpo_jax.rewards import remote
+    from torch_bridge import reward_server
+
+    launched = {}
+    monkeypatch.setattr(remote.RewardProcess, "_open", lambda self: launched.update(self._launch))
+    remote.RewardProcess.start({"mean_abs": {}}, registry=REGISTRY, cuda_visible_devices="0", torch_threads=1)
+    try:
+        argv = launched["argv"][3:]
+        assert argv[0] == "--address" and launched["argv"][1:3] == ["-m", "torch_bridge.reward_server"]
+        flags = {a for a in argv if a.startswith("--")}
+        assert not [f for f in flags if "-" in f[2:]], flags
+        args = reward_server._parse_args(argv)
+        assert args.cuda_visible_devices == "0" and args.torch_threads == 1 and args.once
+        assert args.parent_pid == os.getpid() and args.ready_file == launched["ready_file"]
+    finally:
+        shutil.rmtree(launched["workdir"], ignore_errors=True)
 
 
 @pytest.mark.torch

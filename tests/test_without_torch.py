@@ -57,3 +57,29 @@ def test_reward_server_and_wire_import_without_jax():
     )
     result = run(["-c", code])
     assert result.returncode == 0, result.stderr
+
+
+def test_reward_server_command_line_runs_without_jax(tmp_path):
+    """The server's command line up to torch -- the house rules of irpo_jax.cli (flags, one-line
+    errors, logging) and safe_files (its ready file) -- runs with jax and ml_collections unimportable."""
+    code = (
+        "import tests.block_jax, runpy, sys\n"
+        "sys.argv = ['reward_server', '--address', 'unix:/x.sock', '--config', '[1]', '--torch-threads', '1']\n"
+        "try:\n"
+        "    runpy.run_module('torch_bridge.reward_server', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "from irpo_jax import cli, safe_files\n"
+        "cli.setup_logging(20, format='%(message)s')\n"
+        f"safe_files.atomic_write_text({str(tmp_path / 'ready')!r}, 'unix:/x.sock')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in tests.block_jax.BLOCKED + ('torch',))\n"
+        "assert not heavy, heavy\n"
+        "sys.exit(code)\n"
+    )
+    result = run(["-c", code])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "python -m torch_bridge.reward_server: note: --torch-threads is now spelled --torch_threads; the old "
+        "spelling will be removed",
+        "error: --config must be a JSON object {component: settings}, not a list"], result.stderr
+    assert (tmp_path / "ready").read_text() == "unix:/x.sock"

@@ -3,7 +3,7 @@
 Run by the trainer (``irpo_jax.rewards.remote.RewardProcess.start``) or by hand::
 
     python -m torch_bridge.reward_server --address unix:/tmp/irpo_rewards.sock \\
-        --config rewards.json --device cuda:0 --cuda-visible-devices 2
+        --config rewards.json --device cuda:0 --cuda_visible_devices 2
 
 ``--config`` is a JSON object (inline or a file path) mapping each component to build to its
 settings; it is handed to ``torch_bridge.reward_models.build_components(cfg, device)`` (or, with
@@ -12,7 +12,7 @@ benchmarks use that to serve fake components).
 
 Why a separate process: JAX and PyTorch each want to own their GPUs' memory (JAX preallocates
 75 %), so the reward models live in their own process whose ``CUDA_VISIBLE_DEVICES`` is set
-(``--cuda-visible-devices``) *before* torch is imported: this module imports torch only inside
+(``--cuda_visible_devices``) *before* torch is imported: this module imports torch only inside
 functions, after :func:`main` has set the environment.
 
 Protocol: :mod:`irpo_jax.rewards.wire` (length-prefixed JSON header + raw float32 arrays, never
@@ -34,9 +34,15 @@ implementations of ``irpo_jax.rewards.bridge.RewardBridge``, where their common 
 
 Faults: a component that raises gives NaN for its column and an ``errors`` entry, not a crash;
 a component whose weights are missing makes start-up fail (exit code 3) with the factory's
-message; a ``--config`` that is not a readable JSON object, or a ``--ready-file`` that cannot be
-written, exits 2 with one line before torch is imported. The process exits when its parent dies (``--parent-pid``, checked twice a second) so a
-killed trainer leaves no orphan, and on SIGTERM or a ``shutdown`` message.
+message; a ``--config`` that is not a readable JSON object, or a ``--ready_file`` that cannot be
+written, exits 2 with one line before torch is imported. The process exits when its parent dies
+(``--parent_pid``, checked twice a second) so a killed trainer leaves no orphan, and on SIGTERM
+(exit 0) or a ``shutdown`` message.
+
+The command line follows the package's house rules (:mod:`irpo_jax.cli`: snake_case flags, the
+kebab-case spelling still taken with a note; errors in one line; the ready file written whole by
+:mod:`irpo_jax.safe_files`); both modules import only the standard library, so this process still
+loads without jax.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 # numpy and the standard library only: irpo_jax and irpo_jax.rewards import nothing at import time
-# (their names load on first use), so this process never imports jax.
+# (their names load on first use), nor do cli and safe_files, so this process never imports jax.
+from irpo_jax import cli, safe_files
 from irpo_jax.rewards import wire
 from irpo_jax.rewards.bridge import RewardBridge
 
@@ -399,21 +406,22 @@ def _watch_parent(pid: int, cleanup: Callable[[], None]) -> None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m torch_bridge.reward_server", description=__doc__.split("\n")[0]
+    p = cli.ArgumentParser(
+        prog="python -m torch_bridge.reward_server", description=__doc__.split("\n")[0],
+        epilog="The kebab-case spellings (--ready-file) are still taken, with a note; they will be removed.",
     )
     p.add_argument("--address", required=True, help="unix:/x.sock or tcp:127.0.0.1:PORT (0: any)")
     p.add_argument("--config", default="{}", help="JSON {component: settings}, inline or a path")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (N among the visible GPUs)")
-    p.add_argument("--cuda-visible-devices", default=None, help="set before torch is imported")
+    p.add_argument("--cuda_visible_devices", default=None, help="set before torch is imported")
     p.add_argument("--components", default=DEFAULT_REGISTRY, help="module:attr of the factories")
-    p.add_argument("--ready-file", default=None, help="written with the bound address once serving")
-    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
-    p.add_argument("--parent-workdir", default=None,
+    p.add_argument("--ready_file", default=None, help="written with the bound address once serving")
+    p.add_argument("--parent_pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--parent_workdir", default=None,
                    help="the spawning client's private folder (socket, config, log): removed when "
                         "the parent is gone, as the client removes it on close")
     p.add_argument("--once", action="store_true", help="exit when the first client disconnects")
-    p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads (0: default)")
+    p.add_argument("--torch_threads", type=int, default=0, help="intra-op threads (0: default)")
     return p.parse_args(argv)
 
 
@@ -444,18 +452,18 @@ def _read_config(text: str) -> dict[str, Any]:
 
 
 def _check_ready_file(path: str) -> None:
-    """Refuses a ``--ready-file`` the server could not write once serving (after the models load)."""
+    """Refuses a ``--ready_file`` the server could not write once serving (after the models load)."""
     target = pathlib.Path(path).absolute()
     if target.is_dir():
-        raise _UsageError(f"--ready-file {path} is a folder; give a file path")
+        raise _UsageError(f"--ready_file {path} is a folder; give a file path")
     if not target.parent.is_dir():
-        raise _UsageError(f"--ready-file {path}: its folder {target.parent} does not exist or is not "
+        raise _UsageError(f"--ready_file {path}: its folder {target.parent} does not exist or is not "
                           "a folder")
     try:  # mode bits do not stop root; /proc or a read-only mount still do
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ready-probe-"):
             pass
     except OSError as e:
-        raise _UsageError(f"--ready-file {path}: cannot write in {target.parent} "
+        raise _UsageError(f"--ready_file {path}: cannot write in {target.parent} "
                           f"({e.strerror or e})") from e
 
 
@@ -466,24 +474,24 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise _UsageError(f"--address: {e}") from e
     if args.torch_threads < 0:
-        raise _UsageError(f"--torch-threads must be >= 0 (0: torch's default), got {args.torch_threads}")
+        raise _UsageError(f"--torch_threads must be >= 0 (0: torch's default), got {args.torch_threads}")
     if args.ready_file:
         _check_ready_file(args.ready_file)
     return _read_config(args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 after a shutdown message)."""
+    """Entry point; returns the exit code: 0 after a shutdown message or SIGTERM (143, in one
+    line, while torch still loads); 2 for a bad argument, in one line; :data:`EXIT_CODES` for a
+    failed start-up; 130 for Ctrl-C."""
     args = _parse_args(argv)
-    try:
-        config = _check_arguments(args)
-    except _UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s reward_server[%(process)d] %(levelname)s %(message)s",
-    )
+    return cli.main_errors(lambda: _serve(args), (_UsageError,), code=2)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Checks the arguments, builds the components and serves until shutdown (or the parent dies)."""
+    config = _check_arguments(args)
+    cli.setup_logging(logging.INFO, format="%(asctime)s reward_server[%(process)d] %(levelname)s %(message)s")
     # Before torch is imported anywhere in this process: which GPUs it may see.
     if args.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_visible_devices
@@ -522,10 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:
             log.error("cannot listen on %s: %s", args.address, e)
             return EXIT_CODES["address"]
-        if args.ready_file:
-            tmp = f"{args.ready_file}.tmp"
-            pathlib.Path(tmp).write_text(address)
-            os.replace(tmp, args.ready_file)  # atomic: the client never reads half a line
+        if args.ready_file:  # whole: the client never reads half a line
+            safe_files.atomic_write_text(args.ready_file, address)
         log.info(
             "serving on %s (protocol v%d, torch %s)",
             address, wire.PROTOCOL_VERSION, torch.__version__,

@@ -47,12 +47,10 @@ OOD degradations (never in training; the in-domain models are the demo's, :data:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +59,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from irpo_jax import cli, safe_files
 from irpo_jax.data import degradations as deg
 from irpo_jax.data.demo import Box, _orient, _png_bytes, _skimage
 from irpo_jax.tasks import TASKS
@@ -439,7 +438,8 @@ def _fingerprint(seed: int, quick: bool) -> str:
 def build(out: str | Path, seed: int = 0, quick: bool = False) -> dict:
     """Builds the benchmark under ``out``, or finds it already built there.
 
-    Written into ``out.partial`` and renamed, so ``out`` is either absent or complete. An existing
+    Written into a temporary sibling and renamed (``safe_files.atomic_directory``), so ``out`` is
+    either absent or complete. An existing
     ``out`` built by this builder with the same seed and size is kept as it is (the study's runner
     calls this on every start); anything else there is refused.
 
@@ -488,36 +488,33 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> dict:
         "samples": samples,
         "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(payload.items())},
     }
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    for rel, data in sorted(payload.items()):
-        path = partial / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    partial.rename(out)
+    with safe_files.atomic_directory(out) as partial:
+        for rel, data in sorted(payload.items()):
+            path = partial / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return {"out": str(out), "seed": seed, "quick": quick, "counts": counts, "built": True,
             "seconds": time.perf_counter() - t0}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {GENERATOR}", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=f"python -m {GENERATOR}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (new, or this benchmark built before)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (>= 0)")
     parser.add_argument("--quick", action="store_true", help="the pipeline test's tiny set")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    try:
+
+    def run() -> int:
         summary = build(args.out, args.seed, args.quick)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for split, per in summary["counts"].items():
-        print(f"{split:5s}: " + ", ".join(f"{t} {n}" for t, n in per.items()))
-    print(("built" if summary["built"] else "already built:") + f" {summary['out']} in {summary['seconds']:.1f} s")
-    return 0
+        for split, per in summary["counts"].items():
+            print(f"{split:5s}: " + ", ".join(f"{t} {n}" for t, n in per.items()))
+        print(("built" if summary["built"] else "already built:") + f" {summary['out']} in {summary['seconds']:.1f} s")
+        return 0
+
+    return cli.main_errors(run, (FileExistsError,), resume="the same command builds it anew")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ out with; a folder laid out by hand is never touched (``--check`` reports on it)
 per set, how many pairs they find against the published size, and what a run would read: pairs
 per task, AdaIR's repeats, the epoch, and the run lengths of ``configs/allinone5.py``'s two stages.
 Exit status: 0 when every set asked for is there with its published count; 1 otherwise (or, for
-``prepare`` without ``--strict``, only when something could not be done); 2 for bad arguments.
+``prepare`` without ``--strict``, only when something could not be done); 2 for bad arguments
+or an unreadable download; 130 (Ctrl-C) or 143 (SIGTERM) when interrupted, in one line: the same
+command finishes what is missing.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from irpo_jax import cli, safe_files
 from irpo_jax.data import archives
 from irpo_jax.data.config import OFFICIAL_REPEATS
 from irpo_jax.data.eval_sets import eval_sets
@@ -111,11 +114,10 @@ def _files_below(folder: Path) -> set[str]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_list(path: Path, text: str) -> None:
+    """A list file, written whole (its folder created if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.prepare-tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    safe_files.atomic_write_text(path, text)
 
 
 def _clean_leftovers(unit_dir: Path) -> None:
@@ -148,7 +150,7 @@ def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]],
         if marker.get("signature") == signature:
             for rel, text in lists.items():  # the unit is whole; its list may be another (--lists)
                 if not list_paths[rel].is_file() or list_paths[rel].read_text() != text:
-                    _write_atomic(list_paths[rel], text)
+                    _write_list(list_paths[rel], text)
             return "unchanged", ""
         held = _files_below(unit_dir) - {MARKER}
         if held != set(marker.get("files", [])):
@@ -176,7 +178,7 @@ def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]],
         moved = unit_dir.with_name(f".{unit_dir.name}.prepare-old-{os.getpid()}")
         os.replace(unit_dir, moved)
     for rel, text in lists.items():
-        _write_atomic(list_paths[rel], text)
+        _write_list(list_paths[rel], text)
     os.replace(staging, unit_dir)
     if old is not None:
         shutil.rmtree(moved)
@@ -392,12 +394,10 @@ def run_lengths(rows: Sequence[CheckRow], config: str | None) -> list[str]:
     repeats, sigmas = dict(OFFICIAL_REPEATS), len(OFFICIAL_SIGMAS)
     stages: list[tuple[str, Any]] = []
     if config and Path(config.partition(":")[0]).is_file():
-        from irpo_jax import config_lib
-
         for stage in ("supervised", None):
             spec = config + (f":{stage}" if stage else "")
             try:
-                stages.append((stage or "grpo", config_lib.load_config(spec)))
+                stages.append((stage or "grpo", cli.load_config(spec)))
             except (ValueError, FileNotFoundError) as err:
                 log.warning("cannot load %s: %s", spec, err)
     if stages:
@@ -446,7 +446,7 @@ def format_report(results: Sequence[ReleaseResult], scan: archives.Scan | None =
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m irpo_jax.data.prepare", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m irpo_jax.data.prepare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="README 'Preparing the data' lists every set, its source and its layout.")
     p.add_argument("--downloads", help="folder with the downloaded archives and/or extracted folders")
@@ -480,32 +480,33 @@ def _check_report(root: str, args: argparse.Namespace) -> tuple[str, bool]:
     return "\n".join(lines), complete
 
 
+class _UsageError(Exception):
+    """Flags that do not make a command; one line, exit status 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(logging.WARNING)
+    return cli.main_errors(lambda: _run(args), (_UsageError, archives.ArchiveError, DataError), code=2,
+                           resume="the same command finishes what is missing")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.check:
         if args.downloads or args.out:
-            print("error: --check DATA_ROOT reports on a data root; use it without --downloads/--out", file=sys.stderr)
-            return 2
+            raise _UsageError("--check DATA_ROOT reports on a data root; use it without --downloads/--out")
         if not Path(args.check).is_dir():
-            print(f"error: --check {args.check}: no such folder", file=sys.stderr)
-            return 2
+            raise _UsageError(f"--check {args.check}: no such folder")
         text, complete = _check_report(args.check, args)
         print(text)
         return 0 if complete else 1
     if not (args.downloads and args.out):
-        print("error: give --downloads DIR and --out DATA_ROOT (or --check DATA_ROOT)", file=sys.stderr)
-        return 2
+        raise _UsageError("give --downloads DIR and --out DATA_ROOT (or --check DATA_ROOT)")
     if Path(args.out).absolute().is_relative_to(Path(args.downloads).absolute()):
-        print(f"error: --out {args.out} lies inside --downloads {args.downloads}: prepare never writes there",
-              file=sys.stderr)
-        return 2
+        raise _UsageError(f"--out {args.out} lies inside --downloads {args.downloads}: prepare never writes there")
     names = [s for s in args.sets.split(",") if s] or None
-    try:
-        results, scan = prepare(args.downloads, args.out, sets=names, link=args.link, lists=args.lists)
-    except (archives.ArchiveError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results, scan = prepare(args.downloads, args.out, sets=names, link=args.link, lists=args.lists)
     print(format_report(results, scan))
     failed = [r for r in results if r.state in ("failed", "left as it is")] + [None] * bool(scan.problems)
     incomplete = [r.release.name for r in results if r.state in ("missing", "count differs")]

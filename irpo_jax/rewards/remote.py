@@ -17,7 +17,7 @@ Two ways to get a process:
 * :meth:`RewardProcess.start` spawns ``python -m torch_bridge.reward_server`` as a child in its
   own session with its own environment (``CUDA_VISIBLE_DEVICES`` set before torch is imported
   there), a private temporary directory holding the Unix socket, the config and the log, and
-  ``--parent-pid`` so the child exits if the trainer is killed.
+  ``--parent_pid`` so the child exits if the trainer is killed.
 * :meth:`RewardProcess.connect` attaches to a server started by hand (``unix:/...`` or
   ``tcp:127.0.0.1:PORT``), e.g. in another virtual environment or on other GPUs.
 
@@ -206,16 +206,16 @@ class RewardProcess(RewardBridge):
         argv = [
             python or sys.executable, "-m", "torch_bridge.reward_server",
             "--address", address, "--config", config_path, "--device", device,
-            "--components", registry, "--ready-file", os.path.join(workdir, "ready"),
-            "--parent-pid", str(os.getpid()), "--parent-workdir", workdir, "--once",
-            "--torch-threads", str(int(torch_threads)),
+            "--components", registry, "--ready_file", os.path.join(workdir, "ready"),
+            "--parent_pid", str(os.getpid()), "--parent_workdir", workdir, "--once",
+            "--torch_threads", str(int(torch_threads)),
         ]  # fmt: skip
         child_env = dict(os.environ)
         child_env.update(env or {})
         if cuda_visible_devices != "inherit":
             # In the environment from exec on, and again by the flag before torch is imported.
             child_env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
-            argv += ["--cuda-visible-devices", cuda_visible_devices]
+            argv += ["--cuda_visible_devices", cuda_visible_devices]
         path = child_env.get("PYTHONPATH")
         child_env["PYTHONPATH"] = str(_SOURCE_ROOT) + (os.pathsep + path if path else "")
         launch = {

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from irpo_jax import checkpointing
+from irpo_jax import checkpointing, safe_files
 from irpo_jax.training.optimizer import TrainState
 
 log = logging.getLogger("irpo_jax.train")
@@ -204,7 +204,7 @@ def refresh_model(workdir: pathlib.Path, model: nnx.Module, manifest: Mapping) -
     """
     target, new = workdir / MODEL_DIR, workdir / _NEXT
     _remove(new)  # a leftover, normally cleared at start-up
-    with checkpointing.atomic_directory(new) as tmp:
+    with safe_files.atomic_directory(new) as tmp:
         checkpointing.write_model(tmp, model, {"manifest.json": dict(manifest)})
     _remove(workdir / _PREVIOUS)  # a leftover of a delete that failed
     if not target.exists():
