@@ -8,7 +8,7 @@ orientation applied (files Pillow decodes); grayscale is replicated to RGB and t
 channel; an alpha channel is kept aside and re-attached unchanged; the image is reflect-padded
 at the bottom/right to a multiple of 8 (AdaIR downsamples three times), restored whole (or in
 overlapping tiles with ``--tile``, which warns: tiled outputs differ from whole-image ones; see
-:mod:`irpo_jax.tiling` and the README's "Tiling" for what tiling changes), cropped
+:mod:`irpo_jax.evaluation.tiling` and the README's "Tiling" for what tiling changes), cropped
 back, clipped to [0, 1] and rounded to the input's bit depth. Outputs are PNG (TIFF for TIFF
 inputs), named after the input with its path relative to the input folder kept; a 16-bit input
 gives a 16-bit output with every bit the network produced (``x / 65535`` in float32 and back is
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from irpo_jax import tiling
+from irpo_jax.evaluation import tiling
 
 log = logging.getLogger("irpo_jax.restore")
 
@@ -550,7 +550,7 @@ def restore_files(
     from tqdm import tqdm
 
     from irpo_jax import destinations
-    from irpo_jax import evaluate as evaluate_lib
+    from irpo_jax.evaluation import runner as runner_lib
 
     check_tiling(tile, tile_overlap, fallback_tile)
     check_out(out)
@@ -565,7 +565,7 @@ def restore_files(
     if tile:
         log.warning("--tile %d: images with a side above %d px are restored in tiles; %s", tile, tile,
                     TILING_WARNING)
-    runner = evaluate_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
+    runner = runner_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
     bar = tqdm(total=len(jobs), unit="img", desc="restoring", disable=not progress, dynamic_ncols=True)
 
     def finish(src: pathlib.Path, dst: pathlib.Path, dec: Decoded, restored: np.ndarray) -> None:
