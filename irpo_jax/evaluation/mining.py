@@ -18,7 +18,8 @@ protocol). Denoise inputs get the official uint8-truncated Gaussian noise with a
 seeded by ``[--seed, hash(record id)]``, so every run sees the same noisy image.
 
 How: records are grouped by input shape; each bucket is cut into batches (the last one padded),
-sharded over the local devices and jitted once per shape. Results are appended to
+sharded over the local devices and jitted once per shape, by the one inference engine
+(:func:`irpo_jax.evaluation.runner.plan_batches`, :meth:`~irpo_jax.evaluation.runner.Runner.score_images`). Results are appended to
 ``OUT.partial.jsonl`` after every batch, keyed by record id; an interrupted run continues where
 it stopped (the partial file's header must match the model, data and settings). At the end the
 manifest ``OUT`` (JSON lines) and a per-task table ``OUT`` with suffix ``.summary.md`` are written
@@ -41,7 +42,6 @@ of ``model.json`` and every file under ``params/``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -56,6 +56,7 @@ import numpy as np
 
 from irpo_jax.data import readers
 from irpo_jax.data.readers import DataError, Record
+from irpo_jax.evaluation import runner as runner_lib
 
 log = logging.getLogger("irpo_jax.mine")
 
@@ -407,6 +408,54 @@ def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any
 # --------------------------------------------------------------------------- mining
 
 
+def _score_batches(runner: runner_lib.Runner, records: Sequence[Record], todo: Sequence[tuple[list[int], int]],
+                   partial: Path, done: dict[str, dict[str, Any]], *, crop: int, base: int, seed: int,
+                   progress: bool, stop_after: int | None) -> None:
+    """Scores the batches ``todo`` (``(record indices, padded batch size)``), appending every
+    record's line to ``partial`` (and to ``done``) after each batch; a pair that fails to decode
+    gets a line with its ``error``. ``stop_after``: see :func:`mine`."""
+    from tqdm import tqdm
+
+    def load(batch: tuple[list[int], int]) -> list[tuple[int, Any]]:
+        loaded = []
+        for i in batch[0]:
+            try:
+                loaded.append((i, mining_input(records[i], crop=crop, base=base, seed=seed)))
+            except DataError as err:
+                loaded.append((i, err))
+        return loaded
+
+    written = 0
+    bar = tqdm(total=sum(len(c) for c, _ in todo), unit="img", desc="mining",
+               disable=not progress, dynamic_ncols=True)
+    # A decoding thread loads the next batch while the model runs on the current one.
+    with open(partial, "a") as fh:
+        for (chunk, bsz), loaded in runner_lib.prefetch(load, todo, workers=1, ahead=1):
+            good = [(i, x) for i, x in loaded if not isinstance(x, DataError)]
+            lines = []
+            for i, err in ((i, x) for i, x in loaded if isinstance(x, DataError)):
+                log.warning("mining: skipped %s: %s", records[i].id, err)
+                lines.append({"id": records[i].id, "psnr": None, "ssim": None, "error": str(err)})
+            if good:
+                # Padded to the planned size by repeating the last image: one compiled shape per bucket.
+                out = runner.score_images([x[0] for _, x in good], [x[1] for _, x in good], size=bsz)
+                p, s = np.asarray(out["psnr"]), np.asarray(out["ssim"])
+                for k, (i, _) in enumerate(good):
+                    lines.append({"id": records[i].id, "psnr": float(p[k]), "ssim": float(s[k])})
+            for e in lines:
+                if e["id"] not in done:
+                    fh.write(json.dumps(e, sort_keys=True) + "\n")
+                    done[e["id"]] = e
+                    written += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(chunk))
+            if stop_after is not None and written >= stop_after:
+                bar.close()
+                raise MiningInterrupted(f"stopped after {written} records (test hook)")
+    bar.close()
+
+
 def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
          fraction: float = 0.3, selection: str = "per_task", rank_by: str = "psnr",
          crop: int = 0, batch_size: int = 8, seed: int = 0, resume: bool = True,
@@ -446,11 +495,6 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
                           crop=crop, base=base, resume=resume, overwrite=overwrite)
 
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from tqdm import tqdm
-
-    from irpo_jax import metrics
 
     if cfg["validate"] == "none":
         cfg["validate"] = "header"  # shapes are needed for the buckets
@@ -469,20 +513,12 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     partial_header = {"kind": PARTIAL_KIND, "model_id": model_id,
                       "data_fingerprint": readers.fingerprint(records), "measure": measure}
 
-    # ---- buckets: same input shape -> one compiled forward each.
-    devices = jax.local_devices()
-    mesh = Mesh(np.array(devices), ("data",))
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    ndev = len(devices)
-    per_batch = -(-max(1, int(batch_size)) // ndev) * ndev
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for i, r in enumerate(records):
-        buckets.setdefault(_mined_shape(r, crop, base), []).append(i)
-    chunks: list[tuple[list[int], int]] = []  # (record indices, padded batch size)
-    for shape in sorted(buckets):
-        idx = buckets[shape]
-        bsz = min(per_batch, -(-len(idx) // ndev) * ndev)
-        chunks += [(idx[j : j + bsz], bsz) for j in range(0, len(idx), bsz)]
+    # The one inference engine, at full float32 as in evaluate (a GPU's default TF32 moves the
+    # output by ~3e-4). The batches are planned up front (same input shape -> one compiled
+    # forward each), so that a resumed run and every process see the same ones.
+    runner = runner_lib.make_runner(restorer, precision="highest")
+    chunks = runner_lib.plan_batches([_mined_shape(r, crop, base) for r in records], batch_size=batch_size,
+                                     devices=runner.n)
     pid, nproc = jax.process_index(), jax.process_count()
     mine_chunks = chunks[pid::nproc]
 
@@ -494,64 +530,11 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     if done:
         log.info("resuming: %d of %d records already in %s", len(done), len(records), partial)
 
-    @jax.jit
-    def score(restored: jax.Array, clean: jax.Array) -> tuple[jax.Array, jax.Array]:
-        restored = jnp.clip(restored, 0.0, 1.0)  # the official protocol clips before scoring
-        return metrics.psnr(restored, clean), metrics.ssim(restored, clean)  # (B,), (B,)
-
-    def load(i: int) -> tuple[int, Any]:
-        try:
-            return i, mining_input(records[i], crop=crop, base=base, seed=seed)
-        except DataError as err:
-            return i, err
-
     out.parent.mkdir(parents=True, exist_ok=True)
     if not partial.exists() or partial.stat().st_size == 0:
         partial.write_text(json.dumps(partial_header, sort_keys=True) + "\n")
-    written = 0
-    bar = tqdm(total=sum(len(c) for c, _ in todo), unit="img", desc="mining",
-               disable=not progress, dynamic_ncols=True)
-    # Decoding threads prefetch the next batch while the model runs on the current one.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool, open(partial, "a") as fh:
-        futures = [pool.submit(lambda c=c: [load(i) for i in c]) for c, _ in todo[:1]]
-        for n, (chunk, bsz) in enumerate(todo):
-            loaded = futures.pop(0).result()
-            if n + 1 < len(todo):
-                nxt = todo[n + 1][0]
-                futures.append(pool.submit(lambda c=nxt: [load(i) for i in c]))
-            good = [(i, x) for i, x in loaded if not isinstance(x, DataError)]
-            lines = []
-            for i, err in ((i, x) for i, x in loaded if isinstance(x, DataError)):
-                log.warning("mining: skipped %s: %s", records[i].id, err)
-                lines.append({"id": records[i].id, "psnr": None, "ssim": None, "error": str(err)})
-            if good:
-                deg = np.stack([x[0] for _, x in good])  # (b, H, W, 3)
-                cln = np.stack([x[1] for _, x in good])
-                pad = bsz - len(good)
-                if pad:  # repeat the last image: one compiled shape per bucket
-                    deg = np.concatenate([deg, np.repeat(deg[-1:], pad, 0)])
-                    cln = np.concatenate([cln, np.repeat(cln[-1:], pad, 0)])
-                deg = jax.device_put(deg, batch_sharding)
-                cln = jax.device_put(cln, batch_sharding)
-                # The mesh: the model's FFTs run per device (adair.frequency_split). Full float32
-                # as in evaluate (a GPU's default TF32 moves the output by ~3e-4).
-                with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
-                    p, s = score(restorer(deg), cln)
-                p, s = np.asarray(p), np.asarray(s)
-                for k, (i, _) in enumerate(good):
-                    lines.append({"id": records[i].id, "psnr": float(p[k]), "ssim": float(s[k])})
-            for e in lines:
-                if e["id"] not in done:
-                    fh.write(json.dumps(e, sort_keys=True) + "\n")
-                    done[e["id"]] = e
-                    written += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-            bar.update(len(chunk))
-            if stop_after is not None and written >= stop_after:
-                bar.close()
-                raise MiningInterrupted(f"stopped after {written} records (test hook)")
-    bar.close()
+    _score_batches(runner, records, todo, partial, done, crop=crop, base=base, seed=seed, progress=progress,
+                   stop_after=stop_after)
 
     if nproc > 1:
         from jax.experimental import multihost_utils

@@ -45,7 +45,6 @@ Images are loaded by a thread pool in set order and restored by the one inferenc
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import logging
 import math
@@ -54,7 +53,7 @@ import pathlib
 import re
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -62,8 +61,15 @@ import numpy as np
 
 from irpo_jax.data import readers
 from irpo_jax.data.readers import DataError
-from irpo_jax.evaluation import tables, tiling
-from irpo_jax.evaluation.runner import EvalError, Runner, make_runner, out_of_memory
+from irpo_jax.evaluation import tables
+from irpo_jax.evaluation.runner import (
+    EvalError,
+    Runner,
+    ShapeBuckets,
+    make_runner,
+    out_of_memory,
+    prefetch,
+)
 
 log = logging.getLogger("irpo_jax.evaluate")
 
@@ -134,29 +140,6 @@ def _row_title(row: str, task: str) -> str:
 # ----------------------------------------------------------------------------- the evaluation loop
 
 
-def _prefetch(es: readers.EvalSet, n: int, workers: int) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-    """``(index, item)`` in order, decoded by a thread pool a few items ahead; an image that
-    cannot be read comes as its :class:`DataError` instead of the item."""
-    window = 2 * workers + 2
-
-    def get(i: int) -> dict[str, Any] | DataError:
-        try:
-            return es[i]
-        except DataError as err:
-            return err
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: collections.deque = collections.deque()
-        for i in range(n):
-            pending.append((i, pool.submit(get, i)))
-            if len(pending) >= window:
-                j, fut = pending.popleft()
-                yield j, fut.result()
-        while pending:
-            j, fut = pending.popleft()
-            yield j, fut.result()
-
-
 def _image_id(row: str, name: str) -> int:
     return zlib.crc32(f"{row}/{name}".encode()) & 0x7FFFFFFF
 
@@ -186,7 +169,6 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
     n = len(es) if max_images <= 0 else min(max_images, len(es))
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    buckets: dict[tuple, list[tuple[int, dict]]] = collections.defaultdict(list)
     bar = tqdm(total=n, desc=row, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
 
     def record(i: int, item: dict, out: Mapping[str, Any], j: int, tiled: bool) -> None:
@@ -205,11 +187,11 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             _save_png(image_path(image_dir, row, item["name"]), np.asarray(out["restored"][j]))
         bar.update(1)
 
-    def too_big(items: Sequence[dict], err: Exception) -> EvalError:
-        h, w = items[0]["degraded"].shape[:2]
+    def too_big(item: dict, per_step: int, err: Exception) -> EvalError:
+        h, w = item["degraded"].shape[:2]
         return EvalError(
-            f"test set {row}: out of device memory restoring {items[0]['name']} ({w}x{h}, "
-            f"{len(items)} image(s) per step) whole: {str(err).splitlines()[0][:200]}. Use a device "
+            f"test set {row}: out of device memory restoring {item['name']} ({w}x{h}, "
+            f"{per_step} image(s) per step) whole: {str(err).splitlines()[0][:200]}. Use a device "
             "with more memory (README 'Out-of-domain evaluation' lists what each set needs), or "
             "--tile SIZE, which restores in windows and is not the published protocol.")
 
@@ -217,24 +199,24 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
         # Restored images stay on the device unless they are saved.
         return jax.device_get({k: v for k, v in out.items() if k != "restored" or image_dir is not None})
 
-    def flush(shape: tuple) -> None:
-        group = buckets.pop(shape)
+    def run(group: list[tuple[int, dict]]) -> None:
         items = [it for _, it in group]
-        items += [items[-1]] * (-len(items) % runner.n)  # pad to whole devices; discarded below
-        deg = np.stack([readers.to_float01(it["degraded"]) for it in items])
-        cln = np.stack([readers.to_float01(it["clean"]) for it in items])
+        degraded = [readers.to_float01(it["degraded"]) for it in items]
+        clean = [readers.to_float01(it["clean"]) for it in items]
         ids = np.array([_image_id(row, it["name"]) for it in items], np.uint32)
         try:
-            out = fetch(runner.run_batch(deg, cln, ids, seed))
+            out = fetch(runner.score_images(degraded, clean, ids=ids, seed=seed))
         except Exception as err:  # XLA reports exhausted memory as a runtime error
             if out_of_memory(err):
-                raise too_big(items, err) from err
+                raise too_big(items[0], runner.batch_size(len(items)), err) from err
             raise
         for j, (i, item) in enumerate(group):
             record(i, item, out, j, False)
 
+    buckets = ShapeBuckets(run, size=runner.n, max_waiting=8 * runner.n)  # bound host memory
     try:
-        for i, item in _prefetch(es, n, workers=min(8, os.cpu_count() or 1)):
+        # An image that cannot be read comes as its DataError.
+        for i, item in prefetch(lambda i: es[i], range(n), workers=min(8, os.cpu_count() or 1), errors=(DataError,)):
             if isinstance(item, DataError):
                 if not allow_partial:
                     raise item
@@ -244,21 +226,16 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             h, w = item["degraded"].shape[:2]
             if tile > 0 and max(h, w) > tile:
                 try:
-                    restored = tiling.tiled_apply(runner.apply_host, readers.to_float01(item["degraded"]),
-                                                  tile=tile, overlap=tile_overlap, batch_size=runner.n)
+                    restored = runner.restore_tiled(readers.to_float01(item["degraded"]), tile=tile,
+                                                    overlap=tile_overlap)
                 except Exception as err:
                     if out_of_memory(err):
-                        raise too_big([item], err) from err
+                        raise too_big(item, 1, err) from err
                     raise
                 record(i, item, fetch(runner.score(restored, readers.to_float01(item["clean"]))), 0, True)
                 continue
-            buckets[(h, w)].append((i, item))
-            if len(buckets[(h, w)]) == runner.n:
-                flush((h, w))
-            elif sum(len(b) for b in buckets.values()) > 8 * runner.n:  # bound host memory
-                flush(max(buckets, key=lambda s: len(buckets[s])))
-        for shape in list(buckets):
-            flush(shape)
+            buckets.add((h, w), (i, item))
+        buckets.flush()
     except DataError as err:
         raise EvalError(f"test set {row}: {err}. Every image of a set is needed for a comparable "
                         "average: fix or replace that file (or pass --allow_partial to score the "
