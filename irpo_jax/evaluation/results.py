@@ -6,11 +6,13 @@ the parameter values and model config) and the settings that decide the numbers
 (:func:`result_identity`), so that :func:`check_existing_results` replaces a folder's results only
 with the same numbers. Results files are written whole (temporary file + rename) with the user's
 umask (0644 by default). :func:`scalars` flattens results for TensorBoard/JSONL.
+:func:`evaluate_and_write` is the trainer's evaluation: all of that in one call.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -21,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from irpo_jax.data import readers
-from irpo_jax.evaluation.protocol import resolve_rows
+from irpo_jax.evaluation.protocol import evaluate, resolve_rows
 from irpo_jax.evaluation.runner import EvalError
 from irpo_jax.evaluation.tables import format_table
 
 log = logging.getLogger("irpo_jax.evaluate")
 
-__all__ = ["CSV_COLUMNS", "check_existing_results", "check_writable", "describe_checkpoint", "output_dir",
-           "result_identity", "scalars", "write_results"]
+__all__ = ["CSV_COLUMNS", "Written", "check_existing_results", "check_writable", "describe_checkpoint",
+           "evaluate_and_write", "output_dir", "result_identity", "scalars", "write_results"]
 
 
 CSV_COLUMNS = ("set", "task", "sigma", "name", "height", "width", "tiled", "psnr", "ssim")
@@ -216,3 +218,38 @@ def result_identity(module: Any, data_cfg: Any, sets: Sequence[str] | None = Non
                 "tile_overlap": tile_overlap if tile else None, "precision": precision,
                 "allow_partial": allow_partial}
     return checkpointing.params_sha256(module), settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """An evaluation written to its folder, with what a training log records of it."""
+
+    results: dict[str, Any]  # as results.json holds them
+    directory: pathlib.Path  # where they were written (:func:`output_dir`)
+    scalars: dict[str, float]  # :func:`scalars`
+    table: str  # :func:`irpo_jax.evaluation.tables.format_table`
+
+
+def evaluate_and_write(model: Any, data_cfg: Any, out: pathlib.Path, *, name: str, step: int | None,
+                       max_images: int = 0, progress: bool = False) -> Written:
+    """Evaluates ``model`` on ``data.eval_sets`` under the published protocol and writes the results
+    to ``<out>/eval/<step>[_first<N>]`` (the trainer's evaluation, every ``train.eval_every`` steps).
+
+    The results record the checkpoint and settings as the evaluate CLI records them, so that the CLI
+    recognises (and may replace) them. The folder is written directly: a resumed run re-evaluates a
+    step it evaluated before.
+
+    Args:
+      model: the model (see :func:`irpo_jax.evaluation.protocol.evaluate`).
+      data_cfg: the data config.
+      out: the run's workdir.
+      name: the method name printed in the tables (the run's name).
+      step: the training step.
+      max_images: only the first N images of every row (0 = all).
+      progress: show a progress bar per row.
+    """
+    results = evaluate(model, data_cfg, max_images=max_images, name=name, step=step, progress=progress)
+    results["model"]["params_sha256"], results["settings"] = result_identity(model, data_cfg, max_images=max_images)
+    directory = output_dir(out, name, step, max_images=max_images)
+    write_results(results, directory)
+    return Written(results, directory, scalars(results), format_table(results))
