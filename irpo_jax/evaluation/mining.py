@@ -19,7 +19,8 @@ seeded by ``[--seed, hash(record id)]``, so every run sees the same noisy image.
 
 How: records are grouped by input shape; each bucket is cut into batches (the last one padded),
 sharded over the local devices and jitted once per shape, by the one inference engine
-(:func:`irpo_jax.evaluation.runner.plan_batches`, :meth:`~irpo_jax.evaluation.runner.Runner.score_images`). Results are appended to
+(:func:`irpo_jax.evaluation.runner.plan_batches`,
+:meth:`~irpo_jax.evaluation.runner.Runner.score_images`). Results are appended to
 ``OUT.partial.jsonl`` after every batch, keyed by record id; an interrupted run continues where
 it stopped (the partial file's header must match the model, data and settings). At the end the
 manifest ``OUT`` (JSON lines) and a per-task table ``OUT`` with suffix ``.summary.md`` are written
