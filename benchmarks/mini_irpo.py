@@ -201,8 +201,8 @@ class Study:
         return summary
 
     def mine(self) -> None:
-        from irpo_jax import mine
         from irpo_jax.data import readers
+        from irpo_jax.evaluation import mining
 
         cfg = _config(self.s)
         data = readers.resolve_config(cfg.data) | {"root": str(self.data), "manifest": ""}
@@ -211,9 +211,9 @@ class Study:
             if path.exists():
                 continue
             print(f"mining {path.name} ({selection}) with {self.start / 'model'}")
-            mine.mine(data, self.start / "model", path, fraction=cfg.mining.fraction, selection=selection,
-                      crop=int(cfg.mining.crop), batch_size=int(cfg.mining.batch_size), seed=0,
-                      progress=self.s.progress)
+            mining.mine(data, self.start / "model", path, fraction=cfg.mining.fraction, selection=selection,
+                        crop=int(cfg.mining.crop), batch_size=int(cfg.mining.batch_size), seed=0,
+                        progress=self.s.progress)
 
     # ---- stage 4
 
@@ -480,7 +480,7 @@ def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metr
               paper=None) -> tuple[str, dict]:
     """A markdown table of ``split`` (test/val/ood): per task and the average, mean +- std over
     each entry's seeds, and the difference of the average from the starting model; with
-    ``paper`` (a :class:`irpo_jax.published.Table`), its AdaIR and IRPO rows at the bottom, in
+    ``paper`` (a :class:`irpo_jax.evaluation.published.Table`), its AdaIR and IRPO rows at the bottom, in
     italics, with IRPO's difference from AdaIR (the shape to compare, not the values)."""
     cols = split_columns(split)
     start = _scores(study, "start")
@@ -739,7 +739,7 @@ def step0_heads(study: Study, seed: int) -> dict[str, np.ndarray]:
 
 def report(study: Study) -> Path:
     """Writes ``OUT/report/mini_irpo.md`` and the plots from whatever has run; returns the file."""
-    from irpo_jax.published import TABLES
+    from irpo_jax.evaluation.published import TABLES
 
     rep = study.out / "report"
     rep.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """How far tiled restoration is from whole-image restoration, and what memory tiling saves.
 
 AdaIR is not a local network (channel attention over all tokens, FFTs of whole feature maps,
-global pooling; see :mod:`irpo_jax.tiling`), so ``restore --tile`` gives different outputs than
+global pooling; see :mod:`irpo_jax.evaluation.tiling`), so ``restore --tile`` gives different outputs than
 whole-image inference everywhere. This script measures the difference on a trained model:
 
     python benchmarks/tiling_error.py --markdown                         # the demo's supervised model
@@ -11,7 +11,7 @@ Inputs: full-size scikit-image photographs (a few hundred pixels per side, 300x4
 512x512 here), each degraded as the demo degrades its training pairs (:mod:`irpo_jax.data
 .degradations`): Gaussian noise sigma 25, rain streaks, haze, motion blur, low light, seeded.
 Each image is reflect-padded to a multiple of 8 and restored whole and in ``tile:overlap``
-windows exactly as ``python -m irpo_jax.restore`` does (:func:`irpo_jax.tiling.tiled_apply`,
+windows exactly as ``python -m irpo_jax.restore`` does (:func:`irpo_jax.evaluation.tiling.tiled_apply`,
 batch 1, float32 at ``highest`` matmul precision), both cropped back and clipped to [0, 1].
 
 Reported per image and tiling: PSNR of the tiled output against the whole-image output (data
@@ -87,7 +87,8 @@ def measure(model_dir: str, tiles: list[tuple[int, int]], photos: list[str], see
     import skimage.data
     from flax import nnx
 
-    from irpo_jax import checkpointing, tiling
+    from irpo_jax import checkpointing
+    from irpo_jax.evaluation import tiling
 
     restorer = checkpointing.load_model(model_dir)
     graphdef, state = nnx.split(restorer.module)

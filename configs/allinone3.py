@@ -10,7 +10,7 @@ EXPECTED:
 VARIANTS: :supervised, :demo, :smoke (see allinone5.py).
 
 PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` prints the
-  matching row under ours with the difference; the same numbers as irpo_jax/published.py):
+  matching row under ours with the difference; the same numbers as irpo_jax/evaluation/published.py):
   IRPO Table 7, three-task (SOTS, Rain100L, BSD68 σ=15, 25, 50):
     AdaIR 31.06/0.980 38.64/0.983 34.12/0.935 31.45/0.892 28.19/0.802  avg 32.69/0.918
     IRPO  31.62/0.983 39.13/0.988 34.54/0.938 32.04/0.905 29.56/0.823  avg 33.38/0.927

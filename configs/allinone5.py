@@ -30,7 +30,7 @@ VARIANTS (append to the path, comma separated):
   :smoke       a few steps of the tiny model (tests).
 
 PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` prints the
-  matching row under ours with the difference; the same numbers as irpo_jax/published.py):
+  matching row under ours with the difference; the same numbers as irpo_jax/evaluation/published.py):
   IRPO Table 2, five-task (SOTS, Rain100L, BSD68 σ=25, GoPro, LOL):
     AdaIR 30.53/0.978 38.02/0.981 31.35/0.889 28.12/0.858 23.00/0.845  avg 30.20/0.910
     IRPO  31.36/0.982 38.72/0.987 32.13/0.896 28.89/0.863 24.08/0.858  avg 31.03/0.917

@@ -11,7 +11,7 @@ EXPECTED:
 VARIANTS: :supervised (train the single-task AdaIR from scratch), :demo, :smoke (see allinone5.py).
 
 PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` prints the
-  matching row under ours with the difference; the same numbers as irpo_jax/published.py):
+  matching row under ours with the difference; the same numbers as irpo_jax/evaluation/published.py):
   IRPO Table 1(a), single-task dehazing (SOTS):
     AdaIR 31.80/0.981
     IRPO  32.31/0.983

@@ -12,7 +12,7 @@ EXPECTED:
 VARIANTS: :supervised (train the single-task AdaIR from scratch), :demo, :smoke (see allinone5.py).
 
 PUBLISHED (PSNR/SSIM; `python -m irpo_jax.evaluate ... --reference adair|irpo` prints the
-  matching row under ours with the difference; the same numbers as irpo_jax/published.py):
+  matching row under ours with the difference; the same numbers as irpo_jax/evaluation/published.py):
   IRPO Table 1(c), single-task denoising (Urban100 σ=15, 25, 50, BSD68 σ=15, 25, 50):
     AdaIR 34.96/0.953 32.74/0.931 29.70/0.885 34.36/0.938 31.72/0.897 28.49/0.813  avg 32.00/0.903
     IRPO  35.08/0.954 32.95/0.933 30.07/0.888 34.45/0.940 31.91/0.899 28.71/0.815  avg 32.19/0.905

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from irpo_jax import evaluate
+from irpo_jax import evaluation
 from irpo_jax.data import readers
 
 __all__ = ["COMPARE_FORMAT", "CompareError", "Run", "compare", "load_run", "main", "zoom_window"]
@@ -67,7 +67,7 @@ class Run:
         return m["name"] + (f" (step {m['step']})" if m.get("step") is not None else "")
 
     def image(self, row: str, name: str) -> pathlib.Path:
-        return evaluate.image_path(self.folder / "images", row, name)
+        return evaluation.image_path(self.folder / "images", row, name)
 
 
 def load_run(path: str | os.PathLike, which: str = "RUN") -> Run:
@@ -98,10 +98,10 @@ def load_run(path: str | os.PathLike, which: str = "RUN") -> Run:
         results = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CompareError(f"{which}: cannot read {file} as JSON ({err}); is it an evaluation output?") from err
-    if not isinstance(results, dict) or results.get("format") != evaluate.EVAL_FORMAT:
+    if not isinstance(results, dict) or results.get("format") != evaluation.EVAL_FORMAT:
         raise CompareError(f"{which}: {file} is not written by irpo_jax.evaluate (format "
                            f"{results.get('format') if isinstance(results, dict) else None!r}, expected "
-                           f"{evaluate.EVAL_FORMAT!r})")
+                           f"{evaluation.EVAL_FORMAT!r})")
     if not isinstance(results.get("settings"), dict) or "data" not in results["settings"]:
         raise CompareError(f"{which}: {file} does not record the data it was evaluated on (written by "
                            "training or an earlier version); evaluate the checkpoint with `python -m "
@@ -226,9 +226,9 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
     rows = list(a.results["rows"])
     try:
         cfg = readers.resolve_config(data)
-        bases, _ = evaluate._resolve_rows(cfg, rows)
+        bases, _ = evaluation.resolve_rows(cfg, rows)
         sets = readers.eval_sets(cfg, bases, allow_partial=True)
-    except (readers.DataError, evaluate.EvalError) as err:
+    except (readers.DataError, evaluation.EvalError) as err:
         raise CompareError(f"the degraded and clean images are read again from the data the runs were "
                            f"evaluated on, which failed: {err}. Pass --data_root DIR if the data moved") from err
     per_a = {(r["set"], r["name"]): r for r in a.results["per_image"]}

@@ -16,7 +16,7 @@ import json
 import pathlib
 import sys
 
-from irpo_jax import cli, evaluate
+from irpo_jax import cli, evaluation
 from irpo_jax.metrics_log import read_metrics
 
 
@@ -65,7 +65,7 @@ def report(runs: pathlib.Path) -> str:
     lines = []
     before, after = _results(runs / "demo_eval" / "before"), _results(runs / "demo_eval" / "after")
     for title, res in (("Before post-training (supervised AdaIR)", before), ("After IRPO post-training", after)):
-        lines += [f"## {title}", evaluate.format_table(res) if res else "(no results found)", ""]
+        lines += [f"## {title}", evaluation.format_table(res) if res else "(no results found)", ""]
     if before and after:
         b, a = before["average"], after["average"]
         lines.append(

@@ -13,7 +13,7 @@ stopped; the CLIs themselves resume training and mining):
    manifest records a passed verification). ``--demo``: AdaIR's supervised recipe on the demo
    data (``train --config CONFIG:supervised,VARIANT``) stands in for the official checkpoint.
 3. **evaluate AdaIR**: ``evaluate --sets SETS --reference adair --save_images``, then its
-   five-task average is compared with the published row (IRPO Table 2, ``irpo_jax.published``;
+   five-task average is compared with the published row (IRPO Table 2, ``irpo_jax.evaluation.published``;
    ``--demo``: the demo's own numbers, recorded by its first evaluation in
    ``RUNS/expected_demo.json``; or ``--expected FILE``): more than ``--tolerance`` dB
    (0.05) off stops the recipe, naming the sets that differ.
@@ -61,7 +61,7 @@ def _results(out: Path) -> dict[str, Any] | None:
 
 def published_adair() -> dict[str, Any]:
     """The published AdaIR row of IRPO Table 2: ``{"rows": {row: [psnr, ssim]}, "average": [psnr, ssim]}``."""
-    from irpo_jax import published
+    from irpo_jax.evaluation import published
 
     table = published.TABLES["allinone5"][0]
     return {"source": table.title, "rows": {r: list(table.values["adair"][r]) for r in table.rows},

@@ -8,7 +8,7 @@ orientation applied (files Pillow decodes); grayscale is replicated to RGB and t
 channel; an alpha channel is kept aside and re-attached unchanged; the image is reflect-padded
 at the bottom/right to a multiple of 8 (AdaIR downsamples three times), restored whole (or in
 overlapping tiles with ``--tile``, which warns: tiled outputs differ from whole-image ones; see
-:mod:`irpo_jax.tiling` and the README's "Tiling" for what tiling changes), cropped
+:mod:`irpo_jax.evaluation.tiling` and the README's "Tiling" for what tiling changes), cropped
 back, clipped to [0, 1] and rounded to the input's bit depth. Outputs are PNG (TIFF for TIFF
 inputs), named after the input with its path relative to the input folder kept; a 16-bit input
 gives a 16-bit output with every bit the network produced (``x / 65535`` in float32 and back is
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -53,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from irpo_jax import tiling
+from irpo_jax.evaluation import tiling
 
 log = logging.getLogger("irpo_jax.restore")
 
@@ -459,28 +458,6 @@ class RestoreReport:
         return "\n".join(lines)
 
 
-def _decoded(jobs: Sequence[tuple[pathlib.Path, pathlib.Path]], workers: int
-             ) -> Iterator[tuple[pathlib.Path, pathlib.Path, Decoded | ImageError]]:
-    """``(input, output, decoded image or its ImageError)`` in order, a few files ahead."""
-    window = 2 * workers
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: collections.deque = collections.deque()
-
-        def result(item):
-            src, dst, fut = item
-            try:
-                return src, dst, fut.result()
-            except ImageError as err:
-                return src, dst, err
-
-        for src, dst in jobs:
-            pending.append((src, dst, pool.submit(read_image, src)))
-            if len(pending) > window:
-                yield result(pending.popleft())
-        while pending:
-            yield result(pending.popleft())
-
-
 TILING_WARNING = (
     "tiled outputs differ from whole-image inference everywhere, not only at the seams (AdaIR "
     "normalises, pools and takes FFTs over the whole image); the README's 'Tiling' paragraph "
@@ -505,11 +482,6 @@ def check_tiling(tile: int, tile_overlap: int, fallback_tile: int) -> None:
     if fallback_tile == m:
         raise RestoreError(f"--fallback_tile {m}: too small to restore anything; use a larger tile "
                            "or 0 (do not retry)")
-
-
-def _is_oom(err: BaseException) -> bool:
-    text = str(err)
-    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
 
 
 def restore_files(
@@ -550,7 +522,7 @@ def restore_files(
     from tqdm import tqdm
 
     from irpo_jax import destinations
-    from irpo_jax import evaluate as evaluate_lib
+    from irpo_jax.evaluation import runner as runner_lib
 
     check_tiling(tile, tile_overlap, fallback_tile)
     check_out(out)
@@ -565,7 +537,7 @@ def restore_files(
     if tile:
         log.warning("--tile %d: images with a side above %d px are restored in tiles; %s", tile, tile,
                     TILING_WARNING)
-    runner = evaluate_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
+    runner = runner_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
     bar = tqdm(total=len(jobs), unit="img", desc="restoring", disable=not progress, dynamic_ncols=True)
 
     def finish(src: pathlib.Path, dst: pathlib.Path, dec: Decoded, restored: np.ndarray) -> None:
@@ -580,27 +552,20 @@ def restore_files(
     def tiled(src, dst, dec, padded, size) -> None:
         h, w = dec.rgb.shape[:2]
         try:
-            restored = tiling.tiled_apply(runner.apply_host, padded, tile=size,
-                                          overlap=min(tile_overlap, size - NETWORK_MULTIPLE),
-                                          batch_size=runner.n)
+            restored = runner.restore_tiled(padded, tile=size, overlap=min(tile_overlap, size - NETWORK_MULTIPLE))
         except Exception as err:  # noqa: BLE001 -- report and continue with the next file
-            report.failed.append((src, f"{'out of memory' if _is_oom(err) else type(err).__name__}"
+            report.failed.append((src, f"{'out of memory' if runner_lib.out_of_memory(err) else type(err).__name__}"
                                        f" with {size}px tiles: {str(err)[:300]}; try a smaller --tile"))
             bar.update(1)
             return
         report.tiled.append(src)
         finish(src, dst, dec, restored[:h, :w])
 
-    buckets: dict[tuple, list] = collections.defaultdict(list)
-
-    def flush(shape: tuple) -> None:
-        group = buckets.pop(shape)
-        batch = [g[3] for g in group]
-        batch += [batch[-1]] * (-len(batch) % runner.n)
+    def run(group: list[tuple[pathlib.Path, pathlib.Path, Decoded, np.ndarray]]) -> None:
         try:
-            outs = runner.apply_host(np.stack(batch))
+            outs = runner.restore_images([padded for _, _, _, padded in group])
         except Exception as err:  # noqa: BLE001 -- an OOM surfaces as a runtime error of the backend
-            if not (_is_oom(err) and fallback_tile):
+            if not (runner_lib.out_of_memory(err) and fallback_tile):
                 for src, _, _, _ in group:
                     report.failed.append((src, f"{type(err).__name__}: {str(err)[:300]}"))
                     bar.update(1)
@@ -614,7 +579,10 @@ def restore_files(
             h, w = dec.rgb.shape[:2]
             finish(src, dst, dec, o[:h, :w])
 
-    for src, dst, dec in _decoded(jobs, workers=min(4, os.cpu_count() or 1)):
+    buckets = runner_lib.ShapeBuckets(run, size=runner.n, max_waiting=4 * runner.n)  # bound host memory
+    decoded = runner_lib.prefetch(lambda job: read_image(job[0]), jobs, workers=min(4, os.cpu_count() or 1),
+                                  errors=(ImageError,))  # a file that cannot be read comes as its ImageError
+    for (src, dst), dec in decoded:
         if isinstance(dec, ImageError):
             report.failed.append((src, str(dec)))
             bar.update(1)
@@ -623,13 +591,8 @@ def restore_files(
         if tile and max(padded.shape[:2]) > tile:
             tiled(src, dst, dec, padded, tile)
             continue
-        buckets[padded.shape].append((src, dst, dec, padded))
-        if len(buckets[padded.shape]) == runner.n:
-            flush(padded.shape)
-        elif sum(len(b) for b in buckets.values()) > 4 * runner.n:  # bound host memory
-            flush(max(buckets, key=lambda s: len(buckets[s])))
-    for shape in list(buckets):
-        flush(shape)
+        buckets.add(padded.shape, (src, dst, dec, padded))
+    buckets.flush()
     bar.close()
     return report
 

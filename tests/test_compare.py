@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from irpo_jax import checkpointing, compare
-from irpo_jax import evaluate as ev
+from irpo_jax import evaluate as evaluate_cli
+from irpo_jax import evaluation as ev
 from irpo_jax.data import readers as R
 
 
@@ -53,7 +54,7 @@ def runs(tmp_path_factory, tiny_dir):
     try:
         for label, noise in (("a", 0.0), ("b", 0.5)):
             model = _model(base / f"model_{label}", tiny_dir, noise)
-            rc = ev.main(["--checkpoint", str(model), "--config", "configs/allinone5.py", "--data_root",
+            rc = evaluate_cli.main(["--checkpoint", str(model), "--config", "configs/allinone5.py", "--data_root",
                           str(root), "--sets", "ood5", "--test_dir", f"sidd={sidd}", "--save_images",
                           "--reference", "adair", "--out", str(base / f"eval_{label}")])
             assert rc == 0
@@ -152,7 +153,7 @@ def test_compare_refuses_what_cannot_be_compared(runs, tmp_path, capsys):
     msg = err(tmp_path, runs["b"], "--out", page)
     assert f"RUN_A {tmp_path} is not an evaluation output: no results.json" in msg and "--save_images" in msg
     # The same model without --save_images, on one set: no images, and other sets.
-    assert ev.main(["--checkpoint", str(runs["base"] / "model_a"), "--config", "configs/allinone5.py:smoke",
+    assert evaluate_cli.main(["--checkpoint", str(runs["base"] / "model_a"), "--config", "configs/allinone5.py:smoke",
                     "--data_root", str(runs["root"]), "--sets", "lolistreet", "--out", str(tmp_path / "one")]) == 0
     one = tmp_path / "one" / "eval" / "model_a"
     assert "has no restored images (images/); evaluate with --save_images" in err(one, runs["b"], "--out", page)

@@ -1,5 +1,5 @@
 """irpo_jax.demo_report's reward lines on a metrics file written the way the trainer writes it
-(its evaluation tables are evaluate.format_table, tested with evaluate)."""
+(its evaluation tables are irpo_jax.evaluation.format_table, tested with evaluate)."""
 
 import json
 

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from irpo_jax import checkpointing
-from irpo_jax import evaluate as ev
+from irpo_jax import evaluate as evaluate_cli
+from irpo_jax import evaluation as ev
 from irpo_jax.data.config import default_data_config
 from irpo_jax.data.demo import build_demo_set
 
@@ -195,7 +196,7 @@ def test_tiled_evaluation_is_flagged(demo_root):
 
 def test_cli_end_to_end_with_a_converted_checkpoint(tiny_model_dir, demo_root, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = ev.main(["--checkpoint", str(tiny_model_dir), "--config", "configs/allinone5.py:smoke",
+    rc = evaluate_cli.main(["--checkpoint", str(tiny_model_dir), "--config", "configs/allinone5.py:smoke",
                   "--data_root", str(demo_root), "--sets", "lol", "--max_images", "1", "--out", str(out),
                   "--save_images"])
     assert rc == 0, capsys.readouterr().err
@@ -233,7 +234,7 @@ def policy_dir(tmp_path_factory, tiny_dir) -> pathlib.Path:
 
 def test_policy_checkpoint_with_best_of_k_oracle(policy_dir, tiny_model_dir, demo_root, tmp_path, capsys):
     out = tmp_path / "o"
-    rc = ev.main(["--checkpoint", str(policy_dir), "--config", "configs/allinone5.py:smoke", "--data_root",
+    rc = evaluate_cli.main(["--checkpoint", str(policy_dir), "--config", "configs/allinone5.py:smoke", "--data_root",
                   str(demo_root), "--sets", "lol", "--max_images", "1", "--oracle_k", "2", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     folder = out / "eval" / "7_oracle2_first1"  # a trainer's model dir: named by its step
@@ -332,7 +333,7 @@ def test_cli_default_config_is_found_from_another_directory(tiny_model_dir, demo
 
 
 def _cli(*args):
-    return ev.main([str(a) for a in args])
+    return evaluate_cli.main([str(a) for a in args])
 
 
 def test_missing_checkpoint(tmp_path, capsys):
@@ -488,7 +489,7 @@ def test_results_files_follow_the_umask(identity_results, tmp_path):
 
 def test_reference_prints_the_published_row_and_our_difference(identity_results):
     """A base-AdaIR allinone5 evaluation gets Table 2's AdaIR row under ours, differences by hand."""
-    from irpo_jax import published
+    from irpo_jax.evaluation import published
     from irpo_jax.models import adair
 
     base = dataclasses.asdict(adair.VARIANTS["base"])
@@ -514,7 +515,7 @@ def test_reference_prints_the_published_row_and_our_difference(identity_results)
         published.reference("adair", "allinone5_demo", res["rows"], base)["why"]
     # The configs' docstrings list the same numbers, each setting in its config.
     for setting, tables in published.TABLES.items():
-        doc = (pathlib.Path(ev.PROJECT_ROOT) / "configs" / f"{setting}.py").read_text().split('"""')[1]
+        doc = (pathlib.Path(evaluate_cli.PROJECT_ROOT) / "configs" / f"{setting}.py").read_text().split('"""')[1]
         for table_ in tables:
             for method in ("adair", "irpo"):
                 row = " ".join(f"{p:.2f}/{s:.3f}" for p, s in (table_.values[method][r] for r in table_.rows))
@@ -526,7 +527,7 @@ def test_reference_compares_averages_with_the_column_mean_and_shows_the_printed_
     equal to IRPO's columns on ood5 is zero off the column mean in every cell and the Average,
     and the printed Average stands beside it with a note. Every other published Average is its
     columns' mean up to rounding."""
-    from irpo_jax import published
+    from irpo_jax.evaluation import published
     from irpo_jax.models import adair
 
     base = dataclasses.asdict(adair.VARIANTS["base"])
@@ -577,7 +578,7 @@ def test_cli_failures_are_one_line(tiny_model_dir, demo_root, tmp_path, capsys, 
     assert f"{blocker} is a file, not a folder" in one_line("--sets", "lol", "--out", blocker / "a" / "b")
     bad_cfg = tmp_path / "bad.py"
     bad_cfg.write_text("def get_config(arg=None):\n    return {\n")
-    assert f"--config {bad_cfg}: SyntaxError" in one_line("--config", str(bad_cfg))
+    assert f"--config {bad_cfg}: not a valid Python config file" in one_line("--config", str(bad_cfg))
     assert "--max_images -3: give a positive count, or 0 for every image" in one_line("--max_images", "-3")
     assert "--test_dir 'sidd': expected SET=DIR" in one_line("--test_dir", "sidd")
     assert "unknown set 'sid'" in one_line("--test_dir", "sid=/x")

@@ -10,7 +10,8 @@ import pathlib
 
 import pytest
 
-from irpo_jax import mine, training
+from irpo_jax import training
+from irpo_jax.evaluation import mining
 from irpo_jax.data import readers
 from irpo_jax.training import hard_set
 from test_train import smoke_config
@@ -32,27 +33,27 @@ def selected(path):
 def test_grpo_mines_the_hard_set_first_and_a_resumed_run_reuses_it(mining_cfg, tmp_path, monkeypatch):
     cfg = mining_cfg
     # The reference: the same ranking by the mining CLI's library function, uninterrupted.
-    mine.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, tmp_path / "ref.jsonl",
+    mining.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, tmp_path / "ref.jsonl",
               crop=cfg.mining.crop, progress=False)  # fmt: skip
     _, want = selected(tmp_path / "ref.jsonl")
     assert 0 < len(want) < len(readers.read_manifest(tmp_path / "ref.jsonl")[1])
 
     # Interrupted while mining (after one written record): the run fails and leaves its partial file ...
     workdir = tmp_path / "run"
-    real = mine.mine
-    monkeypatch.setattr(mine, "mine", lambda *a, **k: real(*a, **k, stop_after=1))
-    with pytest.raises(mine.MiningInterrupted):
+    real = mining.mine
+    monkeypatch.setattr(mining, "mine", lambda *a, **k: real(*a, **k, stop_after=1))
+    with pytest.raises(mining.MiningInterrupted):
         training.run(cfg, workdir, progress=False)
     assert not (workdir / hard_set.MINED).exists()
     assert (workdir / (hard_set.MINED + ".partial.jsonl")).is_file()
     # ... which the same command continues: it finishes mining, then trains on the selected pairs.
     calls = []
-    monkeypatch.setattr(mine, "mine", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(mining, "mine", lambda *a, **k: calls.append(k) or real(*a, **k))
     first = training.run(cfg, workdir, progress=False, stop_after=1)
     assert calls and calls[0]["resume"] and first["steps"] == 1
     header, got = selected(workdir / hard_set.MINED)
     assert got == want
-    assert header["model"]["id"] == mine.checkpoint_id(cfg.model.init_from)  # what it was mined with
+    assert header["model"]["id"] == mining.checkpoint_id(cfg.model.init_from)  # what it was mined with
     plan = first["plan"]["per_task"]
     assert sum(v["pairs"] for v in plan.values()) == len(want)
     # Resumed (checkpointed after step 1): the run's data is its hard set, not mined again.
@@ -108,7 +109,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
 
     # A manifest mined by another model: refused, naming both models.
     path = tmp_path / "mined_by_another.jsonl"
-    mine.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, path, crop=32, progress=False)
+    mining.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, path, crop=32, progress=False)
     lines = path.read_text().splitlines()
     header = json.loads(lines[0])
     header["model"] = {"checkpoint": "/elsewhere/adair5d", "id": "0" * 16, "source": None}
@@ -121,7 +122,7 @@ def test_every_pair_opts_out_and_other_manifests_are_checked(mining_cfg, tmp_pat
 
     # The run's own hard set, mined with other settings than the (changed) config's: refused.
     cfg = mining_cfg.copy_and_resolve_references()
-    mine.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, tmp_path / hard_set.MINED,
+    mining.mine(readers.resolve_config(cfg.data) | {"manifest": ""}, cfg.model.init_from, tmp_path / hard_set.MINED,
               crop=32, progress=False)  # fmt: skip
     cfg.mining.fraction = 0.5
     with pytest.raises(training.TrainingError, match=r"other settings \(fraction: 0.3 -> 0.5\).*new --workdir"):

@@ -1,4 +1,4 @@
-"""Tests of hard-sample mining (irpo_jax.mine) with a tiny random AdaIR on the demo set.
+"""Tests of hard-sample mining (irpo_jax.evaluation.mining and the irpo_jax.mine CLI) with a tiny random AdaIR on the demo set.
 
 The selection is checked against an independent sort of the recorded PSNRs, the whole-image
 protocol against skimage's PSNR, resumability by interrupting through the ``stop_after`` hook,
@@ -20,6 +20,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from irpo_jax import checkpointing, mine
+from irpo_jax.evaluation import mining
 from irpo_jax.data import demo
 from irpo_jax.data import pipeline as P
 from irpo_jax.data import readers as R
@@ -55,7 +56,7 @@ def restorer(model_dir):
 @pytest.fixture(scope="module")
 def mined(demo_root, model_dir, restorer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mined") / "hard.jsonl"
-    mine.mine({"root": str(demo_root)}, model_dir, out, crop=CROP, batch_size=8,
+    mining.mine({"root": str(demo_root)}, model_dir, out, crop=CROP, batch_size=8,
               restorer=restorer, progress=False)
     return out
 
@@ -65,7 +66,7 @@ def test_manifest_records_every_pair_and_the_model(mined, demo_root, model_dir):
     records, _ = R.train_records({"root": str(demo_root)})
     assert [e["id"] for e in entries] == [r.id for r in records]
     assert header["data_root"] == str(demo_root) and header["records"] == len(records) == 39
-    assert header["model"]["id"] == mine.checkpoint_id(model_dir)
+    assert header["model"]["id"] == mining.checkpoint_id(model_dir)
     assert len(header["model"]["id"]) == 16
     assert header["measure"]["crop"] == CROP
     for e, r in zip(entries, records):
@@ -94,42 +95,42 @@ def test_global_and_random_selection():
     entries = [{"id": f"{t}{i}", "task": t, "psnr": float(p), "ssim": 0.5}
                for t, ps in (("derain", [30, 31, 32, 33]), ("dehaze", [10, 11, 12, 13]))
                for i, p in enumerate(ps)]
-    glob = mine.select(entries, mode="global", fraction=0.5)
+    glob = mining.select(entries, mode="global", fraction=0.5)
     assert {i for i, (s, _) in glob.items() if s} == {"dehaze0", "dehaze1", "dehaze2", "dehaze3"}
-    per = mine.select(entries, mode="per_task", fraction=0.5)
+    per = mining.select(entries, mode="per_task", fraction=0.5)
     assert {i for i, (s, _) in per.items() if s} == {"dehaze0", "dehaze1", "derain0", "derain1"}
-    rnd = mine.select(entries, mode="random", fraction=0.5, seed=1)
+    rnd = mining.select(entries, mode="random", fraction=0.5, seed=1)
     assert sum(s for i, (s, _) in rnd.items() if i.startswith("derain")) == 2
-    assert rnd == mine.select(entries, mode="random", fraction=0.5, seed=1)
+    assert rnd == mining.select(entries, mode="random", fraction=0.5, seed=1)
     with pytest.raises(ValueError, match="unknown selection"):
-        mine.select(entries, mode="best")
+        mining.select(entries, mode="best")
 
 
 def test_interrupted_mining_resumes_to_the_same_manifest(mined, demo_root, model_dir, restorer,
                                                           tmp_path):
     out = tmp_path / "hard.jsonl"
     kw = dict(crop=CROP, batch_size=8, restorer=restorer, progress=False)
-    with pytest.raises(mine.MiningInterrupted):
-        mine.mine({"root": str(demo_root)}, model_dir, out, stop_after=10, **kw)
+    with pytest.raises(mining.MiningInterrupted):
+        mining.mine({"root": str(demo_root)}, model_dir, out, stop_after=10, **kw)
     partial = tmp_path / "hard.jsonl.partial.jsonl"
     assert not out.exists()
     assert len(partial.read_text().splitlines()) == 1 + 16  # header + two batches of 8
     with open(partial, "a") as fh:
         fh.write('{"id": "half a line')  # a write cut off by the interruption
-    mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
+    mining.mine({"root": str(demo_root)}, model_dir, out, **kw)
     assert out.read_text() == mined.read_text()
     assert not partial.exists()
     # The finished manifest is another run's result: replaced only with overwrite=True.
     with pytest.raises(R.DataError, match=f"{out} already holds a mining manifest.*--overwrite"):
-        mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
+        mining.mine({"root": str(demo_root)}, model_dir, out, **kw)
     assert out.read_text() == mined.read_text()
-    with pytest.raises(mine.MiningInterrupted):
-        mine.mine({"root": str(demo_root)}, model_dir, out, stop_after=1, overwrite=True, **kw)
+    with pytest.raises(mining.MiningInterrupted):
+        mining.mine({"root": str(demo_root)}, model_dir, out, stop_after=1, overwrite=True, **kw)
     # A partial file from other settings is refused, not silently mixed in.
     with pytest.raises(R.DataError, match="different settings.*measure"):
-        mine.mine({"root": str(demo_root)}, model_dir, out, **{**kw, "crop": 32})
+        mining.mine({"root": str(demo_root)}, model_dir, out, **{**kw, "crop": 32})
     # Resuming it needs no overwrite: the run that started it was allowed to replace the manifest.
-    mine.mine({"root": str(demo_root)}, model_dir, out, **kw)
+    mining.mine({"root": str(demo_root)}, model_dir, out, **kw)
     assert out.read_text() == mined.read_text() and not partial.exists()
 
 
@@ -143,7 +144,7 @@ def test_whole_images_are_bucketed_by_shape_and_scored_like_skimage(demo_root, m
         return jnp.asarray(x)
 
     cfg = {"root": str(demo_root), "tasks": ("lowlight",)}
-    mine.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=0, batch_size=2, restorer=identity,
+    mining.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=0, batch_size=2, restorer=identity,
               progress=False)
     _, entries = R.read_manifest(tmp_path / "m.jsonl")
     records, _ = R.train_records(cfg)
@@ -182,7 +183,7 @@ def test_a_crop_is_the_image_centre_and_denoise_inputs_are_the_documented_noise(
     An identity "model" scores the degraded input itself."""
     crop, seed = 48, 5
     cfg = {"root": str(demo_root), "tasks": ("lowlight", "denoise")}
-    mine.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=crop, batch_size=4, seed=seed, restorer=jnp.asarray,
+    mining.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=crop, batch_size=4, seed=seed, restorer=jnp.asarray,
               progress=False)  # fmt: skip
     _, entries = R.read_manifest(tmp_path / "m.jsonl")
     records, _ = R.train_records(cfg)
@@ -203,9 +204,9 @@ def test_a_crop_is_the_image_centre_and_denoise_inputs_are_the_documented_noise(
         assert e["psnr"] == pytest.approx(want, abs=1e-3), r.id
     # The input itself, bit for bit, and another seed draws other noise.
     record = next(r for r in records if r.degraded is None)
-    got, _ = mine.mining_input(record, crop=crop, seed=seed)
+    got, _ = mining.mining_input(record, crop=crop, seed=seed)
     np.testing.assert_array_equal(got, noisy_inputs[record.id].astype(np.float32) / np.float32(255))
-    assert not np.array_equal(mine.mining_input(record, crop=crop, seed=seed + 1)[0], got)
+    assert not np.array_equal(mining.mining_input(record, crop=crop, seed=seed + 1)[0], got)
 
 
 def test_manifest_subset_mode_trains_on_exactly_the_selected_pairs(mined, demo_root):
@@ -305,9 +306,9 @@ def test_cli_out_directory_or_under_a_file_fails_before_data_or_model(tmp_path, 
     err = capsys.readouterr().err
     assert "cannot be created because" in err and REACHED not in err
     with pytest.raises(ValueError, match="unknown --selection 'best'"):
-        mine.check_arguments(tmp_path / "m.jsonl", selection="best")
+        mining.check_arguments(tmp_path / "m.jsonl", selection="best")
     with pytest.raises(ValueError, match="unknown --rank_by 'lpips'"):
-        mine.check_arguments(tmp_path / "m.jsonl", rank_by="lpips")
+        mining.check_arguments(tmp_path / "m.jsonl", rank_by="lpips")
 
 
 def test_cli_never_replaces_a_file_it_did_not_write(tmp_path, capsys, no_model):
@@ -328,12 +329,12 @@ def test_existing_outputs_are_replaced_only_with_overwrite_or_when_resuming(tmp_
     out = tmp_path / "hard.jsonl"
     partial = tmp_path / "hard.jsonl.partial.jsonl"
     summary = tmp_path / "hard.summary.md"
-    check = mine.check_arguments
+    check = mining.check_arguments
     # A user's file at the summary or the partial path is protected too.
     summary.write_text("my table\n")
     with pytest.raises(R.DataError, match=f"{summary} exists and is not a mining summary"):
         check(out)
-    summary.write_text(f"{mine.SUMMARY_TITLE} 39 pairs\n")
+    summary.write_text(f"{mining.SUMMARY_TITLE} 39 pairs\n")
     assert check(out) == out
     partial.write_text("my log\n")
     with pytest.raises(R.DataError, match=f"{partial} exists and was not written by mining"):
@@ -345,13 +346,13 @@ def test_existing_outputs_are_replaced_only_with_overwrite_or_when_resuming(tmp_
     with pytest.raises(R.DataError, match=f"{out} already holds a mining manifest.*--overwrite"):
         check(out)
     assert check(out, overwrite=True) == out
-    partial.write_text(json.dumps({"kind": mine.PARTIAL_KIND}) + "\n")
+    partial.write_text(json.dumps({"kind": mining.PARTIAL_KIND}) + "\n")
     assert check(out) == out
     with pytest.raises(R.DataError, match="already holds a mining manifest"):
         check(out, resume=False)  # --no_resume would start over and replace it
     # Per-process partial files of a multi-process run count as well.
     partial.unlink()
-    (tmp_path / "hard.jsonl.partial.1.jsonl").write_text(json.dumps({"kind": mine.PARTIAL_KIND}))
+    (tmp_path / "hard.jsonl.partial.1.jsonl").write_text(json.dumps({"kind": mining.PARTIAL_KIND}))
     assert check(out) == out
 
 
@@ -399,7 +400,7 @@ def test_cli_a_write_that_fails_during_mining_is_one_line(tmp_path, capsys, monk
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.jsonl.partial.jsonl"))
 
-    monkeypatch.setattr(mine, "mine", full)
+    monkeypatch.setattr(mining, "mine", full)
     assert _cli(tmp_path, "--out", str(tmp_path / "m.jsonl")) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'm.jsonl.partial.jsonl'}: No space left on device"

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from irpo_jax import evaluate as ev
+from irpo_jax import evaluation as ev
 from irpo_jax.data import readers as R
 
 

@@ -1,4 +1,4 @@
-"""Tests of ``irpo_jax.restore`` (users' own images) and ``irpo_jax.tiling``.
+"""Tests of ``irpo_jax.restore`` (users' own images) and ``irpo_jax.evaluation.tiling``.
 
 File handling is tested with the identity as the "restorer" (then every output must equal its
 input exactly, which checks padding/cropping, grayscale, alpha and 16-bit precision without any
@@ -15,7 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from irpo_jax import checkpointing, tiling
+from irpo_jax import checkpointing
+from irpo_jax.evaluation import tiling
 from irpo_jax import restore as rs
 
 
@@ -234,7 +235,7 @@ def test_cli_restores_with_the_model(tiny_model_dir, tmp_path, capsys):
     assert "restored 2 of 3" in err and "c.png" in err
     assert Image.open(out / "b.png").mode == "L" and Image.open(out / "b.png").size == (27, 30)
     # The output is the model on the reflect-padded image, cropped back and rounded.
-    from irpo_jax import evaluate as ev
+    from irpo_jax import evaluation as ev
 
     runner = ev.make_runner(checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0,
                             devices=None, precision="highest")  # the compiled function restore used
@@ -302,8 +303,8 @@ def test_tiled_adair_is_not_whole_image_inference(tiny_model_dir):
     cannot reproduce whole-image inference, and this test does not pretend otherwise: it checks
     that one window covering the image is exact, and that smaller windows are measurably
     different (the tiny fixture is untrained, so the size of its gap says nothing about a
-    trained model; see irpo_jax/tiling.py)."""
-    from irpo_jax import evaluate as ev
+    trained model; see irpo_jax/evaluation/tiling.py)."""
+    from irpo_jax import evaluation as ev
 
     runner = ev.make_runner(checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0,
                             devices=None, precision="highest")

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from irpo_jax import config_lib, mine, training
+from irpo_jax import config_lib, training
+from irpo_jax.evaluation import mining
 from irpo_jax.data import readers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
@@ -57,7 +58,7 @@ def test_supervised_stage_fine_tunes_init_from_on_a_mined_manifest(demo_root, su
     start = supervised_run[0] / "model"
     data = readers.resolve_config(smoke_config(demo_root).data) | {"manifest": ""}
     manifest = tmp_path / "hard.jsonl"
-    mine.mine(data, start, manifest, crop=32, progress=False)
+    mining.mine(data, start, manifest, crop=32, progress=False)
     selected = sorted(e["id"] for e in readers.read_manifest(manifest)[1] if e["selected"])
     everything = readers.read_manifest(manifest)[1]
     assert 0 < len(selected) < len(everything)

@@ -1,7 +1,7 @@
 """The data a GRPO run post-trains on: IRPO's hard set (Pillar 1), mined by the run itself.
 
 IRPO post-trains only on the training pairs the starting model restores worst (the 30 % per
-degradation, :mod:`irpo_jax.mine`). ``python -m irpo_jax.train`` makes that part of the one
+degradation, :mod:`irpo_jax.evaluation.mining`). ``python -m irpo_jax.train`` makes that part of the one
 command: with ``train.stage="grpo"`` and an empty ``data.manifest``, the run first mines the hard
 set with its starting model (``model.init_from``, the same ranking and progress bar as
 ``python -m irpo_jax.mine``; the ``mining.*`` settings) into ``<workdir>/mined.jsonl`` and then
@@ -74,7 +74,7 @@ def _settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _model_identity(checkpoint: pathlib.Path) -> dict[str, Any]:
-    from irpo_jax import mine
+    from irpo_jax.evaluation import mining as mine
 
     return {"checkpoint": str(checkpoint.absolute()), "id": mine.checkpoint_id(checkpoint)}
 
@@ -99,7 +99,7 @@ def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what
 def _mine(cfg: ml_collections.ConfigDict, data: DataConfig, workdir: pathlib.Path, progress: bool) -> pathlib.Path:
     """``<workdir>/mined.jsonl``, mined now (on ``data``, the run's resolved data config) unless an
     earlier invocation of this run did."""
-    from irpo_jax import mine
+    from irpo_jax.evaluation import mining as mine
 
     out = (workdir / MINED).absolute()
     if out.exists():

@@ -549,14 +549,10 @@ def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) 
     ``workdir/eval/<step>[...]``."""
     if jax.process_index() != 0:
         return
-    from irpo_jax import evaluate
+    from irpo_jax import evaluation
 
-    n = int(cfg.train.eval_max_images)
-    results = evaluate.evaluate(model, cfg.data, max_images=n, name=cfg.name, step=step, progress=False)
-    # As the evaluate CLI records them: it then recognises (and may replace) this run's results.
-    results["model"]["params_sha256"], results["settings"] = evaluate.result_identity(model, cfg.data, max_images=n)
-    evaluate.write_results(results, evaluate.output_dir(workdir, cfg.name, step, max_images=n))
-    writer.scalars(step, evaluate.scalars(results))
-    table = evaluate.format_table(results)
-    writer.text(step, "eval/table", table)
-    print(table)
+    written = evaluation.evaluate_and_write(model, cfg.data, workdir, name=cfg.name, step=step,
+                                            max_images=int(cfg.train.eval_max_images))
+    writer.scalars(step, written.scalars)
+    writer.text(step, "eval/table", written.table)
+    print(written.table)
