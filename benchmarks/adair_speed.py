@@ -544,9 +544,9 @@ def summary_table(results: dict) -> list[str]:
                 continue
 
             def pair(key):
-                if key not in e or key not in t:
+                if key not in e or key not in t:  # noqa: B023 - called in this iteration
                     return "—"
-                f, p = e[key]["median_s"], t[key]["median_s"]
+                f, p = e[key]["median_s"], t[key]["median_s"]  # noqa: B023 - called in this iteration
                 return f"{f:.3f} s / {p:.3f} s ({p / f:.2f}x)"
 
             own = (f"{e['fwdbwd']['median_s'] / e['fwd']['median_s']:.1f}x"
@@ -631,7 +631,7 @@ def markdown(results: dict) -> str:
                      "| torch/Flax fwd | torch/Flax fwd+bwd | others' cores |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in results["blocks"]:
-            f = lambda k: f"{r[k]['median_s']*1e3:.1f}"  # noqa: E731
+            f = lambda k: f"{r[k]['median_s']*1e3:.1f}"  # noqa: E731, B023
             lines.append(f"| {r['block']} | {r['count_in_base']} | {f('flax_fwd')} | {f('flax_fwdbwd')} | "
                          f"{f('torch_fwd')} | {f('torch_fwdbwd')} | "
                          f"{r['torch_fwd']['median_s'] / r['flax_fwd']['median_s']:.2f}x | "

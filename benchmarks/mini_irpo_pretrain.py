@@ -58,7 +58,7 @@ def _validation(data_root: str, rows: list[str]) -> dict[str, tuple[np.ndarray, 
     out = {}
     for row, es in readers.eval_sets(cfg, rows).items():
         items = [es[i] for i in range(len(es))]
-        to = lambda k: np.stack([readers.to_float01(it[k]) for it in items]).transpose(0, 3, 1, 2)  # noqa: E731
+        to = lambda k: np.stack([readers.to_float01(it[k]) for it in items]).transpose(0, 3, 1, 2)  # noqa: E731, B023
         out[row] = (to("degraded"), to("clean"))
     return out
 

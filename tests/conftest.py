@@ -109,8 +109,9 @@ def demo_root(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def supervised_run(demo_root, tmp_path_factory):
     """Three supervised smoke steps of the tiny AdaIR on the demo set (one process, all devices)."""
-    from irpo_jax import training
     from test_train import smoke_config
+
+    from irpo_jax import training
 
     workdir = tmp_path_factory.mktemp("sup")
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.eval_at_end": True})
@@ -123,9 +124,10 @@ def supervised_run(demo_root, tmp_path_factory):
 def stale_run(demo_root, supervised_run, tmp_path_factory):
     """One-step-stale GRPO with a (fake) remote reward: 2 steps, preempted after 1 and resumed
     (the second update consumes the rollouts saved with the checkpoint), a panel at the end."""
+    from test_train import FakeRewardBridge, smoke_config
+
     from irpo_jax import training
     from irpo_jax.rewards import remote
-    from test_train import FakeRewardBridge, smoke_config
 
     workdir = tmp_path_factory.mktemp("stale")
     # A learning rate that moves the heads enough for the stale ratio to leave 1 visibly (the

@@ -24,9 +24,8 @@ import zipfile
 import zlib
 
 import numpy as np
-from PIL import Image
-
 import ood_miniatures
+from PIL import Image
 
 PACKED = shutil.which("bsdtar") is not None  # RAR/7z archives as released (else their folders)
 TRAIN = 128  # training images: one 128x128 crop (data.patch_size)

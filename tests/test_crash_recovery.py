@@ -166,9 +166,10 @@ def killed_before_its_last_checkpoint(demo_root, tmp_path_factory):
     """Three supervised steps of the tiny AdaIR with a checkpoint after each: uninterrupted, and
     killed at the final checkpoint's save (step 3 done and logged, checkpoint 3 not written),
     then rerun by the same command."""
+    from test_train import smoke_config
+
     from irpo_jax import training
     from irpo_jax.training.checkpoints import TrainCheckpointer
-    from test_train import smoke_config
 
     cfg = smoke_config(demo_root, "supervised", **{"train.steps": 3, "train.checkpoint_every": 1, "train.log_every": 1,
                                                    "train.keep_checkpoints": 2})  # fmt: skip

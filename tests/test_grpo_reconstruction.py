@@ -127,7 +127,8 @@ def beta_kl(p: jax.Array, q: jax.Array) -> jax.Array:
 def beta_kl_float64(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``beta_kl`` in float64 (scipy): the KL of nearby Betas is a small difference of large
     log-Beta values, which float32 gammaln resolves to ~1e-3 of it."""
-    from scipy.special import betaln, digamma as psi
+    from scipy.special import betaln
+    from scipy.special import digamma as psi
 
     a1, b1, a2, b2 = (np.asarray(t, np.float64) for t in (p[..., 0], p[..., 1], q[..., 0], q[..., 1]))
     return betaln(a2, b2) - betaln(a1, b1) + (a1 - a2) * psi(a1) + (b1 - b2) * psi(b1) + (a2 - a1 + b2 - b1) * psi(a1 + b1)

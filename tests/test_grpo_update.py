@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_flops import jaxpr_product_flops  # the independent count of conv and dot products
 
 from irpo_jax import config_lib, training
 from irpo_jax.models import layers
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
-from test_flops import jaxpr_product_flops  # the independent count of conv and dot products
 
 
 def test_shortcut_updates_equal_the_update_through_all_rollouts():

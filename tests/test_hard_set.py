@@ -9,12 +9,12 @@ import json
 import pathlib
 
 import pytest
+from test_train import smoke_config
 
 from irpo_jax import training
-from irpo_jax.evaluation import mining
 from irpo_jax.data import readers
+from irpo_jax.evaluation import mining
 from irpo_jax.training import hard_set
-from test_train import smoke_config
 
 
 @pytest.fixture(scope="module")

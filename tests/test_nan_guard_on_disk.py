@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import smoke_config
 
 from irpo_jax import checkpointing, training
 from irpo_jax.data import pipeline
-from test_train import smoke_config
 
 BAD_STEP = 2  # 0-based: steps 0 and 1 are good
 
@@ -124,7 +124,7 @@ def test_a_non_finite_gradient_with_finite_losses_is_not_applied(tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         # The loop's verdict on such a step: save the last good state, stop, name the gradient.
         saved = []
-        run = types.SimpleNamespace(save=lambda: saved.append(True), workdir=tmp_path)
+        run = types.SimpleNamespace(save=lambda: saved.append(True), workdir=tmp_path)  # noqa: B023 - called in this iteration
         result = types.SimpleNamespace(step=7, metrics=jax.device_get(metrics))
         with pytest.raises(training.TrainingError, match=r"non-finite value in a gradient at step 7") as err:
             loop._Run._check_finite(run, result)

@@ -294,7 +294,7 @@ def test_which_parameters_each_loss_trains(pol, rollouts):
     # One jit, one jax.grad per loss. (jit(jacrev(losses)) leaked small nonzero rows between the
     # outputs here -- e.g. "rl" reaching decoder_level1, which it cannot depend on -- while eager
     # jacrev and jit(grad) agree on exact zeros; noted as a suspected JAX/XLA issue.)
-    grads = jax.jit(lambda p: {k: jax.grad(lambda q: losses(q)[k])(p) for k in ("rl", "sup", "cons")})(params)
+    grads = jax.jit(lambda p: {k: jax.grad(lambda q: losses(q)[k])(p) for k in ("rl", "sup", "cons")})(params)  # noqa: B023 - called in this iteration
     for name, g in grads.items():
         flat = {"/".join(map(str, k)): float(jnp.abs(v[...]).max()) for k, v in nnx.to_flat_state(g)}
         heads = max(v for k, v in flat.items() if k.startswith("heads/"))
@@ -339,7 +339,7 @@ def test_score_actions_from_stored_head_inputs_equals_the_teacher_forced_pass(po
 
     results = {}
     for shortcut in (True, False):
-        (_, s), grads = jax.jit(jax.value_and_grad(lambda p: rl(p, shortcut), has_aux=True))(params)
+        (_, s), grads = jax.jit(jax.value_and_grad(lambda p: rl(p, shortcut), has_aux=True))(params)  # noqa: B023 - called in this iteration
         results[shortcut] = (s, nnx.to_pure_dict(grads))
     (fast, g_fast), (slow, g_slow) = results[True], results[False]
     for field in ("concentrations", "log_prob", "entropy"):

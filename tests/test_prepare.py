@@ -13,8 +13,8 @@ import shutil
 import zipfile
 
 import pytest
-
 import release_miniatures
+
 from irpo_jax.data import archives, prepare, readers, releases
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

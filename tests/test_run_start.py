@@ -7,9 +7,9 @@ import shutil
 
 import jax
 import pytest
+from test_train import smoke_config
 
 from irpo_jax import training
-from test_train import smoke_config
 
 
 def test_a_test_set_with_a_missing_target_stops_the_run_before_training(demo_root, tmp_path):

@@ -187,7 +187,7 @@ def test_spectrum_is_computed_once_per_image(pair):
         def visit(jp):
             for eqn in jp.eqns:
                 if eqn.primitive.name == "fft":
-                    shapes.append(eqn.invars[0].aval.shape)
+                    shapes.append(eqn.invars[0].aval.shape)  # noqa: B023 - called in this iteration
                 for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                     visit(sub)
 

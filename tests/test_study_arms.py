@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from test_train import params_of, smoke_config
 
 from irpo_jax import config_lib, training
-from irpo_jax.evaluation import mining
 from irpo_jax.data import readers
+from irpo_jax.evaluation import mining
 from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
 from irpo_jax.rewards import compose
-from test_train import params_of, smoke_config
 
 
 def test_head_lr_mult_zero_is_the_update_without_the_policy_gradient():

@@ -118,7 +118,7 @@ def verify(model, weights: dict[str, np.ndarray], atol: float = VERIFY_ATOL) -> 
         "max_abs_error": err,
         "tolerance": atol,
         "input": {"shape_nhwc": list(VERIFY_SHAPE), "distribution": "uniform[0,1)", "seed": VERIFY_SEED},
-        "reference": "torch_bridge.reference_adair (PyTorch %s)" % torch.__version__,
+        "reference": f"torch_bridge.reference_adair (PyTorch {torch.__version__})",
     }
 
 

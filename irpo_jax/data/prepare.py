@@ -108,7 +108,7 @@ def _read_marker(unit_dir: Path) -> dict[str, Any] | None:
 
 def _files_below(folder: Path) -> set[str]:
     out = set()
-    for d, subs, files in os.walk(folder):
+    for d, _subs, files in os.walk(folder):
         for f in files:
             out.add((Path(d) / f).relative_to(folder).as_posix())
     return out
@@ -251,9 +251,9 @@ def prepare(downloads: str | os.PathLike, out: str | os.PathLike, *, sets: Seque
                 from irpo_jax.data import ood_sets
 
                 listing = ood_sets.READERS[r.eval_set](staged, r.eval_set)
-                found[r.name].count = len(listing.records)
+                found[r.name].count = len(listing.records)  # noqa: B023 - called in this iteration
                 if listing.missing:
-                    found[r.name].notes.append(f"{len(listing.missing)} input(s) without a target, e.g. "
+                    found[r.name].notes.append(f"{len(listing.missing)} input(s) without a target, e.g. "  # noqa: B023 - called in this iteration
                                                f"{listing.missing[0]}")
             counts["check"] = count
         state, detail = ("missing", "")

@@ -93,7 +93,7 @@ class AdaIRConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AdaIRConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> AdaIRConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

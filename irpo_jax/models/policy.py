@@ -143,7 +143,7 @@ class PolicyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -151,7 +151,7 @@ class PolicyConfig:
         return cls(**dict(d))
 
     @classmethod
-    def from_saved(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+    def from_saved(cls, d: Mapping[str, Any]) -> PolicyConfig:
         """The config a saved ``model.json`` describes: keys it lacks take ``SAVED_DEFAULTS``
         (what the policy computed before those keys existed), not today's defaults."""
         return cls.from_dict({**SAVED_DEFAULTS, **d})

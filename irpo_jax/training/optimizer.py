@@ -29,7 +29,7 @@ class TrainState:
     ref_params: dict | None  # frozen reference policy (GRPO), None for supervised
 
     @classmethod
-    def initial(cls, params: dict, tx, seed: int, *, with_ref: bool) -> "TrainState":
+    def initial(cls, params: dict, tx, seed: int, *, with_ref: bool) -> TrainState:
         """Step 0: ``tx``'s fresh state, the key of ``seed`` and, for GRPO, the reference policy
         as a copy of ``params``."""
         return cls(
