@@ -31,21 +31,19 @@ LAYERS = {
     "irpo_jax.models": 1,
     "irpo_jax.grpo": 1,
     "irpo_jax.metrics": 1,
-    "irpo_jax.tiling": 1,
     "irpo_jax.rewards.task": 1,
     "irpo_jax.rewards.compose": 1,
     "irpo_jax.data": 1,
     "torch_bridge.checkpoint_io": 1,
     "torch_bridge.reference_adair": 1,
     "torch_bridge.reward_models": 1,
-    # 2: what is built from them: model directories, configs, the paper's numbers, the reward bridge.
+    # 2: what is built from them: model directories, configs, the reward bridge.
     "irpo_jax.checkpointing": 2,
     "irpo_jax.config_lib": 2,
-    "irpo_jax.published": 2,
     "irpo_jax.rewards": 2,
     "irpo_jax.rewards.remote": 2,
     "torch_bridge.reward_server": 2,
-    # 3: evaluation: the one inference engine, the protocol, the results, mining.
+    # 3: evaluation: the one inference engine, the protocol, the results, mining, tiles, the paper's numbers.
     "irpo_jax.evaluation": 3,
     # 4: the training library.
     "irpo_jax.training": 4,
