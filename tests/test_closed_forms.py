@@ -93,6 +93,19 @@ def test_the_optimizer_steps_follow_the_schedule_with_the_heads_at_6x():
         flat = new
 
 
+def test_optim_eps_is_adams_epsilon():
+    """``optim.eps`` reaches Adam: its first step is -lr * g / (|g| + eps) (m_hat = g, v_hat = g^2)."""
+    params = {"net": {"w": jnp.zeros((3,), jnp.float32)}}
+    grads = jnp.asarray([1.0, 3.0, -0.5], jnp.float32)
+    for eps in (1.0, 1e-8):
+        cfg = _schedule_cfg("constant", 0.1, 0)
+        cfg.optim.update(name="adam", eps=eps, grad_clip=0.0)
+        tx = training.build_optimizer(cfg, params, 10)
+        new, _ = tx.update(grads, tx.init(params), params["net"]["w"])
+        g = np.asarray(grads, np.float64)
+        np.testing.assert_allclose(np.asarray(new, np.float64), -0.1 * g / (np.abs(g) + eps), rtol=1e-5, err_msg=eps)
+
+
 def test_weight_decay_is_adamw_only():
     """``optim.weight_decay`` is AdamW's decoupled decay: Adam ignores it; AdamW's first step is
     Adam's minus lr * wd * param."""

@@ -233,3 +233,17 @@ def test_a_finished_run_with_a_model_older_than_its_checkpoint_is_repaired(kille
     want, _ = checkpointing.restore_model(reference / "model")
     assert checkpointing.params_sha256(got) == checkpointing.params_sha256(want) != checkpointing.params_sha256(older)
     assert _loss_records(copy) == _loss_records(reference)  # nothing logged again
+
+
+def test_the_model_directory_exchange_works_with_relative_paths(tmp_path, monkeypatch):
+    """``renameat2`` is called relative to the working directory (AT_FDCWD): a run started with a
+    relative ``--workdir`` swaps its ``model/`` like an absolute one (or says it cannot)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        pathlib.Path(name).mkdir()
+        (pathlib.Path(name) / "x").write_text(name)
+    if checkpoints._exchange(pathlib.Path("a"), pathlib.Path("b")):
+        assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
+    else:  # a system or filesystem without renameat2: nothing moved
+        assert (tmp_path / "a" / "x").read_text() == "a"
+

@@ -200,7 +200,8 @@ def test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_r
     assert total == 3 * math.ceil(3 * samples / 5) == 18
     text, plan = run_length.describe(cfg, data, records, total, samples)
     assert plan["epochs"] == pytest.approx(3) and plan["updates_per_batch"] == 3 and plan["batch_size"] == 5
-    assert "18 optimizer steps = 3 epochs of 10 samples at batch 5, 3 updates per batch" in text
+    assert "18 optimizer steps = 3 epochs of 10 samples at batch 5, 3 updates per batch (train.epochs=3)" in text
+    assert "learning rate (cosine): 0 at the first step -> " in text and "; policy heads x " in text
     last = 0.5e-3 * (1 + math.cos(math.pi * (total - 1 - 4) / (total - 4)))  # the cosine at step T - 1
     assert last > 1e-7
     assert plan["lr"]["first"] == 0.0 and plan["lr"]["last"] == pytest.approx(last, rel=1e-4)
@@ -210,5 +211,5 @@ def test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_r
     # train.steps overrides the epochs, and must be a whole number of batches' updates.
     cfg.train.steps = 12
     assert total_steps_of(cfg, samples) == 12
-    _, plan = run_length.describe(cfg, data, records, 12, samples)
-    assert plan["epochs"] == pytest.approx(12 / 3 * 5 / 10)
+    text, plan = run_length.describe(cfg, data, records, 12, samples)
+    assert plan["epochs"] == pytest.approx(12 / 3 * 5 / 10) and "(train.steps=12)" in text

@@ -71,3 +71,18 @@ def test_the_saved_config_is_the_resolved_config(tmp_path):
     cfg = _cfg(**{"grpo.group_size": 3})
     _start(tmp_path, cfg)
     assert _saved_config(tmp_path) == config_json(cfg)
+
+
+def test_a_step_count_needs_no_epochs_and_a_run_needs_one_or_the_other():
+    from irpo_jax.training.workdir import validate_config
+
+    cfg = config_lib.base_config("grpo")
+    cfg.train.update(steps=5, epochs=0)
+    validate_config(cfg)  # train.steps alone is a run length
+    cfg.train.update(steps=0, epochs=2)
+    validate_config(cfg)  # so are epochs alone
+    for steps, epochs in ((0, 0), (-1, 3)):
+        cfg.train.update(steps=steps, epochs=epochs)
+        with pytest.raises(TrainingError, match=f"train.steps={steps}, train.epochs={epochs}: give steps > 0"):
+            validate_config(cfg)
+

@@ -94,3 +94,14 @@ def test_a_workdir_that_cannot_be_written_is_one_clear_error(demo_root, tmp_path
         with pytest.raises(training.TrainingError, match=f"--workdir {workdir} cannot be written: {reason}") as err:
             training.run(cfg, workdir, progress=False)
         assert "\n" not in str(err.value)
+
+
+def test_the_lock_says_whether_it_is_held_and_records_its_holder_on_one_line(tmp_path):
+    held = lock_lib.acquire(tmp_path)
+    assert held.held
+    text = (tmp_path / lock_lib.LOCK_NAME).read_text()
+    assert text.endswith("\n") and text.count("\n") == 1  # one JSON line, as a person reading it expects
+    assert json.loads(text)["pid"] == os.getpid() and json.loads(text)["host"] == socket.gethostname()
+    held.release()
+    assert not held.held
+
