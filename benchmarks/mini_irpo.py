@@ -891,7 +891,8 @@ def publish(study: Study, results_md: Path = _REPO / "benchmarks" / "RESULTS.md"
     current = results_md.read_text()
     if BEGIN in current and END in current:
         head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1].lstrip("\n")
+        after = rest.split(END, 1)[1].lstrip("\n")
+        current = head + block + ("\n" + after if after else "")  # the text after keeps its blank line
     else:
         current = current.rstrip("\n") + "\n\n" + block
     results_md.write_text(current)

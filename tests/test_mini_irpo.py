@@ -121,3 +121,21 @@ def test_welch_says_whether_a_difference_exceeds_the_seeds_spread():
     assert "beyond" in mini_irpo.welch([1.0, 1.1, 1.2], [0.0, 0.1, 0.2])
     assert "within" in mini_irpo.welch([1.0, 0.0, 2.0], [0.9, 0.0, 1.9])
     assert "one seed" in mini_irpo.welch([1.0], [0.5])
+
+
+def test_publish_replaces_only_the_block_between_the_markers(tmp_path):
+    """--publish rewrites the report's block of RESULTS.md; the text around it (the summary above,
+    the learning-rate check after) stays as written, blank lines included, however often it runs."""
+    out = tmp_path / "study"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "mini_irpo.md").write_text("## Report\n![curves](reward_curves.png)\n")
+    (out / "report" / "reward_curves.png").write_bytes(b"png")
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Before\n\n{mini_irpo.BEGIN}\nold\n{mini_irpo.END}\n\n### After\ntext\n")
+    study = mini_irpo.Study(mini_irpo.Settings(out=out))
+    want = (f"# Before\n\n{mini_irpo.BEGIN}\n## Report\n![curves](mini_irpo/reward_curves.png)\n{mini_irpo.END}\n"
+            "\n### After\ntext\n")
+    for _ in range(2):
+        mini_irpo.publish(study, results, tmp_path / "plots")
+        assert results.read_text() == want
+    assert (tmp_path / "plots" / "reward_curves.png").read_bytes() == b"png"
