@@ -673,7 +673,10 @@ def run_mutants(mutants: list[Mutant], selection: dict[str, list[str]], duration
     return [results[i] for i in range(len(mutants))]
 
 
-def report(results: list[Result], root: pathlib.Path = ROOT) -> str:
+def report(results: list[Result], root: pathlib.Path = ROOT, sources: dict[str, str] | None = None) -> str:
+    """The kill rate per module and each survivor's diff, against ``sources`` (path -> the text the
+    mutants were made from; read from ``root`` when absent): a checkout edited during a long run
+    does not spoil its report."""
     lines = ["", "module                               mutants  killed  survived  timeout/error  kill rate"]
     by_module: dict[str, list[Result]] = collections.defaultdict(list)
     for r in results:
@@ -693,7 +696,7 @@ def report(results: list[Result], root: pathlib.Path = ROOT) -> str:
     if survivors:
         lines += ["", "Survivors (and undecided):"]
         for r in survivors:
-            text = (root / r.mutant.path).read_text()
+            text = sources[r.mutant.path] if sources and r.mutant.path in sources else (root / r.mutant.path).read_text()
             lines += [f"--- {r.mutant.id} [{r.status}] {r.detail}", r.mutant.diff(text)]
     return "\n".join(lines)
 
@@ -751,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.survivors_of.read_text())
         wanted = {r["id"] for r in earlier if r["status"] != "killed"}
         mutants = [m for m in mutants if m.id in wanted]
+    sources = {m.path: (ROOT / m.path).read_text() for m in mutants}  # what the mutants were made from
     selection = {}
     for path in sorted({m.path for m in mutants}):
         chosen = [spec.partition("=")[2].split(",") for spec in args.tests_for if path.startswith(spec.partition("=")[0])]
@@ -789,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     results = run_mutants(mutants, selection, durations, boxes, args.timeout)
-    print(report(results))
+    print(report(results, sources=sources))
     print(f"\n{len(results)} mutants in {(time.monotonic() - t0) / 60:.1f} min (seed {args.seed}, "
           f"{args.max_mutants} per module; tests: {'given' if args.tests else 'importers'}"
           f"{', slow files included' if args.include_slow else ''})")  # fmt: skip
