@@ -42,6 +42,7 @@ LAYERS = {
     "irpo_jax.checkpointing": 2,
     "irpo_jax.config_lib": 2,
     "irpo_jax.published": 2,
+    "irpo_jax.mesh": 2,  # the device mesh and the multi-process helpers
     "irpo_jax.rewards": 2,
     "irpo_jax.rewards.remote": 2,
     "torch_bridge.reward_server": 2,
