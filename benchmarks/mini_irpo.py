@@ -378,10 +378,10 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     from flax import nnx
 
     from irpo_jax import training
+    from irpo_jax.mesh import make_mesh, on_mesh
     from irpo_jax.models import adair
     from irpo_jax.models.policy import IRPOPolicy, PolicyConfig
     from irpo_jax.rewards import compose
-    from irpo_jax.training.mesh import make_mesh, on_mesh
 
     cfg = _config(study.s)
     mesh = make_mesh(jax.devices()[:1])

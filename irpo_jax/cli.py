@@ -122,7 +122,8 @@ def one_line(message: str) -> str:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads ``path/to/config.py[:arg]``: the file's ``get_config(arg)`` (``arg`` None when absent).
+    """Loads ``path/to/config.py[:arg]``: the file's ``get_config(arg)``, or ``get_config()`` when
+    there is no ``arg`` (as ml_collections' ``--config`` flag calls it).
 
     Raises:
       ConfigFileError: the file is missing, a folder, not Python, or has no ``get_config``.
@@ -143,7 +144,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise ConfigFileError(config_error_line(e)) from e
     if not hasattr(module, "get_config"):
         raise ConfigFileError(f"config file {file} has no get_config(arg=None) function")
-    return module.get_config(arg or None)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 # -------------------------------------------------------------------------------- logging

@@ -34,13 +34,12 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from irpo_jax import evaluation
+from irpo_jax import cli, evaluation, safe_files
 from irpo_jax.data import readers
 
 __all__ = ["COMPARE_FORMAT", "CompareError", "Run", "compare", "load_run", "main", "zoom_window"]
@@ -399,43 +398,38 @@ def _prepare_out(out: pathlib.Path) -> None:
                                "irpo_jax.compare; nothing was written. Choose an empty or new folder")
 
 
+def _cannot_write(err: OSError) -> str:
+    where = f" {err.filename}" if err.filename else ""
+    return f"cannot write{where}: {err.strerror or err}; choose another --out"
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The page the flags ask for, built in a temporary folder and moved into place whole."""
+    out = pathlib.Path(args.out)
+    if args.crops < 0:
+        raise CompareError(f"--crops {args.crops}: give 0 or more figures per set")
+    a, b = load_run(args.run_a, "RUN_A"), load_run(args.run_b, "RUN_B")
+    _prepare_out(out)
+    with safe_files.atomic_directory(out) as tmp:
+        summary = compare(a, b, tmp, crops=args.crops, data_root=args.data_root or None)
+        if out.exists():
+            shutil.rmtree(out)  # an earlier page (checked above)
+    n = sum(r["images"] for r in summary["rows"].values())
+    print(f"comparison page: {out / 'index.html'} ({len(summary['rows'])} sets, {n} images; open it in a browser)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m irpo_jax.compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command-line entry point; returns the exit status (2 for every error)."""
+    p = cli.ArgumentParser(prog="python -m irpo_jax.compare", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_a", help="evaluation output A (evaluate --save_images --out)")
     p.add_argument("run_b", help="evaluation output B, compared with A")
     p.add_argument("--out", required=True, help="folder for index.html and its images (new, or an earlier page)")
     p.add_argument("--crops", type=int, default=2, help="figures per set for the largest gains and for the losses")
     p.add_argument("--data_root", default="", help="where the evaluated data is now, if it moved")
     args = p.parse_args(argv)
-    out = pathlib.Path(args.out)
-    try:
-        if args.crops < 0:
-            raise CompareError(f"--crops {args.crops}: give 0 or more figures per set")
-        a, b = load_run(args.run_a, "RUN_A"), load_run(args.run_b, "RUN_B")
-        _prepare_out(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # an ordinary folder, not mkdtemp's private one
-            summary = compare(a, b, tmp, crops=args.crops, data_root=args.data_root or None)
-            if out.exists():
-                shutil.rmtree(out)  # an earlier page (checked above)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot write{where}: {err.strerror or err}; choose another --out", file=sys.stderr)
-        return 2
-    n = sum(r["images"] for r in summary["rows"].values())
-    print(f"comparison page: {out / 'index.html'} ({len(summary['rows'])} sets, {n} images; open it in a browser)")
-    return 0
+    return cli.main_errors(lambda: _run(args), (CompareError,), code=2, os_error=_cannot_write)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _config_spec(spec: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m irpo_jax.evaluate", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m irpo_jax.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model directory (convert_adair output or <workdir>/model)")
     p.add_argument("--config", default="configs/allinone5.py",
@@ -103,84 +103,92 @@ TILE_WARNING = ("warning: --tile {tile}: images with a side above {tile} px are 
                 "not the published protocol")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every file it reads at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _cannot_write(err: OSError) -> str:
+    """The line for an OSError while evaluating (a disk that fills, a folder made read-only, ...)."""
+    where = f" {err.filename}" if err.filename else ""
+    return (f"cannot write{where}: {err.strerror or err}. Results files are written whole or not at all; "
+            "choose another --out or free the space.")
+
+
+def _load_data_config(spec: str):
+    """``--config``'s config; any error in the file is an EvalError naming it."""
+    try:
+        return cli.load_config(_config_spec(spec))
+    except cli.ConfigFileError as err:  # names the file and what --config takes
+        line = str(err)
+        raise evaluation.EvalError(line if line.startswith("--config") else f"--config {spec}: {line}") from err
+    except Exception as err:  # a config file is Python: any error in it is the file's
+        raise evaluation.EvalError(
+            f"--config {spec}: {err}" if isinstance(err, ValueError)
+            else f"--config {spec}: {type(err).__name__}: {err}") from err
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The evaluation the flags ask for: results written, the table printed."""
     from irpo_jax import checkpointing
 
-    try:
-        if args.max_images < 0:
-            raise evaluation.EvalError(f"--max_images {args.max_images}: give a positive count, or 0 for "
-                                       "every image")
-        if args.tile:
-            print(TILE_WARNING.format(tile=args.tile), file=sys.stderr)
-        ckpt = pathlib.Path(args.checkpoint)
-        checkpointing.read_metadata(ckpt)  # a clear error before anything slow
-        name, step = evaluation.describe_checkpoint(ckpt.absolute())
-        try:
-            config = cli.load_config(_config_spec(args.config))
-        except cli.ConfigFileError as err:  # names the file and what --config takes
-            line = str(err)
-            raise evaluation.EvalError(line if line.startswith("--config") else f"--config {args.config}: {line}") from err
-        except Exception as err:  # a config file is Python: any error in it is the file's
-            raise evaluation.EvalError(
-                f"--config {args.config}: {err}" if isinstance(err, ValueError)
-                else f"--config {args.config}: {type(err).__name__}: {err}") from err
-        data_cfg = config.data
-        if args.data_root:
-            data_cfg.root = args.data_root
-        test_dirs = _test_dirs(args.test_dir)
-        if test_dirs:
-            data_cfg.test_dirs = {**dict(data_cfg.get("test_dirs") or {}), **test_dirs}
-        sets = [s for s in args.sets.split(",") if s.strip()] or None
-        resolved = readers.resolve_config(data_cfg)
-        readers.eval_sets(resolved, evaluation.resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0],
-                          allow_partial=args.allow_partial)
-        if args.out:
-            out = pathlib.Path(args.out)
-        else:
-            out = ckpt.absolute().parent if ckpt.name == "model" and step is not None else pathlib.Path(".")
-        out_dir = evaluation.output_dir(out, name, step, self_ensemble=args.self_ensemble,
-                                        oracle_k=args.oracle_k, max_images=args.max_images, tile=args.tile)
-        evaluation.check_writable(out_dir)
-        model = checkpointing.load_model(ckpt)
-        params_sha256, settings = evaluation.result_identity(
-            model.module, data_cfg, sets, max_images=args.max_images, self_ensemble=args.self_ensemble,
-            oracle_k=args.oracle_k, seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
-            precision=args.precision, allow_partial=args.allow_partial,
-        )
-        if evaluation.check_existing_results(out_dir, params_sha256, settings, overwrite=args.overwrite):
-            shutil.rmtree(out_dir / "images", ignore_errors=True)  # the other model's restorations
-        results = evaluation.evaluate(model, data_cfg, sets, max_images=args.max_images,
-                                      self_ensemble=args.self_ensemble, oracle_k=args.oracle_k, seed=args.seed,
-                                      tile=args.tile, tile_overlap=args.tile_overlap,
-                                      image_dir=out_dir / "images" if args.save_images else None, name=name,
-                                      step=step, precision=args.precision, allow_partial=args.allow_partial)
-        results["model"].update(checkpoint=str(ckpt.absolute()), params_sha256=params_sha256,
-                                config=dataclasses.asdict(model.config))
-        results["settings"] = settings
-        if args.reference:
-            results["reference"] = published.reference(
-                args.reference, published.setting_of(str(config.get("name", ""))),
-                results["rows"], results["model"]["config"])
-        paths = evaluation.write_results(results, out_dir)
-    except (evaluation.EvalError, DataError, checkpointing.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a disk that fills, a folder made read-only while evaluating, ...
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot write{where}: {err.strerror or err}. Results files are written whole or "
-              "not at all; choose another --out or free the space.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; results.json of this evaluation was not written (saved images may "
-              "be incomplete)", file=sys.stderr)
-        return 130
+    if args.max_images < 0:
+        raise evaluation.EvalError(f"--max_images {args.max_images}: give a positive count, or 0 for "
+                                   "every image")
+    if args.tile:
+        print(TILE_WARNING.format(tile=args.tile), file=sys.stderr)
+    ckpt = pathlib.Path(args.checkpoint)
+    checkpointing.read_metadata(ckpt)  # a clear error before anything slow
+    name, step = evaluation.describe_checkpoint(ckpt.absolute())
+    config = _load_data_config(args.config)
+    data_cfg = config.data
+    if args.data_root:
+        data_cfg.root = args.data_root
+    test_dirs = _test_dirs(args.test_dir)
+    if test_dirs:
+        data_cfg.test_dirs = {**dict(data_cfg.get("test_dirs") or {}), **test_dirs}
+    sets = [s for s in args.sets.split(",") if s.strip()] or None
+    resolved = readers.resolve_config(data_cfg)
+    readers.eval_sets(resolved, evaluation.resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0],
+                      allow_partial=args.allow_partial)
+    if args.out:
+        out = pathlib.Path(args.out)
+    else:
+        out = ckpt.absolute().parent if ckpt.name == "model" and step is not None else pathlib.Path(".")
+    out_dir = evaluation.output_dir(out, name, step, self_ensemble=args.self_ensemble,
+                                    oracle_k=args.oracle_k, max_images=args.max_images, tile=args.tile)
+    evaluation.check_writable(out_dir)
+    model = checkpointing.load_model(ckpt)
+    params_sha256, settings = evaluation.result_identity(
+        model.module, data_cfg, sets, max_images=args.max_images, self_ensemble=args.self_ensemble,
+        oracle_k=args.oracle_k, seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
+        precision=args.precision, allow_partial=args.allow_partial,
+    )
+    if evaluation.check_existing_results(out_dir, params_sha256, settings, overwrite=args.overwrite):
+        shutil.rmtree(out_dir / "images", ignore_errors=True)  # the other model's restorations
+    results = evaluation.evaluate(model, data_cfg, sets, max_images=args.max_images,
+                                  self_ensemble=args.self_ensemble, oracle_k=args.oracle_k, seed=args.seed,
+                                  tile=args.tile, tile_overlap=args.tile_overlap,
+                                  image_dir=out_dir / "images" if args.save_images else None, name=name,
+                                  step=step, precision=args.precision, allow_partial=args.allow_partial)
+    results["model"].update(checkpoint=str(ckpt.absolute()), params_sha256=params_sha256,
+                            config=dataclasses.asdict(model.config))
+    results["settings"] = settings
+    if args.reference:
+        results["reference"] = published.reference(
+            args.reference, published.setting_of(str(config.get("name", ""))),
+            results["rows"], results["model"]["config"])
+    paths = evaluation.write_results(results, out_dir)
     print(evaluation.format_table(results))
     print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['table'].name}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 for every error)."""
+    args = _parser().parse_args(argv)
+    cli.setup_logging(logging.INFO)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend notes are noise here
+    from irpo_jax.checkpointing import CheckpointError
+
+    return cli.main_errors(
+        lambda: _run(args), (evaluation.EvalError, DataError, CheckpointError), code=2, os_error=_cannot_write,
+        resume="results.json of this evaluation was not written (saved images may be incomplete)")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ Config coupling (kept minimal): ``--config path.py[:arg]`` imports the file, cal
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from irpo_jax import cli
 from irpo_jax.data import readers
 from irpo_jax.data.readers import DataError
 from irpo_jax.evaluation import mining
@@ -29,17 +29,17 @@ from irpo_jax.evaluation import mining
 __all__ = ["main"]
 
 
-def _load_config(spec: str) -> Any:
-    """``path.py[:arg]`` -> ``get_config(arg).data`` (see the module docstring)."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise DataError(f"--config {path} does not exist")
-    mod_spec = importlib.util.spec_from_file_location("_irpo_mine_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise DataError(f"--config {path} has no get_config() function")
-    config = module.get_config(arg) if arg else module.get_config()
+def _config_data(spec: str) -> Any:
+    """``--config``'s data config (``get_config(arg).data``); a config file that fails to load or
+    run is a DataError naming it."""
+    try:
+        config = cli.load_config(spec)
+    except cli.ConfigFileError as err:  # names the file and what --config takes
+        line = str(err)
+        raise DataError(line if line.startswith("--config") else f"--config {spec}: {line}") from err
+    except Exception as err:  # noqa: BLE001 - whatever the user's config file raised
+        raise DataError(f"--config {spec}: loading it failed: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err
     data = config.get("data") if hasattr(config, "get") else getattr(config, "data", None)
     if data is None:
         raise DataError(f"--config {spec}: get_config() has no 'data' field (a data config as "
@@ -47,21 +47,31 @@ def _load_config(spec: str) -> Any:
     return data
 
 
-def _config_data(spec: str) -> Any:
-    """``--config``'s data config; a config file that fails to run is a DataError naming it."""
-    try:
-        return _load_config(spec)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - whatever the user's config file raised
-        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
-        raise DataError(f"--config {spec}: loading it failed{where}: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err
+def _run(args: argparse.Namespace) -> int:
+    """The mining the flags ask for: the manifest written, its table printed."""
+    # Before the config file runs: the flags alone (crop_base comes from the data config,
+    # so mine() checks --crop against it again).
+    mining.check_arguments(args.out, fraction=args.fraction, selection=args.selection,
+                           rank_by=args.rank_by, resume=not args.no_resume,
+                           overwrite=args.overwrite, batch_size=args.batch_size, seed=args.seed)
+    data = _config_data(args.config) if args.config else readers.default_data_config()
+    data = readers.resolve_config(data)
+    if args.data_root:
+        data["root"] = args.data_root
+    result = mining.mine(data, args.checkpoint, args.out, fraction=args.fraction,
+                         selection=args.selection, rank_by=args.rank_by, crop=args.crop,
+                         batch_size=args.batch_size, seed=args.seed, resume=not args.no_resume,
+                         overwrite=args.overwrite, progress=not args.no_progress)
+    if "table" in result:
+        print(result["table"])
+        print(f"wrote {args.out} ({result['selection']['selected']} of {result['records']} pairs "
+              f"selected) and {args.out.with_suffix('.summary.md')}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m irpo_jax.mine",
         description="Score every training pair with a model and select the hardest fraction.",
     )
@@ -85,36 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.data_root and not args.config:
         parser.error("give --data_root DIR (an AdaIR data root) or --config path.py")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(logging.WARNING)
     logging.getLogger("irpo_jax").setLevel(logging.INFO)  # ours; orbax/absl INFO is noise here
     from irpo_jax.checkpointing import CheckpointError
 
-    try:
-        # Before the config file runs: the flags alone (crop_base comes from the data config,
-        # so mine() checks --crop against it again).
-        mining.check_arguments(args.out, fraction=args.fraction, selection=args.selection,
-                               rank_by=args.rank_by, resume=not args.no_resume,
-                               overwrite=args.overwrite, batch_size=args.batch_size, seed=args.seed)
-        data = _config_data(args.config) if args.config else readers.default_data_config()
-        data = readers.resolve_config(data)
-        if args.data_root:
-            data["root"] = args.data_root
-        result = mining.mine(data, args.checkpoint, args.out, fraction=args.fraction,
-                             selection=args.selection, rank_by=args.rank_by, crop=args.crop,
-                             batch_size=args.batch_size, seed=args.seed, resume=not args.no_resume,
-                             overwrite=args.overwrite, progress=not args.no_progress)
-    except (DataError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # what the checks could not foresee (the disk filled up, ...)
-        where = err.filename if err.filename is not None else args.out
-        print(f"error: {where}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    if "table" in result:
-        print(result["table"])
-        print(f"wrote {args.out} ({result['selection']['selected']} of {result['records']} pairs "
-              f"selected) and {args.out.with_suffix('.summary.md')}")
-    return 0
+    def cannot_write(err: OSError) -> str:  # what the checks could not foresee (the disk filled up, ...)
+        return f"{err.filename if err.filename is not None else args.out}: {err.strerror or err}"
+
+    return cli.main_errors(lambda: _run(args), (DataError, CheckpointError, ValueError), code=1,
+                           os_error=cannot_write,
+                           resume=f"the same command resumes from {args.out}.partial.jsonl (--no_resume starts over)")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import dataclasses
 import logging
 import os
 import pathlib
-import secrets
 import struct
 import sys
 import zlib
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from irpo_jax import cli, safe_files
 from irpo_jax.evaluation import tiling
 
 log = logging.getLogger("irpo_jax.restore")
@@ -301,26 +301,10 @@ def _read_pillow(path: pathlib.Path) -> Decoded:
         return _split(np.asarray(im), path, icc)
 
 
-def _new_file_beside(path: pathlib.Path) -> str:
-    """Creates an empty, uniquely named temporary file next to ``path``; returns its name.
-
-    Unlike ``tempfile.mkstemp`` (always mode 0600: the renamed output would be private), the file
-    is created as ``open`` creates files, 0666 less the user's umask (0644 by default).
-    """
-    for _ in range(100):
-        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return str(tmp)
-    raise FileExistsError(f"no free temporary name next to {path}")
-
-
 def write_image(path: os.PathLike | str, rgb: np.ndarray, like: Decoded) -> None:
     """Writes a restored ``(H, W, 3)`` float image in the input's format (see the module docstring).
 
-    The file is written to a temporary name in the same folder and renamed into place; it gets
+    The file is written whole or not at all (:func:`irpo_jax.safe_files.atomic_path`); it gets
     the mode a new file gets from ``open`` (0666 less the umask: 0644 by default).
     """
     path = pathlib.Path(path)
@@ -332,8 +316,7 @@ def write_image(path: os.PathLike | str, rgb: np.ndarray, like: Decoded) -> None
         samples = np.concatenate([samples, like.alpha[..., None].astype(like.dtype)], axis=-1)
     if samples.shape[-1] == 1:
         samples = samples[..., 0]
-    tmp = _new_file_beside(path)
-    try:
+    with safe_files.atomic_path(path) as tmp:  # every writer below is told the format, not the suffix
         if path.suffix.lower() in TIFF_EXTENSIONS:
             import tifffile
 
@@ -348,10 +331,6 @@ def write_image(path: os.PathLike | str, rgb: np.ndarray, like: Decoded) -> None
 
             im = Image.fromarray(samples)  # uint8 L/LA/RGB/RGBA, or uint16 grey (I;16)
             im.save(tmp, format="PNG", **({"icc_profile": like.icc} if like.icc else {}))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -601,7 +580,7 @@ def restore_files(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m irpo_jax.restore", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m irpo_jax.restore", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model directory (convert_adair output or <workdir>/model)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
@@ -616,30 +595,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every file it reads at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _run(args: argparse.Namespace) -> int:
+    """The restoration the flags ask for: 0 every file written, 1 some failed, 2 none found."""
     from irpo_jax import checkpointing
 
-    try:
-        check_tiling(args.tile, args.tile_overlap, args.fallback_tile)
-        checkpointing.read_metadata(args.checkpoint)
-        check_out(args.out)
-        plan(args.inputs, args.out, overwrite=args.overwrite)  # refuse before loading the model
-        model = checkpointing.load_model(args.checkpoint)
-        report = restore_files(model, args.inputs, args.out, tile=args.tile, tile_overlap=args.tile_overlap,
-                               fallback_tile=args.fallback_tile, overwrite=args.overwrite,
-                               precision=args.precision)
-    except (RestoreError, checkpointing.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_tiling(args.tile, args.tile_overlap, args.fallback_tile)
+    checkpointing.read_metadata(args.checkpoint)
+    check_out(args.out)
+    plan(args.inputs, args.out, overwrite=args.overwrite)  # refuse before loading the model
+    model = checkpointing.load_model(args.checkpoint)
+    report = restore_files(model, args.inputs, args.out, tile=args.tile, tile_overlap=args.tile_overlap,
+                           fallback_tile=args.fallback_tile, overwrite=args.overwrite,
+                           precision=args.precision)
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     if not report.written and not report.failed:
         print("error: no images found in the inputs", file=sys.stderr)
         return 2
     return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    cli.setup_logging(logging.INFO)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend notes are noise here
+    from irpo_jax.checkpointing import CheckpointError
+
+    return cli.main_errors(lambda: _run(args), (RestoreError, CheckpointError), code=2)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def _check_crops(runs, row: str, fig: dict, out: pathlib.Path) -> None:
     yb = np.asarray(Image.open(ev.image_path(runs["b"] / "images", row, fig["name"])).convert("RGB"))
     side = w["side"]
     diff = np.abs(ya.astype(int) - yb.astype(int)).sum(-1)
-    best = max(diff[t : t + side, l : l + side].sum() for t in range(ya.shape[0] - side + 1)
-               for l in range(ya.shape[1] - side + 1))
+    best = max(diff[t : t + side, left : left + side].sum() for t in range(ya.shape[0] - side + 1)
+               for left in range(ya.shape[1] - side + 1))
     assert diff[w["top"] : w["top"] + side, w["left"] : w["left"] + side].sum() == best
     for part, img in (("a", ya), ("b", yb)):
         crop = np.asarray(Image.open(out / fig["files"][part]))

@@ -40,6 +40,7 @@ LAYERS = {
     # 2: what is built from them: model directories, configs, the reward bridge.
     "irpo_jax.checkpointing": 2,
     "irpo_jax.config_lib": 2,
+    "irpo_jax.mesh": 2,  # the device mesh and the multi-process helpers of training and evaluation
     "irpo_jax.rewards": 2,
     "irpo_jax.rewards.remote": 2,
     "torch_bridge.reward_server": 2,

@@ -5,7 +5,7 @@ import types
 import jax
 import numpy as np
 
-from irpo_jax.training import mesh
+from irpo_jax import mesh
 
 
 def test_memory_stats_are_the_first_devices_bytes_in_gb(monkeypatch):

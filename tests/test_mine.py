@@ -20,10 +20,10 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from irpo_jax import checkpointing, mine
-from irpo_jax.evaluation import mining
 from irpo_jax.data import demo
 from irpo_jax.data import pipeline as P
 from irpo_jax.data import readers as R
+from irpo_jax.evaluation import mining
 from irpo_jax.models import convert
 
 CROP = 64
@@ -381,7 +381,7 @@ def test_cli_unwritable_out_is_one_line_before_data_or_model(tmp_path, capsys, n
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("def get_config(:\n", "loading it failed (line 1): SyntaxError: invalid syntax"),
+    ("def get_config(:\n", "not a valid Python config file (invalid syntax, line 1)"),
     ("def get_config():\n    return 1 / 0\n", "loading it failed: ZeroDivisionError: division by zero"),
     ("import no_such_module_here\n", "ModuleNotFoundError: No module named 'no_such_module_here'"),
 ])

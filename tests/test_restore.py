@@ -16,8 +16,8 @@ import tifffile
 from PIL import Image
 
 from irpo_jax import checkpointing
-from irpo_jax.evaluation import tiling
 from irpo_jax import restore as rs
+from irpo_jax.evaluation import tiling
 
 
 @pytest.fixture(scope="module")

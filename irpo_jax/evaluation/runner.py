@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from irpo_jax import metrics
 from irpo_jax.evaluation import tiling
+from irpo_jax.mesh import make_mesh
 
 __all__ = ["EvalError", "Runner", "ShapeBuckets", "geometric_self_ensemble", "make_runner", "out_of_memory",
            "pad_batch", "plan_batches", "prefetch"]
@@ -227,7 +228,7 @@ def make_runner(model: Any, *, ensemble: bool = False, oracle_k: int = 0,
     from irpo_jax import checkpointing
 
     module = model.module if isinstance(model, checkpointing.Restorer) else model
-    mesh = Mesh(np.array(list(devices or jax.local_devices())), ("data",))
+    mesh = make_mesh(list(devices or jax.local_devices()))  # this process's devices
     if isinstance(module, nnx.Module):
         graphdef, state = nnx.split(module)
         kind = "adair_policy" if hasattr(module, "sample") else "adair"

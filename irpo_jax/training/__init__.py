@@ -20,9 +20,9 @@ One module per concern:
 * :mod:`~irpo_jax.training.workdir`: the run directory: settings checked before any work
   (:func:`validate_config`), the saved config and what may change on resume
   (:func:`check_workdir_config`); :mod:`~irpo_jax.training.lock`: its lock;
-* :mod:`~irpo_jax.training.mesh`: the device mesh and the multi-process helpers
-  (:func:`make_mesh`, :func:`on_mesh`, :func:`host_device`, :func:`init_distributed`,
-  :func:`to_global`, :func:`to_host`);
+* :mod:`irpo_jax.mesh` (a layer below, shared with evaluation; ``training.mesh`` re-exports it):
+  the device mesh and the multi-process helpers (:func:`make_mesh`, :func:`on_mesh`,
+  :func:`host_device`, :func:`init_distributed`, :func:`to_global`, :func:`to_host`);
 * :mod:`~irpo_jax.training.hard_set`: the hard set a GRPO run mines for itself;
   :mod:`~irpo_jax.training.run_length`: the run's plan (steps, epochs, learning rates);
 * :mod:`~irpo_jax.training.rollouts`: a GRPO run's sampling side (its rollouts, the reward
@@ -31,8 +31,8 @@ One module per concern:
   :func:`total_steps_of`) and steps it to the end (logging, probes, evaluations, checkpoints).
 
 The names are loaded on first use (module ``__getattr__``): importing one module of the package
-(``training.errors``, ``training.mesh``) does not import the others, so the lower layers may use
-the mesh and the CLIs may catch :class:`TrainingError` before jax is loaded.
+(``training.errors``) does not import the others, so the CLIs may catch :class:`TrainingError`
+before jax is loaded.
 
 ``irpo_jax.trainer``, the former home of these names, is a deprecated alias of this package.
 """
@@ -46,12 +46,12 @@ _EXPORTS = {
     "build_model": "irpo_jax.training.loop",
     "run": "irpo_jax.training.loop",
     "total_steps_of": "irpo_jax.training.loop",
-    "host_device": "irpo_jax.training.mesh",
-    "init_distributed": "irpo_jax.training.mesh",
-    "make_mesh": "irpo_jax.training.mesh",
-    "on_mesh": "irpo_jax.training.mesh",
-    "to_global": "irpo_jax.training.mesh",
-    "to_host": "irpo_jax.training.mesh",
+    "host_device": "irpo_jax.mesh",
+    "init_distributed": "irpo_jax.mesh",
+    "make_mesh": "irpo_jax.mesh",
+    "on_mesh": "irpo_jax.mesh",
+    "to_global": "irpo_jax.mesh",
+    "to_host": "irpo_jax.mesh",
     "SCHEDULES": "irpo_jax.training.optimizer",
     "FlatOptimizer": "irpo_jax.training.optimizer",
     "TrainState": "irpo_jax.training.optimizer",

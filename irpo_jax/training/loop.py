@@ -39,18 +39,15 @@ from jax.sharding import PartitionSpec as P
 
 from irpo_jax import checkpointing
 from irpo_jax.data import readers
+from irpo_jax.mesh import host_device, init_distributed, make_mesh, memory_stats, on_mesh, to_global, to_host
 from irpo_jax.models import adair
-from irpo_jax.training.errors import TrainingError
+from irpo_jax.safe_files import atomic_write_text
 from irpo_jax.training.checkpoints import TrainCheckpointer
-from irpo_jax.training.mesh import (
-    host_device, init_distributed, make_mesh, memory_stats, on_mesh, to_global, to_host,
-)  # fmt: skip
+from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.optimizer import TrainState, build_optimizer, learning_rate, updates_per_batch
 from irpo_jax.training.rollouts import RewardProbe, Rollouts, Sampled
-from irpo_jax.training.steps import (
-    make_grpo_update, make_supervised_step, reference_is_constant,
-)  # fmt: skip
-from irpo_jax.training.workdir import atomic_write_text, check_workdir_config, validate_config
+from irpo_jax.training.steps import make_grpo_update, make_supervised_step, reference_is_constant
+from irpo_jax.training.workdir import check_workdir_config, validate_config
 
 log = logging.getLogger("irpo_jax.train")
 

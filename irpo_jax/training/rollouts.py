@@ -27,11 +27,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from irpo_jax.mesh import on_mesh, process_rows, to_global, to_host
+from irpo_jax.safe_files import atomic_write_text
 from irpo_jax.training.errors import TrainingError
-from irpo_jax.training.mesh import on_mesh, process_rows, to_global, to_host
 from irpo_jax.training.optimizer import TrainState
 from irpo_jax.training.steps import make_probe_reward, make_rollout_step
-from irpo_jax.training.workdir import atomic_write_text
 
 
 @dataclasses.dataclass

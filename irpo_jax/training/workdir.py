@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from irpo_jax import safe_files
-from irpo_jax.safe_files import atomic_write_text  # training/loop.py imports it from here
+from irpo_jax.safe_files import atomic_write_text
 from irpo_jax.training.errors import TrainingError
 from irpo_jax.training.lock import LOCK_NAME, WorkdirLock, acquire
 
