@@ -497,6 +497,9 @@ def restore_files(
     Raises:
       RestoreError: the run is refused before anything is restored (see :func:`plan`), or
         ``out`` is not writable.
+
+    Over 100 lines with this docstring; the body (76 lines) is the one loop over the planned files
+    (read, restore whole or tiled, write, record the failure of one file and go on).
     """
     from tqdm import tqdm
 

@@ -485,6 +485,10 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     Raises:
       ValueError, DataError: bad arguments (before anything is read, see
         :func:`check_arguments`), or data problems.
+
+    Over 100 lines with this docstring; the body (86 lines) is the run's order, each step a call:
+    the resumable partial file, the runner's batches, the multi-process merge, the selection and
+    the manifest (:mod:`irpo_jax.data.manifest`).
     """
     cfg = readers.resolve_config(data_cfg)
     base = int(cfg["crop_base"])
