@@ -9,7 +9,7 @@ Two implementations, chosen by ``reward.bridge.mode`` in
   on a thread of the calling process (jax arrays enter torch through DLPack).
 
 Both subclass :class:`RewardBridge`, which states the contract and holds the parts they share
-(``score``, the context manager). The trainer (``irpo_jax.training.loop``) uses
+(``score``, the context manager). The trainer (``irpo_jax.training.rollouts``) uses
 ``live_components``, ``score`` and ``close``; ``tests/test_reward_process.py`` runs the same
 behavioural checks on both.
 
