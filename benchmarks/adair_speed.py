@@ -255,8 +255,7 @@ def prepare_flax(variant: str, batch: int, size: int, impl: str, opts, remat: st
         avail = mem_available_gb()
         fits[name] = temp is None or avail is None or temp / 1e9 < 0.85 * avail
         if not fits[name]:
-            out[f"error_{name}"] = (f"skipped: XLA needs {temp / 1e9:.1f} GB of temporaries, "
-                                    f"{avail:.1f} GB available")
+            out[f"error_{name}"] = f"skipped: XLA needs {temp / 1e9:.1f} GB of temporaries, {avail:.1f} GB available"
     fns = {}
     if fits["fwd"]:
         fns["fwd"] = lambda: jax.block_until_ready(fwd(params, rest, x))
@@ -357,11 +356,28 @@ def bench_torch_compile(variant: str, batch: int, size: int, opts) -> dict:
 
 
 def _child_args(opts, kind: str, variant: str, batch: int, extra: list[str] | None = None) -> list[str]:
-    args = [sys.executable, str(Path(__file__).resolve()), "--_worker", kind,
-            "--configs", f"{variant}:{batch}", "--size", str(opts.size),
-            "--repeats", str(opts.repeats), "--min-repeats", str(opts.min_repeats),
-            "--budget", str(opts.budget), "--torch-device", opts.torch_device,
-            "--quiet-threshold", str(opts.quiet_threshold), "--max-wait", str(opts.max_wait)]
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_worker",
+        kind,
+        "--configs",
+        f"{variant}:{batch}",
+        "--size",
+        str(opts.size),
+        "--repeats",
+        str(opts.repeats),
+        "--min-repeats",
+        str(opts.min_repeats),
+        "--budget",
+        str(opts.budget),
+        "--torch-device",
+        opts.torch_device,
+        "--quiet-threshold",
+        str(opts.quiet_threshold),
+        "--max-wait",
+        str(opts.max_wait),
+    ]
     if opts.skip_backward:
         args.append("--skip-backward")
     return args + (extra or [])
@@ -375,16 +391,15 @@ def run_child(args: list[str], env: dict, timeout: float) -> dict:
         return {"error": f"timed out after {timeout:.0f} s (killed)", "wall_s": time.perf_counter() - t}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            res = json.loads(line[len(RESULT_MARKER):])
+            res = json.loads(line[len(RESULT_MARKER) :])
             res["wall_s"] = time.perf_counter() - t
             return res
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": f"child exited {proc.returncode}: {' | '.join(tail)[:500]}",
-            "wall_s": time.perf_counter() - t}
+    return {"error": f"child exited {proc.returncode}: {' | '.join(tail)[:500]}", "wall_s": time.perf_counter() - t}
 
 
 def worker_main(opts) -> None:
-    (variant, batch), = parse_configs(opts.configs)
+    ((variant, batch),) = parse_configs(opts.configs)
     if opts._worker == "flax":
         res = bench_flax(variant, batch, opts.size, opts.conv_impls.split(",")[0], opts, opts.remat.split(",")[0])
         res["xla_flags"] = os.environ.get("XLA_FLAGS", "")
@@ -461,15 +476,28 @@ def bench_blocks(opts) -> list[dict]:
             _torch_sync()
 
         row["quiet_wait"] = wait_quiet(opts.quiet_threshold, opts.max_wait, _stderr_log)
-        row.update(time_interleaved({
-            "flax_fwd": lambda: jax.block_until_ready(fj(p, r, *xs)),
-            "flax_fwdbwd": lambda: jax.block_until_ready(gj(p, r, *xs)),
-            "torch_fwd": tf, "torch_fwdbwd": tb}, opts.repeats, 3, 20))
+        row.update(
+            time_interleaved(
+                {
+                    "flax_fwd": lambda: jax.block_until_ready(fj(p, r, *xs)),
+                    "flax_fwdbwd": lambda: jax.block_until_ready(gj(p, r, *xs)),
+                    "torch_fwd": tf,
+                    "torch_fwdbwd": tb,
+                },
+                opts.repeats,
+                3,
+                20,
+            )
+        )
         rows.append(row)
-        print(f"  block {name}: flax fwd {row['flax_fwd']['median_s']*1e3:.1f} ms, "
-              f"fwd+bwd {row['flax_fwdbwd']['median_s']*1e3:.1f} ms; torch fwd "
-              f"{row['torch_fwd']['median_s']*1e3:.1f} ms, fwd+bwd "
-              f"{row['torch_fwdbwd']['median_s']*1e3:.1f} ms", file=sys.stderr, flush=True)
+        print(
+            f"  block {name}: flax fwd {row['flax_fwd']['median_s'] * 1e3:.1f} ms, "
+            f"fwd+bwd {row['flax_fwdbwd']['median_s'] * 1e3:.1f} ms; torch fwd "
+            f"{row['torch_fwd']['median_s'] * 1e3:.1f} ms, fwd+bwd "
+            f"{row['torch_fwdbwd']['median_s'] * 1e3:.1f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
 
     cfg = adair.VARIANTS["base"]
     rng = nnx.Rngs(0)
@@ -478,21 +506,44 @@ def bench_blocks(opts) -> list[dict]:
     h1 = s
     # Level 1 of the encoder: 4 blocks at dim 48; decoder level 1 + refinement: 8 blocks at 96.
     for dim, count in ((48, 4), (96, 8)):
-        one(f"TransformerBlock dim {dim} @{h1}x{h1}", count,
+        one(
+            f"TransformerBlock dim {dim} @{h1}x{h1}",
+            count,
             adair.TransformerBlock(dim, 1, ffe, False, lnt, rngs=rng),
-            ref.TransformerBlock(dim, 1, ffe, False, lnt), [(1, h1, h1, dim)])
-    one(f"- MDTA (Attention) dim 96 @{h1}x{h1}", 8, adair.Attention(96, 1, False, rngs=rng),
-        ref.Attention(96, 1, False), [(1, h1, h1, 96)])
-    one(f"- GDFN (FeedForward) dim 96 @{h1}x{h1}", 8, adair.FeedForward(96, ffe, False, rngs=rng),
-        ref.FeedForward(96, ffe, False), [(1, h1, h1, 96)])
+            ref.TransformerBlock(dim, 1, ffe, False, lnt),
+            [(1, h1, h1, dim)],
+        )
+    one(
+        f"- MDTA (Attention) dim 96 @{h1}x{h1}",
+        8,
+        adair.Attention(96, 1, False, rngs=rng),
+        ref.Attention(96, 1, False),
+        [(1, h1, h1, 96)],
+    )
+    one(
+        f"- GDFN (FeedForward) dim 96 @{h1}x{h1}",
+        8,
+        adair.FeedForward(96, ffe, False, rngs=rng),
+        ref.FeedForward(96, ffe, False),
+        [(1, h1, h1, 96)],
+    )
     hidden2 = 2 * int(96 * ffe)
-    one(f"- depthwise 3x3, {hidden2} ch @{h1}x{h1}", 8,
+    one(
+        f"- depthwise 3x3, {hidden2} ch @{h1}x{h1}",
+        8,
         layers.Conv2d(hidden2, hidden2, 3, groups=hidden2, rngs=rng),
-        torch.nn.Conv2d(hidden2, hidden2, 3, padding=1, groups=hidden2, bias=False), [(1, h1, h1, hidden2)])
+        torch.nn.Conv2d(hidden2, hidden2, 3, padding=1, groups=hidden2, bias=False),
+        [(1, h1, h1, hidden2)],
+    )
     # fre3 works at level 2 (dim 96, H/2); the FFT split of its conv1 features.
     h2 = s // 2
-    one(f"FreModule fre3 dim 96 @{h2}x{h2}", 1, adair.FreModule(96, 4, False, "adair", rngs=rng),
-        ref.FreModule(96, 4, False), [(1, s, s, 3), (1, h2, h2, 96)])
+    one(
+        f"FreModule fre3 dim 96 @{h2}x{h2}",
+        1,
+        adair.FreModule(96, 4, False, "adair", rngs=rng),
+        ref.FreModule(96, 4, False),
+        [(1, s, s, 3), (1, h2, h2, 96)],
+    )
 
     mask = adair.low_pass_mask(jnp.asarray([[h2 // 4, h2 // 4]], jnp.int32), h2, h2)
 
@@ -501,7 +552,7 @@ def bench_blocks(opts) -> list[dict]:
         return low + high
 
     tmask = torch.zeros(1, 96, h2, h2, device=TORCH_DEVICE)
-    tmask[:, :, h2 // 2 - h2 // 4: h2 // 2 + h2 // 4, h2 // 2 - h2 // 4: h2 // 2 + h2 // 4] = 1
+    tmask[:, :, h2 // 2 - h2 // 4 : h2 // 2 + h2 // 4, h2 // 2 - h2 // 4 : h2 // 2 + h2 // 4] = 1
 
     def tsplit(x):
         spec = torch.fft.fftshift(torch.fft.fft2(x, norm="forward"), dim=(-2, -1))
@@ -509,8 +560,15 @@ def bench_blocks(opts) -> list[dict]:
         low = torch.fft.ifft2(torch.fft.ifftshift(spec * tmask, dim=(-2, -1)), norm="forward")
         return high.abs() + low.abs()
 
-    one(f"- FFT band split (fft2 + 2 ifft2 + abs), 96 ch @{h2}x{h2}", 1, None, None,
-        [(1, h2, h2, 96)], fn=split_sum, tfn=tsplit)
+    one(
+        f"- FFT band split (fft2 + 2 ifft2 + abs), 96 ch @{h2}x{h2}",
+        1,
+        None,
+        None,
+        [(1, h2, h2, 96)],
+        fn=split_sum,
+        tfn=tsplit,
+    )
     return rows
 
 
@@ -534,9 +592,11 @@ def _ratio(num: dict | None, den: dict | None, key: str) -> str:
 def summary_table(results: dict) -> list[str]:
     """One row per configuration and Flax variant: the issue-25 table."""
     s = results["size"]
-    lines = ["| configuration | Flax variant | forward, Flax / PyTorch | fwd+bwd, Flax / PyTorch "
-             "| Flax fwd+bwd / its forward | XLA temporaries fwd+bwd | load average during the timing |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | Flax variant | forward, Flax / PyTorch | fwd+bwd, Flax / PyTorch "
+        "| Flax fwd+bwd / its forward | XLA temporaries fwd+bwd | load average during the timing |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in results["configs"]:
         t = c.get("torch_eager") or {}
         for label, e in c["flax"].items():
@@ -549,12 +609,13 @@ def summary_table(results: dict) -> list[str]:
                 f, p = e[key]["median_s"], t[key]["median_s"]  # noqa: B023 - called in this iteration
                 return f"{f:.3f} s / {p:.3f} s ({p / f:.2f}x)"
 
-            own = (f"{e['fwdbwd']['median_s'] / e['fwd']['median_s']:.1f}x"
-                   if "fwd" in e and "fwdbwd" in e else "—")
+            own = f"{e['fwdbwd']['median_s'] / e['fwd']['median_s']:.1f}x" if "fwd" in e and "fwdbwd" in e else "—"
             temp = e.get("temp_gb_fwdbwd")
-            lines.append(f"| {c['variant']} {c['batch']}x{s}x{s} | {label} | {pair('fwd')} | {pair('fwdbwd')} | {own} | "
-                         f"{'—' if temp is None else f'{temp:.2f} GB'} | {c.get('load_timing_start', '?')} -> "
-                         f"{c.get('load_timing_end', '?')} |")
+            lines.append(
+                f"| {c['variant']} {c['batch']}x{s}x{s} | {label} | {pair('fwd')} | {pair('fwdbwd')} | {own} | "
+                f"{'—' if temp is None else f'{temp:.2f} GB'} | {c.get('load_timing_start', '?')} -> "
+                f"{c.get('load_timing_end', '?')} |"
+            )
     lines.append("")
     lines.append("Ratios in brackets are PyTorch / Flax (> 1: Flax is faster); timed interleaved in one process.")
     return lines
@@ -579,16 +640,23 @@ def markdown(results: dict) -> str:
     for c in results["configs"]:
         v, b, s = c["variant"], c["batch"], results["size"]
         params = next((e["params"] for e in c["flax"].values() if "params" in e), None)
-        lines.append(f"### {v}, batch {b} ({b}x{s}x{s}x3{f', {params/1e6:.2f}M params' if params else ''})")
-        lines.append(f"Load average (1/5/15 min) at start / during the interleaved timing / end: "
-                     f"{c['load_before']} / {c.get('load_timing_start', '?')} -> "
-                     f"{c.get('load_timing_end', '?')} / {c.get('load_after', '?')}."
-                     + (f" Waited {c['quiet_wait']['waited_s']} s for a quiet machine before timing."
-                        if c.get("quiet_wait", {}).get("waited_s", 0) > 5 else ""))
+        lines.append(f"### {v}, batch {b} ({b}x{s}x{s}x3{f', {params / 1e6:.2f}M params' if params else ''})")
+        lines.append(
+            f"Load average (1/5/15 min) at start / during the interleaved timing / end: "
+            f"{c['load_before']} / {c.get('load_timing_start', '?')} -> "
+            f"{c.get('load_timing_end', '?')} / {c.get('load_after', '?')}."
+            + (
+                f" Waited {c['quiet_wait']['waited_s']} s for a quiet machine before timing."
+                if c.get("quiet_wait", {}).get("waited_s", 0) > 5
+                else ""
+            )
+        )
         lines.append("")
-        lines.append("| implementation | forward (s) | fwd+bwd (s) | n (fwd/fwd+bwd) | compile fwd (s) "
-                     "| compile fwd+bwd (s) | XLA temp memory fwd/fwd+bwd (GB) "
-                     "| other processes' CPU use while timing (cores) |")
+        lines.append(
+            "| implementation | forward (s) | fwd+bwd (s) | n (fwd/fwd+bwd) | compile fwd (s) "
+            "| compile fwd+bwd (s) | XLA temp memory fwd/fwd+bwd (GB) "
+            "| other processes' CPU use while timing (cores) |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
 
         def row(label, e):
@@ -603,9 +671,11 @@ def markdown(results: dict) -> str:
             if "load_end" in e:
                 foreign += " (child process)"
             mem = "/".join(str(e.get(f"temp_gb_{k}", "—")) for k in ("fwd", "fwdbwd"))
-            lines.append(f"| {label} | {_ms(e, 'fwd')} | {_ms(e, 'fwdbwd')} | {n} | "
-                         f"{_ms(e, 'compile_fwd_s')} | {_ms(e, 'compile_fwdbwd_s')}{' — ' + err if err else ''} "
-                         f"| {mem if 'temp_gb_fwd' in e else '—'} | {foreign} |")
+            lines.append(
+                f"| {label} | {_ms(e, 'fwd')} | {_ms(e, 'fwdbwd')} | {n} | "
+                f"{_ms(e, 'compile_fwd_s')} | {_ms(e, 'compile_fwdbwd_s')}{' — ' + err if err else ''} "
+                f"| {mem if 'temp_gb_fwd' in e else '—'} | {foreign} |"
+            )
 
         for label, e in c["flax"].items():
             row(f"Flax ({label})", e)
@@ -621,22 +691,28 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {label} / Flax | {_ratio(e, flax_ref, 'fwd')} | {_ratio(e, flax_ref, 'fwdbwd')} |")
         for label, e in list(c["flax"].items())[1:]:
             if "error" not in e:
-                lines.append(f"| Flax ({label}) / Flax ({ref_label}) | {_ratio(e, flax_ref, 'fwd')} | "
-                             f"{_ratio(e, flax_ref, 'fwdbwd')} |")
+                lines.append(
+                    f"| Flax ({label}) / Flax ({ref_label}) | {_ratio(e, flax_ref, 'fwd')} | "
+                    f"{_ratio(e, flax_ref, 'fwdbwd')} |"
+                )
         lines.append("")
     if results.get("blocks"):
         lines.append("### Per-block timing (batch 1; Flax with the conv rewrites; grads w.r.t. params and inputs)")
         lines.append("")
-        lines.append("| piece | x in base | Flax fwd (ms) | Flax fwd+bwd (ms) | torch fwd (ms) | torch fwd+bwd (ms) "
-                     "| torch/Flax fwd | torch/Flax fwd+bwd | others' cores |")
+        lines.append(
+            "| piece | x in base | Flax fwd (ms) | Flax fwd+bwd (ms) | torch fwd (ms) | torch fwd+bwd (ms) "
+            "| torch/Flax fwd | torch/Flax fwd+bwd | others' cores |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in results["blocks"]:
-            f = lambda k: f"{r[k]['median_s']*1e3:.1f}"  # noqa: E731, B023
-            lines.append(f"| {r['block']} | {r['count_in_base']} | {f('flax_fwd')} | {f('flax_fwdbwd')} | "
-                         f"{f('torch_fwd')} | {f('torch_fwdbwd')} | "
-                         f"{r['torch_fwd']['median_s'] / r['flax_fwd']['median_s']:.2f}x | "
-                         f"{r['torch_fwdbwd']['median_s'] / r['flax_fwdbwd']['median_s']:.2f}x | "
-                         f"{r['flax_fwd'].get('foreign_cores')} |")
+            f = lambda k: f"{r[k]['median_s'] * 1e3:.1f}"  # noqa: E731, B023
+            lines.append(
+                f"| {r['block']} | {r['count_in_base']} | {f('flax_fwd')} | {f('flax_fwdbwd')} | "
+                f"{f('torch_fwd')} | {f('torch_fwdbwd')} | "
+                f"{r['torch_fwd']['median_s'] / r['flax_fwd']['median_s']:.2f}x | "
+                f"{r['torch_fwdbwd']['median_s'] / r['flax_fwdbwd']['median_s']:.2f}x | "
+                f"{r['flax_fwd'].get('foreign_cores')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -650,12 +726,19 @@ def machine_info() -> dict:
     import torch
 
     return {
-        "cpu_model": cpu_model(), "usable_cores": usable_cores(), "os_cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "torch_version": torch.__version__, "torch_num_threads": torch.get_num_threads(),
-        "jax_version": jax.__version__, "flax_version": flax.__version__,
-        "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": TORCH_DEVICE,
+        "cpu_model": cpu_model(),
+        "usable_cores": usable_cores(),
+        "os_cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "jax_version": jax.__version__,
+        "flax_version": flax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "torch_device": TORCH_DEVICE,
         "cuda_device": torch.cuda.get_device_name() if TORCH_DEVICE.startswith("cuda") else None,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -663,45 +746,84 @@ def machine_info() -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=None,
-                   help=f"comma-separated variant:batch list (default {DEFAULT_CONFIGS!r})")
+    p.add_argument("--configs", default=None, help=f"comma-separated variant:batch list (default {DEFAULT_CONFIGS!r})")
     p.add_argument("--variants", default=None, help="with --batches: the cross product replaces --configs")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes, with --variants")
     p.add_argument("--size", type=int, default=None, help="square image size (default 128; --quick 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5)")
     p.add_argument("--min-repeats", type=int, default=3, help="never fewer timed calls than this")
-    p.add_argument("--budget", type=float, default=40.0,
-                   help="stop repeating (after --min-repeats) once a measurement has spent this many s")
-    p.add_argument("--conv-impls", default=None,
-                   help="Flax conv lowerings to measure, first one is the ratio reference "
-                        "(default 'auto,xla'); 'auto' = rewrites on CPU")
-    p.add_argument("--conv-compare", default="small:1,tiny",
-                   help="variants / variant:batch items for which the 2nd+ --conv-impls are measured "
-                        "('all', 'none'; base with 'xla' costs minutes on a CPU)")
-    p.add_argument("--remat", default="auto,off",
-                   help="TransformerBlock rematerialisation to measure (layers.rematerialize: auto, on, off), "
-                        "the first is the ratio reference (default 'auto,off'; auto = the trainer's setting)")
-    p.add_argument("--remat-compare", default="small:1,base:1",
-                   help="variants / variant:batch items for which the 2nd+ --remat modes are measured")
-    p.add_argument("--xla-flags", action="append", default=None,
-                   help="extra XLA_FLAGS setting to measure for Flax (child process); repeatable")
-    p.add_argument("--xla-flags-configs", default="small:1",
-                   help="variants / variant:batch items for which the --xla-flags runs are made")
-    p.add_argument("--torch-compile", default=None,
-                   help="variants / variant:batch items to torch.compile ('none', 'all'; default 'small:1')")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=40.0,
+        help="stop repeating (after --min-repeats) once a measurement has spent this many s",
+    )
+    p.add_argument(
+        "--conv-impls",
+        default=None,
+        help="Flax conv lowerings to measure, first one is the ratio reference "
+        "(default 'auto,xla'); 'auto' = rewrites on CPU",
+    )
+    p.add_argument(
+        "--conv-compare",
+        default="small:1,tiny",
+        help="variants / variant:batch items for which the 2nd+ --conv-impls are measured "
+        "('all', 'none'; base with 'xla' costs minutes on a CPU)",
+    )
+    p.add_argument(
+        "--remat",
+        default="auto,off",
+        help="TransformerBlock rematerialisation to measure (layers.rematerialize: auto, on, off), "
+        "the first is the ratio reference (default 'auto,off'; auto = the trainer's setting)",
+    )
+    p.add_argument(
+        "--remat-compare",
+        default="small:1,base:1",
+        help="variants / variant:batch items for which the 2nd+ --remat modes are measured",
+    )
+    p.add_argument(
+        "--xla-flags",
+        action="append",
+        default=None,
+        help="extra XLA_FLAGS setting to measure for Flax (child process); repeatable",
+    )
+    p.add_argument(
+        "--xla-flags-configs",
+        default="small:1",
+        help="variants / variant:batch items for which the --xla-flags runs are made",
+    )
+    p.add_argument(
+        "--torch-compile",
+        default=None,
+        help="variants / variant:batch items to torch.compile ('none', 'all'; default 'small:1')",
+    )
     p.add_argument("--compile-timeout", type=float, default=600.0, help="s per torch.compile child process")
-    p.add_argument("--torch-device", default="cpu",
-                   help="device of the PyTorch reference: cpu (default), cuda, or auto (cuda if available)")
-    p.add_argument("--quiet-threshold", type=float, default=0.3,
-                   help="before each timing phase, wait until other processes use fewer cores than this")
-    p.add_argument("--max-wait", type=float, default=None,
-                   help="give up waiting for a quiet machine after this many s (default 1800; --quick 0)")
+    p.add_argument(
+        "--torch-device",
+        default="cpu",
+        help="device of the PyTorch reference: cpu (default), cuda, or auto (cuda if available)",
+    )
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.3,
+        help="before each timing phase, wait until other processes use fewer cores than this",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help="give up waiting for a quiet machine after this many s (default 1800; --quick 0)",
+    )
     p.add_argument("--skip-backward", action="store_true", help="forward only")
     p.add_argument("--blocks", action="store_true", help="per-block timing of base pieces (batch 1)")
     p.add_argument("--no-models", action="store_true", help="with --blocks: only the per-block timing")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny at 1x32x32, no torch.compile, XLA at optimisation level 0 "
-                        "(compile dominates; its times are not representative)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny at 1x32x32, no torch.compile, XLA at optimisation level 0 "
+        "(compile dominates; its times are not representative)",
+    )
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables to stdout")
     p.add_argument("--from-json", default=None, help="only render --markdown from an earlier --out file")
@@ -746,10 +868,16 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(usable_cores())
-    results = {"command": "python " + " ".join([os.path.relpath(__file__, _REPO)] + sys.argv[1:]),
-               "machine": machine_info(), "size": opts.size, "repeats": opts.repeats,
-               "min_repeats": opts.min_repeats, "budget_s": opts.budget, "configs": [],
-               "load_start": loadavg()}
+    results = {
+        "command": "python " + " ".join([os.path.relpath(__file__, _REPO)] + sys.argv[1:]),
+        "machine": machine_info(),
+        "size": opts.size,
+        "repeats": opts.repeats,
+        "min_repeats": opts.min_repeats,
+        "budget_s": opts.budget,
+        "configs": [],
+        "load_start": loadavg(),
+    }
     impls = opts.conv_impls.split(",")
     remats = opts.remat.split(",")
     tc = opts.torch_compile
@@ -763,7 +891,7 @@ def main(argv=None) -> None:
             Path(opts.out).write_text(json.dumps(results, indent=1))
 
     t_start = time.perf_counter()
-    for variant, batch in ([] if opts.no_models else parse_configs(opts.configs)):
+    for variant, batch in [] if opts.no_models else parse_configs(opts.configs):
         c = {"variant": variant, "batch": batch, "load_before": loadavg(), "flax": {}}
         results["configs"].append(c)
         # Flax (each conv lowering) and PyTorch eager are timed together, interleaved.
@@ -795,14 +923,17 @@ def main(argv=None) -> None:
                 env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
                 c["flax"][label] = run_child(
                     _child_args(opts, "flax", variant, batch, ["--conv-impls", impls[0], "--remat", remats[0]]),
-                    env, 1200)
+                    env,
+                    1200,
+                )
                 save()
         if selected(tc, variant, batch):
             log(f"{variant}:{batch} torch.compile (child process, cold cache)")
             with tempfile.TemporaryDirectory(prefix="inductor_cache_") as cache:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-                c["torch_compile"] = run_child(_child_args(opts, "torch_compile", variant, batch), env,
-                                               opts.compile_timeout)
+                c["torch_compile"] = run_child(
+                    _child_args(opts, "torch_compile", variant, batch), env, opts.compile_timeout
+                )
             save()
         c["load_after"] = loadavg()
         del fns, stats

@@ -69,9 +69,24 @@ SCOPES = {
     "pixel_shuffle": "pixel (un)shuffle",
 }
 OTHER = "other (residual adds, fusion, resize, loss)"
-MOVEMENT_OPS = {"parameter", "constant", "pad", "slice", "dynamic-slice", "dynamic-update-slice",
-                "concatenate", "copy", "transpose", "bitcast", "broadcast", "reshape", "tuple",
-                "get-tuple-element", "reverse", "iota"}
+MOVEMENT_OPS = {
+    "parameter",
+    "constant",
+    "pad",
+    "slice",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "concatenate",
+    "copy",
+    "transpose",
+    "bitcast",
+    "broadcast",
+    "reshape",
+    "tuple",
+    "get-tuple-element",
+    "reverse",
+    "iota",
+}
 
 
 # ----------------------------------------------------------------------------- HLO parsing
@@ -102,9 +117,16 @@ def parse_hlo(text: str) -> dict:
             op_name = re.search(r'op_name="([^"]*)"', rest)
             calls = re.search(r"calls=%([\w.\-]+)", rest)
             operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
-            comps[current].append({"name": name, "opcode": opcode, "comp": current,
-                                   "op_name": op_name.group(1) if op_name else "",
-                                   "calls": calls.group(1) if calls else None, "operands": operands})
+            comps[current].append(
+                {
+                    "name": name,
+                    "opcode": opcode,
+                    "comp": current,
+                    "op_name": op_name.group(1) if op_name else "",
+                    "calls": calls.group(1) if calls else None,
+                    "operands": operands,
+                }
+            )
     by_name = {i["name"]: i for instrs in comps.values() for i in instrs}
 
     def opcodes(comp: str, seen=()) -> set[str]:
@@ -169,8 +191,7 @@ def classify(instr: dict | None) -> tuple[str, str, str]:
     if "convolution" in instr["ops"] and (cat == OTHER or instr.get("inherited")):
         cat = SCOPES["conv3x3"]  # the library convolutions' weight gradients carry no metadata
     direction = "bwd" if "transpose(" in instr["op_name"] else "fwd"
-    ops = set(instr["ops"]) - {"parameter", "constant", "bitcast", "broadcast", "reshape", "tuple",
-                                "get-tuple-element"}
+    ops = set(instr["ops"]) - {"parameter", "constant", "bitcast", "broadcast", "reshape", "tuple", "get-tuple-element"}
     kind = "data movement" if ops and ops <= MOVEMENT_OPS else "compute"
     return cat, direction, kind
 
@@ -195,10 +216,20 @@ def trace_op_times(trace_dir: str, instrs: dict, reps: int) -> dict:
         table[cat][f"{direction} {kind}"] += ms
         ops[e["name"]] += ms
     top = sorted(ops.items(), key=lambda kv: -kv[1])
-    return {"by_category": {k: dict(v) for k, v in table.items()},
-            "top_ops": [{"name": n, "ms": round(t, 2), "category": classify(instrs[n])[0],
-                         "direction": classify(instrs[n])[1], "ops": instrs[n]["ops"],
-                         "op_name": instrs[n]["op_name"]} for n, t in top]}
+    return {
+        "by_category": {k: dict(v) for k, v in table.items()},
+        "top_ops": [
+            {
+                "name": n,
+                "ms": round(t, 2),
+                "category": classify(instrs[n])[0],
+                "direction": classify(instrs[n])[1],
+                "ops": instrs[n]["ops"],
+                "op_name": instrs[n]["op_name"],
+            }
+            for n, t in top
+        ],
+    }
 
 
 def peak_memory(dump_dir: str, instrs: dict) -> dict:
@@ -246,11 +277,17 @@ def run(opts) -> dict:
     def adair_fwd_bwd(p, r, img, tgt):
         return jax.value_and_grad(lambda q: jnp.mean(jnp.abs(forward(q, r, img) - tgt)))(p)
 
-    out = {"variant": opts.variant, "batch": opts.batch, "size": opts.size, "conv_impl": opts.conv_impl,
-           "remat": opts.remat,
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_version": jax.__version__,
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "load_start": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+    out = {
+        "variant": opts.variant,
+        "batch": opts.batch,
+        "size": opts.size,
+        "conv_impl": opts.conv_impl,
+        "remat": opts.remat,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_version": jax.__version__,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
     with layers.conv_implementation(opts.conv_impl), layers.rematerialize(opts.remat):
         fwd = jax.jit(forward).lower(params, rest, x).compile()
         t = time.perf_counter()
@@ -312,8 +349,12 @@ def markdown(res: dict, top: int = 12) -> str:
         f"{res['load_start']} -> {res['load_end']}.",
         f"Forward {res['fwd_s']:.3f} s, forward+backward {res['fwd_bwd_s']:.3f} s "
         f"({res['fwd_bwd_s'] / res['fwd_s']:.1f}x the forward"
-        + (f"; CPU time {res['fwd_cpu_s']:.3f} / {res['fwd_bwd_cpu_s']:.3f} s, "
-           f"{res['fwd_bwd_cpu_s'] / res['fwd_cpu_s']:.1f}x" if "fwd_cpu_s" in res else "")
+        + (
+            f"; CPU time {res['fwd_cpu_s']:.3f} / {res['fwd_bwd_cpu_s']:.3f} s, "
+            f"{res['fwd_bwd_cpu_s'] / res['fwd_cpu_s']:.1f}x"
+            if "fwd_cpu_s" in res
+            else ""
+        )
         + f"; traced: {res['fwd_bwd_traced_s']:.3f} s); "
         f"XLA temporaries {res['temp_gb_fwd']:.2f} GB forward, **{res['temp_gb_fwd_bwd']:.2f} GB** forward+backward; "
         f"{res['gflop_fwd_bwd']:.0f} GFLOP and {res['gbytes_accessed_fwd_bwd']:.0f} GB accessed by XLA's cost "
@@ -329,17 +370,27 @@ def markdown(res: dict, top: int = 12) -> str:
         fwd = v.get("fwd compute", 0) + v.get("fwd data movement", 0)
         bwd = v.get("bwd compute", 0) + v.get("bwd data movement", 0)
         m = mem.get(cat, {})
-        lines.append(f"| {cat} | {sum(fo.get(cat, {}).values()):.0f} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | {bwd:.0f} | "
-                     f"{v.get('bwd data movement', 0):.0f} | {100 * (fwd + bwd) / grand:.1f} % | "
-                     f"{m.get('fwd (kept for bwd)', 0):.0f} / {m.get('bwd', 0):.0f} |")
+        lines.append(
+            f"| {cat} | {sum(fo.get(cat, {}).values()):.0f} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | {bwd:.0f} | "
+            f"{v.get('bwd data movement', 0):.0f} | {100 * (fwd + bwd) / grand:.1f} % | "
+            f"{m.get('fwd (kept for bwd)', 0):.0f} / {m.get('bwd', 0):.0f} |"
+        )
     fwd_t = total["fwd compute"] + total["fwd data movement"]
     bwd_t = total["bwd compute"] + total["bwd data movement"]
     mk = sum(v.get("fwd (kept for bwd)", 0) for v in mem.values())
     mb = sum(v.get("bwd", 0) for v in mem.values())
     fo_t = sum(sum(v.values()) for v in fo.values())
-    lines.append(f"| **all** | {fo_t:.0f} | {fwd_t:.0f} | {total['fwd data movement']:.0f} | {bwd_t:.0f} | "
-                 f"{total['bwd data movement']:.0f} | 100 % | {mk:.0f} / {mb:.0f} |")
-    lines += ["", f"Top {top} ops (ms per call):", "", "| op | category | direction | ms | fused ops |", "|---|---|---|---:|---|"]
+    lines.append(
+        f"| **all** | {fo_t:.0f} | {fwd_t:.0f} | {total['fwd data movement']:.0f} | {bwd_t:.0f} | "
+        f"{total['bwd data movement']:.0f} | 100 % | {mk:.0f} / {mb:.0f} |"
+    )
+    lines += [
+        "",
+        f"Top {top} ops (ms per call):",
+        "",
+        "| op | category | direction | ms | fused ops |",
+        "|---|---|---|---:|---|",
+    ]
     for o in res["time"]["top_ops"][:top]:
         ops = ", ".join(x for x in o["ops"] if x not in ("parameter", "constant", "bitcast"))
         lines.append(f"| `{o['name']}` | {o['category']} | {o['direction']} | {o['ms']:.1f} | {ops} |")
@@ -353,8 +404,11 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--reps", type=int, default=3, help="timed and traced calls")
     p.add_argument("--conv-impl", default="auto", help="layers.conv_implementation: auto, rewrite, xla")
-    p.add_argument("--remat", default="auto",
-                   help="layers.rematerialize: auto (the trainer's setting: on where the CPU rewrites are on), on, off")
+    p.add_argument(
+        "--remat",
+        default="auto",
+        help="layers.rematerialize: auto (the trainer's setting: on where the CPU rewrites are on), on, off",
+    )
     p.add_argument("--top", type=int, default=12, help="ops listed individually in the Markdown")
     p.add_argument("--dump-dir", default=None, help="keep XLA's dump here (default: a temporary directory)")
     p.add_argument("--out", default=None, help="write the results JSON here")
@@ -372,11 +426,11 @@ def main(argv=None) -> None:
         raise SystemExit("backward_profile.py sets XLA_FLAGS before jax starts: run it as a script")
     with tempfile.TemporaryDirectory(prefix="adair_dump_") as tmp:
         opts.dump_dir = opts.dump_dir or tmp
-        flags = [f"--xla_dump_to={opts.dump_dir}", f"--xla_dump_hlo_module_re=jit_{MODULE}",
-                 "--xla_dump_hlo_as_text"]
+        flags = [f"--xla_dump_to={opts.dump_dir}", f"--xla_dump_hlo_module_re=jit_{MODULE}", "--xla_dump_hlo_as_text"]
         os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + flags).strip()
-        user_flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if f not in flags
-                              and not f.startswith("--xla_dump"))
+        user_flags = " ".join(
+            f for f in os.environ["XLA_FLAGS"].split() if f not in flags and not f.startswith("--xla_dump")
+        )
         res = run(opts)
         res["xla_flags"] = user_flags
     if opts.out:

@@ -42,14 +42,14 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def pipeline_throughput(root: str, workers: int | None, batch_size: int, batches: int,
-                        seed: int = 0) -> dict:
+def pipeline_throughput(root: str, workers: int | None, batch_size: int, batches: int, seed: int = 0) -> dict:
     """Samples/s of the training iterator (``workers=None``: the config default)."""
     from irpo_jax.data import pipeline
 
     t0 = time.perf_counter()
-    it = pipeline.make_train_iterator({"root": root}, batch_size=batch_size, seed=seed,
-                                      shard_index=0, shard_count=1, worker_count=workers)
+    it = pipeline.make_train_iterator(
+        {"root": root}, batch_size=batch_size, seed=seed, shard_index=0, shard_count=1, worker_count=workers
+    )
     t_build = time.perf_counter() - t0
     with it:
         t0 = time.perf_counter()
@@ -59,9 +59,15 @@ def pipeline_throughput(root: str, workers: int | None, batch_size: int, batches
         for _ in range(batches):
             next(it)
         dt = time.perf_counter() - t0
-    return {"workers": it.worker_count, "batch_size": batch_size, "batches": batches,
-            "build_s": t_build, "first_batch_s": t_first, "seconds": dt,
-            "samples_per_s": batches * batch_size / dt}
+    return {
+        "workers": it.worker_count,
+        "batch_size": batch_size,
+        "batches": batches,
+        "build_s": t_build,
+        "first_batch_s": t_first,
+        "seconds": dt,
+        "samples_per_s": batches * batch_size / dt,
+    }
 
 
 def step_consumption(variant: str, batch: int, size: int = 128, repeats: int = 3) -> dict:
@@ -78,6 +84,7 @@ def step_consumption(variant: str, batch: int, size: int = 128, repeats: int = 3
     model = nnx.eval_shape(lambda: adair.AdaIR(variant, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(0)
+
     def fill(s: jax.ShapeDtypeStruct) -> jax.Array:
         return jnp.asarray((rng.standard_normal(s.shape) * 0.02).astype(s.dtype))
 
@@ -101,9 +108,16 @@ def step_consumption(variant: str, batch: int, size: int = 128, repeats: int = 3
         jax.block_until_ready(compiled(params, x, y))
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"variant": variant, "params": n_params, "batch": batch, "size": size,
-            "device": str(jax.devices()[0].platform), "compile_s": t_compile, "step_s": t,
-            "samples_per_s": batch / t}
+    return {
+        "variant": variant,
+        "params": n_params,
+        "batch": batch,
+        "size": size,
+        "device": str(jax.devices()[0].platform),
+        "compile_s": t_compile,
+        "step_s": t,
+        "samples_per_s": batch / t,
+    }
 
 
 def markdown(res: dict) -> str:
@@ -119,8 +133,9 @@ def markdown(res: dict) -> str:
     ]
     for p in res["pipeline"]:
         label = "default (auto)" if p["default"] else "explicit"
-        lines.append(f"| {label} | {p['workers']} | {p['batch_size']} | "
-                     f"{p['first_batch_s']:.2f} | {p['samples_per_s']:.0f} |")
+        lines.append(
+            f"| {label} | {p['workers']} | {p['batch_size']} | {p['first_batch_s']:.2f} | {p['samples_per_s']:.0f} |"
+        )
     s = res.get("step")
     if s:
         lines += [
@@ -133,20 +148,25 @@ def markdown(res: dict) -> str:
             f"{s['samples_per_s']:.1f} |",
         ]
         default = next(p for p in res["pipeline"] if p["default"])
-        lines += ["", f"Ratio pipeline (default workers) / step consumption: "
-                      f"{default['samples_per_s'] / s['samples_per_s']:.0f}x."]
+        lines += [
+            "",
+            f"Ratio pipeline (default workers) / step consumption: "
+            f"{default['samples_per_s'] / s['samples_per_s']:.0f}x.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_root", help="AdaIR data root (default: a fresh demo set)")
-    parser.add_argument("--workers", default="default",
-                        help="comma-separated worker counts; 'default' = the config default")
+    parser.add_argument(
+        "--workers", default="default", help="comma-separated worker counts; 'default' = the config default"
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=40, help="timed batches per setting")
-    parser.add_argument("--step_variant", default="small",
-                        help="AdaIR variant for the step comparison (tiny|small|base|none)")
+    parser.add_argument(
+        "--step_variant", default="small", help="AdaIR variant for the step comparison (tiny|small|base|none)"
+    )
     parser.add_argument("--step_batch", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
@@ -165,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for w in args.workers.split(","):
             default = w.strip() == "default"
-            r = pipeline_throughput(root, None if default else int(w), args.batch_size,
-                                    args.batches)
+            r = pipeline_throughput(root, None if default else int(w), args.batch_size, args.batches)
             r["default"] = default
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
@@ -178,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "argv": " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cores": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count()),
-        "load_before": load_before, "load_after": _loadavg(), "data": data,
-        "default_workers": pipeline._auto_workers(), "pipeline": results, "step": step,
+        "cores": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        "load_before": load_before,
+        "load_after": _loadavg(),
+        "data": data,
+        "default_workers": pipeline._auto_workers(),
+        "pipeline": results,
+        "step": step,
     }
     if args.out:
         args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -88,10 +88,20 @@ RESULT_MARKER = "GPU_CHECK_RESULT "
 
 # Sizes per mode. GPU: the settings. CPU: the same code on sizes that run in seconds.
 SIZES = {
-    "gpu": dict(variant="base", size=128, train_batch=8, group=4, images=1, reps=10, warmup=2, matmul=8192,
-                compute_dtype="float32"),
-    "cpu": dict(variant="tiny", size=32, train_batch=2, group=2, images=1, reps=2, warmup=1, matmul=512,
-                compute_dtype="float32"),
+    "gpu": dict(
+        variant="base",
+        size=128,
+        train_batch=8,
+        group=4,
+        images=1,
+        reps=10,
+        warmup=2,
+        matmul=8192,
+        compute_dtype="float32",
+    ),
+    "cpu": dict(
+        variant="tiny", size=32, train_batch=2, group=2, images=1, reps=2, warmup=1, matmul=512, compute_dtype="float32"
+    ),
 }
 
 
@@ -558,9 +568,7 @@ def prepare_grpo(opts, sizes, compiler: Compiler, name: str = "grpo"):
     graphdef, tx = init.graphdef, init.tx
     batch = _batch(n, size, seed=2)
     key = jax.random.key(3)
-    jax_names = tuple(
-        k for k in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[k].backend == "jax"
-    )
+    jax_names = tuple(k for k in compose_lib.active_components(cfg.reward) if compose_lib.REWARDS[k].backend == "jax")
     state_abs, batch_abs = init.abstract, _abstract(batch)
     p = {"init": init}
     rollout = training.make_rollout_step(graphdef, cfg, jax_names)
@@ -829,7 +837,11 @@ def section_matmul(opts, sizes) -> dict:
 
     n = sizes["matmul"]
     out = {"n": n}
-    cases = [("bf16", jnp.bfloat16, None), ("fp32_default", jnp.float32, None), ("fp32_highest", jnp.float32, "highest")]
+    cases = [
+        ("bf16", jnp.bfloat16, None),
+        ("fp32_default", jnp.float32, None),
+        ("fp32_highest", jnp.float32, "highest"),
+    ]
     for name, dtype, precision in cases:
         a = jax.random.normal(jax.random.key(0), (n, n), dtype)
         b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -1073,7 +1085,9 @@ def markdown(results: dict) -> str:
         )
     real = rw.get("real", {})
     if "score_step" in real:
-        lines.append(f"| real reward models {real['live']} | {real['score_step']['median_s'] * 1e3:.1f} ms per step | |")
+        lines.append(
+            f"| real reward models {real['live']} | {real['score_step']['median_s'] * 1e3:.1f} ms per step | |"
+        )
     elif real:
         lines.append(f"| real reward models | {real.get('skipped') or real.get('error')} | |")
     c = results.get("compile", {})
@@ -1100,20 +1114,43 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (the suite's check)")
-    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                   help=f"comma-separated, from {SECTIONS} (default: all but the GRPO variants)")
+    p.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, from {SECTIONS} (default: all but the GRPO variants)",
+    )
     p.add_argument("--deadline", type=float, default=420.0, help="seconds after which remaining sections are skipped")
-    p.add_argument("--compile-timeout", type=float, default=240.0,
-                   help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)")
-    p.add_argument("--compile-workers", type=int, default=None,
-                   help="XLA programs compiled at a time, all before any timing (default 4 on a GPU; 1 with "
-                        "--cpu, where one XLA:CPU compile already keeps two cores busy)")
-    p.add_argument("--kl-coef", type=float, default=None,
-                   help="the GRPO section's grpo.kl_coef (default: the config's; 0 drops the reference pass)")
-    p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=False,
-                   help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)")
-    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace the GRPO and supervised steps with jax.profiler (OUT/profile) and summarise the ops")
+    p.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=240.0,
+        help="seconds to wait for the torch.compile child after the JAX sections (it compiles from the start)",
+    )
+    p.add_argument(
+        "--compile-workers",
+        type=int,
+        default=None,
+        help="XLA programs compiled at a time, all before any timing (default 4 on a GPU; 1 with "
+        "--cpu, where one XLA:CPU compile already keeps two cores busy)",
+    )
+    p.add_argument(
+        "--kl-coef",
+        type=float,
+        default=None,
+        help="the GRPO section's grpo.kl_coef (default: the config's; 0 drops the reference pass)",
+    )
+    p.add_argument(
+        "--compare-update",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)",
+    )
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trace the GRPO and supervised steps with jax.profiler (OUT/profile) and summarise the ops",
+    )
     p.add_argument("--reward-models", default="", help="JSON file: {component: settings} of real reward models")
     p.add_argument("--reward-registry", default="torch_bridge.reward_models:COMPONENTS")
     p.add_argument("--reward-bench-models", default="light,conv,lpips", help="stand-ins for the transport timing")
@@ -1232,6 +1269,7 @@ def _run_sections(opts, sizes, wanted, results, start, child, out_dir) -> None:
             results[name] = _error(e)
         results[name]["section_s"] = time.perf_counter() - t
         _save(out_dir, results)
+
 
 if __name__ == "__main__":
     main()

@@ -67,7 +67,10 @@ def setup(args):
     from irpo_jax.data.pipeline import make_train_iterator
 
     data = make_train_iterator(cfg.data, batch_size=args.images, seed=0, worker_count=0)
-    batches = [{k: jnp.asarray(b[k]) for k in ("degraded", "clean", "task_id")} for b in (next(data) for _ in range(args.steps))]
+    batches = [
+        {k: jnp.asarray(b[k]) for k in ("degraded", "clean", "task_id")}
+        for b in (next(data) for _ in range(args.steps))
+    ]
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
     return cfg, graphdef, params, batches, names
 

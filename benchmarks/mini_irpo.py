@@ -53,8 +53,13 @@ if str(_REPO) not in sys.path:
 
 CONFIG = "configs/mini_irpo.py"
 TASK_COLUMNS = ("dehaze", "derain", "denoise", "deblur", "lowlight")  # IRPO Tables 2-3's column order
-TEST_COLUMNS = {"dehaze": "sots", "derain": "rain100l", "denoise": "bsd68_s25", "deblur": "gopro",
-                "lowlight": "lol"}  # the five-task table's rows (denoising at sigma 25, as Table 2)
+TEST_COLUMNS = {
+    "dehaze": "sots",
+    "derain": "rain100l",
+    "denoise": "bsd68_s25",
+    "deblur": "gopro",
+    "lowlight": "lol",
+}  # the five-task table's rows (denoising at sigma 25, as Table 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,29 +76,69 @@ class Arm:
 
 
 ARMS: tuple[Arm, ...] = (
-    Arm("a", "IRPO (hard 30 %, G=4, L_RL + L_sup + L_cons)", "grpo", "hard", seeds=3,
-        paper="Table 2: AdaIR 30.20 -> IRPO 31.03 dB (+0.83); Table 3 (OOD): 20.30 -> 23.73 dB (+3.43)"),
-    Arm("b", "control: supervised L1 on the same hard set", "supervised", "hard", seeds=3,
-        paper="not in the paper"),
-    Arm("g", "IRPO without L_RL (heads frozen: L_sup + L_cons)", "grpo", "hard",
-        (("optim.head_lr_mult", "0.0"),), seeds=3, paper="not in the paper"),
+    Arm(
+        "a",
+        "IRPO (hard 30 %, G=4, L_RL + L_sup + L_cons)",
+        "grpo",
+        "hard",
+        seeds=3,
+        paper="Table 2: AdaIR 30.20 -> IRPO 31.03 dB (+0.83); Table 3 (OOD): 20.30 -> 23.73 dB (+3.43)",
+    ),
+    Arm("b", "control: supervised L1 on the same hard set", "supervised", "hard", seeds=3, paper="not in the paper"),
+    Arm(
+        "g",
+        "IRPO without L_RL (heads frozen: L_sup + L_cons)",
+        "grpo",
+        "hard",
+        (("optim.head_lr_mult", "0.0"),),
+        seeds=3,
+        paper="not in the paper",
+    ),
     Arm("c", "supervised L1 on every pair", "supervised", "all", paper="not in the paper"),
-    Arm("d", "IRPO on a random 30 %", "grpo", "random",
-        paper="Fig. 5: the hard 30 % (31.4 dB) above a random 30 % (read off the figure)"),
+    Arm(
+        "d",
+        "IRPO on a random 30 %",
+        "grpo",
+        "random",
+        paper="Fig. 5: the hard 30 % (31.4 dB) above a random 30 % (read off the figure)",
+    ),
     Arm("e2", "IRPO, G=2", "grpo", "hard", (("grpo.group_size", "2"),), paper="Table 5: no G=2 row"),
     Arm("e3", "IRPO, G=3", "grpo", "hard", (("grpo.group_size", "3"),), paper="Table 5: G=3 30.82 dB"),
-    Arm("e8", "IRPO, G=8", "grpo", "hard", (("grpo.group_size", "8"),),
-        paper="Table 5: G=4 31.04, G=5 31.03 dB (no G=8 row)"),
-    Arm("f_gen", "IRPO, reward R_gen only (PSNR + SSIM)", "grpo", "hard", (("reward.groups.task.weight", "0.0"),),
-        paper="Table 4: + R_gen 30.78 dB (R_gen there also has LPIPS, CLIP, aesthetic)"),
-    Arm("f_task", "IRPO, reward R_task only", "grpo", "hard", (("reward.groups.gen.weight", "0.0"),),
-        paper="Table 4: + R_task 30.66 dB"),
+    Arm(
+        "e8",
+        "IRPO, G=8",
+        "grpo",
+        "hard",
+        (("grpo.group_size", "8"),),
+        paper="Table 5: G=4 31.04, G=5 31.03 dB (no G=8 row)",
+    ),
+    Arm(
+        "f_gen",
+        "IRPO, reward R_gen only (PSNR + SSIM)",
+        "grpo",
+        "hard",
+        (("reward.groups.task.weight", "0.0"),),
+        paper="Table 4: + R_gen 30.78 dB (R_gen there also has LPIPS, CLIP, aesthetic)",
+    ),
+    Arm(
+        "f_task",
+        "IRPO, reward R_task only",
+        "grpo",
+        "hard",
+        (("reward.groups.gen.weight", "0.0"),),
+        paper="Table 4: + R_task 30.66 dB",
+    ),
 )
 ARM_BY_KEY = {a.key: a for a in ARMS}
 # The paper's ablation rows (five-task average PSNR, dB), beside ours in the report.
 PAPER_ROWS = {
-    "Table 4 (reward components)": {"Baseline (AdaIR)": 30.2, "+ R_gen": 30.78, "+ R_qwen": 30.46,
-                                    "+ R_task": 30.66, "IRPO (all)": 31.04},
+    "Table 4 (reward components)": {
+        "Baseline (AdaIR)": 30.2,
+        "+ R_gen": 30.78,
+        "+ R_qwen": 30.46,
+        "+ R_task": 30.66,
+        "IRPO (all)": 31.04,
+    },
     "Table 5 (group size)": {"G=3": 30.82, "G=4": 31.04, "G=5": 31.03},
 }
 PILOT_LRS = (3e-5, 1e-4, 3e-4)
@@ -192,10 +237,38 @@ class Study:
         if (self.start / "summary.json").exists() and (self.start / "model" / "manifest.json").exists():
             return _read_json(self.start / "summary.json")
         print(f"training the starting model into {self.start} (log: {self.start}.log)")
-        args = (["--variant", "tiny", "--patch", "32", "--batch", "4", "--eval_every", "2", "--patience", "1",
-                 "--max_steps", "4"] if self.s.quick else [])
-        wall = _run([sys.executable, "benchmarks/mini_irpo_pretrain.py", "--data", str(self.data), "--out",
-                     str(self.start), "--threads", "1", *args], self.out / "start.log")
+        args = (
+            [
+                "--variant",
+                "tiny",
+                "--patch",
+                "32",
+                "--batch",
+                "4",
+                "--eval_every",
+                "2",
+                "--patience",
+                "1",
+                "--max_steps",
+                "4",
+            ]
+            if self.s.quick
+            else []
+        )
+        wall = _run(
+            [
+                sys.executable,
+                "benchmarks/mini_irpo_pretrain.py",
+                "--data",
+                str(self.data),
+                "--out",
+                str(self.start),
+                "--threads",
+                "1",
+                *args,
+            ],
+            self.out / "start.log",
+        )
         summary = _read_json(self.start / "summary.json")
         summary["wall_s_last_invocation"] = round(wall, 1)
         return summary
@@ -211,9 +284,17 @@ class Study:
             if path.exists():
                 continue
             print(f"mining {path.name} ({selection}) with {self.start / 'model'}")
-            mining.mine(data, self.start / "model", path, fraction=cfg.mining.fraction, selection=selection,
-                        crop=int(cfg.mining.crop), batch_size=int(cfg.mining.batch_size), seed=0,
-                        progress=self.s.progress)
+            mining.mine(
+                data,
+                self.start / "model",
+                path,
+                fraction=cfg.mining.fraction,
+                selection=selection,
+                crop=int(cfg.mining.crop),
+                batch_size=int(cfg.mining.batch_size),
+                seed=0,
+                progress=self.s.progress,
+            )
 
     # ---- stage 4
 
@@ -230,14 +311,24 @@ class Study:
         return self.out / root / f"{arm.key}_s{seed}"
 
     def train_command(self, arm: Arm, seed: int, workdir: Path, *, lr: float, steps: int, extra: str = "") -> list[str]:
-        arg = ",".join(p for p in (("supervised" if arm.stage == "supervised" else ""), self.s.variant.strip(","),
-                                   extra) if p)
+        arg = ",".join(
+            p for p in (("supervised" if arm.stage == "supervised" else ""), self.s.variant.strip(","), extra) if p
+        )
         manifest = self.manifests[arm.data]
-        cmd = [sys.executable, "-m", "irpo_jax.train", f"--config={CONFIG}" + (f":{arg}" if arg else ""),
-               f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.root={self.data}",
-               f"--config.model.init_from={self.start / 'model'}",
-               f"--config.data.manifest={manifest if manifest else 'all'}", f"--config.train.steps={steps}",
-               f"--config.optim.lr={lr}", "--progress=false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "irpo_jax.train",
+            f"--config={CONFIG}" + (f":{arg}" if arg else ""),
+            f"--workdir={workdir}",
+            f"--config.seed={seed}",
+            f"--config.data.root={self.data}",
+            f"--config.model.init_from={self.start / 'model'}",
+            f"--config.data.manifest={manifest if manifest else 'all'}",
+            f"--config.train.steps={steps}",
+            f"--config.optim.lr={lr}",
+            "--progress=false",
+        ]
         return cmd + [f"--config.{k}={v}" for k, v in arm.overrides]
 
     @staticmethod
@@ -274,8 +365,14 @@ class Study:
                 raise SystemExit(f"evaluating {model} failed (see above)")
         if oracle_k and not sorted((out / "oracle").glob("eval/*/results.json")):
             # Best-of-K sampled restorations on the validation rows: how far the actions can move PSNR.
-            args = common + ["--sets", ",".join(minibench.rows("val")), "--out", str(out / "oracle"),
-                             "--oracle_k", str(oracle_k)]
+            args = common + [
+                "--sets",
+                ",".join(minibench.rows("val")),
+                "--out",
+                str(out / "oracle"),
+                "--oracle_k",
+                str(oracle_k),
+            ]
             if evaluate.main(args):
                 raise SystemExit(f"the oracle evaluation of {model} failed (see above)")
         if not (out / "seconds.json").exists():
@@ -294,8 +391,12 @@ class Study:
         self.evaluate("start", self.start / "model", save_images=True)
         for arm, seed in runs:
             first = seed == 0 and arm.key in ("a", "b")
-            self.evaluate(f"{arm.key}_s{seed}", self.workdir(arm, seed) / "model", save_images=first,
-                          oracle_k=4 if (seed == 0 and arm.key in ("a", "g")) else 0)
+            self.evaluate(
+                f"{arm.key}_s{seed}",
+                self.workdir(arm, seed) / "model",
+                save_images=first,
+                oracle_k=4 if (seed == 0 and arm.key in ("a", "g")) else 0,
+            )
         self.compare()
         report(self)
 
@@ -333,12 +434,17 @@ class Study:
         from irpo_jax.data import minibench
 
         val0 = float(np.mean([start["rows"][r]["psnr"] for r in minibench.rows("val")]))
-        best = max(((name, step, v) for name, c in table.items() if name.startswith("a ") for step, v in c.items()),
-                   key=lambda t: t[2], default=None)
+        best = max(
+            ((name, step, v) for name, c in table.items() if name.startswith("a ") for step, v in c.items()),
+            key=lambda t: t[2],
+            default=None,
+        )
         result = {"start_val_psnr": val0, "curves": table, "choice": best, "steps": self.steps}
         _write_json(self.out / "pilot" / "pilot.json", result)
-        lines = [f"pilot (validation average PSNR, dB; the starting model: {val0:.3f})",
-                 "| run | " + " | ".join(f"step {k}" for k in sorted({k for c in table.values() for k in c})) + " |"]
+        lines = [
+            f"pilot (validation average PSNR, dB; the starting model: {val0:.3f})",
+            "| run | " + " | ".join(f"step {k}" for k in sorted({k for c in table.values() for k in c})) + " |",
+        ]
         steps = sorted({k for c in table.values() for k in c})
         lines.append("|:--|" + "--:|" * len(steps))
         for name, c in table.items():
@@ -389,8 +495,11 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     p = int(cfg.data.patch_size)
     b = int(cfg.train.batch_size)
     clean = rng.uniform(size=(b, p, p, 3)).astype(np.float32)
-    batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray(np.arange(b) % 5, jnp.int32),
-             "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}
+    batch = {
+        "clean": jnp.asarray(clean),
+        "task_id": jnp.asarray(np.arange(b) % 5, jnp.int32),
+        "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)),
+    }
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
     programs = sorted({_program(a) for a, _ in study.runs()})
     result = {"load_before": os.getloadavg(), "variant": cfg.model.variant, "patch": p, "batch": b, "programs": {}}
@@ -398,8 +507,11 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
         c = cfg.copy_and_resolve_references()
         c.grpo.group_size = max(group, 1)
         net = adair.AdaIR(c.model.variant, rngs=nnx.Rngs(0))
-        model = net if stage == "supervised" else IRPOPolicy(net.config, PolicyConfig.from_dict(
-            c.model.policy.to_dict()), rngs=nnx.Rngs(0))
+        model = (
+            net
+            if stage == "supervised"
+            else IRPOPolicy(net.config, PolicyConfig.from_dict(c.model.policy.to_dict()), rngs=nnx.Rngs(0))
+        )
         graphdef, params = nnx.split(model, nnx.Param)
         params = nnx.to_pure_dict(params)
         tx = training.build_optimizer(c, params, study.steps)
@@ -411,8 +523,10 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
                 return step_fn(state, batch)[0]  # noqa: B023 - called in this iteration
         else:
             rollout_fn = on_mesh(mesh, jax.jit(training.make_rollout_step(graphdef, c, names)))
-            update_fn = on_mesh(mesh, jax.jit(training.make_grpo_update(graphdef, tx, c, study.steps, constant_ref=True),
-                                              donate_argnums=0))
+            update_fn = on_mesh(
+                mesh,
+                jax.jit(training.make_grpo_update(graphdef, tx, c, study.steps, constant_ref=True), donate_argnums=0),
+            )
 
             def one(state, i):
                 rollout = rollout_fn(state.params, batch, jax.random.key(i))  # noqa: B023 - called in this iteration
@@ -443,17 +557,24 @@ def timing(study: Study, steps: int = 8, budget_h: float = 6.0) -> dict:
     overhead += 60.0 * (len(runs) + 1)  # evaluations
     fits = max(0, int((budget_h * 3600 - overhead) / per_study_step))
     result["projection"] = {
-        "runs": len(runs), "steps": study.steps, "cpu_s_per_study_step": per_study_step, "overhead_s": overhead,
-        "compiled_programs": len(compiled), "hours_if_one_core": (study.steps * per_study_step + overhead) / 3600,
+        "runs": len(runs),
+        "steps": study.steps,
+        "cpu_s_per_study_step": per_study_step,
+        "overhead_s": overhead,
+        "compiled_programs": len(compiled),
+        "hours_if_one_core": (study.steps * per_study_step + overhead) / 3600,
         "hours_if_two_cores": (study.steps * per_study_step / 2 + overhead) / 3600,
-        f"steps_that_fit_{budget_h:g}h_one_core": fits}
+        f"steps_that_fit_{budget_h:g}h_one_core": fits,
+    }
     _write_json(study.out / "timing.json", result)
     pr = result["projection"]
-    print(f"projection: {pr['runs']} runs x {pr['steps']} steps, {per_study_step:.1f} CPU-s per step of every run "
-          f"together, {overhead / 3600:.2f} h of starts, {len(compiled)} compiles and evaluations -> "
-          f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h "
-          f"(one core); {fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> "
-          f"{result['load_after']}")
+    print(
+        f"projection: {pr['runs']} runs x {pr['steps']} steps, {per_study_step:.1f} CPU-s per step of every run "
+        f"together, {overhead / 3600:.2f} h of starts, {len(compiled)} compiles and evaluations -> "
+        f"{pr['hours_if_two_cores']:.2f} h (steps on both cores) to {pr['hours_if_one_core']:.2f} h "
+        f"(one core); {fits} steps per arm fit {budget_h:g} h on one core; load {result['load_before']} -> "
+        f"{result['load_after']}"
+    )
     return result
 
 
@@ -476,8 +597,9 @@ def split_columns(split: str) -> dict[str, str]:
     return {t: f"{split}_{t}" for t in TASK_COLUMNS}
 
 
-def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metric: str = "psnr",
-              paper=None) -> tuple[str, dict]:
+def arm_table(
+    study: Study, split: str, names: list[tuple[str, list[str]]], metric: str = "psnr", paper=None
+) -> tuple[str, dict]:
     """A markdown table of ``split`` (test/val/ood): per task and the average, mean +- std over
     each entry's seeds, and the difference of the average from the starting model; with
     ``paper`` (a :class:`irpo_jax.evaluation.published.Table`), its AdaIR and IRPO rows at the bottom, in
@@ -486,8 +608,10 @@ def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metr
     start = _scores(study, "start")
     base = float(np.mean([start["rows"][r][metric] for r in cols.values()])) if start else math.nan
     fmt = "{:.2f}" if metric == "psnr" else "{:.3f}"
-    lines = ["| model | seeds | " + " | ".join(cols) + " | average | vs start |",
-             "|:--|:-:|" + "--:|" * (len(cols) + 2)]
+    lines = [
+        "| model | seeds | " + " | ".join(cols) + " | average | vs start |",
+        "|:--|:-:|" + "--:|" * (len(cols) + 2),
+    ]
     numbers = {}
     for label, runs in names:
         results = [r for r in (_scores(study, n) for n in runs) if r is not None]
@@ -509,8 +633,11 @@ def arm_table(study: Study, split: str, names: list[tuple[str, list[str]]], metr
             avg = paper.average[method][k]
             delta = avg - paper.average["adair"][k]
             delta = f"{delta:+.2f}" if metric == "psnr" else f"{delta:+.3f}"
-            lines.append(f"| *paper: {name} (base model, real data)* | | " + " | ".join(f"*{c}*" for c in cells)
-                         + f" | *{fmt.format(avg)}* | *{delta}* |")
+            lines.append(
+                f"| *paper: {name} (base model, real data)* | | "
+                + " | ".join(f"*{c}*" for c in cells)
+                + f" | *{fmt.format(avg)}* | *{delta}* |"
+            )
     return "\n".join(lines), numbers
 
 
@@ -530,11 +657,17 @@ def _smooth(xs: np.ndarray, ys: np.ndarray, window: int) -> tuple[np.ndarray, np
     if len(ys) < window or window < 2:
         return xs, ys
     kernel = np.ones(window) / window
-    return xs[window - 1:], np.convolve(ys, kernel, mode="valid")
+    return xs[window - 1 :], np.convolve(ys, kernel, mode="valid")
 
 
-def plot_lines(path: Path, title: str, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
-               size: tuple[int, int] = (720, 420)) -> None:
+def plot_lines(
+    path: Path,
+    title: str,
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    size: tuple[int, int] = (720, 420),
+) -> None:
     """A line plot drawn with PIL (no plotting library in the environment): axes, ticks, legend."""
     from PIL import Image, ImageDraw
 
@@ -568,8 +701,18 @@ def plot_lines(path: Path, title: str, series: dict[str, tuple[np.ndarray, np.nd
         d.text((px(xv) - 12, h - bottom + 8), f"{xv:.4g}", fill="black")
     d.text(((left + w - right) // 2 - 20, h - 18), xlabel, fill="black")
     d.text((left, 22), ylabel, fill="#555555")
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
-               "#bcbd22"]
+    palette = [
+        "#1f77b4",
+        "#d62728",
+        "#2ca02c",
+        "#ff7f0e",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#17becf",
+        "#bcbd22",
+    ]
     for i, (name, (x, y)) in enumerate(series.items()):
         color = palette[i % len(palette)]
         ok = np.isfinite(y)
@@ -583,10 +726,25 @@ def plot_lines(path: Path, title: str, series: dict[str, tuple[np.ndarray, np.nd
     img.save(path)
 
 
-DIAGNOSTIC_KEYS = ("reward/total/mean", "reward/psnr/mean", "reward/ssim/mean", "reward/task/mean",
-                   "reward/frac_zero_std", "reward/total/std", "loss/total", "loss/rl", "loss/sup", "loss/cons",
-                   "loss/l1", "grpo/entropy", "grpo/kl_ref", "grpo/clipfrac", "opt/grad_norm",
-                   "probe/reward/total/mean", "reward/corr_psnr")
+DIAGNOSTIC_KEYS = (
+    "reward/total/mean",
+    "reward/psnr/mean",
+    "reward/ssim/mean",
+    "reward/task/mean",
+    "reward/frac_zero_std",
+    "reward/total/std",
+    "loss/total",
+    "loss/rl",
+    "loss/sup",
+    "loss/cons",
+    "loss/l1",
+    "grpo/entropy",
+    "grpo/kl_ref",
+    "grpo/clipfrac",
+    "opt/grad_norm",
+    "probe/reward/total/mean",
+    "reward/corr_psnr",
+)
 ACTION_PREFIX = "actions/"  # issue 23: actions/{fre}/{action}/mean|concentration, actions/{fre}/mask_changed
 
 
@@ -621,18 +779,23 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
     for d in diag.values():
         keys += [k for k in d if k not in keys and not k.startswith(ACTION_PREFIX)]
     for chunk in range(0, len(keys), 6):
-        ks = keys[chunk:chunk + 6]
+        ks = keys[chunk : chunk + 6]
         md += ["| run | " + " | ".join(ks) + " |", "|:--|" + "--:|" * len(ks)]
-        md += [f"| {name} | " + " | ".join(f"{d[k][0]:.4g} -> {d[k][1]:.4g}" if k in d else "" for k in ks) + " |"
-               for name, d in diag.items()]
+        md += [
+            f"| {name} | " + " | ".join(f"{d[k][0]:.4g} -> {d[k][1]:.4g}" if k in d else "" for k in ks) + " |"
+            for name, d in diag.items()
+        ]
         md.append("")
     acted = {name: d for name, d in diag.items() if any(k.startswith(ACTION_PREFIX) for k in d)}
     if acted:
-        md += ["Action statistics per frequency module (Beta means of the sampled actions, their mean "
-               "concentration alpha + beta over the four actions, and the share of rollouts whose mask differs "
-               "from AdaIR's; first 10 % -> last 10 %):", "",
-               "| run | module | " + " | ".join(ACTIONS) + " | concentration | mask changed |",
-               "|:--|:--|" + "--:|" * (len(ACTIONS) + 2)]
+        md += [
+            "Action statistics per frequency module (Beta means of the sampled actions, their mean "
+            "concentration alpha + beta over the four actions, and the share of rollouts whose mask differs "
+            "from AdaIR's; first 10 % -> last 10 %):",
+            "",
+            "| run | module | " + " | ".join(ACTIONS) + " | concentration | mask changed |",
+            "|:--|:--|" + "--:|" * (len(ACTIONS) + 2),
+        ]
         for name, d in acted.items():
             for fre in FRES:
                 cells = []
@@ -640,8 +803,9 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
                     v = d.get(f"actions/{fre}/{a}/mean")
                     cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
                 conc = [d[k] for a in ACTIONS if (k := f"actions/{fre}/{a}/concentration") in d]
-                cells.append(f"{np.mean([c[0] for c in conc]):.3g} -> {np.mean([c[1] for c in conc]):.3g}"
-                             if conc else "")
+                cells.append(
+                    f"{np.mean([c[0] for c in conc]):.3g} -> {np.mean([c[1] for c in conc]):.3g}" if conc else ""
+                )
                 v = d.get(f"actions/{fre}/mask_changed")
                 cells.append(f"{v[0]:.3f} -> {v[1]:.3f}" if v else "")
                 if any(cells):
@@ -668,8 +832,13 @@ def diagnostics_section(metrics: dict[str, list[dict]], rep: Path | None = None)
             pts = [(r["step"], r["reward/corr_psnr"]) for r in recs if "reward/corr_psnr" in r]
             if pts:
                 series[name] = _smooth(*(np.array(v, float) for v in zip(*pts)), 5)
-        plot_lines(rep / "corr_psnr.png", "within-group correlation of the reward with PSNR (moving average of 5)",
-                   series, "step", "corr")
+        plot_lines(
+            rep / "corr_psnr.png",
+            "within-group correlation of the reward with PSNR (moving average of 5)",
+            series,
+            "step",
+            "corr",
+        )
         md += ["![the reward's within-group correlation with PSNR](corr_psnr.png)", ""]
     absent = [k for k in ("reward/corr_psnr",) if not any(k in d for d in diag.values())]
     if not acted:
@@ -749,36 +918,54 @@ def report(study: Study) -> Path:
         by_arm.setdefault(arm.key, []).append(f"{arm.key}_s{seed}")
     entries = [("starting model", ["start"])] + [(f"({k}) {ARM_BY_KEY[k].label}", v) for k, v in by_arm.items()]
 
-    md = ["## Mini-IRPO: IRPO against a matched supervised control (issue 24)", "",
-          f"`python benchmarks/mini_irpo.py{' --quick' if study.s.quick else ''}`: every arm starts from the same "
-          f"starting model and trains {study.steps} optimizer steps at batch 2, learning rate {study.lr:g} "
-          "(configs/mini_irpo.py lists what differs from configs/allinone5.py and why). PSNR in dB, mean ± "
-          "std over seeds (sample std) where an arm has several.", ""]
+    md = [
+        "## Mini-IRPO: IRPO against a matched supervised control (issue 24)",
+        "",
+        f"`python benchmarks/mini_irpo.py{' --quick' if study.s.quick else ''}`: every arm starts from the same "
+        f"starting model and trains {study.steps} optimizer steps at batch 2, learning rate {study.lr:g} "
+        "(configs/mini_irpo.py lists what differs from configs/allinone5.py and why). PSNR in dB, mean ± "
+        "std over seeds (sample std) where an arm has several.",
+        "",
+    ]
     start = _read_json(study.start / "summary.json")
     if start:
         curve = _read_json(study.start / "curve.json") or []
-        md += ["### The starting model", "",
-               f"`{study.variant}` AdaIR, PyTorch reference trained supervised (L1, AdamW, batch "
-               f"{start['recipe']['batch']} of {start['recipe']['patch']}-px crops, lr {start['recipe']['lr']:g} "
-               f"halved on validation plateaus) for {start['steps']} steps ({start['stopped']}); best validation "
-               f"average {start['best_val_psnr']:.3f} dB at step {start['best_step']}; converted with "
-               "`torch_bridge.convert_adair --verify`. Mean |para1| (the FreModules' injection weights, 0 at "
-               "initialisation): " + ", ".join(f"{k} {v['mean_abs']:.3g} (max {v['max_abs']:.3g})"
-                                               for k, v in start["para1"].items()) + ".", ""]
+        md += [
+            "### The starting model",
+            "",
+            f"`{study.variant}` AdaIR, PyTorch reference trained supervised (L1, AdamW, batch "
+            f"{start['recipe']['batch']} of {start['recipe']['patch']}-px crops, lr {start['recipe']['lr']:g} "
+            f"halved on validation plateaus) for {start['steps']} steps ({start['stopped']}); best validation "
+            f"average {start['best_val_psnr']:.3f} dB at step {start['best_step']}; converted with "
+            "`torch_bridge.convert_adair --verify`. Mean |para1| (the FreModules' injection weights, 0 at "
+            "initialisation): "
+            + ", ".join(f"{k} {v['mean_abs']:.3g} (max {v['max_abs']:.3g})" for k, v in start["para1"].items())
+            + ".",
+            "",
+        ]
         if curve:
-            plot_lines(rep / "start_val_curve.png", "starting model: validation PSNR (dB)",
-                       {"val average": (np.array([c["step"] for c in curve]),
-                                        np.array([c["val/average"] for c in curve]))}, "step", "PSNR")
+            plot_lines(
+                rep / "start_val_curve.png",
+                "starting model: validation PSNR (dB)",
+                {"val average": (np.array([c["step"] for c in curve]), np.array([c["val/average"] for c in curve]))},
+                "step",
+                "PSNR",
+            )
             md += ["![starting model's validation curve](start_val_curve.png)", ""]
 
-    for split, title, paper in (("test", "In domain (the five-task table; IRPO Table 2)", TABLES["allinone5"][0]),
-                                ("ood", "Out of domain (IRPO Table 3)", TABLES["allinone5"][1]),
-                                ("val", "Validation (settings were chosen on these)", None)):
+    for split, title, paper in (
+        ("test", "In domain (the five-task table; IRPO Table 2)", TABLES["allinone5"][0]),
+        ("ood", "Out of domain (IRPO Table 3)", TABLES["allinone5"][1]),
+        ("val", "Validation (settings were chosen on these)", None),
+    ):
         table, numbers = arm_table(study, split, entries, paper=paper)
         md += [f"### {title}", "", table, ""]
         if paper is not None:
-            md += [f"The italic rows: {paper.title}; their columns are the real sets in the same task order "
-                   f"({', '.join(paper.rows)}); \"vs start\" there is IRPO's gain over AdaIR.", ""]
+            md += [
+                f"The italic rows: {paper.title}; their columns are the real sets in the same task order "
+                f'({", ".join(paper.rows)}); "vs start" there is IRPO\'s gain over AdaIR.',
+                "",
+            ]
         a, b, g = (numbers.get(f"({k}) {ARM_BY_KEY[k].label}") for k in ("a", "b", "g"))
         if a and b:
             md.append(f"(a) - (b), {split}: {welch(a, b)}.")
@@ -792,12 +979,19 @@ def report(study: Study) -> Path:
     md += ["### The paper's ablation rows (five-task average PSNR, real data, base model)", ""]
     for name, rows in PAPER_ROWS.items():
         md.append(f"* {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows.items()))
-    md += ["* Fig. 5: the hardest 30 % gives 31.4 dB (+1.2 over AdaIR's 30.2), above random subsets of the same "
-           "size (read off the figure; the values are not printed)", ""]
+    md += [
+        "* Fig. 5: the hardest 30 % gives 31.4 dB (+1.2 over AdaIR's 30.2), above random subsets of the same "
+        "size (read off the figure; the values are not printed)",
+        "",
+    ]
 
     # Wall times and per-step times.
-    md += ["### Wall time per arm", "", "| run | wall (min) | invocations | steps | s/step | evaluation (s) |",
-           "|:--|--:|--:|--:|--:|--:|"]
+    md += [
+        "### Wall time per arm",
+        "",
+        "| run | wall (min) | invocations | steps | s/step | evaluation (s) |",
+        "|:--|--:|--:|--:|--:|--:|",
+    ]
     for arm, seed in runs:
         wd = study.workdir(arm, seed)
         wall = _read_json(wd / "wall.json")
@@ -805,8 +999,10 @@ def report(study: Study) -> Path:
         ev = _read_json(study.out / "evals" / f"{arm.key}_s{seed}" / "seconds.json") or {}
         if wall:
             steps = summ.get("steps") or 0
-            md.append(f"| {arm.key}_s{seed} | {wall['seconds'] / 60:.1f} | {wall['invocations']} | {steps} | "
-                      f"{wall['seconds'] / max(steps, 1):.2f} | {ev.get('seconds', '')} |")
+            md.append(
+                f"| {arm.key}_s{seed} | {wall['seconds'] / 60:.1f} | {wall['invocations']} | {steps} | "
+                f"{wall['seconds'] / max(steps, 1):.2f} | {ev.get('seconds', '')} |"
+            )
     md += ["", "Wall time includes the process start, the compilation and the data scan; s/step is wall / steps.", ""]
 
     # Diagnostics.
@@ -821,13 +1017,20 @@ def report(study: Study) -> Path:
     for arm, seed in policy_runs:
         changes[f"{arm.key}_s{seed}"] = heads_change(step0_heads(study, seed), study.workdir(arm, seed) / "model")
     if para:
-        md += ["Mean |para1| per FreModule (how much the frequency modules feed the decoder):", "",
-               "| model | " + " | ".join(FRES) + " |", "|:--|" + "--:|" * len(FRES)]
+        md += [
+            "Mean |para1| per FreModule (how much the frequency modules feed the decoder):",
+            "",
+            "| model | " + " | ".join(FRES) + " |",
+            "|:--|" + "--:|" * len(FRES),
+        ]
         md += [f"| {k} | " + " | ".join(f"{p[f]:.4g}" if f in p else "" for f in FRES) + " |" for k, p in para.items()]
         md.append("")
     if changes:
-        md += ["Relative change of the policy heads' parameters from step 0 (||Δθ|| / ||θ_0||): "
-               + ", ".join(f"{k} {v:.3g}" for k, v in changes.items() if v is not None), ""]
+        md += [
+            "Relative change of the policy heads' parameters from step 0 (||Δθ|| / ||θ_0||): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in changes.items() if v is not None),
+            "",
+        ]
     oracle = []
     for name in ("a_s0", "g_s0"):
         found = sorted((study.out / "evals" / name / "oracle").glob("eval/*/results.json"))
@@ -835,11 +1038,15 @@ def report(study: Study) -> Path:
             r = json.loads(found[0].read_text())
             det = r["average"]["psnr"]
             orc = r["oracle"]["average"]["psnr"]
-            oracle.append(f"{name}: deterministic {det:.3f}, best of {r['oracle']['k']} sampled {orc:.3f} "
-                          f"({orc - det:+.3f})")
+            oracle.append(
+                f"{name}: deterministic {det:.3f}, best of {r['oracle']['k']} sampled {orc:.3f} ({orc - det:+.3f})"
+            )
     if oracle:
-        md += ["Best-of-K oracle on the validation rows (how far the sampled actions can move PSNR; it uses the "
-               "ground truth, an upper bound, never a result): " + "; ".join(oracle) + ".", ""]
+        md += [
+            "Best-of-K oracle on the validation rows (how far the sampled actions can move PSNR; it uses the "
+            "ground truth, an upper bound, never a result): " + "; ".join(oracle) + ".",
+            "",
+        ]
 
     # Curves (the Fig. 6 analogue).
     def curve(name: str, key: str, window: int = 1):
@@ -862,12 +1069,20 @@ def report(study: Study) -> Path:
         plot_lines(rep / fname, title, {n: curve(n, key, window) for n in names}, "step", key)
         md += [f"![{title}]({fname})", ""]
     sup = [f"{a.key}_s{s}" for a, s in runs if a.stage == "supervised"]
-    plot_lines(rep / "supervised_loss_curves.png", "supervised arms: L1 (moving average of 5 logs)",
-               {n: curve(n, "loss/l1", 5) for n in sup}, "step", "L1")
+    plot_lines(
+        rep / "supervised_loss_curves.png",
+        "supervised arms: L1 (moving average of 5 logs)",
+        {n: curve(n, "loss/l1", 5) for n in sup},
+        "step",
+        "L1",
+    )
     md += ["![supervised arms' L1](supervised_loss_curves.png)", ""]
     if (rep / "compare_a_vs_b" / "index.html").exists():
-        md += ["Comparison page of (a) IRPO against (b) the supervised control, seed 0, every row: "
-               "`compare_a_vs_b/index.html` (and `compare_start_vs_a/index.html`).", ""]
+        md += [
+            "Comparison page of (a) IRPO against (b) the supervised control, seed 0, every row: "
+            "`compare_a_vs_b/index.html` (and `compare_start_vs_a/index.html`).",
+            "",
+        ]
     path = rep / "mini_irpo.md"
     path.write_text("\n".join(md) + "\n")
     print(f"wrote {path}")
@@ -877,8 +1092,11 @@ def report(study: Study) -> Path:
 BEGIN, END = "<!-- mini_irpo:begin -->", "<!-- mini_irpo:end -->"
 
 
-def publish(study: Study, results_md: Path = _REPO / "benchmarks" / "RESULTS.md",
-            plots_dir: Path = _REPO / "benchmarks" / "mini_irpo") -> None:
+def publish(
+    study: Study,
+    results_md: Path = _REPO / "benchmarks" / "RESULTS.md",
+    plots_dir: Path = _REPO / "benchmarks" / "mini_irpo",
+) -> None:
     """Copies the report into RESULTS.md (between the markers; appended the first time) and its
     plots into ``benchmarks/mini_irpo/`` (image links rewritten)."""
     rep = study.out / "report"
@@ -900,8 +1118,9 @@ def publish(study: Study, results_md: Path = _REPO / "benchmarks" / "RESULTS.md"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/mini_irpo[_quick])")
     p.add_argument("--quick", action="store_true", help="the pipeline test's setting: tiny model, 2 steps, one seed")
     p.add_argument("--pilot", action="store_true", help="the pilot on the validation split instead of the study")
@@ -911,8 +1130,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: 3 for a, b, g, else 1)")
     p.add_argument("--only", default="", help="comma-separated arm keys (default: all): " + ",".join(ARM_BY_KEY))
     p.add_argument("--report_only", action="store_true", help="only write the report from what has run")
-    p.add_argument("--timing", action="store_true",
-                   help="measure each step program's time here and project the study's (OUT/timing.json)")
+    p.add_argument(
+        "--timing",
+        action="store_true",
+        help="measure each step program's time here and project the study's (OUT/timing.json)",
+    )
     p.add_argument("--publish", action="store_true", help="copy the report into benchmarks/RESULTS.md")
     p.add_argument("--no_progress", action="store_true")
     a = p.parse_args(argv)
@@ -921,8 +1143,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown arm(s) {unknown}; valid: {', '.join(ARM_BY_KEY)}")
     out = a.out or Path("runs/mini_irpo" + ("_quick" if a.quick else ""))
-    study = Study(Settings(out=out, quick=a.quick, steps=a.steps, lr=a.lr, seeds=a.seeds, only=only,
-                           progress=not a.no_progress))
+    study = Study(
+        Settings(out=out, quick=a.quick, steps=a.steps, lr=a.lr, seeds=a.seeds, only=only, progress=not a.no_progress)
+    )
     t0 = time.time()
     if a.pilot:
         study.pilot(tuple(float(v) for v in a.pilot_lrs.split(",")))

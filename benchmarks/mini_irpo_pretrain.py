@@ -45,9 +45,16 @@ def _torch_model(variant: str):
     from torch_bridge.reference_adair import AdaIR
 
     c = get_config(variant)
-    return AdaIR(dim=c.dim, num_blocks=list(c.num_blocks), num_refinement_blocks=c.num_refinement_blocks,
-                 heads=list(c.heads), ffn_expansion_factor=c.ffn_expansion_factor, bias=c.bias,
-                 LayerNorm_type=c.LayerNorm_type, decoder=c.decoder)
+    return AdaIR(
+        dim=c.dim,
+        num_blocks=list(c.num_blocks),
+        num_refinement_blocks=c.num_refinement_blocks,
+        heads=list(c.heads),
+        ffn_expansion_factor=c.ffn_expansion_factor,
+        bias=c.bias,
+        LayerNorm_type=c.LayerNorm_type,
+        decoder=c.decoder,
+    )
 
 
 def _validation(data_root: str, rows: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -102,10 +109,25 @@ def _save_atomic(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
-def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", patch: int = 64,
-             batch: int = 4, lr: float = 2e-4, weight_decay: float = 0.01, warmup: int = 200,
-             eval_every: int = 250, patience: int = 3, min_delta: float = 0.02, reductions: int = 1,
-             max_steps: int = 10000, seed: int = 0, threads: int = 1, progress: bool = True) -> dict:
+def pretrain(
+    data_root: str,
+    out: str | os.PathLike,
+    *,
+    variant: str = "small",
+    patch: int = 64,
+    batch: int = 4,
+    lr: float = 2e-4,
+    weight_decay: float = 0.01,
+    warmup: int = 200,
+    eval_every: int = 250,
+    patience: int = 3,
+    min_delta: float = 0.02,
+    reductions: int = 1,
+    max_steps: int = 10000,
+    seed: int = 0,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict:
     """Trains (or resumes) the starting model and converts its best weights into ``out/model``.
 
     Returns:
@@ -118,13 +140,45 @@ def pretrain(data_root: str, out: str | os.PathLike, *, variant: str = "small", 
     from irpo_jax.training.lock import acquire
 
     with acquire(out):  # one writer: a second start (the runner while this trains) is refused
-        return _pretrain(out, data_root, variant=variant, patch=patch, batch=batch, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, eval_every=eval_every, patience=patience, min_delta=min_delta,
-                         reductions=reductions, max_steps=max_steps, seed=seed, threads=threads, progress=progress)
+        return _pretrain(
+            out,
+            data_root,
+            variant=variant,
+            patch=patch,
+            batch=batch,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            eval_every=eval_every,
+            patience=patience,
+            min_delta=min_delta,
+            reductions=reductions,
+            max_steps=max_steps,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+        )
 
 
-def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_decay, warmup, eval_every, patience,
-              min_delta, reductions, max_steps, seed, threads, progress) -> dict:
+def _pretrain(
+    out: Path,
+    data_root: str,
+    *,
+    variant,
+    patch,
+    batch,
+    lr,
+    weight_decay,
+    warmup,
+    eval_every,
+    patience,
+    min_delta,
+    reductions,
+    max_steps,
+    seed,
+    threads,
+    progress,
+) -> dict:
     import torch
 
     from irpo_jax.data import minibench
@@ -134,12 +188,27 @@ def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_de
     torch.set_num_threads(threads)
     model = _torch_model(variant)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    data_cfg = {"root": data_root, "repeats": {t: 1 for t in minibench.TASKS}, "patch_size": patch,
-                "augment": "official", "worker_count": 0, "validate": "header"}
+    data_cfg = {
+        "root": data_root,
+        "repeats": {t: 1 for t in minibench.TASKS},
+        "patch_size": patch,
+        "augment": "official",
+        "worker_count": 0,
+        "validate": "header",
+    }
     data = make_train_iterator(data_cfg, batch_size=batch, seed=seed, shard_index=0, shard_count=1, worker_count=0)
     val = _validation(data_root, list(minibench.rows("val")))
-    state = {"step": 0, "lr": lr, "reductions": 0, "since_best": 0, "best": -math.inf, "best_step": 0,
-             "curve": [], "seconds": 0.0, "done": False}
+    state = {
+        "step": 0,
+        "lr": lr,
+        "reductions": 0,
+        "since_best": 0,
+        "best": -math.inf,
+        "best_step": 0,
+        "curve": [],
+        "seconds": 0.0,
+        "done": False,
+    }
     if (out / "state.pt").exists():
         saved = torch.load(out / "state.pt", weights_only=False)
         model.load_state_dict(saved["model"])
@@ -166,8 +235,13 @@ def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_de
         scores = _val_psnr(model, val)
         state["seconds"] = time.time() - t_start
         l1 = float(loss.detach())
-        entry = {"step": state["step"], "lr": step_lr, "train_l1": l1, "seconds": round(state["seconds"], 1),
-                 **{f"val/{k}": v for k, v in scores.items()}}
+        entry = {
+            "step": state["step"],
+            "lr": step_lr,
+            "train_l1": l1,
+            "seconds": round(state["seconds"], 1),
+            **{f"val/{k}": v for k, v in scores.items()},
+        }
         state["curve"].append(entry)
         if scores["average"] > state["best"] + min_delta:
             state.update(best=scores["average"], best_step=state["step"], since_best=0)
@@ -180,11 +254,21 @@ def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_de
                 else:
                     state.update(lr=state["lr"] * 0.5, reductions=state["reductions"] + 1, since_best=0)
         if progress:
-            print(f"step {state['step']}: val {scores['average']:.3f} dB (best {state['best']:.3f} at "
-                  f"{state['best_step']}), lr {step_lr:.2e}, l1 {l1:.4f}, {state['seconds'] / 60:.1f} min",
-                  flush=True)
-        _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "data": data.get_state(),
-                      "torch_rng": torch.get_rng_state(), "state": state}, out / "state.pt")
+            print(
+                f"step {state['step']}: val {scores['average']:.3f} dB (best {state['best']:.3f} at "
+                f"{state['best_step']}), lr {step_lr:.2e}, l1 {l1:.4f}, {state['seconds'] / 60:.1f} min",
+                flush=True,
+            )
+        _save_atomic(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "data": data.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            },
+            out / "state.pt",
+        )
         (out / "curve.json").write_text(json.dumps(state["curve"], indent=1) + "\n")
     getattr(data, "close", lambda: None)()
 
@@ -192,15 +276,41 @@ def _pretrain(out: Path, data_root: str, *, variant, patch, batch, lr, weight_de
     para1 = para1_magnitudes({k: v.numpy() for k, v in best.items()})
     (out / "para1.json").write_text(json.dumps(para1, indent=1) + "\n")
     if not (out / "model" / "manifest.json").exists():
-        cmd = [sys.executable, "-m", "torch_bridge.convert_adair", str(out / "best.pth"), str(out / "model"),
-               "--config", variant, "--verify", "--overwrite"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch_bridge.convert_adair",
+            str(out / "best.pth"),
+            str(out / "model"),
+            "--config",
+            variant,
+            "--verify",
+            "--overwrite",
+        ]
         subprocess.run(cmd, check=True, cwd=_REPO, env={**os.environ, "PYTHONPATH": str(_REPO)})
-    summary = {"steps": state["step"], "best_step": state["best_step"], "best_val_psnr": state["best"],
-               "stopped": "plateau" if state["done"] else "max_steps", "para1": para1,
-               "seconds": round(state["seconds"], 1), "model": str(out / "model"),
-               "recipe": {"variant": variant, "patch": patch, "batch": batch, "lr": lr, "weight_decay": weight_decay,
-                          "warmup": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta,
-                          "reductions": reductions, "max_steps": max_steps, "seed": seed}}
+    summary = {
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "best_val_psnr": state["best"],
+        "stopped": "plateau" if state["done"] else "max_steps",
+        "para1": para1,
+        "seconds": round(state["seconds"], 1),
+        "model": str(out / "model"),
+        "recipe": {
+            "variant": variant,
+            "patch": patch,
+            "batch": batch,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup": warmup,
+            "eval_every": eval_every,
+            "patience": patience,
+            "min_delta": min_delta,
+            "reductions": reductions,
+            "max_steps": max_steps,
+            "seed": seed,
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -218,11 +328,27 @@ def main(argv=None) -> int:
     p.add_argument("--reductions", type=int, default=1, help="halvings before the next plateau ends training")
     p.add_argument("--max_steps", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: on a shared 2-core machine two threads ran 10x slower)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: on a shared 2-core machine two threads ran 10x slower)",
+    )
     a = p.parse_args(argv)
-    s = pretrain(a.data, a.out, variant=a.variant, patch=a.patch, batch=a.batch, lr=a.lr, eval_every=a.eval_every,
-                 patience=a.patience, reductions=a.reductions, max_steps=a.max_steps, seed=a.seed, threads=a.threads)
+    s = pretrain(
+        a.data,
+        a.out,
+        variant=a.variant,
+        patch=a.patch,
+        batch=a.batch,
+        lr=a.lr,
+        eval_every=a.eval_every,
+        patience=a.patience,
+        reductions=a.reductions,
+        max_steps=a.max_steps,
+        seed=a.seed,
+        threads=a.threads,
+    )
     print(json.dumps(s, indent=1))
     return 0
 

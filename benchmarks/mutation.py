@@ -255,10 +255,18 @@ def generate(path: str, root: pathlib.Path = ROOT) -> list[Mutant]:
             if func.endswith("stop_gradient") and len(node.args) == 1:
                 add(node, "drop_stop_gradient", paren(node.args[0]))
             elif leaf == "where" and len(node.args) == 3:
-                add(node, "where:swap_branches", ast.unparse(_copy_with(node, args=[node.args[0], node.args[2], node.args[1]])))
+                add(
+                    node,
+                    "where:swap_branches",
+                    ast.unparse(_copy_with(node, args=[node.args[0], node.args[2], node.args[1]])),
+                )
             elif func.startswith(("jnp.", "np.", "jax.nn.", "jax.numpy.")) and TWINS.get(leaf):
                 twin = func[: -len(leaf)] + TWINS[leaf]
-                add(node, f"twin:{leaf}->{TWINS[leaf]}", ast.unparse(_copy_with(node, func=ast.parse(twin, mode="eval").body)))
+                add(
+                    node,
+                    f"twin:{leaf}->{TWINS[leaf]}",
+                    ast.unparse(_copy_with(node, func=ast.parse(twin, mode="eval").body)),
+                )
             positional = [a for a in node.args if not isinstance(a, ast.Starred)]
             # (Not for the symmetric functions: max(a, b) -> max(b, a) is the same program.)
             if len(positional) >= 2 and len(positional) == len(node.args) and leaf not in ("where", *SYMMETRIC):
@@ -342,7 +350,11 @@ def _issue28_rules(tree: ast.AST, skipped: set[int], add, defaults: dict[str, di
                     if isinstance(arg, (ast.Name, ast.Attribute)) and live(arg):
                         _off_by_one(arg, add)
             for sub in _own_nodes(node):
-                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, (ast.Name, ast.Attribute)) and live(sub.slice):
+                if (
+                    isinstance(sub, ast.Subscript)
+                    and isinstance(sub.slice, (ast.Name, ast.Attribute))
+                    and live(sub.slice)
+                ):
                     _off_by_one(sub.slice, add)
         for child in ast.iter_child_nodes(node):
             visit(child, bindings)
@@ -556,7 +568,11 @@ class Sandbox:
 
         def ignore(directory: str, names: list[str]) -> set[str]:
             top = pathlib.Path(directory).resolve() == ROOT
-            return {n for n in names if n == "__pycache__" or (top and (n in NOT_COPIED or n.endswith((".egg-info", ".whl"))))}
+            return {
+                n
+                for n in names
+                if n == "__pycache__" or (top and (n in NOT_COPIED or n.endswith((".egg-info", ".whl"))))
+            }
 
         shutil.copytree(ROOT, self.repo, ignore=ignore)
         if (ROOT / ".cache" / "jax").is_dir():  # unmutated programs load instead of compiling
@@ -662,8 +678,11 @@ def run_mutants(mutants: list[Mutant], selection: dict[str, list[str]], duration
             with lock:
                 results[index] = result
                 done = len(results)
-                print(f"[{done}/{len(mutants)}] {verdict:8s} {seconds:6.0f} s  {mutant.id}  "
-                      f"{mutant.original.strip()[:60]!r} -> {mutant.replacement.strip()[:60]!r}  {detail}", flush=True)
+                print(
+                    f"[{done}/{len(mutants)}] {verdict:8s} {seconds:6.0f} s  {mutant.id}  "
+                    f"{mutant.original.strip()[:60]!r} -> {mutant.replacement.strip()[:60]!r}  {detail}",
+                    flush=True,
+                )
 
     threads = [threading.Thread(target=worker, args=(box,)) for box in boxes]
     for t in threads:
@@ -696,7 +715,9 @@ def report(results: list[Result], root: pathlib.Path = ROOT, sources: dict[str, 
     if survivors:
         lines += ["", "Survivors (and undecided):"]
         for r in survivors:
-            text = sources[r.mutant.path] if sources and r.mutant.path in sources else (root / r.mutant.path).read_text()
+            text = (
+                sources[r.mutant.path] if sources and r.mutant.path in sources else (root / r.mutant.path).read_text()
+            )
             lines += [f"--- {r.mutant.id} [{r.status}] {r.detail}", r.mutant.diff(text)]
     return "\n".join(lines)
 
@@ -705,29 +726,51 @@ def report(results: list[Result], root: pathlib.Path = ROOT, sources: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--module", action="append", help="a module to mutate (repeatable; default: the training math)")
     parser.add_argument("--max-mutants", type=int, default=8, help="mutants sampled per module (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
-    parser.add_argument("--bugs", nargs="?", const="17", choices=sorted(BUG_SETS),
-                        help="run an issue's hand-written bugs instead of sampled mutants (default: 17)")
-    parser.add_argument("--tests-for", action="append", default=[], metavar="PREFIX=FILE[,FILE...]",
-                        help="the test files for the modules whose path starts with PREFIX (repeatable; "
-                             "overrides --tests and the importers for those modules)")
+    parser.add_argument(
+        "--bugs",
+        nargs="?",
+        const="17",
+        choices=sorted(BUG_SETS),
+        help="run an issue's hand-written bugs instead of sampled mutants (default: 17)",
+    )
+    parser.add_argument(
+        "--tests-for",
+        action="append",
+        default=[],
+        metavar="PREFIX=FILE[,FILE...]",
+        help="the test files for the modules whose path starts with PREFIX (repeatable; "
+        "overrides --tests and the importers for those modules)",
+    )
     parser.add_argument("--match", help="only the mutants whose id (or bug name) contains this text")
-    parser.add_argument("--survivors-of", type=pathlib.Path, metavar="JSON",
-                        help="only the mutants that were not killed in an earlier run's --json (same seed and sources)")
+    parser.add_argument(
+        "--survivors-of",
+        type=pathlib.Path,
+        metavar="JSON",
+        help="only the mutants that were not killed in an earlier run's --json (same seed and sources)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy (default 1)")
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per mutant (default 1500)")
     parser.add_argument("--test-timeout", type=float, default=300.0, help="seconds per test (default 300)")
-    parser.add_argument("--max-file-seconds", type=float, default=300.0,
-                        help="leave out test files whose unmutated run takes longer (default 300)")
+    parser.add_argument(
+        "--max-file-seconds",
+        type=float,
+        default=300.0,
+        help="leave out test files whose unmutated run takes longer (default 300)",
+    )
     parser.add_argument("--include-slow", action="store_true", help=f"also run {', '.join(SLOW_FILES)}")
     parser.add_argument("--tests", nargs="+", help="run these test files for every mutant instead of the importers")
     parser.add_argument("--workdir", type=pathlib.Path, help="where the copies go (default: a temporary folder)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results as JSON here")
-    parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"), help="interpreter with the test deps")
+    parser.add_argument(
+        "--python", default=str(ROOT / ".venv" / "bin" / "python"), help="interpreter with the test deps"
+    )
     args = parser.parse_args(argv)
 
     if args.bugs:
@@ -757,7 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     sources = {m.path: (ROOT / m.path).read_text() for m in mutants}  # what the mutants were made from
     selection = {}
     for path in sorted({m.path for m in mutants}):
-        chosen = [spec.partition("=")[2].split(",") for spec in args.tests_for if path.startswith(spec.partition("=")[0])]
+        chosen = [
+            spec.partition("=")[2].split(",") for spec in args.tests_for if path.startswith(spec.partition("=")[0])
+        ]
         if chosen:
             selection[path] = chosen[-1]
         else:

@@ -66,7 +66,9 @@ def at_test_size(rule: str, n: int, official: int) -> dict[str, float]:
     if rule == "fraction":  # floor(r N) == official on [official / N, (official + 1) / N)
         same = dist.cdf((official + 1) / n) - dist.cdf(official / n)
         narrower = dist.cdf(official / n)
-    elif rule == "anchored":  # r < 0.5: floor(official * 2r) < official; above: changes from r >= 0.5 + 1/(2(N - official))
+    elif (
+        rule == "anchored"
+    ):  # r < 0.5: floor(official * 2r) < official; above: changes from r >= 0.5 + 1/(2(N - official))
         narrower = dist.cdf(0.5)
         same = dist.cdf(0.5 + 1 / (2 * (n - official))) - dist.cdf(0.5)
     else:  # widen: AdaIR's mask up to r = 0.5 + (official + 1) / (2 (N + 1)), never narrower
@@ -140,7 +142,7 @@ def markdown(res: dict) -> str:
         "P(it narrows it: never seen on a 128 crop) |",
         "|---|---|---|---|",
     ]
-    for (label, h, w) in TEST_FEATURES:
+    for label, h, w in TEST_FEATURES:
         for setting, (rows, cols) in res["test_sizes"][label].items():
             lines.append(
                 f"| {label} ({h // 128}, {w // 128}) | {setting} | {rows['changes']:.3f} \\| {cols['changes']:.3f} "

@@ -147,9 +147,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     }
     rows = []
     with contextlib.ExitStack() as stack:
-        local = InProcessRewards(
-            config, device=args.device, registry=REGISTRY, torch_threads=args.threads
-        )
+        local = InProcessRewards(config, device=args.device, registry=REGISTRY, torch_threads=args.threads)
         clients = {"inprocess": stack.enter_context(local)}
         for transport in ("socket", "shm"):
             clients[transport] = stack.enter_context(RewardProcess.start(
@@ -203,7 +201,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"(degraded + restored + clean = {mib:.1f} MiB float32 per request); device {args.device} "
         f"({cpu}), torch {torch.__version__}, {args.threads} torch thread(s) on each side, Python "
         f"{platform.python_version()}; medians of {args.reps} interleaved requests per mode after "
-        f"{args.warmup} warm-up. \"wall - model\" is everything but the component itself (input "
+        f'{args.warmup} warm-up. "wall - model" is everything but the component itself (input '
         "relayout, the worker thread, framing, socket or shared memory, the reply)."
     )
     heavy = max(rows, key=lambda r: r["model_all"])

@@ -36,9 +36,11 @@ from irpo_jax.data import demo
 from irpo_jax.models import policy
 
 CROP = 128
-NAMES = [f"level {b}" for b in range(policy.SPECTRUM_BANDS)] + [
-    f"anisotropy {b}" for b in range(policy.SPECTRUM_BANDS)
-] + ["dc"]
+NAMES = (
+    [f"level {b}" for b in range(policy.SPECTRUM_BANDS)]
+    + [f"anisotropy {b}" for b in range(policy.SPECTRUM_BANDS)]
+    + ["dc"]
+)
 
 
 def images(seed: int) -> list[tuple[str, np.ndarray]]:

@@ -78,8 +78,9 @@ def _peak_bytes(compiled) -> int | None:
     stats = compiled.memory_analysis()
     if stats is None:
         return None
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-               - stats.alias_size_in_bytes)
+    return int(
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    )
 
 
 def measure(model_dir: str, tiles: list[tuple[int, int]], photos: list[str], seed: int = 0) -> dict:
@@ -98,8 +99,11 @@ def measure(model_dir: str, tiles: list[tuple[int, int]], photos: list[str], see
         if shape not in compiled:
             t0 = time.perf_counter()
             with jax.default_matmul_precision("highest"):
-                exe = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(
-                    state, jax.ShapeDtypeStruct(shape, np.float32)).compile()
+                exe = (
+                    jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+                    .lower(state, jax.ShapeDtypeStruct(shape, np.float32))
+                    .compile()
+                )
             compiled[shape] = (exe, _peak_bytes(exe), time.perf_counter() - t0)
         return compiled[shape]
 
@@ -126,26 +130,39 @@ def measure(model_dir: str, tiles: list[tuple[int, int]], photos: list[str], see
             tiled_s = time.perf_counter() - t0
             tile_shape = (1, min(tile, padded.shape[0]), min(tile, padded.shape[1]), 3)
             diff = np.abs(tiled - whole) * 255
-            rows.append({
-                "image": name, "degradation": kind, "size": f"{h}x{w}", "tile": tile, "overlap": overlap,
-                "windows": len(tiling.tile_starts(padded.shape[0], tile, overlap))
-                * len(tiling.tile_starts(padded.shape[1], tile, overlap)),
-                "psnr_tiled_vs_whole": _psnr(tiled, whole),
-                "mean_abs_diff_8bit": float(diff.mean()), "max_abs_diff_8bit": float(diff.max()),
-                "psnr_whole_vs_clean": _psnr(whole, clean), "psnr_tiled_vs_clean": _psnr(tiled, clean),
-                "psnr_degraded_vs_clean": _psnr(degraded, clean),
-                "whole_peak_mb": whole_peak / 2**20 if whole_peak else None,
-                "tile_peak_mb": program(tile_shape)[1] / 2**20 if program(tile_shape)[1] else None,
-                "whole_s": whole_s, "tiled_s": tiled_s,
-            })
-            print(f"{name} {h}x{w} tile {tile}/{overlap}: {rows[-1]['psnr_tiled_vs_whole']:.2f} dB vs whole",
-                  file=sys.stderr)
+            rows.append(
+                {
+                    "image": name,
+                    "degradation": kind,
+                    "size": f"{h}x{w}",
+                    "tile": tile,
+                    "overlap": overlap,
+                    "windows": len(tiling.tile_starts(padded.shape[0], tile, overlap))
+                    * len(tiling.tile_starts(padded.shape[1], tile, overlap)),
+                    "psnr_tiled_vs_whole": _psnr(tiled, whole),
+                    "mean_abs_diff_8bit": float(diff.mean()),
+                    "max_abs_diff_8bit": float(diff.max()),
+                    "psnr_whole_vs_clean": _psnr(whole, clean),
+                    "psnr_tiled_vs_clean": _psnr(tiled, clean),
+                    "psnr_degraded_vs_clean": _psnr(degraded, clean),
+                    "whole_peak_mb": whole_peak / 2**20 if whole_peak else None,
+                    "tile_peak_mb": program(tile_shape)[1] / 2**20 if program(tile_shape)[1] else None,
+                    "whole_s": whole_s,
+                    "tiled_s": tiled_s,
+                }
+            )
+            print(
+                f"{name} {h}x{w} tile {tile}/{overlap}: {rows[-1]['psnr_tiled_vs_whole']:.2f} dB vs whole",
+                file=sys.stderr,
+            )
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     manifest = Path(model_dir) / "manifest.json"
     return {
-        "model": model_dir, "config": meta["config"],
+        "model": model_dir,
+        "config": meta["config"],
         "trained_steps": json.loads(manifest.read_text()).get("trained_steps") if manifest.exists() else None,
-        "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
         "rows": rows,
     }
@@ -158,12 +175,14 @@ def markdown(result: dict) -> str:
         + (f", {result['trained_steps']} training steps" if result["trained_steps"] else "")
         + f"); backend {result['backend']}.",
         "",
-        ("| image (degradation) | tile / overlap | windows | PSNR tiled vs whole | mean / max abs diff (8-bit) "
-         "| PSNR vs clean: input / whole / tiled | peak memory: whole / one tile |"),
+        (
+            "| image (degradation) | tile / overlap | windows | PSNR tiled vs whole | mean / max abs diff (8-bit) "
+            "| PSNR vs clean: input / whole / tiled | peak memory: whole / one tile |"
+        ),
         "|:--|:-:|:-:|:-:|:-:|:-:|:-:|",
     ]
     for r in result["rows"]:
-        mem = (f"{r['whole_peak_mb']:.0f} / {r['tile_peak_mb']:.0f} MB" if r["whole_peak_mb"] else "n/a")
+        mem = f"{r['whole_peak_mb']:.0f} / {r['tile_peak_mb']:.0f} MB" if r["whole_peak_mb"] else "n/a"
         lines.append(
             f"| {r['image']} {r['size']} ({r['degradation']}) | {r['tile']} / {r['overlap']} | {r['windows']} "
             f"| {r['psnr_tiled_vs_whole']:.2f} dB | {r['mean_abs_diff_8bit']:.2f} / {r['max_abs_diff_8bit']:.0f} "
@@ -184,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model or next((m for m in DEFAULT_MODELS if (Path(m) / "model.json").is_file()), None)
     if model is None:
-        parser.error("no --model and no demo model; train one: python -m irpo_jax.data.demo --out demo_data && "
-                     "python -m irpo_jax.train --config configs/allinone5.py:supervised,demo --workdir runs/tile_model")
+        parser.error(
+            "no --model and no demo model; train one: python -m irpo_jax.data.demo --out demo_data && "
+            "python -m irpo_jax.train --config configs/allinone5.py:supervised,demo --workdir runs/tile_model"
+        )
     tiles = [tuple(int(v) for v in pair.split(":")) for pair in args.tiles.split(",")]
     result = measure(model, tiles, args.photos.split(","), seed=args.seed)
     if args.out:

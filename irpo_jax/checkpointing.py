@@ -153,7 +153,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {meta_file} ({e}); the checkpoint is damaged or unreadable.") from e
     if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; the checkpoint is damaged.")
+        raise CheckpointError(
+            f"{meta_file} holds a JSON {type(meta).__name__}, not an object; the checkpoint is damaged."
+        )
     if meta.get("format") != MODEL_FORMAT or meta.get("model") not in MODELS:
         raise CheckpointError(
             f"{meta_file} does not describe a known model (format={meta.get('format')!r}, "

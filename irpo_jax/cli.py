@@ -103,8 +103,10 @@ def config_error_line(err: BaseException) -> str:
     """One line for an error raised while loading a config file (its own traceback, as text in
     ml_collections' wrapper, is cut to its last line)."""
     if isinstance(err, SyntaxError):  # the config file is not Python (a JSON file, a typo)
-        return (f"--config {err.filename}: not a valid Python config file ({err.msg}, line {err.lineno}); "
-                f"{_WHAT_CONFIG_TAKES}")
+        return (
+            f"--config {err.filename}: not a valid Python config file ({err.msg}, line {err.lineno}); "
+            f"{_WHAT_CONFIG_TAKES}"
+        )
     if isinstance(err, OSError):
         reason = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
         reason = reason.rpartition("failure to load: ")[2]  # ml_collections' wrapper says nothing more

@@ -78,19 +78,25 @@ def load_run(path: str | os.PathLike, which: str = "RUN") -> Run:
     """
     p = pathlib.Path(path)
     if not p.is_dir():
-        raise CompareError(f"{which} {p} does not exist or is not a folder; give the --out folder of "
-                           "`python -m irpo_jax.evaluate ... --save_images` (or its eval/<name>/ folder)")
+        raise CompareError(
+            f"{which} {p} does not exist or is not a folder; give the --out folder of "
+            "`python -m irpo_jax.evaluate ... --save_images` (or its eval/<name>/ folder)"
+        )
     if (p / "results.json").is_file():
         leaf = p
     else:
         found = sorted(p.glob("eval/*/results.json")) or sorted(p.glob("*/results.json"))
         if not found:
-            raise CompareError(f"{which} {p} is not an evaluation output: no results.json in it or in "
-                               f"{p}/eval/*/; write one with `python -m irpo_jax.evaluate ... --save_images "
-                               f"--out {p}`")
+            raise CompareError(
+                f"{which} {p} is not an evaluation output: no results.json in it or in "
+                f"{p}/eval/*/; write one with `python -m irpo_jax.evaluate ... --save_images "
+                f"--out {p}`"
+            )
         if len(found) > 1:
-            raise CompareError(f"{which} {p} holds {len(found)} evaluations "
-                               f"({', '.join(str(f.parent) for f in found)}); give the one to compare")
+            raise CompareError(
+                f"{which} {p} holds {len(found)} evaluations "
+                f"({', '.join(str(f.parent) for f in found)}); give the one to compare"
+            )
         leaf = found[0].parent
     file = leaf / "results.json"
     try:
@@ -98,21 +104,30 @@ def load_run(path: str | os.PathLike, which: str = "RUN") -> Run:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CompareError(f"{which}: cannot read {file} as JSON ({err}); is it an evaluation output?") from err
     if not isinstance(results, dict) or results.get("format") != evaluation.EVAL_FORMAT:
-        raise CompareError(f"{which}: {file} is not written by irpo_jax.evaluate (format "
-                           f"{results.get('format') if isinstance(results, dict) else None!r}, expected "
-                           f"{evaluation.EVAL_FORMAT!r})")
+        raise CompareError(
+            f"{which}: {file} is not written by irpo_jax.evaluate (format "
+            f"{results.get('format') if isinstance(results, dict) else None!r}, expected "
+            f"{evaluation.EVAL_FORMAT!r})"
+        )
     if not isinstance(results.get("settings"), dict) or "data" not in results["settings"]:
-        raise CompareError(f"{which}: {file} does not record the data it was evaluated on (written by "
-                           "training or an earlier version); evaluate the checkpoint with `python -m "
-                           "irpo_jax.evaluate ... --save_images`")
+        raise CompareError(
+            f"{which}: {file} does not record the data it was evaluated on (written by "
+            "training or an earlier version); evaluate the checkpoint with `python -m "
+            "irpo_jax.evaluate ... --save_images`"
+        )
     run = Run(leaf, results)
     if not (leaf / "images").is_dir():
         raise CompareError(f"{which}: {leaf} has no restored images (images/); evaluate with --save_images")
-    absent = [str(run.image(r["set"], r["name"])) for r in results["per_image"]
-              if not run.image(r["set"], r["name"]).is_file()]
+    absent = [
+        str(run.image(r["set"], r["name"]))
+        for r in results["per_image"]
+        if not run.image(r["set"], r["name"]).is_file()
+    ]
     if absent:
-        raise CompareError(f"{which}: {len(absent)} of the {len(results['per_image'])} restored images "
-                           f"are missing, e.g. {', '.join(absent[:3])}; evaluate again with --save_images")
+        raise CompareError(
+            f"{which}: {len(absent)} of the {len(results['per_image'])} restored images "
+            f"are missing, e.g. {', '.join(absent[:3])}; evaluate again with --save_images"
+        )
     return run
 
 
@@ -121,19 +136,26 @@ def _check_same_images(a: Run, b: Run) -> list[str]:
     that differ (numbers of both are shown, but a reader should know)."""
     rows_a, rows_b = list(a.results["rows"]), list(b.results["rows"])
     if set(rows_a) != set(rows_b):
-        raise CompareError(f"the runs evaluated different sets: A ({a.folder}) has {', '.join(rows_a)}; "
-                           f"B ({b.folder}) has {', '.join(rows_b)}; evaluate both with the same --sets")
+        raise CompareError(
+            f"the runs evaluated different sets: A ({a.folder}) has {', '.join(rows_a)}; "
+            f"B ({b.folder}) has {', '.join(rows_b)}; evaluate both with the same --sets"
+        )
     for row in rows_a:
         na = {r["name"] for r in a.results["per_image"] if r["set"] == row}
         nb = {r["name"] for r in b.results["per_image"] if r["set"] == row}
         if na != nb:
             only = sorted(na - nb)[:3] + sorted(nb - na)[:3]
-            raise CompareError(f"set {row}: A and B scored different images ({len(na)} and {len(nb)}; "
-                               f"not in both: {', '.join(only)}); evaluate both with the same settings "
-                               "(--max_images, --allow_partial, data)")
+            raise CompareError(
+                f"set {row}: A and B scored different images ({len(na)} and {len(nb)}; "
+                f"not in both: {', '.join(only)}); evaluate both with the same settings "
+                "(--max_images, --allow_partial, data)"
+            )
     sa, sb = a.results["settings"], b.results["settings"]
-    return [f"{k}: A {json.dumps(sa.get(k))}, B {json.dumps(sb.get(k))}"
-            for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k) and k != "rows"]
+    return [
+        f"{k}: A {json.dumps(sa.get(k))}, B {json.dumps(sb.get(k))}"
+        for k in sorted(set(sa) | set(sb))
+        if sa.get(k) != sb.get(k) and k != "rows"
+    ]
 
 
 # ----------------------------------------------------------------------------- images
@@ -174,8 +196,9 @@ def _overview(img: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
     h, w = img.shape[:2]
     scale = OVERVIEW_PIXELS / max(h, w)
     scale = max(1, int(scale)) if scale >= 1 else scale  # small images: whole pixels, no blur
-    pil = Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                      Image.NEAREST if scale >= 1 else Image.BILINEAR)
+    pil = Image.fromarray(img).resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST if scale >= 1 else Image.BILINEAR
+    )
     draw = ImageDraw.Draw(pil)
     box = [left * scale, top * scale, (left + side) * scale - 1, (top + side) * scale - 1]
     width = max(2, round(pil.size[0] / 128))
@@ -228,14 +251,20 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
         bases, _ = evaluation.resolve_rows(cfg, rows)
         sets = readers.eval_sets(cfg, bases, allow_partial=True)
     except (readers.DataError, evaluation.EvalError) as err:
-        raise CompareError(f"the degraded and clean images are read again from the data the runs were "
-                           f"evaluated on, which failed: {err}. Pass --data_root DIR if the data moved") from err
+        raise CompareError(
+            f"the degraded and clean images are read again from the data the runs were "
+            f"evaluated on, which failed: {err}. Pass --data_root DIR if the data moved"
+        ) from err
     per_a = {(r["set"], r["name"]): r for r in a.results["per_image"]}
     per_b = {(r["set"], r["name"]): r for r in b.results["per_image"]}
-    summary: dict[str, Any] = {"format": COMPARE_FORMAT, "version": 1,
-                               "a": {"label": a.label, "folder": str(a.folder.absolute())},
-                               "b": {"label": b.label, "folder": str(b.folder.absolute())},
-                               "notes": notes, "rows": {}}
+    summary: dict[str, Any] = {
+        "format": COMPARE_FORMAT,
+        "version": 1,
+        "a": {"label": a.label, "folder": str(a.folder.absolute())},
+        "b": {"label": b.label, "folder": str(b.folder.absolute())},
+        "notes": notes,
+        "rows": {},
+    }
     body: list[str] = []
     img_dir = out / "img"
     for row in rows:
@@ -247,9 +276,17 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
             if s != row:
                 continue
             rb = per_b[(row, name)]
-            images.append({"name": name, "a_psnr": ra["psnr"], "b_psnr": rb["psnr"], "a_ssim": ra["ssim"],
-                           "b_ssim": rb["ssim"], "d_psnr": rb["psnr"] - ra["psnr"],
-                           "d_ssim": rb["ssim"] - ra["ssim"]})
+            images.append(
+                {
+                    "name": name,
+                    "a_psnr": ra["psnr"],
+                    "b_psnr": rb["psnr"],
+                    "a_ssim": ra["ssim"],
+                    "b_ssim": rb["ssim"],
+                    "d_psnr": rb["psnr"] - ra["psnr"],
+                    "d_ssim": rb["ssim"] - ra["ssim"],
+                }
+            )
         images.sort(key=lambda r: (-r["d_psnr"], r["name"]))
         gains = [r for r in images if r["d_psnr"] > 0][:crops]
         losses = [r for r in reversed(images) if r["d_psnr"] < 0][:crops]
@@ -257,21 +294,40 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
         for kind, chosen in (("gains", gains), ("losses", losses)):
             for r in chosen:
                 if r["name"] not in index:
-                    raise CompareError(f"set {row}: {r['name']} is no longer in the data under "
-                                       f"{cfg['root']}; pass --data_root DIR with the evaluated data")
-                figures[kind].append(_figure(a, b, row, es, index[r["name"]], r, img_dir,
-                                             f"{len(summary['rows'])}_{kind}_{len(figures[kind])}"))
+                    raise CompareError(
+                        f"set {row}: {r['name']} is no longer in the data under "
+                        f"{cfg['root']}; pass --data_root DIR with the evaluated data"
+                    )
+                figures[kind].append(
+                    _figure(
+                        a,
+                        b,
+                        row,
+                        es,
+                        index[r["name"]],
+                        r,
+                        img_dir,
+                        f"{len(summary['rows'])}_{kind}_{len(figures[kind])}",
+                    )
+                )
         summary["rows"][row] = {
-            "title": ea["title"], "images": len(images),
-            "a": {"psnr": ea["psnr"], "ssim": ea["ssim"]}, "b": {"psnr": eb["psnr"], "ssim": eb["ssim"]},
+            "title": ea["title"],
+            "images": len(images),
+            "a": {"psnr": ea["psnr"], "ssim": ea["ssim"]},
+            "b": {"psnr": eb["psnr"], "ssim": eb["ssim"]},
             "delta": {"psnr": eb["psnr"] - ea["psnr"], "ssim": eb["ssim"] - ea["ssim"]},
             "partial": bool(ea.get("partial") or eb.get("partial")),
-            "improved": sum(r["d_psnr"] > 0 for r in images), "worse": sum(r["d_psnr"] < 0 for r in images),
-            "per_image": images, "figures": figures,
+            "improved": sum(r["d_psnr"] > 0 for r in images),
+            "worse": sum(r["d_psnr"] < 0 for r in images),
+            "per_image": images,
+            "figures": figures,
         }
         body += _row_section(row, summary["rows"][row], a, b)
-    avg = {"a": a.results["average"], "b": b.results["average"],
-           "columns": a.results["table"]["columns"] if a.results["table"] == b.results["table"] else None}
+    avg = {
+        "a": a.results["average"],
+        "b": b.results["average"],
+        "columns": a.results["table"]["columns"] if a.results["table"] == b.results["table"] else None,
+    }
     summary["average"] = avg
     page = _page(a, b, summary, notes, body)
     (out / "index.html").write_text(page, encoding="utf-8")
@@ -279,8 +335,9 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
     return summary
 
 
-def _figure(a: Run, b: Run, row: str, es: readers.EvalSet, i: int, r: Mapping[str, Any],
-            img_dir: pathlib.Path, key: str) -> dict[str, Any]:
+def _figure(
+    a: Run, b: Run, row: str, es: readers.EvalSet, i: int, r: Mapping[str, Any], img_dir: pathlib.Path, key: str
+) -> dict[str, Any]:
     """Writes one figure's crops; returns their file names and the window."""
     from PIL import Image
 
@@ -290,9 +347,11 @@ def _figure(a: Run, b: Run, row: str, es: readers.EvalSet, i: int, r: Mapping[st
     yb = np.asarray(Image.open(b.image(row, r["name"])).convert("RGB"))
     for label, img, run in (("A", ya, a), ("B", yb, b)):
         if img.shape != clean.shape:
-            raise CompareError(f"set {row}: the restored image {run.image(row, r['name'])} is "
-                               f"{img.shape[1]}x{img.shape[0]} but the data's image is "
-                               f"{clean.shape[1]}x{clean.shape[0]}; was {label} evaluated on other data?")
+            raise CompareError(
+                f"set {row}: the restored image {run.image(row, r['name'])} is "
+                f"{img.shape[1]}x{img.shape[0]} but the data's image is "
+                f"{clean.shape[1]}x{clean.shape[0]}; was {label} evaluated on other data?"
+            )
     side = max(8, min(clean.shape[:2]) // 4)
     top, left = zoom_window(ya, yb, side, fallback=ya.astype(np.int16) - clean)
     side = min(side, *clean.shape[:2])
@@ -305,8 +364,14 @@ def _figure(a: Run, b: Run, row: str, es: readers.EvalSet, i: int, r: Mapping[st
         _save(img_dir.parent / files[part], crop)
     files["overview"] = f"img/{key}_overview.png"
     ow, oh = _save(img_dir.parent / files["overview"], _overview(degraded, top, left, side))
-    return {"name": r["name"], "files": files, "window": {"top": top, "left": left, "side": side},
-            "zoom": zoom, "crop_pixels": side * zoom, "overview_size": [ow, oh]}
+    return {
+        "name": r["name"],
+        "files": files,
+        "window": {"top": top, "left": left, "side": side},
+        "zoom": zoom,
+        "crop_pixels": side * zoom,
+        "overview_size": [ow, oh],
+    }
 
 
 def _row_section(row: str, s: Mapping[str, Any], a: Run, b: Run) -> list[str]:
@@ -323,26 +388,38 @@ def _row_section(row: str, s: Mapping[str, Any], a: Run, b: Run) -> list[str]:
         for f in figs:
             r = per[f["name"]]
             cell = f["crop_pixels"]
-            parts = [("whole degraded image (square: the crops)", f["files"]["overview"], *f["overview_size"]),
-                     ("degraded", f["files"]["degraded"], cell, cell),
-                     (f"A: {a.label}, {r['a_psnr']:.2f} dB", f["files"]["a"], cell, cell),
-                     (f"B: {b.label}, {r['b_psnr']:.2f} dB", f["files"]["b"], cell, cell),
-                     ("clean", f["files"]["clean"], cell, cell)]
+            parts = [
+                ("whole degraded image (square: the crops)", f["files"]["overview"], *f["overview_size"]),
+                ("degraded", f["files"]["degraded"], cell, cell),
+                (f"A: {a.label}, {r['a_psnr']:.2f} dB", f["files"]["a"], cell, cell),
+                (f"B: {b.label}, {r['b_psnr']:.2f} dB", f["files"]["b"], cell, cell),
+                ("clean", f["files"]["clean"], cell, cell),
+            ]
             w = f["window"]
             out += ["<figure><div class=strip>"]
-            out += [f'<div><img src="{_esc(src)}" width="{iw}" height="{ih}" alt="{_esc(lab)}">{_esc(lab)}</div>'
-                    for lab, src, iw, ih in parts]
-            out.append(f"</div><figcaption><b>{_esc(f['name'])}</b>: PSNR {r['a_psnr']:.2f} → {r['b_psnr']:.2f} "
-                       f"dB ({r['d_psnr']:+.2f}), SSIM {r['a_ssim']:.4f} → {r['b_ssim']:.4f} ({r['d_ssim']:+.4f}); "
-                       f"crops: {w['side']}x{w['side']} px at ({w['left']}, {w['top']}), where A and B differ "
-                       f"most, enlarged {f['zoom']}x</figcaption></figure>")
-    out += ["<h3>Every image, by the change in PSNR</h3><div class=scroll>",
-            ('<table class="per-image"><thead><tr><th>#</th><th class=name>Image</th><th>A PSNR</th>'
-             "<th>B PSNR</th><th>Δ PSNR</th><th>A SSIM</th><th>B SSIM</th><th>Δ SSIM</th></tr></thead><tbody>")]
+            out += [
+                f'<div><img src="{_esc(src)}" width="{iw}" height="{ih}" alt="{_esc(lab)}">{_esc(lab)}</div>'
+                for lab, src, iw, ih in parts
+            ]
+            out.append(
+                f"</div><figcaption><b>{_esc(f['name'])}</b>: PSNR {r['a_psnr']:.2f} → {r['b_psnr']:.2f} "
+                f"dB ({r['d_psnr']:+.2f}), SSIM {r['a_ssim']:.4f} → {r['b_ssim']:.4f} ({r['d_ssim']:+.4f}); "
+                f"crops: {w['side']}x{w['side']} px at ({w['left']}, {w['top']}), where A and B differ "
+                f"most, enlarged {f['zoom']}x</figcaption></figure>"
+            )
+    out += [
+        "<h3>Every image, by the change in PSNR</h3><div class=scroll>",
+        (
+            '<table class="per-image"><thead><tr><th>#</th><th class=name>Image</th><th>A PSNR</th>'
+            "<th>B PSNR</th><th>Δ PSNR</th><th>A SSIM</th><th>B SSIM</th><th>Δ SSIM</th></tr></thead><tbody>"
+        ),
+    ]
     for k, r in enumerate(s["per_image"], 1):
-        out.append(f"<tr><td>{k}</td><td class=name>{_esc(r['name'])}</td><td>{r['a_psnr']:.2f}</td>"
-                   f"<td>{r['b_psnr']:.2f}</td>{_delta(r['d_psnr'], 2)}<td>{r['a_ssim']:.4f}</td>"
-                   f"<td>{r['b_ssim']:.4f}</td>{_delta(r['d_ssim'], 4)}</tr>")
+        out.append(
+            f"<tr><td>{k}</td><td class=name>{_esc(r['name'])}</td><td>{r['a_psnr']:.2f}</td>"
+            f"<td>{r['b_psnr']:.2f}</td>{_delta(r['d_psnr'], 2)}<td>{r['a_ssim']:.4f}</td>"
+            f"<td>{r['b_ssim']:.4f}</td>{_delta(r['d_ssim'], 4)}</tr>"
+        )
     out += ["</tbody></table></div>", "</section>"]
     return out
 
@@ -353,28 +430,39 @@ def _page(a: Run, b: Run, summary: Mapping[str, Any], notes: Sequence[str], body
         extra = f"; checkpoint {m['checkpoint']}" if m.get("checkpoint") else ""
         return f"{_esc(run.label)} <span class=muted>({_esc(run.folder)}{_esc(extra)})</span>"
 
-    head = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-            '<meta name="generator" content="irpo_jax.compare">',
-            f"<title>{_esc(a.label)} vs {_esc(b.label)}</title><style>{CSS}</style></head><body>",
-            f"<h1>{_esc(a.label)} (A) vs {_esc(b.label)} (B)</h1>",
-            f"<p>A: {who(a)}<br>B: {who(b)}</p>",
-            ("<p class=muted>PSNR (dB) / SSIM as irpo_jax.evaluate scored them (RGB in [0, 1], images "
-             "cropped to a multiple of 16 and run whole, skimage SSIM). Δ = B − A. Crops show the "
-             "square where A and B differ most, enlarged without interpolation.</p>")]
+    head = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="generator" content="irpo_jax.compare">',
+        f"<title>{_esc(a.label)} vs {_esc(b.label)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_esc(a.label)} (A) vs {_esc(b.label)} (B)</h1>",
+        f"<p>A: {who(a)}<br>B: {who(b)}</p>",
+        (
+            "<p class=muted>PSNR (dB) / SSIM as irpo_jax.evaluate scored them (RGB in [0, 1], images "
+            "cropped to a multiple of 16 and run whole, skimage SSIM). Δ = B − A. Crops show the "
+            "square where A and B differ most, enlarged without interpolation.</p>"
+        ),
+    ]
     head += [f'<p class="note">Settings differ: {_esc(n)}</p>' for n in notes]
-    head.append('<h2>Per set</h2><table id="summary"><thead><tr><th>Set</th><th>Images</th><th>A PSNR/SSIM</th>'
-                "<th>B PSNR/SSIM</th><th>Δ PSNR</th><th>Δ SSIM</th><th>Better / worse</th></tr></thead><tbody>")
+    head.append(
+        '<h2>Per set</h2><table id="summary"><thead><tr><th>Set</th><th>Images</th><th>A PSNR/SSIM</th>'
+        "<th>B PSNR/SSIM</th><th>Δ PSNR</th><th>Δ SSIM</th><th>Better / worse</th></tr></thead><tbody>"
+    )
     for row, s in summary["rows"].items():
-        head.append(f'<tr><td><a href="#row-{_esc(row)}">{_esc(s["title"])}</a>{" (partial)" if s["partial"] else ""}'
-                    f"</td><td>{s['images']}</td><td>{s['a']['psnr']:.2f}/{s['a']['ssim']:.4f}</td>"
-                    f"<td>{s['b']['psnr']:.2f}/{s['b']['ssim']:.4f}</td>{_delta(s['delta']['psnr'], 2)}"
-                    f"{_delta(s['delta']['ssim'], 4)}<td>{s['improved']} / {s['worse']}</td></tr>")
+        head.append(
+            f'<tr><td><a href="#row-{_esc(row)}">{_esc(s["title"])}</a>{" (partial)" if s["partial"] else ""}'
+            f"</td><td>{s['images']}</td><td>{s['a']['psnr']:.2f}/{s['a']['ssim']:.4f}</td>"
+            f"<td>{s['b']['psnr']:.2f}/{s['b']['ssim']:.4f}</td>{_delta(s['delta']['psnr'], 2)}"
+            f"{_delta(s['delta']['ssim'], 4)}<td>{s['improved']} / {s['worse']}</td></tr>"
+        )
     avg = summary["average"]
     if avg["columns"] and all(math.isfinite(avg[k]["psnr"]) for k in ("a", "b")):
-        head.append(f"<tr><td><b>Average</b> <span class=muted>({_esc(', '.join(avg['columns']))})</span></td><td></td>"
-                    f"<td>{avg['a']['psnr']:.2f}/{avg['a']['ssim']:.4f}</td><td>{avg['b']['psnr']:.2f}/"
-                    f"{avg['b']['ssim']:.4f}</td>{_delta(avg['b']['psnr'] - avg['a']['psnr'], 2)}"
-                    f"{_delta(avg['b']['ssim'] - avg['a']['ssim'], 4)}<td></td></tr>")
+        head.append(
+            f"<tr><td><b>Average</b> <span class=muted>({_esc(', '.join(avg['columns']))})</span></td><td></td>"
+            f"<td>{avg['a']['psnr']:.2f}/{avg['a']['ssim']:.4f}</td><td>{avg['b']['psnr']:.2f}/"
+            f"{avg['b']['ssim']:.4f}</td>{_delta(avg['b']['psnr'] - avg['a']['psnr'], 2)}"
+            f"{_delta(avg['b']['ssim'] - avg['a']['ssim'], 4)}<td></td></tr>"
+        )
     head.append("</tbody></table>")
     return "\n".join([*head, *body, "</body></html>"]) + "\n"
 
@@ -394,8 +482,10 @@ def _prepare_out(out: pathlib.Path) -> None:
         except (OSError, ValueError, AttributeError):
             ours = False
         if not ours:
-            raise CompareError(f"--out {out} exists and is not a comparison page written by "
-                               "irpo_jax.compare; nothing was written. Choose an empty or new folder")
+            raise CompareError(
+                f"--out {out} exists and is not a comparison page written by "
+                "irpo_jax.compare; nothing was written. Choose an empty or new folder"
+            )
 
 
 def _cannot_write(err: OSError) -> str:
@@ -421,8 +511,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for every error)."""
-    p = cli.ArgumentParser(prog="python -m irpo_jax.compare", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(
+        prog="python -m irpo_jax.compare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_a", help="evaluation output A (evaluate --save_images --out)")
     p.add_argument("run_b", help="evaluation output B, compared with A")
     p.add_argument("--out", required=True, help="folder for index.html and its images (new, or an earlier page)")

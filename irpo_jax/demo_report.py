@@ -54,8 +54,11 @@ def action_lines(records: list[dict]) -> list[str]:
         changed = f"actions/{name}/mask_changed"
         cells.append(f"{100 * first[changed]:.1f} % -> {100 * last[changed]:.1f} %")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    corr = [r["reward/corr_psnr"] for r in records
-            if isinstance(r.get("reward/corr_psnr"), float) and r["reward/corr_psnr"] == r["reward/corr_psnr"]]
+    corr = [
+        r["reward/corr_psnr"]
+        for r in records
+        if isinstance(r.get("reward/corr_psnr"), float) and r["reward/corr_psnr"] == r["reward/corr_psnr"]
+    ]
     if corr:
         lines += ["", f"Reward vs PSNR within groups (Pearson r, mean of {len(corr)} log points): {_mean(corr):+.3f}"]
     return lines
@@ -95,7 +98,9 @@ def report(runs: pathlib.Path) -> str:
     page = runs / "demo_eval" / "compare" / "index.html"
     lines += [
         "",
-        f"Comparison page:  {page}" if page.is_file() else "Comparison page:  (not written; "
+        f"Comparison page:  {page}"
+        if page.is_file()
+        else "Comparison page:  (not written; "
         "python -m irpo_jax.compare runs/demo_eval/before runs/demo_eval/after --out runs/demo_eval/compare)",
         f"Restored images:  {runs / 'demo_eval'}/{{before,after}}/eval/*/images",
         f"TensorBoard:      tensorboard --logdir {runs}",

@@ -50,8 +50,7 @@ def _check_parents(path: pathlib.Path, what: str) -> pathlib.Path:
     existing = _nearest_existing(path.parent)
     if not existing.is_dir():
         raise DestinationError(
-            f"{what}: cannot create it because {existing} is a file, not a folder; "
-            "choose another location"
+            f"{what}: cannot create it because {existing} is a file, not a folder; choose another location"
         )
     return existing
 

@@ -42,9 +42,7 @@ def _as_batch(x: jax.Array, y: jax.Array, name: str) -> tuple[jax.Array, jax.Arr
     if x.shape != y.shape:
         raise ValueError(f"{name}: images must have the same shape, got {x.shape} and {y.shape}")
     if x.ndim not in (3, 4):
-        raise ValueError(
-            f"{name}: expected an HWC image or an NHWC batch, got shape {x.shape} ({x.ndim}-D)"
-        )
+        raise ValueError(f"{name}: expected an HWC image or an NHWC batch, got shape {x.shape} ({x.ndim}-D)")
     # At least float32: bf16/uint8 inputs would lose the precision the skimage parity needs.
     dtype = jnp.promote_types(jnp.result_type(x, y), jnp.float32)
     x = x.astype(dtype)

@@ -38,12 +38,16 @@ def _config_data(spec: str) -> Any:
         line = str(err)
         raise DataError(line if line.startswith("--config") else f"--config {spec}: {line}") from err
     except Exception as err:  # noqa: BLE001 - whatever the user's config file raised
-        raise DataError(f"--config {spec}: loading it failed: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err
+        raise DataError(
+            f"--config {spec}: loading it failed: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+        ) from err
     data = config.get("data") if hasattr(config, "get") else getattr(config, "data", None)
     if data is None:
-        raise DataError(f"--config {spec}: get_config() has no 'data' field (a data config as "
-                        "irpo_jax.data.readers.default_data_config() makes)")
+        raise DataError(
+            f"--config {spec}: get_config() has no 'data' field (a data config as "
+            "irpo_jax.data.readers.default_data_config() makes)"
+        )
     return data
 
 
@@ -51,21 +55,40 @@ def _run(args: argparse.Namespace) -> int:
     """The mining the flags ask for: the manifest written, its table printed."""
     # Before the config file runs: the flags alone (crop_base comes from the data config,
     # so mine() checks --crop against it again).
-    mining.check_arguments(args.out, fraction=args.fraction, selection=args.selection,
-                           rank_by=args.rank_by, resume=not args.no_resume,
-                           overwrite=args.overwrite, batch_size=args.batch_size, seed=args.seed)
+    mining.check_arguments(
+        args.out,
+        fraction=args.fraction,
+        selection=args.selection,
+        rank_by=args.rank_by,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     data = _config_data(args.config) if args.config else readers.default_data_config()
     data = readers.resolve_config(data)
     if args.data_root:
         data["root"] = args.data_root
-    result = mining.mine(data, args.checkpoint, args.out, fraction=args.fraction,
-                         selection=args.selection, rank_by=args.rank_by, crop=args.crop,
-                         batch_size=args.batch_size, seed=args.seed, resume=not args.no_resume,
-                         overwrite=args.overwrite, progress=not args.no_progress)
+    result = mining.mine(
+        data,
+        args.checkpoint,
+        args.out,
+        fraction=args.fraction,
+        selection=args.selection,
+        rank_by=args.rank_by,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     if "table" in result:
         print(result["table"])
-        print(f"wrote {args.out} ({result['selection']['selected']} of {result['records']} pairs "
-              f"selected) and {args.out.with_suffix('.summary.md')}")
+        print(
+            f"wrote {args.out} ({result['selection']['selected']} of {result['records']} pairs "
+            f"selected) and {args.out.with_suffix('.summary.md')}"
+        )
     return 0
 
 
@@ -75,22 +98,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m irpo_jax.mine",
         description="Score every training pair with a model and select the hardest fraction.",
     )
-    parser.add_argument("--checkpoint", required=True,
-                        help="model directory (converted or trained)")
+    parser.add_argument("--checkpoint", required=True, help="model directory (converted or trained)")
     parser.add_argument("--out", required=True, type=Path, help="manifest to write (JSON lines)")
-    parser.add_argument("--data_root",
-                        help="AdaIR data root (e.g. a demo set); overrides data.root")
+    parser.add_argument("--data_root", help="AdaIR data root (e.g. a demo set); overrides data.root")
     parser.add_argument("--config", help="path.py[:arg] whose get_config() has a 'data' field")
     parser.add_argument("--fraction", type=float, default=0.3, help="share selected (default 0.3)")
     parser.add_argument("--selection", choices=mining.SELECTIONS, default="per_task")
     parser.add_argument("--rank_by", choices=mining.RANK_BY, default="psnr")
-    parser.add_argument("--crop", type=int, default=0,
-                        help="0: whole images (cropped to multiples of 16); N: centre N x N crops")
+    parser.add_argument(
+        "--crop", type=int, default=0, help="0: whole images (cropped to multiples of 16); N: centre N x N crops"
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="denoise noise and random selection")
     parser.add_argument("--no_resume", action="store_true", help="ignore OUT.partial.jsonl")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out (an earlier manifest or any other file)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (an earlier manifest or any other file)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.data_root and not args.config:
@@ -102,9 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def cannot_write(err: OSError) -> str:  # what the checks could not foresee (the disk filled up, ...)
         return f"{err.filename if err.filename is not None else args.out}: {err.strerror or err}"
 
-    return cli.main_errors(lambda: _run(args), (DataError, CheckpointError, ValueError), code=1,
-                           os_error=cannot_write,
-                           resume=f"the same command resumes from {args.out}.partial.jsonl (--no_resume starts over)")
+    return cli.main_errors(
+        lambda: _run(args),
+        (DataError, CheckpointError, ValueError),
+        code=1,
+        os_error=cannot_write,
+        resume=f"the same command resumes from {args.out}.partial.jsonl (--no_resume starts over)",
+    )
 
 
 if __name__ == "__main__":

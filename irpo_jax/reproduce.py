@@ -64,8 +64,11 @@ def published_adair() -> dict[str, Any]:
     from irpo_jax.evaluation import published
 
     table = published.TABLES["allinone5"][0]
-    return {"source": table.title, "rows": {r: list(table.values["adair"][r]) for r in table.rows},
-            "average": list(table.average["adair"])}
+    return {
+        "source": table.title,
+        "rows": {r: list(table.values["adair"][r]) for r in table.rows},
+        "average": list(table.average["adair"]),
+    }
 
 
 def compare_with_expected(results: Mapping[str, Any], expected: Mapping[str, Any], tolerance: float) -> list[str]:
@@ -85,21 +88,25 @@ def compare_with_expected(results: Mapping[str, Any], expected: Mapping[str, Any
     lines, off = [], []
     for r, (psnr, ssim) in expected["rows"].items():
         d = rows[r]["psnr"] - psnr
-        lines.append(f"  {r:<10} ours {rows[r]['psnr']:.2f}/{rows[r]['ssim']:.3f}  expected {psnr:.2f}/{ssim:.3f}"
-                     f"  {d:+.2f} dB")
+        lines.append(
+            f"  {r:<10} ours {rows[r]['psnr']:.2f}/{rows[r]['ssim']:.3f}  expected {psnr:.2f}/{ssim:.3f}  {d:+.2f} dB"
+        )
         if abs(d) > tolerance:
             off.append(f"{r} {rows[r]['psnr']:.2f} dB vs {psnr:.2f} ({d:+.2f})")
     ours = sum(rows[r]["psnr"] for r in expected["rows"]) / len(expected["rows"])
     d = ours - expected["average"][0]
-    lines.append(f"  {'average':<10} ours {ours:.2f} dB  expected {expected['average'][0]:.2f} dB  {d:+.2f} dB "
-                 f"(tolerance {tolerance:g} dB)")
+    lines.append(
+        f"  {'average':<10} ours {ours:.2f} dB  expected {expected['average'][0]:.2f} dB  {d:+.2f} dB "
+        f"(tolerance {tolerance:g} dB)"
+    )
     if abs(d) > tolerance:
         raise ReproductionError(
             f"AdaIR's five-task average is {ours:.2f} dB, {d:+.2f} dB from the expected {expected['average'][0]:.2f} "
             f"dB ({expected.get('source', 'expected row')}), more than {tolerance:g} dB: "
             + ("; ".join(off) if off else "no single set is off by more than the tolerance")
             + ". Check those sets' data (python -m irpo_jax.data.prepare --check DATA) and the checkpoint "
-            "before post-training")
+            "before post-training"
+        )
     return lines
 
 
@@ -120,8 +127,10 @@ class _Recipe:
         print(f"== {step}: {shlex.join(cmd[2:])}", flush=True)
         rc = subprocess.run(cmd).returncode
         if rc != 0:
-            raise ReproductionError(f"step {step} failed (exit {rc}): python -m {shlex.join(argv)}. Fix what it "
-                                    "says and rerun the same command: finished steps are skipped")
+            raise ReproductionError(
+                f"step {step} failed (exit {rc}): python -m {shlex.join(argv)}. Fix what it "
+                "says and rerun the same command: finished steps are skipped"
+            )
 
     def skip(self, step: str, why: str) -> None:
         print(f"== {step}: skipped ({why})", flush=True)
@@ -136,8 +145,10 @@ class _Recipe:
         if self.data.is_dir() and subprocess.run(check, capture_output=True).returncode == 0:
             return self.skip("data", f"prepare --check {self.data}: every set complete")
         if not a.downloads:
-            raise ReproductionError(f"{self.data} is not complete and no --downloads was given: pass the folder "
-                                    "with the downloaded data sets (README 'Preparing the data')")
+            raise ReproductionError(
+                f"{self.data} is not complete and no --downloads was given: pass the folder "
+                "with the downloaded data sets (README 'Preparing the data')"
+            )
         self.run("data", ["irpo_jax.data.prepare", "--downloads", a.downloads, "--out", str(self.data), "--strict"])
 
     def checkpoint_step(self) -> None:
@@ -146,8 +157,17 @@ class _Recipe:
             summary = self.adair.parent / "summary.json"
             if self._finished(summary):
                 return self.skip("checkpoint", f"{self.adair} (supervised demo run finished)")
-            return self.run("checkpoint", ["irpo_jax.train", "--config", self.sup_config, "--workdir",
-                                           str(self.adair.parent), f"--config.data.root={self.data}"])
+            return self.run(
+                "checkpoint",
+                [
+                    "irpo_jax.train",
+                    "--config",
+                    self.sup_config,
+                    "--workdir",
+                    str(self.adair.parent),
+                    f"--config.data.root={self.data}",
+                ],
+            )
         manifest = self.adair / "manifest.json"
         try:
             if json.loads(manifest.read_text())["verification"]["passed"]:
@@ -155,8 +175,10 @@ class _Recipe:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if not a.checkpoint:
-            raise ReproductionError(f"{self.adair} holds no verified conversion and no --checkpoint was given: "
-                                    "pass the official adair5d.ckpt (linked from github.com/c-yn/AdaIR's README)")
+            raise ReproductionError(
+                f"{self.adair} holds no verified conversion and no --checkpoint was given: "
+                "pass the official adair5d.ckpt (linked from github.com/c-yn/AdaIR's README)"
+            )
         self.run("checkpoint", ["torch_bridge.convert_adair", a.checkpoint, str(self.adair), "--verify"])
 
     @staticmethod
@@ -172,9 +194,25 @@ class _Recipe:
         if got is not None:
             self.skip(step, f"{out} holds its results")
             return got
-        self.run(step, ["irpo_jax.evaluate", "--checkpoint", str(checkpoint), "--config", self.config,
-                        "--data_root", str(self.data), "--sets", self.args.sets, "--out", str(out),
-                        "--save_images", "--reference", reference])
+        self.run(
+            step,
+            [
+                "irpo_jax.evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--config",
+                self.config,
+                "--data_root",
+                str(self.data),
+                "--sets",
+                self.args.sets,
+                "--out",
+                str(out),
+                "--save_images",
+                "--reference",
+                reference,
+            ],
+        )
         got = _results(out)
         if got is None:
             raise ReproductionError(f"step {step}: evaluate wrote no results under {out}/eval/")
@@ -195,8 +233,11 @@ class _Recipe:
             if not record.is_file():
                 rows = {r: [results["rows"][r]["psnr"], results["rows"][r]["ssim"]] for r in FIVE_TASK}
                 avg = [sum(v[i] for v in rows.values()) / len(rows) for i in (0, 1)]
-                safe_files.atomic_write_json(record, {"source": f"the demo's first evaluation ({self.eval_a})",
-                                                      "rows": rows, "average": avg}, indent=1)
+                safe_files.atomic_write_json(
+                    record,
+                    {"source": f"the demo's first evaluation ({self.eval_a})", "rows": rows, "average": avg},
+                    indent=1,
+                )
                 print(f"== recorded the demo's expected numbers in {record}", flush=True)
             expected = json.loads(record.read_text())
         else:
@@ -209,16 +250,42 @@ class _Recipe:
         if self.mined.is_file() and not Path(str(self.mined) + ".partial.jsonl").exists():
             return self.skip("mine", f"{self.mined} holds the hard set")
         m = cli.load_config(self.config).mining
-        self.run("mine", ["irpo_jax.mine", "--checkpoint", str(self.adair), "--config", self.config,
-                          "--data_root", str(self.data), "--out", str(self.mined), "--fraction", str(m.fraction),
-                          "--crop", str(m.crop), "--no_progress"])
+        self.run(
+            "mine",
+            [
+                "irpo_jax.mine",
+                "--checkpoint",
+                str(self.adair),
+                "--config",
+                self.config,
+                "--data_root",
+                str(self.data),
+                "--out",
+                str(self.mined),
+                "--fraction",
+                str(m.fraction),
+                "--crop",
+                str(m.crop),
+                "--no_progress",
+            ],
+        )
 
     def train_step(self) -> None:
         if self._finished(self.workdir / "summary.json"):
             return self.skip("post-train", f"{self.workdir} finished")
-        self.run("post-train", ["irpo_jax.train", "--config", self.config, "--workdir", str(self.workdir),
-                                f"--config.data.root={self.data}", f"--config.model.init_from={self.adair}",
-                                f"--config.data.manifest={self.mined}"])
+        self.run(
+            "post-train",
+            [
+                "irpo_jax.train",
+                "--config",
+                self.config,
+                "--workdir",
+                str(self.workdir),
+                f"--config.data.root={self.data}",
+                f"--config.model.init_from={self.adair}",
+                f"--config.data.manifest={self.mined}",
+            ],
+        )
 
     def compare_step(self) -> None:
         page = self.runs / "compare"
@@ -236,13 +303,19 @@ class _Recipe:
         self.train_step()
         self.evaluate_step("evaluate IRPO", self.workdir / "model", self.eval_b, "irpo")
         self.compare_step()
-        print(f"reproduce: done; tables in {self.eval_a}/eval and {self.eval_b}/eval, the page "
-              f"{self.runs / 'compare' / 'index.html'}", flush=True)
+        print(
+            f"reproduce: done; tables in {self.eval_a}/eval and {self.eval_b}/eval, the page "
+            f"{self.runs / 'compare' / 'index.html'}",
+            flush=True,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m irpo_jax.reproduce", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(
+        prog="python -m irpo_jax.reproduce",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--downloads", help="folder with the downloaded data sets (prepare --downloads)")
     p.add_argument("--checkpoint", help="the official adair5d.ckpt (converted with --verify)")
     p.add_argument("--data", default="", help="data root (default data/, or RUNS/demo_data with --demo)")
@@ -252,8 +325,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="", help="config variant (demo, smoke); --demo defaults to demo")
     p.add_argument("--sets", default=DEFAULT_SETS, help=f"evaluated sets (default {DEFAULT_SETS})")
     p.add_argument("--demo", action="store_true", help="the steps on the demo data, AdaIR trained there")
-    p.add_argument("--expected", help="JSON {\"rows\": {row: [psnr, ssim]}, \"average\": [psnr, ssim]} to check "
-                   "AdaIR's evaluation against (default: the published row of IRPO Table 2)")
+    p.add_argument(
+        "--expected",
+        help='JSON {"rows": {row: [psnr, ssim]}, "average": [psnr, ssim]} to check '
+        "AdaIR's evaluation against (default: the published row of IRPO Table 2)",
+    )
     p.add_argument("--tolerance", type=float, default=0.05, help="dB the five-task average may differ (0.05)")
     return p
 
@@ -264,8 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.variant = "demo"
     if args.demo and args.sets == DEFAULT_SETS:
         args.sets = "sots,rain100l,bsd68,gopro,lol"  # the demo set has no out-of-domain sets
-    return cli.main_errors(lambda: _Recipe(args)() or 0, (ReproductionError,), prefix="reproduce: stopped: ",
-                           resume="rerun the same command: finished steps are skipped")
+    return cli.main_errors(
+        lambda: _Recipe(args)() or 0,
+        (ReproductionError,),
+        prefix="reproduce: stopped: ",
+        resume="rerun the same command: finished steps are skipped",
+    )
 
 
 if __name__ == "__main__":

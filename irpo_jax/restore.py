@@ -163,8 +163,9 @@ def read_png16(path: os.PathLike | str) -> np.ndarray:
     if depth != 16 or ctype not in _CHANNELS:
         raise ImageError(f"{path}: read_png16 reads 16-bit grey/RGB(A) PNGs, this is {depth}-bit type {ctype}")
     if interlace:
-        raise ImageError(f"{path}: interlaced 16-bit PNGs are not supported; re-save it without "
-                         "interlacing or as a 16-bit TIFF")
+        raise ImageError(
+            f"{path}: interlaced 16-bit PNGs are not supported; re-save it without interlacing or as a 16-bit TIFF"
+        )
     channels = _CHANNELS[ctype]
     bpp, stride = 2 * channels, 2 * channels * w
     try:
@@ -340,8 +341,9 @@ def _within(p: pathlib.Path, folder: pathlib.Path) -> bool:
     return p == folder or folder in p.parents
 
 
-def plan(inputs: Sequence[os.PathLike | str], out: os.PathLike | str, *,
-         overwrite: bool = False) -> tuple[list[tuple[pathlib.Path, pathlib.Path]], list[tuple[pathlib.Path, str]]]:
+def plan(
+    inputs: Sequence[os.PathLike | str], out: os.PathLike | str, *, overwrite: bool = False
+) -> tuple[list[tuple[pathlib.Path, pathlib.Path]], list[tuple[pathlib.Path, str]]]:
     """Maps inputs to output paths and checks that nothing would be overwritten.
 
     Folders are searched recursively for image files (hidden files and anything under ``out``
@@ -363,11 +365,18 @@ def plan(inputs: Sequence[os.PathLike | str], out: os.PathLike | str, *,
         src = pathlib.Path(given).absolute()
         if src.is_dir():
             if src.resolve() == out.resolve():
-                raise RestoreError(f"--out {out} is the input folder {given}: restoring in place would "
-                                   "overwrite the inputs. Choose another --out.")
-            files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(src).parts)
-                           and not _within(p.resolve(), out.resolve()))
+                raise RestoreError(
+                    f"--out {out} is the input folder {given}: restoring in place would "
+                    "overwrite the inputs. Choose another --out."
+                )
+            files = sorted(
+                p
+                for p in src.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(src).parts)
+                and not _within(p.resolve(), out.resolve())
+            )
             if not files:
                 log.warning("no image files (%s) in %s", ", ".join(IMAGE_EXTENSIONS), src)
             jobs += [(p, _output_name(out / p.relative_to(src))) for p in files]
@@ -378,20 +387,26 @@ def plan(inputs: Sequence[os.PathLike | str], out: os.PathLike | str, *,
     sources = {s.resolve() for s, _ in jobs}
     clash = [d for _, d in jobs if d.resolve() in sources]
     if clash:
-        raise RestoreError(f"the output {clash[0]} would overwrite an input file; restoring never "
-                           "overwrites inputs. Choose another --out.")
+        raise RestoreError(
+            f"the output {clash[0]} would overwrite an input file; restoring never "
+            "overwrites inputs. Choose another --out."
+        )
     by_dst = collections.defaultdict(list)
     for s, d in jobs:
         by_dst[d].append(s)
     dup = {d: s for d, s in by_dst.items() if len(s) > 1}
     if dup:
         d, s = next(iter(dup.items()))
-        raise RestoreError(f"{len(s)} inputs would be written to the same output {d} "
-                           f"({', '.join(str(x) for x in s[:4])}); restore them into different --out folders.")
+        raise RestoreError(
+            f"{len(s)} inputs would be written to the same output {d} "
+            f"({', '.join(str(x) for x in s[:4])}); restore them into different --out folders."
+        )
     existing = [d for _, d in jobs if d.exists()]
     if existing and not overwrite:
-        raise RestoreError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass "
-                           "--overwrite to replace them, or choose another --out.")
+        raise RestoreError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass "
+            "--overwrite to replace them, or choose another --out."
+        )
     return jobs, missing
 
 
@@ -429,8 +444,10 @@ class RestoreReport:
         return not self.failed
 
     def summary(self) -> str:
-        lines = [f"restored {len(self.written)} of {len(self.written) + len(self.failed)} image(s)"
-                 + (f" ({len(self.tiled)} in tiles)" if self.tiled else "")]
+        lines = [
+            f"restored {len(self.written)} of {len(self.written) + len(self.failed)} image(s)"
+            + (f" ({len(self.tiled)} in tiles)" if self.tiled else "")
+        ]
         if self.failed:
             lines.append(f"{len(self.failed)} failed:")
             lines += [f"  {p}: {why}" for p, why in self.failed]
@@ -454,13 +471,11 @@ def check_tiling(tile: int, tile_overlap: int, fallback_tile: int) -> None:
     m = NETWORK_MULTIPLE
     for flag, value in (("--tile", tile), ("--tile_overlap", tile_overlap), ("--fallback_tile", fallback_tile)):
         if value < 0 or value % m:
-            raise RestoreError(f"{flag} {value}: must be 0 or a positive multiple of {m} "
-                               f"(AdaIR downsamples by {m})")
+            raise RestoreError(f"{flag} {value}: must be 0 or a positive multiple of {m} (AdaIR downsamples by {m})")
     if tile and tile_overlap >= tile:
         raise RestoreError(f"--tile_overlap {tile_overlap} must be smaller than --tile {tile}")
     if fallback_tile == m:
-        raise RestoreError(f"--fallback_tile {m}: too small to restore anything; use a larger tile "
-                           "or 0 (do not retry)")
+        raise RestoreError(f"--fallback_tile {m}: too small to restore anything; use a larger tile or 0 (do not retry)")
 
 
 def restore_files(
@@ -517,8 +532,7 @@ def restore_files(
     except OSError as err:
         raise RestoreError(f"--out: {destinations.os_error_line(err, 'cannot create')}") from err
     if tile:
-        log.warning("--tile %d: images with a side above %d px are restored in tiles; %s", tile, tile,
-                    TILING_WARNING)
+        log.warning("--tile %d: images with a side above %d px are restored in tiles; %s", tile, tile, TILING_WARNING)
     runner = runner_lib.make_runner(model, ensemble=False, oracle_k=0, devices=devices, precision=precision)
     bar = tqdm(total=len(jobs), unit="img", desc="restoring", disable=not progress, dynamic_ncols=True)
 
@@ -536,8 +550,13 @@ def restore_files(
         try:
             restored = runner.restore_tiled(padded, tile=size, overlap=min(tile_overlap, size - NETWORK_MULTIPLE))
         except Exception as err:  # noqa: BLE001 -- report and continue with the next file
-            report.failed.append((src, f"{'out of memory' if runner_lib.out_of_memory(err) else type(err).__name__}"
-                                       f" with {size}px tiles: {str(err)[:300]}; try a smaller --tile"))
+            report.failed.append(
+                (
+                    src,
+                    f"{'out of memory' if runner_lib.out_of_memory(err) else type(err).__name__}"
+                    f" with {size}px tiles: {str(err)[:300]}; try a smaller --tile",
+                )
+            )
             bar.update(1)
             return
         report.tiled.append(src)
@@ -553,8 +572,12 @@ def restore_files(
                     bar.update(1)
                 return
             for src, dst, dec, padded in group:
-                log.warning("%s: out of memory whole; retrying in %dpx tiles (%s)", src, fallback_tile,
-                            "tiled outputs differ from whole-image inference")
+                log.warning(
+                    "%s: out of memory whole; retrying in %dpx tiles (%s)",
+                    src,
+                    fallback_tile,
+                    "tiled outputs differ from whole-image inference",
+                )
                 tiled(src, dst, dec, padded, fallback_tile)
             return
         for (src, dst, dec, _), o in zip(group, outs):
@@ -562,8 +585,9 @@ def restore_files(
             finish(src, dst, dec, o[:h, :w])
 
     buckets = runner_lib.ShapeBuckets(run, size=runner.n, max_waiting=4 * runner.n)  # bound host memory
-    decoded = runner_lib.prefetch(lambda job: read_image(job[0]), jobs, workers=min(4, os.cpu_count() or 1),
-                                  errors=(ImageError,))  # a file that cannot be read comes as its ImageError
+    decoded = runner_lib.prefetch(
+        lambda job: read_image(job[0]), jobs, workers=min(4, os.cpu_count() or 1), errors=(ImageError,)
+    )  # a file that cannot be read comes as its ImageError
     for (src, dst), dec in decoded:
         if isinstance(dec, ImageError):
             report.failed.append((src, str(dec)))
@@ -583,18 +607,29 @@ def restore_files(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m irpo_jax.restore", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(
+        prog="python -m irpo_jax.restore",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="model directory (convert_adair output or <workdir>/model)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (never an input folder)")
     p.add_argument("--tile", type=int, default=0, help="restore images with a side above SIZE in tiles (0 = whole)")
     p.add_argument("--tile_overlap", type=int, default=32, help="tile overlap in pixels (multiple of 8)")
-    p.add_argument("--fallback_tile", type=int, default=512,
-                   help="tile size to retry with when a whole image runs out of memory (0 = do not retry)")
+    p.add_argument(
+        "--fallback_tile",
+        type=int,
+        default=512,
+        help="tile size to retry with when a whole image runs out of memory (0 = do not retry)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--precision", default="highest", choices=("highest", "high", "default"),
-                   help="matmul precision ('default' allows TF32 on GPUs: faster)")
+    p.add_argument(
+        "--precision",
+        default="highest",
+        choices=("highest", "high", "default"),
+        help="matmul precision ('default' allows TF32 on GPUs: faster)",
+    )
     return p
 
 
@@ -607,9 +642,16 @@ def _run(args: argparse.Namespace) -> int:
     check_out(args.out)
     plan(args.inputs, args.out, overwrite=args.overwrite)  # refuse before loading the model
     model = checkpointing.load_model(args.checkpoint)
-    report = restore_files(model, args.inputs, args.out, tile=args.tile, tile_overlap=args.tile_overlap,
-                           fallback_tile=args.fallback_tile, overwrite=args.overwrite,
-                           precision=args.precision)
+    report = restore_files(
+        model,
+        args.inputs,
+        args.out,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        fallback_tile=args.fallback_tile,
+        overwrite=args.overwrite,
+        precision=args.precision,
+    )
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     if not report.written and not report.failed:
         print("error: no images found in the inputs", file=sys.stderr)

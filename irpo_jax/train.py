@@ -28,12 +28,14 @@ from ml_collections import config_flags
 from irpo_jax import cli, destinations
 from irpo_jax.training.errors import TrainingError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/allinone5.py[:variant].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/allinone5.py[:variant].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Checkpoint and leave after this many steps (resume later).",
-                                   lower_bound=1)
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after", None, "Checkpoint and leave after this many steps (resume later).", lower_bound=1
+)
 
 
 def main(argv: list[str]) -> int:
@@ -70,8 +72,10 @@ def _train(cfg: Any, workdir: pathlib.Path) -> int:
     destinations.check_directory(workdir, "--workdir")  # before the data and the model are loaded (minutes)
     print(f"workdir: {workdir}  (stage {cfg.train.stage}, model {cfg.model.variant}, data {cfg.data.root})")
     summary = training.run(cfg, workdir, progress=_PROGRESS.value, stop_after=_STOP_AFTER.value)
-    print(f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
-          f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}")
+    print(
+        f"done: {summary['steps']}/{summary['total_steps']} steps ({summary['stop']}); "
+        f"model: {workdir / 'model'}; logs: {workdir / 'metrics.jsonl'}, TensorBoard: {workdir / 'tensorboard'}"
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         if summary["stop"].startswith(f"stopped by {sig.name}"):
             return 128 + sig.value

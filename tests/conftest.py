@@ -52,7 +52,15 @@ HAS_TORCH = _has_torch()
 # persistent compilation cache: JAX writes each entry as a whole file, and an entry read while
 # the other worker is still writing it fails its checksum and counts as a miss.
 SHARED_UNITS = {"test_train": "train", "test_multihost": "train", "test_hard_set": "train", "test_run_start": "train"}
-LONGEST_FIRST = ("train", "test_reproduce", "test_gpu_check", "test_policy", "test_grpo_update", "test_adair", "test_evaluate")
+LONGEST_FIRST = (
+    "train",
+    "test_reproduce",
+    "test_gpu_check",
+    "test_policy",
+    "test_grpo_update",
+    "test_adair",
+    "test_evaluate",
+)
 
 
 def _unit(module_path: str) -> str:

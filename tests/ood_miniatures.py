@@ -61,13 +61,15 @@ def build(root: pathlib.Path, seed: int = 0) -> dict[str, list[dict]]:
     # RRSHID.zip: subsets with their own splits; the training split is not evaluated.
     r = ood / "rrshid" / "RRSHID"
     rows = []
-    for k, (deg, gt, name) in enumerate([
-        ("thick/test/hazy/0003_hazy.jpg", "thick/test/GT/3.png", "thick/test/hazy/0003_hazy.jpg"),
-        ("thick/test/hazy/4.png", "thick/test/GT/4.png", "thick/test/hazy/4.png"),  # grey input
-        ("thin/test/hazy/1.png", "thin/test/GT/1.png", "thin/test/hazy/1.png"),
-        ("thin/test/hazy/2.png", "thin/test/GT/2.PNG", "thin/test/hazy/2.png"),  # case of the extension
-        ("thin/test/hazy/10.png", "thin/test/GT/10.png", "thin/test/hazy/10.png"),  # natural order
-    ]):
+    for k, (deg, gt, name) in enumerate(
+        [
+            ("thick/test/hazy/0003_hazy.jpg", "thick/test/GT/3.png", "thick/test/hazy/0003_hazy.jpg"),
+            ("thick/test/hazy/4.png", "thick/test/GT/4.png", "thick/test/hazy/4.png"),  # grey input
+            ("thin/test/hazy/1.png", "thin/test/GT/1.png", "thin/test/hazy/1.png"),
+            ("thin/test/hazy/2.png", "thin/test/GT/2.PNG", "thin/test/hazy/2.png"),  # case of the extension
+            ("thin/test/hazy/10.png", "thin/test/GT/10.png", "thin/test/hazy/10.png"),  # natural order
+        ]
+    ):
         d, c = _pair(rng, r / deg, r / gt, k, deg_mode="L" if deg.endswith("4.png") else None)
         rows.append({"name": name, "degraded": d, "clean": c})
     _pair(rng, r / "thin/train/hazy/7.png", r / "thin/train/GT/7.png", 0)
@@ -76,17 +78,24 @@ def build(root: pathlib.Path, seed: int = 0) -> dict[str, list[dict]]:
     # GT-RAIN_test: scene folders; every rainy frame against the scene's one clean frame.
     g = ood / "gtrain" / "GT-RAIN_test"
     rows = []
-    scenes = [("Gurutto_1-2", "Gurutto_1-2-Webcam", ["000", "001"], "Gurutto_1-2-Webcam-C-000.png"),
-              ("M1135_0-0", "M1135_0-0", ["000"], "M1135_0-0_ref-C-000.png"),  # another prefix: *C-000
-              ("Oinari_0-0", "Oinari_0-0", ["000", "002", "010"], "Oinari_0-0-C-000.png")]
+    scenes = [
+        ("Gurutto_1-2", "Gurutto_1-2-Webcam", ["000", "001"], "Gurutto_1-2-Webcam-C-000.png"),
+        ("M1135_0-0", "M1135_0-0", ["000"], "M1135_0-0_ref-C-000.png"),  # another prefix: *C-000
+        ("Oinari_0-0", "Oinari_0-0", ["000", "002", "010"], "Oinari_0-0-C-000.png"),
+    ]
     for k, (scene, prefix, frames, clean_name) in enumerate(scenes):
         h, w = SIZES[k % len(SIZES)]
         clean = _clean(rng, h, w)
         cpath = _save(g / scene / clean_name, clean)
         for f in frames:
-            rows.append({"name": f"{scene}/{prefix}-R-{f}.png", "group": f"GT-RAIN_test/{scene}",
-                         "degraded": _save(g / scene / f"{prefix}-R-{f}.png", _degrade(rng, clean)),
-                         "clean": cpath})
+            rows.append(
+                {
+                    "name": f"{scene}/{prefix}-R-{f}.png",
+                    "group": f"GT-RAIN_test/{scene}",
+                    "degraded": _save(g / scene / f"{prefix}-R-{f}.png", _degrade(rng, clean)),
+                    "clean": cpath,
+                }
+            )
     _save(g / "Oinari_0-0" / "Oinari_0-0-C-001.png", _clean(rng, 32, 32))  # a second clean frame: unused
     t = ood / "gtrain" / "GT-RAIN_train" / "Train_0-0"
     clean = _clean(rng, 32, 32)
@@ -103,8 +112,9 @@ def build(root: pathlib.Path, seed: int = 0) -> dict[str, list[dict]]:
     scipy.io.savemat(s / "ValidationGtBlocksSrgb.mat", {"ValidationGtBlocksSrgb": gt})
     scipy.io.savemat(s / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": noisy})
     scipy.io.savemat(s / "BenchmarkNoisyBlocksSrgb.mat", {"BenchmarkNoisyBlocksSrgb": noisy[:1]})
-    out["sidd"] = [{"name": f"{i:02d}_{b:02d}.png", "degraded": noisy[i, b], "clean": gt[i, b]}
-                   for i in range(2) for b in range(3)]
+    out["sidd"] = [
+        {"name": f"{i:02d}_{b:02d}.png", "degraded": noisy[i, b], "clean": gt[i, b]} for i in range(2) for b in range(3)
+    ]
 
     # ReLoBlur test: test/<scene>/<seq>/<MM>_{blur,sharp}.png; the masks tree and train are skipped.
     b = ood / "reloblur"

@@ -73,8 +73,12 @@ def write_rar4(path: pathlib.Path, files: dict[str, bytes]) -> None:
         nb = name.encode()
         # pack size, unpacked size, host OS (3 = Unix), CRC32, DOS time, version 2.0, method
         # 0x30 (store), name length, attributes; flag 0x8000: data follows the header.
-        body = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A2B0000, 20, 0x30,
-                           len(nb), 0o100644) + nb
+        body = (
+            struct.pack(
+                "<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A2B0000, 20, 0x30, len(nb), 0o100644
+            )
+            + nb
+        )
         out += block(0x74, 0x8000, body) + data
     out += block(0x7B, 0x4000, b"")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,8 @@ def build(downloads: pathlib.Path, seed: int = 0) -> dict[str, dict]:
     files["exploration_database_and_code/distorted_images/jpeg/00001_1.bmp"] = img("x.bmp", TRAIN)
     files["exploration_database_and_code/README.txt"] = b"Waterloo Exploration Database\n"
     (write_rar4 if PACKED else lambda p, f: write_folder(p.with_suffix(""), f))(
-        downloads / "exploration_database_and_code.rar", files)
+        downloads / "exploration_database_and_code.rar", files
+    )
     exp["wed"] = {"count": 3, "pairs": {(None, f"Train/Denoise/{i:05d}.bmp") for i in (1, 2, 4744)}}
 
     # BSD400 (the Drive file; its inside not confirmed): a BSD400 folder of a<id>.jpg, as listed.
@@ -119,42 +124,72 @@ def build(downloads: pathlib.Path, seed: int = 0) -> dict[str, dict]:
     files["RainTrainL/rainstreak-1.png"] = img("x.png", TRAIN)
     files["RainTrainL/rainregion-1.png"] = img("x.png", TRAIN)
     write_zip(rain / "RainTrainL.zip", files)
-    exp["raintrainl"] = {"count": 3, "pairs": {(f"Train/Derain/rainy/rain-{n}.png", f"Train/Derain/gt/norain-{n}.png")
-                                               for n in (1, 2, 10)}}
+    exp["raintrainl"] = {
+        "count": 3,
+        "pairs": {(f"Train/Derain/rainy/rain-{n}.png", f"Train/Derain/gt/norain-{n}.png") for n in (1, 2, 10)},
+    }
     files = {}
     for n in (1, 2):
         files[f"Rain100L/rainy/rain-{n:03d}.png"] = img("x.png", TEST)
         files[f"Rain100L/norain-{n:03d}.png"] = img("x.png", TEST)
     (write_7z if PACKED else lambda p, f: write_folder(p.with_suffix(""), f))(rain / "Rain100L.7z", files)
-    exp["rain100l"] = {"count": 2, "pairs": {(f"test/derain/Rain100L/input/{n}.png", f"test/derain/Rain100L/target/{n}.png")
-                                             for n in (1, 2)}}
+    exp["rain100l"] = {
+        "count": 2,
+        "pairs": {(f"test/derain/Rain100L/input/{n}.png", f"test/derain/Rain100L/target/{n}.png") for n in (1, 2)},
+    }
 
     # RESIDE-beta OTS, the outer archive extracted: haze/partK.zip (partK/IIII_A_B.jpg), clear/, depth/.
     ots = downloads / "OTS_BETA"
     hazy = {"1": ["0025_0.8_0.04.jpg", "0025_1_0.1.jpg"], "2": ["3068_0.8_0.04.jpg", "9999_0.8_0.1.jpg"]}
     for part, ns in hazy.items():
         write_zip(ots / "haze" / f"part{part}.zip", {f"part{part}/{n}": img(n, TRAIN) for n in ns})
-    write_folder(ots, {"clear/0025.jpg": img("x.jpg", TRAIN), "clear/3068.jpg": img("x.jpg", TRAIN),
-                       "depth/0025.mat": b"depth"})
-    exp["ots"] = {"count": 3, "pairs": {
-        ("Train/Dehaze/synthetic/part1/0025_0.8_0.04.jpg", "Train/Dehaze/original/0025.jpg"),
-        ("Train/Dehaze/synthetic/part1/0025_1_0.1.jpg", "Train/Dehaze/original/0025.jpg"),
-        ("Train/Dehaze/synthetic/part2/3068_0.8_0.04.jpg", "Train/Dehaze/original/3068.jpg")}}  # 9999: no clear
+    write_folder(
+        ots, {"clear/0025.jpg": img("x.jpg", TRAIN), "clear/3068.jpg": img("x.jpg", TRAIN), "depth/0025.mat": b"depth"}
+    )
+    exp["ots"] = {
+        "count": 3,
+        "pairs": {
+            ("Train/Dehaze/synthetic/part1/0025_0.8_0.04.jpg", "Train/Dehaze/original/0025.jpg"),
+            ("Train/Dehaze/synthetic/part1/0025_1_0.1.jpg", "Train/Dehaze/original/0025.jpg"),
+            ("Train/Dehaze/synthetic/part2/3068_0.8_0.04.jpg", "Train/Dehaze/original/3068.jpg"),
+        },
+    }  # 9999: no clear
 
     # SOTS: outdoor/hazy/IIII_A_B.jpg with outdoor/gt/IIII.png; indoor/ is not used.
-    write_zip(downloads / "SOTS.zip", {
-        "SOTS/outdoor/hazy/0001_0.8_0.2.jpg": img("x.jpg", TEST), "SOTS/outdoor/gt/0001.png": img("x.png", TEST),
-        "SOTS/outdoor/hazy/0002_1_0.08.jpg": img("x.jpg", TEST), "SOTS/outdoor/gt/0002.png": img("x.png", TEST),
-        "SOTS/indoor/hazy/1400_1.png": img("x.png", TEST), "SOTS/indoor/gt/1400.png": img("x.png", TEST)})
-    exp["sots"] = {"count": 2, "pairs": {("test/dehaze/input/0001_0.8_0.2.jpg", "test/dehaze/target/0001.png"),
-                                         ("test/dehaze/input/0002_1_0.08.jpg", "test/dehaze/target/0002.png")}}
+    write_zip(
+        downloads / "SOTS.zip",
+        {
+            "SOTS/outdoor/hazy/0001_0.8_0.2.jpg": img("x.jpg", TEST),
+            "SOTS/outdoor/gt/0001.png": img("x.png", TEST),
+            "SOTS/outdoor/hazy/0002_1_0.08.jpg": img("x.jpg", TEST),
+            "SOTS/outdoor/gt/0002.png": img("x.png", TEST),
+            "SOTS/indoor/hazy/1400_1.png": img("x.png", TEST),
+            "SOTS/indoor/gt/1400.png": img("x.png", TEST),
+        },
+    )
+    exp["sots"] = {
+        "count": 2,
+        "pairs": {
+            ("test/dehaze/input/0001_0.8_0.2.jpg", "test/dehaze/target/0001.png"),
+            ("test/dehaze/input/0002_1_0.08.jpg", "test/dehaze/target/0002.png"),
+        },
+    }
 
     # CBSD68: the GitHub repository's zip; CBSD68/original/*.jpg (original_png, noisyNN not used).
     top = "CBSD68-dataset-master/CBSD68"
-    write_zip(downloads / "CBSD68-dataset-master.zip", {
-        f"{top}/original/101085.jpg": img("x.jpg", TEST), f"{top}/original/3096.jpg": img("x.jpg", TEST),
-        f"{top}/original_png/0000.png": img("x.png", TEST), f"{top}/noisy25/0000.png": img("x.png", TEST)})
-    exp["bsd68"] = {"count": 2, "pairs": {(None, "test/denoise/bsd68/101085.jpg"), (None, "test/denoise/bsd68/3096.jpg")}}
+    write_zip(
+        downloads / "CBSD68-dataset-master.zip",
+        {
+            f"{top}/original/101085.jpg": img("x.jpg", TEST),
+            f"{top}/original/3096.jpg": img("x.jpg", TEST),
+            f"{top}/original_png/0000.png": img("x.png", TEST),
+            f"{top}/noisy25/0000.png": img("x.png", TEST),
+        },
+    )
+    exp["bsd68"] = {
+        "count": 2,
+        "pairs": {(None, "test/denoise/bsd68/101085.jpg"), (None, "test/denoise/bsd68/3096.jpg")},
+    }
 
     # GoPro: GOPRO_Large/{train,test}/<seq>/{blur,blur_gamma,sharp}/NNNNNN.png; frame names repeat
     # across sequences, hence AdaIR's <seq>_<frame> names.
@@ -166,10 +201,14 @@ def build(downloads: pathlib.Path, seed: int = 0) -> dict[str, dict]:
             for role in ("blur", "blur_gamma", "sharp"):
                 files[f"GOPRO_Large/{split}/{seq}/{role}/{frame}.png"] = img("x.png", side)
     write_zip(downloads / "GOPRO_Large.zip", files)
-    exp["gopro_train"] = {"count": 3, "pairs": {(f"Train/Deblur/blur/{s}_{f}.png", f"Train/Deblur/sharp/{s}_{f}.png")
-                                                for s, f in train}}
-    exp["gopro_test"] = {"count": 1, "pairs": {(f"test/deblur/gopro/input/{s}_{f}.png", f"test/deblur/gopro/target/{s}_{f}.png")
-                                               for s, f in test}}
+    exp["gopro_train"] = {
+        "count": 3,
+        "pairs": {(f"Train/Deblur/blur/{s}_{f}.png", f"Train/Deblur/sharp/{s}_{f}.png") for s, f in train},
+    }
+    exp["gopro_test"] = {
+        "count": 1,
+        "pairs": {(f"test/deblur/gopro/input/{s}_{f}.png", f"test/deblur/gopro/target/{s}_{f}.png") for s, f in test},
+    }
 
     # LOL: LOLdataset.zip -> our485/{low,high}, eval15/{low,high}.
     files = {}
@@ -178,7 +217,10 @@ def build(downloads: pathlib.Path, seed: int = 0) -> dict[str, dict]:
             for role in ("low", "high"):
                 files[f"LOLdataset/{split}/{role}/{n}.png"] = img("x.png", side)
     write_zip(downloads / "LOLdataset.zip", files)
-    exp["lol_train"] = {"count": 2, "pairs": {(f"Train/Enhance/low/{n}.png", f"Train/Enhance/gt/{n}.png") for n in ("2", "5")}}
+    exp["lol_train"] = {
+        "count": 2,
+        "pairs": {(f"Train/Enhance/low/{n}.png", f"Train/Enhance/gt/{n}.png") for n in ("2", "5")},
+    }
     exp["lol_test"] = {"count": 1, "pairs": {("test/enhance/lol/input/1.png", "test/enhance/lol/target/1.png")}}
 
     # The out-of-domain sets (tests/ood_miniatures: each release's layout), packed as published.
@@ -187,8 +229,14 @@ def build(downloads: pathlib.Path, seed: int = 0) -> dict[str, dict]:
         src = pathlib.Path(tmp) / "test" / "ood"
 
         def pack(zip_path: pathlib.Path, folder: pathlib.Path, prefix: str) -> None:
-            write_zip(zip_path, {(f"{prefix}/" if prefix else "") + p.relative_to(folder).as_posix(): p.read_bytes()
-                                 for p in sorted(folder.rglob("*")) if p.is_file()})
+            write_zip(
+                zip_path,
+                {
+                    (f"{prefix}/" if prefix else "") + p.relative_to(folder).as_posix(): p.read_bytes()
+                    for p in sorted(folder.rglob("*"))
+                    if p.is_file()
+                },
+            )
 
         pack(downloads / "RRSHID.zip", src / "rrshid" / "RRSHID", "RRSHID")
         pack(downloads / "GT-RAIN" / "GT-RAIN_test.zip", src / "gtrain" / "GT-RAIN_test", "GT-RAIN_test")

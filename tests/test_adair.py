@@ -95,9 +95,7 @@ def test_mask_case(weights, tiny_dir):
     w["fre3.rate_conv.2.weight"] = np.load(tiny_dir / "mask_fre3_rate_conv_2_weight.npy")
     x = np.load(tiny_dir / "mask_input_u8.npy").astype(np.float32) / np.float32(255)
     out, inter = run(convert.from_state_dict(w), nhwc(x))
-    np.testing.assert_allclose(
-        np.asarray(out), nhwc(np.load(tiny_dir / "mask_output.npy")), rtol=0, atol=OUTPUT_ATOL
-    )
+    np.testing.assert_allclose(np.asarray(out), nhwc(np.load(tiny_dir / "mask_output.npy")), rtol=0, atol=OUTPUT_ATOL)
     for band in ("low", "high"):
         ref = nhwc(np.load(tiny_dir / f"mask_fre3_{band}_c0.npy"))
         np.testing.assert_allclose(np.asarray(inter[f"fre3_{band}"])[..., :1], ref, rtol=0, atol=INTERMEDIATE_ATOL)

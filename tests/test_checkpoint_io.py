@@ -27,9 +27,7 @@ def tiny_weights(tiny_dir: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
     return read_state_dict(tiny_dir / "state_dict.pth")
 
 
-def _assert_bit_identical(
-    a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, same_order: bool = True
-) -> None:
+def _assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, same_order: bool = True) -> None:
     assert (list(a) == list(b)) if same_order else (sorted(a) == sorted(b))
     for k in a:
         assert a[k].dtype == b[k].dtype == np.float32, k

@@ -104,7 +104,7 @@ def test_other_folders_and_files_say_what_they_hold(tmp_path):
     assert f"convert it first: `python -m torch_bridge.convert_adair {tmp_path / 'w.pth'}" in _error(tmp_path / "w.pth")
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", "\"adair\"", "\xff\xfe"])
+@pytest.mark.parametrize("content", ["[1, 2]", '"adair"', "\xff\xfe"])
 def test_a_model_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, content):
     (tmp_path / "model.json").write_bytes(content.encode("latin-1"))
     message = _error(tmp_path)

@@ -23,14 +23,21 @@ def test_kebab_case_flags_are_respelled_with_a_note(capsys):
                                 "--to-torch"], ["to_torch", "stop_after", "data_root"], prog="x")  # fmt: skip
     assert got == ["--to_torch", "a", "--stop_after=3", "--data_root", "d", "--no-such", "--", "--to-torch"]
     err = capsys.readouterr().err.splitlines()
-    assert err == ["x: note: --to-torch is now spelled --to_torch; the old spelling will be removed",
-                   "x: note: --stop-after is now spelled --stop_after; the old spelling will be removed"]
+    assert err == [
+        "x: note: --to-torch is now spelled --to_torch; the old spelling will be removed",
+        "x: note: --stop-after is now spelled --stop_after; the old spelling will be removed",
+    ]
 
 
 def test_config_overrides_and_absl_negations_are_left_or_respelled_as_absl_expects(capsys):
     argv = ["--config.train.steps=2", "--config.data.worker-count=1", "--no-progress", "--stop-after", "2"]
     assert cli.snake_case_flags(argv, ["progress", "config", "stop_after"]) == [
-        "--config.train.steps=2", "--config.data.worker-count=1", "--noprogress", "--stop_after", "2"]
+        "--config.train.steps=2",
+        "--config.data.worker-count=1",
+        "--noprogress",
+        "--stop_after",
+        "2",
+    ]
     assert "--no-progress is now spelled --noprogress" in capsys.readouterr().err
 
 
@@ -69,12 +76,15 @@ class _Refused(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("raised, code, line", [
-    (_Refused("the workdir is taken"), 1, "error: the workdir is taken"),
-    (KeyboardInterrupt(), 130, "error: interrupted (Ctrl-C); rerun it"),
-    (cli.Terminated(), 143, "error: stopped by SIGTERM; rerun it"),
-    (OSError(errno.ENOSPC, "No space left on device", "/x/y"), 1, "error: full: /x/y"),
-])
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (_Refused("the workdir is taken"), 1, "error: the workdir is taken"),
+        (KeyboardInterrupt(), 130, "error: interrupted (Ctrl-C); rerun it"),
+        (cli.Terminated(), 143, "error: stopped by SIGTERM; rerun it"),
+        (OSError(errno.ENOSPC, "No space left on device", "/x/y"), 1, "error: full: /x/y"),
+    ],
+)
 def test_expected_errors_are_one_line_with_their_code(capsys, raised, code, line):
     def body():
         raise raised

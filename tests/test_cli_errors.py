@@ -51,12 +51,24 @@ def one_line(capsys) -> str:
     return err.splitlines()[0]
 
 
-@pytest.mark.parametrize("workdir, expected", [  # the system's reason (in brackets) varies by kernel and mount
-    ("/proc/irpo_test_run", r"--workdir /proc/irpo_test_run: cannot write in /proc \(.+\); choose a writable location"),
-    ("/sys/irpo_test_run", r"--workdir /sys/irpo_test_run: cannot write in /sys \(.+\); choose a writable location"),
-    ("FILE/run", "--workdir FILE/run: cannot create it because FILE is a file, not a folder; choose another location"),
-    ("FILE", "--workdir FILE is an existing file, not a folder; choose a folder"),
-])
+@pytest.mark.parametrize(
+    "workdir, expected",
+    [  # the system's reason (in brackets) varies by kernel and mount
+        (
+            "/proc/irpo_test_run",
+            r"--workdir /proc/irpo_test_run: cannot write in /proc \(.+\); choose a writable location",
+        ),
+        (
+            "/sys/irpo_test_run",
+            r"--workdir /sys/irpo_test_run: cannot write in /sys \(.+\); choose a writable location",
+        ),
+        (
+            "FILE/run",
+            "--workdir FILE/run: cannot create it because FILE is a file, not a folder; choose another location",
+        ),
+        ("FILE", "--workdir FILE is an existing file, not a folder; choose a folder"),
+    ],
+)
 def test_an_unwritable_workdir_is_one_line_before_training(train_cli, tmp_path, capsys, workdir, expected):
     import re
 
@@ -125,7 +137,9 @@ def test_kebab_case_flags_still_work_with_a_note(train_cli, tmp_path, capsys, mo
     assert train_cli("--config", CONFIG, "--workdir", tmp_path / "run", "--stop-after", "1", "--no-progress") == 0
     assert seen == {"progress": False, "stop_after": 1}
     err = capsys.readouterr().err
-    assert "note: --stop-after is now spelled --stop_after" in err and "--no-progress is now spelled --noprogress" in err
+    assert (
+        "note: --stop-after is now spelled --stop_after" in err and "--no-progress is now spelled --noprogress" in err
+    )
 
 
 def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
@@ -140,14 +154,23 @@ def test_other_os_errors_keep_their_traceback(train_cli, tmp_path, monkeypatch):
         train_cli("--config", CONFIG, "--workdir", tmp_path / "run")
 
 
-@pytest.mark.parametrize("config, needle", [
-    ("BAD.json", "--config BAD.json: not a valid Python config file ('{' was never closed, line 1); "
-                 "--config takes a .py file with get_config()"),
-    ("BAD.py", "--config BAD.py: not a valid Python config file (invalid syntax, line 1)"),
-    ("/nonexistent/config.py", "--config: [Errno 2] No such file or directory: '/nonexistent/config.py'; "
-                               "--config takes a .py file with get_config()"),
-    ("DIR", "--config: [Errno 21] Is a directory: 'DIR'; --config takes a .py file with get_config()"),
-])
+@pytest.mark.parametrize(
+    "config, needle",
+    [
+        (
+            "BAD.json",
+            "--config BAD.json: not a valid Python config file ('{' was never closed, line 1); "
+            "--config takes a .py file with get_config()",
+        ),
+        ("BAD.py", "--config BAD.py: not a valid Python config file (invalid syntax, line 1)"),
+        (
+            "/nonexistent/config.py",
+            "--config: [Errno 2] No such file or directory: '/nonexistent/config.py'; "
+            "--config takes a .py file with get_config()",
+        ),
+        ("DIR", "--config: [Errno 21] Is a directory: 'DIR'; --config takes a .py file with get_config()"),
+    ],
+)
 def test_config_file_errors_name_the_flag_and_the_file(train_cli, tmp_path, capsys, config, needle):
     (tmp_path / "BAD.json").write_text('{"optim": {"lr": 1e-4}\n')
     (tmp_path / "BAD.py").write_text("def get_config(:\n")

@@ -170,7 +170,9 @@ def test_clip_preprocessing_is_openais_pipeline():
     img = np.random.default_rng(0).uniform(size=(3, 256, 320)).astype(np.float32)
     got = encoder.preprocess(torch.from_numpy(img)[None])[0].numpy()
     new_w = int(CLIP_SIZE * 320 / 256)  # 280, as torchvision's Resize(int)
-    resized = np.stack([np.asarray(Image.fromarray(c, mode="F").resize((new_w, CLIP_SIZE), Image.BICUBIC)) for c in img])
+    resized = np.stack(
+        [np.asarray(Image.fromarray(c, mode="F").resize((new_w, CLIP_SIZE), Image.BICUBIC)) for c in img]
+    )
     left = (new_w - CLIP_SIZE) // 2
     cropped = resized[:, :, left : left + CLIP_SIZE]
     want = (cropped - np.asarray(OPENAI_CLIP_MEAN)[:, None, None]) / np.asarray(OPENAI_CLIP_STD)[:, None, None]

@@ -54,9 +54,25 @@ def runs(tmp_path_factory, tiny_dir):
     try:
         for label, noise in (("a", 0.0), ("b", 0.5)):
             model = _model(base / f"model_{label}", tiny_dir, noise)
-            rc = evaluate_cli.main(["--checkpoint", str(model), "--config", "configs/allinone5.py", "--data_root",
-                          str(root), "--sets", "ood5", "--test_dir", f"sidd={sidd}", "--save_images",
-                          "--reference", "adair", "--out", str(base / f"eval_{label}")])
+            rc = evaluate_cli.main(
+                [
+                    "--checkpoint",
+                    str(model),
+                    "--config",
+                    "configs/allinone5.py",
+                    "--data_root",
+                    str(root),
+                    "--sets",
+                    "ood5",
+                    "--test_dir",
+                    f"sidd={sidd}",
+                    "--save_images",
+                    "--reference",
+                    "adair",
+                    "--out",
+                    str(base / f"eval_{label}"),
+                ]
+            )
             assert rc == 0
             out[label] = base / f"eval_{label}" / "eval" / f"model_{label}"
     finally:
@@ -79,8 +95,10 @@ def test_ood5_evaluate_cli_with_the_tiny_model(runs):
     assert res["settings"]["data"]["test_dirs"]["sidd"] == str(runs["sidd"])
     # allinone5's setting, but the tiny model is not the paper's: the row is withheld, and the table says why.
     assert res["reference"]["printed"] is False and res["reference"]["setting"] == "allinone5"
-    assert ("No published AdaIR row (--reference adair): the published numbers are for the paper's base AdaIR; "
-            "this model has dim=8 (paper: 48)") in (runs["a"] / "table.md").read_text()
+    assert (
+        "No published AdaIR row (--reference adair): the published numbers are for the paper's base AdaIR; "
+        "this model has dim=8 (paper: 48)"
+    ) in (runs["a"] / "table.md").read_text()
     for f in ("results.json", "per_image.csv", "table.md"):  # the user's umask (022), not mkstemp's 0600
         assert (runs["a"] / f).stat().st_mode & 0o777 == 0o644
 
@@ -103,8 +121,13 @@ def test_page_tables_and_crops_follow_the_results(runs, tmp_path, capsys):
         a, b = ra["rows"][row], rb["rows"][row]
         assert s["delta"]["psnr"] == pytest.approx(b["psnr"] - a["psnr"])
         assert f"<td>{a['psnr']:.2f}/{a['ssim']:.4f}</td><td>{b['psnr']:.2f}/{b['ssim']:.4f}</td>" in page
-        deltas = {r["name"]: pb["psnr"] - r["psnr"] for r in ra["per_image"] if r["set"] == row
-                  for pb in rb["per_image"] if pb["set"] == row and pb["name"] == r["name"]}
+        deltas = {
+            r["name"]: pb["psnr"] - r["psnr"]
+            for r in ra["per_image"]
+            if r["set"] == row
+            for pb in rb["per_image"]
+            if pb["set"] == row and pb["name"] == r["name"]
+        }
         order = sorted(deltas, key=lambda n: (-deltas[n], n))
         assert [r["name"] for r in s["per_image"]] == order  # sorted by the change
         gains = [n for n in order if deltas[n] > 0][:2]
@@ -124,8 +147,11 @@ def _check_crops(runs, row: str, fig: dict, out: pathlib.Path) -> None:
     yb = np.asarray(Image.open(ev.image_path(runs["b"] / "images", row, fig["name"])).convert("RGB"))
     side = w["side"]
     diff = np.abs(ya.astype(int) - yb.astype(int)).sum(-1)
-    best = max(diff[t : t + side, left : left + side].sum() for t in range(ya.shape[0] - side + 1)
-               for left in range(ya.shape[1] - side + 1))
+    best = max(
+        diff[t : t + side, left : left + side].sum()
+        for t in range(ya.shape[0] - side + 1)
+        for left in range(ya.shape[1] - side + 1)
+    )
     assert diff[w["top"] : w["top"] + side, w["left"] : w["left"] + side].sum() == best
     for part, img in (("a", ya), ("b", yb)):
         crop = np.asarray(Image.open(out / fig["files"][part]))
@@ -153,8 +179,23 @@ def test_compare_refuses_what_cannot_be_compared(runs, tmp_path, capsys):
     msg = err(tmp_path, runs["b"], "--out", page)
     assert f"RUN_A {tmp_path} is not an evaluation output: no results.json" in msg and "--save_images" in msg
     # The same model without --save_images, on one set: no images, and other sets.
-    assert evaluate_cli.main(["--checkpoint", str(runs["base"] / "model_a"), "--config", "configs/allinone5.py:smoke",
-                    "--data_root", str(runs["root"]), "--sets", "lolistreet", "--out", str(tmp_path / "one")]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--checkpoint",
+                str(runs["base"] / "model_a"),
+                "--config",
+                "configs/allinone5.py:smoke",
+                "--data_root",
+                str(runs["root"]),
+                "--sets",
+                "lolistreet",
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     one = tmp_path / "one" / "eval" / "model_a"
     assert "has no restored images (images/); evaluate with --save_images" in err(one, runs["b"], "--out", page)
     (one / "images" / "lolistreet").mkdir(parents=True)
@@ -178,8 +219,12 @@ def test_compare_refuses_what_cannot_be_compared(runs, tmp_path, capsys):
     res["settings"]["data"]["root"] = str(tmp_path / "gone")
     (moved / "results.json").write_text(json.dumps(res))
     msg = err(moved, runs["b"], "--out", page)
-    assert f"read again from the data the runs were evaluated on, which failed: data.root {tmp_path / 'gone'} " \
-        "does not exist" in msg and "--data_root" in msg
+    assert (
+        f"read again from the data the runs were evaluated on, which failed: data.root {tmp_path / 'gone'} "
+        "does not exist"
+        in msg
+        and "--data_root" in msg
+    )
     assert compare.main([str(moved), str(runs["b"]), "--out", str(page), "--data_root", str(runs["root"])]) == 0
     assert compare.main([str(runs["a"]), str(runs["a"]), "--out", str(page)]) == 0  # A with itself: no change
     assert "No image improved." in (page / "index.html").read_text()
@@ -207,23 +252,34 @@ window.addEventListener('load', () => {
 </script>
 </body>"""
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def test_page_renders_in_headless_chromium(runs, tmp_path):
     """Every image of the page loads (naturalWidth > 0) and the tables are there, in a real browser."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("no Chromium found (chromium, chromium-browser, google-chrome): `make test` installs "
-                    "Debian's chromium when apt-get is available; install it to run this check")
+        pytest.skip(
+            "no Chromium found (chromium, chromium-browser, google-chrome): `make test` installs "
+            "Debian's chromium when apt-get is available; install it to run this check"
+        )
     out, summary = _page(tmp_path, runs)
     page = (out / "index.html").read_text()
     (out / "check.html").write_text(page.replace("</body>", CHECK))
     profile = tmp_path / "profile"
     cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
-    proc = subprocess.run([*cmd, "--dump-dom", (out / "check.html").as_uri()], capture_output=True,
-                          text=True, timeout=180, check=False)
+    proc = subprocess.run(
+        [*cmd, "--dump-dom", (out / "check.html").as_uri()], capture_output=True, text=True, timeout=180, check=False
+    )
     found = re.search(r'<pre id="check">(.*?)</pre>', proc.stdout)
     assert found, f"Chromium printed no check result (exit {proc.returncode}): {proc.stderr[-2000:]}"
     check = json.loads(found.group(1).replace("&quot;", '"'))
@@ -232,6 +288,10 @@ def test_page_renders_in_headless_chromium(runs, tmp_path):
     assert check["summary_rows"] == len(summary["rows"]) + 1  # the sets and the Average
     assert check["tables"] == 1 + len(summary["rows"])
     shot = tmp_path / "page.png"
-    subprocess.run([*cmd, f"--screenshot={shot}", "--window-size=1280,1800", (out / "index.html").as_uri()],
-                   capture_output=True, timeout=180, check=False)
+    subprocess.run(
+        [*cmd, f"--screenshot={shot}", "--window-size=1280,1800", (out / "index.html").as_uri()],
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     assert shot.is_file() and Image.open(shot).size == (1280, 1800)

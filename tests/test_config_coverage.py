@@ -116,8 +116,10 @@ def _keys() -> set[str]:
 def test_every_key_names_the_test_that_changes_it():
     keys = _keys()
     missing, stale = sorted(keys - set(COVERED)), sorted(set(COVERED) - keys)
-    assert not missing, (f"config keys without a test that changes them: {missing}. Write one (set the key to a "
-                         "value other than its default and check what it changes) and name it in COVERED.")
+    assert not missing, (
+        f"config keys without a test that changes them: {missing}. Write one (set the key to a "
+        "value other than its default and check what it changes) and name it in COVERED."
+    )
     assert not stale, f"COVERED names keys the config no longer has: {stale}"
 
 

@@ -100,8 +100,11 @@ def test_explicit_config_must_fit(tiny_dir, tmp_path, capsys):
 
 
 def leftovers(parent):
-    return [p.name for p in parent.iterdir()
-            if ".partial-" in p.name or p.name.endswith(".replaced") or p.name.startswith(".convert_adair.")]
+    return [
+        p.name
+        for p in parent.iterdir()
+        if ".partial-" in p.name or p.name.endswith(".replaced") or p.name.startswith(".convert_adair.")
+    ]
 
 
 def test_missing_source(tmp_path, capsys):
@@ -341,7 +344,9 @@ def test_manifest_lists_every_file_it_wrote(converted):
         for name in names:
             p = pathlib.Path(root, name)
             on_disk[p.relative_to(converted).as_posix()] = {
-                "size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                "size": p.stat().st_size,
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            }
     del on_disk["manifest.json"]
     assert listed == on_disk and "model.json" in listed and any(k.startswith("params/") for k in listed)
 
@@ -362,13 +367,17 @@ def test_overwrite_replaces_its_own_output_completely(converted, tiny_dir, tmp_p
     np.testing.assert_array_equal(back, torch.load(other, weights_only=True)["output.weight"].numpy())
 
 
-@pytest.mark.parametrize("where, shown", [  # a folder the converter did not make is named whole
-    ("params/notes.txt", "params/notes.txt"),
-    ("params/ocdbt.process_0/mine/results.csv", "params/ocdbt.process_0/mine/"),
-    ("keep/me.txt", "keep/"),
-])
-def test_overwrite_never_deletes_files_it_did_not_write_at_any_depth(converted, tiny_dir, tmp_path, capsys, where,
-                                                                     shown):
+@pytest.mark.parametrize(
+    "where, shown",
+    [  # a folder the converter did not make is named whole
+        ("params/notes.txt", "params/notes.txt"),
+        ("params/ocdbt.process_0/mine/results.csv", "params/ocdbt.process_0/mine/"),
+        ("keep/me.txt", "keep/"),
+    ],
+)
+def test_overwrite_never_deletes_files_it_did_not_write_at_any_depth(
+    converted, tiny_dir, tmp_path, capsys, where, shown
+):
     dst = tmp_path / "dst"
     shutil.copytree(converted, dst)
     (dst / where).parent.mkdir(parents=True, exist_ok=True)
@@ -388,20 +397,28 @@ def _lookalike(dst, manifest_files):
     (dst / "model.json").write_text('{"junk": true}')
     (dst / "params").mkdir()
     (dst / "params" / "thesis.tex").write_text("important")
-    manifest = {"source": {"sha256": "0" * 64}, "model_config": {},
-                "converter": {"name": "torch_bridge.convert_adair", "version": 1}}
+    manifest = {
+        "source": {"sha256": "0" * 64},
+        "model_config": {},
+        "converter": {"name": "torch_bridge.convert_adair", "version": 1},
+    }
     if manifest_files is not None:
         manifest["files"] = manifest_files
     (dst / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("files, expected", [
-    (None, "written by an older convert_adair"),
-    ({"model.json": {"size": 14, "sha256": "0" * 64}, "params/thesis.tex": {"size": 9, "sha256": "0" * 64}},
-     "missing or modified: model.json, params/thesis.tex"),
-    ({"model.json": {"size": 14, "sha256": "0" * 64}}, "did not write: params/;"),
-    ({"../outside.txt": {"size": 1, "sha256": "0" * 64}}, "looks like a convert_adair output but is not one"),
-])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (None, "written by an older convert_adair"),
+        (
+            {"model.json": {"size": 14, "sha256": "0" * 64}, "params/thesis.tex": {"size": 9, "sha256": "0" * 64}},
+            "missing or modified: model.json, params/thesis.tex",
+        ),
+        ({"model.json": {"size": 14, "sha256": "0" * 64}}, "did not write: params/;"),
+        ({"../outside.txt": {"size": 1, "sha256": "0" * 64}}, "looks like a convert_adair output but is not one"),
+    ],
+)
 def test_a_folder_that_only_looks_like_a_conversion_is_never_replaced(tiny_dir, tmp_path, capsys, files, expected):
     """A junk model.json, a params/ folder and a manifest naming the converter: with no file list,
     a file list that does not match, or one that points outside the folder."""
@@ -472,12 +489,15 @@ def one_line_error(capsys, *needles):
     return err
 
 
-@pytest.mark.parametrize("dst, why", [
-    ("/proc/irpo_test_conversion/out", "cannot write in /proc"),
-    ("/sys/irpo_test_conversion", "cannot write in /sys"),
-    ("FILE/out", "is a file, not a folder"),
-    ("FILE", "is an existing file"),
-])
+@pytest.mark.parametrize(
+    "dst, why",
+    [
+        ("/proc/irpo_test_conversion/out", "cannot write in /proc"),
+        ("/sys/irpo_test_conversion", "cannot write in /sys"),
+        ("FILE/out", "is a file, not a folder"),
+        ("FILE", "is an existing file"),
+    ],
+)
 def test_an_unwritable_destination_is_one_line_before_reading(tiny_dir, tmp_path, capsys, monkeypatch, dst, why):
     from torch_bridge import checkpoint_io
 
@@ -488,11 +508,14 @@ def test_an_unwritable_destination_is_one_line_before_reading(tiny_dir, tmp_path
     one_line_error(capsys, dst, why)
 
 
-@pytest.mark.parametrize("dst, why", [
-    ("/proc/irpo_test_export.pth", "cannot write in /proc"),
-    ("/sys/irpo_test_export.pth", "cannot write in /sys"),
-    ("FILE/out.pth", "is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "dst, why",
+    [
+        ("/proc/irpo_test_export.pth", "cannot write in /proc"),
+        ("/sys/irpo_test_export.pth", "cannot write in /sys"),
+        ("FILE/out.pth", "is a file, not a folder"),
+    ],
+)
 def test_an_unwritable_export_path_is_one_line(converted, tmp_path, capsys, dst, why):
     (tmp_path / "FILE").write_text("x")
     dst = dst.replace("FILE", str(tmp_path / "FILE"))
@@ -522,12 +545,15 @@ def test_a_destination_under_a_file_names_the_file(tiny_dir, tmp_path, capsys):
     assert "Errno" not in err
 
 
-@pytest.mark.parametrize("config, expected", [
-    ("/nonexistent/adair.json", "--config /nonexistent/adair.json: no such file"),
-    ("BAD", "--config BAD is not valid JSON"),
-    ("LIST", "--config LIST holds a JSON list"),
-    ('{"dim": 8,', "--config is not a valid JSON object"),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("/nonexistent/adair.json", "--config /nonexistent/adair.json: no such file"),
+        ("BAD", "--config BAD is not valid JSON"),
+        ("LIST", "--config LIST holds a JSON list"),
+        ('{"dim": 8,', "--config is not a valid JSON object"),
+    ],
+)
 def test_config_flag_errors_name_the_flag_and_file(tiny_dir, tmp_path, capsys, config, expected):
     (tmp_path / "bad.json").write_text('{"dim": 8,,}')
     (tmp_path / "list.json").write_text("[8]")

@@ -22,8 +22,12 @@ def _random(rng, shape, dtype=jnp.float64, scale=1.0, shift=0.0):
 def _assert_vjps_close(f_written, f_plain, args, cotangent, atol):
     y1, vjp1 = jax.vjp(f_written, *args)
     y2, vjp2 = jax.vjp(f_plain, *args)
-    for name, a, b in zip(("output",) + tuple(f"grad {i}" for i in range(len(args))),
-                          (y1,) + vjp1(cotangent), (y2,) + vjp2(cotangent), strict=True):
+    for name, a, b in zip(
+        ("output",) + tuple(f"grad {i}" for i in range(len(args))),
+        (y1,) + vjp1(cotangent),
+        (y2,) + vjp2(cotangent),
+        strict=True,
+    ):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         scale = float(jnp.max(jnp.abs(b))) + 1e-30
         assert float(jnp.max(jnp.abs(a - b))) <= atol * scale, name
@@ -69,7 +73,9 @@ def test_layer_norm_written_vjp_matches_autodiff(shape):
     with jax.enable_x64(True):
         x = _random(rng, shape, scale=3.0, shift=1.0)
         scale, bias = _random(rng, shape[-1:]), _random(rng, shape[-1:])
-        _assert_vjps_close(layers._layer_norm_written_vjp, layers._layer_norm, (x, scale, bias), _random(rng, shape), 1e-12)
+        _assert_vjps_close(
+            layers._layer_norm_written_vjp, layers._layer_norm, (x, scale, bias), _random(rng, shape), 1e-12
+        )
 
 
 def test_layer_norm_written_vjp_dtypes_under_bfloat16():
@@ -171,7 +177,6 @@ def test_gelu_gate_written_vjp_matches_autodiff():
     _assert_vjps_close(layers._gelu_gate_written_vjp, lambda a, b: layers.gelu(a) * b, (x1, x2), g, 2e-2)
 
 
-
 def _stacked_blocks(n: int, dim: int = 16):
     from flax import nnx
 
@@ -196,7 +201,9 @@ def test_rematerialised_blocks_have_the_same_gradients():
         graphdef, params, rest = _stacked_blocks(2)
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         x = _random(np.random.default_rng(0), (1, 8, 8, 16))
-        grads = {m: jax.jit(jax.grad(_blocks_loss(graphdef, rest, m), argnums=(0, 1)))(params, x) for m in ("off", "on")}
+        grads = {
+            m: jax.jit(jax.grad(_blocks_loss(graphdef, rest, m), argnums=(0, 1)))(params, x) for m in ("off", "on")
+        }
         for a, b in zip(jax.tree.leaves(grads["on"]), jax.tree.leaves(grads["off"]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(b))))
 

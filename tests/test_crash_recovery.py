@@ -205,7 +205,9 @@ def test_a_resumed_run_logs_each_step_once(killed_before_its_last_checkpoint):
     events, want = _scalar_events(run), _scalar_events(reference)
     assert len(events) == len({k for k, _ in events}), "a (tag, step) logged twice in TensorBoard"
     assert {k for k, _ in events} == {k for k, _ in want}
-    assert sorted(kv for kv in events if kv[0][0].startswith("loss/")) == sorted(kv for kv in want if kv[0][0].startswith("loss/"))
+    assert sorted(kv for kv in events if kv[0][0].startswith("loss/")) == sorted(
+        kv for kv in want if kv[0][0].startswith("loss/")
+    )
 
 
 def test_a_finished_run_with_a_model_older_than_its_checkpoint_is_repaired(killed_before_its_last_checkpoint,
@@ -246,4 +248,3 @@ def test_the_model_directory_exchange_works_with_relative_paths(tmp_path, monkey
         assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
     else:  # a system or filesystem without renameat2: nothing moved
         assert (tmp_path / "a" / "x").read_text() == "a"
-

@@ -14,8 +14,14 @@ DATA = sorted(p.stem for p in (ROOT / "irpo_jax" / "data").glob("*.py") if p.ste
 
 def _loaded_after(module: str) -> set[str]:
     code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('irpo_jax')))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     return set(out.stdout.split())
 
 

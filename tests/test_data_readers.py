@@ -23,8 +23,7 @@ from irpo_jax.data import demo
 from irpo_jax.data import readers as R
 from irpo_jax.tasks import TASKS
 
-DEMO_TASK = {"denoise": "denoise", "derain": "derain", "dehaze": "dehaze", "deblur": "deblur",
-             "enhance": "lowlight"}
+DEMO_TASK = {"denoise": "denoise", "derain": "derain", "dehaze": "dehaze", "deblur": "deblur", "enhance": "lowlight"}
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +62,12 @@ def _png16_rgb(path: Path, arr: np.ndarray) -> None:
     raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit, colour type 2 (RGB)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 # --------------------------------------------------------------------------- the AdaIR layout
@@ -78,8 +77,7 @@ def test_train_records_pair_exactly_what_the_demo_builder_wrote(demo_root):
     records, report = R.train_records({"root": str(demo_root)})
     assert report.skipped == []
     written = json.loads((demo_root / "manifest.json").read_text())["samples"]
-    expected = {(DEMO_TASK[s["task"]], s["degraded"], s["clean"])
-                for s in written if s["split"] == "train"}
+    expected = {(DEMO_TASK[s["task"]], s["degraded"], s["clean"]) for s in written if s["split"] == "train"}
     rel = lambda p: None if p is None else Path(p).relative_to(demo_root).as_posix()  # noqa: E731
     got = {(r.task, rel(r.degraded), rel(r.clean)) for r in records}
     assert got == expected
@@ -89,7 +87,7 @@ def test_train_records_pair_exactly_what_the_demo_builder_wrote(demo_root):
     assert sorted({r.sigma for r in records if r.task == "denoise"}) == [15, 25, 50]
     assert all(r.sigma == 0 for r in records if r.task != "denoise")
     assert len({r.id for r in records}) == len(records)
-    for r in records[:: 7]:
+    for r in records[::7]:
         assert r.size == _pil(r.clean).shape[:2]
         assert r.task_id == TASKS.index(r.task)
         if r.degraded is not None:
@@ -101,8 +99,7 @@ def test_mixture_uses_the_official_repeats_and_is_configurable(demo_root):
     records, _ = R.train_records(cfg)
     mix = R.mixture_indices(records, cfg)
     per_task = {t: sum(records[i].task == t for i in mix) for t in TASKS}
-    assert per_task == {"denoise": 18 * 3, "derain": 5 * 120, "dehaze": 6 * 1, "deblur": 5 * 5,
-                        "lowlight": 5 * 20}
+    assert per_task == {"denoise": 18 * 3, "derain": 5 * 120, "dehaze": 6 * 1, "deblur": 5 * 5, "lowlight": 5 * 20}
     mix = R.mixture_indices(records, {**cfg, "repeats": {"derain": 2}})
     assert sum(records[i].task == "derain" for i in mix) == 10
     assert sum(records[i].task == "lowlight" for i in mix) == 100  # others unchanged
@@ -182,8 +179,11 @@ def test_paired_folder_matches_names_and_stems(tmp_path, caplog):
     # As a test set, the input without a target refuses the set (a mean over fewer images is
     # another number), unless a partial set is asked for; then it is listed.
     cfg = {"root": str(tmp_path), "eval_paired": {"ood": {"path": "ood", "task": "derain"}}}
-    with pytest.raises(R.DataError, match=r"test set ood: 1 of its 4 input\(s\) have no matching target: "
-                                          r"orphan.png.*--allow_partial.*data.eval_paired.ood"):
+    with pytest.raises(
+        R.DataError,
+        match=r"test set ood: 1 of its 4 input\(s\) have no matching target: "
+        r"orphan.png.*--allow_partial.*data.eval_paired.ood",
+    ):
         R.eval_sets(cfg, names=["ood"])
     sets = R.eval_sets(cfg, names=["ood"], allow_partial=True)
     assert len(sets["ood"]) == 3 and sets["ood"].task == "derain" and sets["ood"].missing == ["orphan.png"]
@@ -194,8 +194,11 @@ def test_sots_input_without_its_clean_image_refuses_the_set(demo_root, tmp_path)
     gone = sorted((tmp_path / "test/dehaze/target").iterdir())[0]
     gone.unlink()
     hazy = sorted(p.name for p in (tmp_path / "test/dehaze/input").iterdir() if p.name.startswith(gone.stem + "_"))
-    with pytest.raises(R.DataError, match=rf"test set sots: {len(hazy)} of .* no matching target: {hazy[0]} "
-                                          rf"\(no target/{gone.name}\)"):
+    with pytest.raises(
+        R.DataError,
+        match=rf"test set sots: {len(hazy)} of .* no matching target: {hazy[0]} "
+        rf"\(no target/{gone.name}\)",
+    ):
         R.eval_sets({"root": str(tmp_path)}, names=["sots"])
     es = R.eval_sets({"root": str(tmp_path)}, names=["sots"], allow_partial=True)["sots"]
     assert [m.split(" ")[0] for m in es.missing] == hazy
@@ -275,8 +278,7 @@ def test_official_noise_truncates():
 
 
 def _cfg(root: Path, **kw) -> dict:
-    return {"root": str(root), "tasks": (), "paired_train": [{"name": "p", "path": "p",
-                                                              "task": "deblur"}], **kw}
+    return {"root": str(root), "tasks": (), "paired_train": [{"name": "p", "path": "p", "task": "deblur"}], **kw}
 
 
 def test_unreadable_and_truncated_files_are_skipped_and_named(tmp_path, caplog):
@@ -340,8 +342,7 @@ def test_manifest_with_missing_pairs_or_another_root_is_refused(demo_root, tmp_p
         man.write_text("\n".join(lines) + "\n")
 
     write(demo_root, [records[0].id, records[20].id])
-    assert [r.id for r in R.records_from_manifest(records, man, demo_root)] == \
-        [records[0].id, records[20].id]
+    assert [r.id for r in R.records_from_manifest(records, man, demo_root)] == [records[0].id, records[20].id]
     write(tmp_path / "elsewhere", [records[0].id])
     with pytest.raises(R.DataError, match="was mined on the data under .*elsewhere.*Re-mine"):
         R.records_from_manifest(records, man, demo_root)
@@ -372,12 +373,12 @@ def test_bad_manifest_lines_name_the_file_and_the_line(tmp_path):
         return str(err.value)
 
     refused([head, ok, "[1, 2, 3]"], rf"{man}, line 3: expected a JSON object .*got list")
-    refused([head, ok, json.dumps({"task": "derain", "selected": True})],
-            rf'{man}, line 3: the record has no "id"')
-    refused([head, ok, json.dumps({"id": "x", "selected": "yes"})],
-            rf'{man}, line 3: "selected" must be true or false')
-    msg = refused([head, ok, "", ok, '{"id": "derain:b.png", "selected": tru}'],
-                  rf"{man}, line 5: not valid JSON \(Expecting value at column 36\)")
+    refused([head, ok, json.dumps({"task": "derain", "selected": True})], rf'{man}, line 3: the record has no "id"')
+    refused([head, ok, json.dumps({"id": "x", "selected": "yes"})], rf'{man}, line 3: "selected" must be true or false')
+    msg = refused(
+        [head, ok, "", ok, '{"id": "derain:b.png", "selected": tru}'],
+        rf"{man}, line 5: not valid JSON \(Expecting value at column 36\)",
+    )
     assert "line 1" not in msg
     refused(["[]", ok], rf"{man}, line 1: expected a JSON object \(the header line")
     refused(["{not json", ok], rf"{man}, line 1: not valid JSON")

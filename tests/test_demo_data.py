@@ -57,8 +57,7 @@ def _official_sots_target(input_rel: str) -> str:
 # (degraded folder, clean folder, degraded name -> clean name) for every paired set.
 PAIRED = [
     ("Train/Derain/rainy", "Train/Derain/gt", lambda n: "norain-" + n.split("rain-")[-1]),
-    ("Train/Dehaze/synthetic/part1", "Train/Dehaze/original",
-     lambda n: n.split("_")[0] + "." + n.split(".")[-1]),
+    ("Train/Dehaze/synthetic/part1", "Train/Dehaze/original", lambda n: n.split("_")[0] + "." + n.split(".")[-1]),
     ("Train/Deblur/blur", "Train/Deblur/sharp", lambda n: n),
     ("Train/Enhance/low", "Train/Enhance/gt", lambda n: n),
     ("test/derain/Rain100L/input", "test/derain/Rain100L/target", lambda n: n),
@@ -67,10 +66,14 @@ PAIRED = [
     ("test/enhance/lol/input", "test/enhance/lol/target", lambda n: n),
 ]
 CLEAN_ONLY = ["Train/Denoise", "test/denoise/bsd68"]
-TRAIN_CLEAN = ["Train/Denoise", "Train/Derain/gt", "Train/Dehaze/original", "Train/Deblur/sharp",
-               "Train/Enhance/gt"]
-TEST_CLEAN = ["test/denoise/bsd68", "test/derain/Rain100L/target", "test/dehaze/target",
-              "test/deblur/gopro/target", "test/enhance/lol/target"]
+TRAIN_CLEAN = ["Train/Denoise", "Train/Derain/gt", "Train/Dehaze/original", "Train/Deblur/sharp", "Train/Enhance/gt"]
+TEST_CLEAN = [
+    "test/denoise/bsd68",
+    "test/derain/Rain100L/target",
+    "test/dehaze/target",
+    "test/deblur/gopro/target",
+    "test/enhance/lol/target",
+]
 
 
 @pytest.fixture(scope="module")
@@ -296,9 +299,7 @@ def _find_patch(big: np.ndarray, patch: np.ndarray) -> bool:
     if big.shape[0] < p or big.shape[1] < q:
         return False
     ys, xs = np.nonzero(big[: big.shape[0] - p + 1, : big.shape[1] - q + 1] == patch[0, 0])
-    keep = (big[ys + p - 1, xs + q - 1] == patch[-1, -1]) & (
-        big[ys + p // 2, xs + q // 2] == patch[p // 2, q // 2]
-    )
+    keep = (big[ys + p - 1, xs + q - 1] == patch[-1, -1]) & (big[ys + p // 2, xs + q // 2] == patch[p // 2, q // 2])
     return any(np.array_equal(big[y : y + p, x : x + q], patch) for y, x in zip(ys[keep], xs[keep]))
 
 
@@ -324,8 +325,9 @@ def test_no_leakage_between_train_and_test(built):
             img = _read(path)
             assert not any(t.shape == img.shape and np.array_equal(t, img) for t in train)
             ys, xs = range(0, img.shape[0] - 12, 6), range(0, img.shape[1] - 12, 6)
-            y, x = max(((y, x) for y in ys for x in xs),
-                       key=lambda yx: img[yx[0] : yx[0] + 12, yx[1] : yx[1] + 12].std())
+            y, x = max(
+                ((y, x) for y in ys for x in xs), key=lambda yx: img[yx[0] : yx[0] + 12, yx[1] : yx[1] + 12].std()
+            )
             patch = _pack(img[y : y + 12, x : x + 12])
             for k in range(8):
                 oriented = np.rot90(patch, k % 4)

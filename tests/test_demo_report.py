@@ -42,8 +42,10 @@ def test_report_shows_where_the_actions_went(tmp_path):
     (grpo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     text = demo_report.report(tmp_path)
     assert "Actions (Beta means over the rollouts, 0.5 = AdaIR; log steps 5 -> 10):" in text
-    assert ("| fre2 | 0.500 -> 0.520 | 0.500 -> 0.520 | 0.500 -> 0.520 | 0.500 -> 0.520 | 100.0 -> 98.0 "
-            "| 25.0 % -> 27.0 % |") in text
+    assert (
+        "| fre2 | 0.500 -> 0.520 | 0.500 -> 0.520 | 0.500 -> 0.520 | 0.500 -> 0.520 | 100.0 -> 98.0 "
+        "| 25.0 % -> 27.0 % |"
+    ) in text
     assert "Reward vs PSNR within groups (Pearson r, mean of 1 log points): +0.500" in text
     empty = tmp_path / "none"
     (empty / "demo_grpo").mkdir(parents=True)

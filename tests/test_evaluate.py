@@ -68,10 +68,14 @@ def _independent_pairs(root: pathlib.Path) -> dict[str, list[tuple[str, np.ndarr
     t = root / "test"
     pairs = {}
     for row, folder in [("rain100l", t / "derain/Rain100L"), ("gopro", t / "deblur/gopro"), ("lol", t / "enhance/lol")]:
-        pairs[row] = [(p.name, _crop16(_rgb(p)), _crop16(_rgb(folder / "target" / p.name)))
-                      for p in sorted((folder / "input").iterdir())]
-    pairs["sots"] = [(p.name, _crop16(_rgb(p)), _crop16(_rgb(t / "dehaze/target" / (p.name.split("_")[0] + ".png"))))
-                     for p in sorted((t / "dehaze/input").iterdir())]
+        pairs[row] = [
+            (p.name, _crop16(_rgb(p)), _crop16(_rgb(folder / "target" / p.name)))
+            for p in sorted((folder / "input").iterdir())
+        ]
+    pairs["sots"] = [
+        (p.name, _crop16(_rgb(p)), _crop16(_rgb(t / "dehaze/target" / (p.name.split("_")[0] + ".png"))))
+        for p in sorted((t / "dehaze/input").iterdir())
+    ]
     np.random.seed(0)  # test.py: seeded once; the stream runs on over files and sigmas
     files = sorted((t / "denoise/bsd68").iterdir())
     for sigma in (15, 25, 50):
@@ -137,8 +141,10 @@ def test_tables_follow_the_paper_layouts(identity_results, demo_root, tmp_path):
     five = [res["rows"][r] for r in ev.FIVE_TASK_ROWS]
     assert res["average"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in five]))
     table = ev.format_table(res)
-    assert ("| Method | Dehazing on SOTS | Deraining on Rain100L | Denoising on BSD68 σ=25 | "
-            "Deblurring on GoPro | Low-Light on LOL | Average |") in table
+    assert (
+        "| Method | Dehazing on SOTS | Deraining on Rain100L | Denoising on BSD68 σ=25 | "
+        "Deblurring on GoPro | Low-Light on LOL | Average |"
+    ) in table
     assert f"| identity | {res['rows']['sots']['psnr']:.2f}/{res['rows']['sots']['ssim']:.3f} |" in table
     assert "| bsd68_s50 | denoise | 50 | 3 |" in table  # every row is listed
     paths = ev.write_results(res, tmp_path / "eval" / "x")
@@ -149,8 +155,9 @@ def test_tables_follow_the_paper_layouts(identity_results, demo_root, tmp_path):
     scal = ev.scalars(res)
     assert scal["eval/average/psnr"] == res["average"]["psnr"] and "eval/bsd68_s15/ssim" in scal
 
-    three = ev.evaluate(identity, default_data_config(demo_root), ["sots", "rain100l", "bsd68"],
-                        max_images=1, progress=False)
+    three = ev.evaluate(
+        identity, default_data_config(demo_root), ["sots", "rain100l", "bsd68"], max_images=1, progress=False
+    )
     assert three["table"]["layout"] == "three_task"
     assert "Note: first 1 image(s) per row only" in ev.format_table(three)
     two = ev.evaluate(identity, default_data_config(demo_root), ["lol", "bsd68_s25"], max_images=1, progress=False)
@@ -168,12 +175,14 @@ def test_self_ensemble_is_dihedral_equivariant_and_labelled(demo_root):
     x = np.random.default_rng(0).uniform(size=(1, 16, 24, 3)).astype(np.float32)
     ens = ev.geometric_self_ensemble(skewed)
     np.testing.assert_allclose(np.asarray(ev.geometric_self_ensemble(identity)(x)), x, atol=1e-6)  # transforms undone
-    np.testing.assert_allclose(np.asarray(ens(np.rot90(x, 1, axes=(1, 2)))),
-                               np.rot90(np.asarray(ens(x)), 1, axes=(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ens(np.rot90(x, 1, axes=(1, 2)))), np.rot90(np.asarray(ens(x)), 1, axes=(1, 2)), atol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(ens(x[:, :, ::-1])), np.asarray(ens(x))[:, :, ::-1], atol=1e-6)
     assert not np.allclose(np.asarray(ens(x)), np.asarray(skewed(x)), atol=1e-4)
-    res = ev.evaluate(identity, default_data_config(demo_root), ["lol"], max_images=1, self_ensemble=True,
-                      progress=False, name="m")
+    res = ev.evaluate(
+        identity, default_data_config(demo_root), ["lol"], max_images=1, self_ensemble=True, progress=False, name="m"
+    )
     assert res["model"]["name"] == "m (x8 self-ensemble)" and res["protocol"]["self_ensemble"]
     assert "x8 geometric self-ensemble" in ev.format_table(res)
     assert ev.output_dir(pathlib.Path("o"), "m", 100, self_ensemble=True) == pathlib.Path("o/eval/100_x8")
@@ -196,9 +205,23 @@ def test_tiled_evaluation_is_flagged(demo_root):
 
 def test_cli_end_to_end_with_a_converted_checkpoint(tiny_model_dir, demo_root, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = evaluate_cli.main(["--checkpoint", str(tiny_model_dir), "--config", "configs/allinone5.py:smoke",
-                  "--data_root", str(demo_root), "--sets", "lol", "--max_images", "1", "--out", str(out),
-                  "--save_images"])
+    rc = evaluate_cli.main(
+        [
+            "--checkpoint",
+            str(tiny_model_dir),
+            "--config",
+            "configs/allinone5.py:smoke",
+            "--data_root",
+            str(demo_root),
+            "--sets",
+            "lol",
+            "--max_images",
+            "1",
+            "--out",
+            str(out),
+            "--save_images",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     folder = out / "eval" / "adair_tiny_first1"
     res = json.loads((folder / "results.json").read_text())
@@ -234,8 +257,24 @@ def policy_dir(tmp_path_factory, tiny_dir) -> pathlib.Path:
 
 def test_policy_checkpoint_with_best_of_k_oracle(policy_dir, tiny_model_dir, demo_root, tmp_path, capsys):
     out = tmp_path / "o"
-    rc = evaluate_cli.main(["--checkpoint", str(policy_dir), "--config", "configs/allinone5.py:smoke", "--data_root",
-                  str(demo_root), "--sets", "lol", "--max_images", "1", "--oracle_k", "2", "--out", str(out)])
+    rc = evaluate_cli.main(
+        [
+            "--checkpoint",
+            str(policy_dir),
+            "--config",
+            "configs/allinone5.py:smoke",
+            "--data_root",
+            str(demo_root),
+            "--sets",
+            "lol",
+            "--max_images",
+            "1",
+            "--oracle_k",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     folder = out / "eval" / "7_oracle2_first1"  # a trainer's model dir: named by its step
     res = json.loads((folder / "results.json").read_text())
@@ -248,8 +287,9 @@ def test_policy_checkpoint_with_best_of_k_oracle(policy_dir, tiny_model_dir, dem
     table = (folder / "table.md").read_text()
     assert "## Oracle (not a result)" in table and "oracle best-of-2" in table
     # The scored restoration is the deterministic policy, which at initialisation is AdaIR itself.
-    plain = ev.evaluate(checkpointing.load_model(tiny_model_dir), default_data_config(demo_root), ["lol"],
-                        max_images=1, progress=False)
+    plain = ev.evaluate(
+        checkpointing.load_model(tiny_model_dir), default_data_config(demo_root), ["lol"], max_images=1, progress=False
+    )
     assert res["rows"]["lol"]["psnr"] == pytest.approx(plain["rows"]["lol"]["psnr"], abs=1e-4)
     with pytest.raises(ev.EvalError, match="policy"):
         ev.evaluate(identity, default_data_config(demo_root), ["lol"], oracle_k=2, progress=False)
@@ -277,8 +317,21 @@ def test_cli_never_replaces_results_of_another_checkpoint_or_settings(tiny_dir, 
     folder = out / "eval" / "2_first1"
 
     def run(model, *extra, root=demo_root):
-        return _cli("--checkpoint", model, "--config", "configs/allinone5.py:smoke", "--data_root", root,
-                    "--sets", "lol", "--max_images", "1", "--out", out, *extra)
+        return _cli(
+            "--checkpoint",
+            model,
+            "--config",
+            "configs/allinone5.py:smoke",
+            "--data_root",
+            root,
+            "--sets",
+            "lol",
+            "--max_images",
+            "1",
+            "--out",
+            out,
+            *extra,
+        )
 
     def recorded():
         return json.loads((folder / "results.json").read_text())
@@ -318,11 +371,20 @@ def test_cli_never_replaces_results_of_another_checkpoint_or_settings(tiny_dir, 
     assert recorded()["model"]["kind"] == "function"
 
 
-def test_cli_default_config_is_found_from_another_directory(tiny_model_dir, demo_root, tmp_path, monkeypatch,
-                                                            capsys):
+def test_cli_default_config_is_found_from_another_directory(tiny_model_dir, demo_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rc = _cli("--checkpoint", tiny_model_dir, "--data_root", demo_root, "--sets", "lol", "--max_images", "1",
-              "--out", tmp_path / "o")
+    rc = _cli(
+        "--checkpoint",
+        tiny_model_dir,
+        "--data_root",
+        demo_root,
+        "--sets",
+        "lol",
+        "--max_images",
+        "1",
+        "--out",
+        tmp_path / "o",
+    )
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "eval" / "adair_tiny_first1" / "results.json").is_file()
     assert _cli("--checkpoint", tiny_model_dir, "--config", "configs/nope.py", "--data_root", demo_root) == 2
@@ -343,8 +405,18 @@ def test_missing_checkpoint(tmp_path, capsys):
 
 
 def test_wrong_set_name_lists_the_valid_ones(tiny_model_dir, demo_root, capsys):
-    rc = _cli("--checkpoint", tiny_model_dir, "--config", "configs/allinone5.py:smoke", "--data_root", demo_root,
-              "--sets", "sots,rain100", "--out", "/tmp")
+    rc = _cli(
+        "--checkpoint",
+        tiny_model_dir,
+        "--config",
+        "configs/allinone5.py:smoke",
+        "--data_root",
+        demo_root,
+        "--sets",
+        "sots,rain100",
+        "--out",
+        "/tmp",
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown test set 'rain100'" in err and "rain100l" in err and "bsd68_s25" in err
@@ -362,8 +434,18 @@ def test_corrupt_test_image_names_the_file(demo_root, tmp_path):
 def test_unwritable_output_directory(tiny_model_dir, demo_root, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rc = _cli("--checkpoint", tiny_model_dir, "--config", "configs/allinone5.py:smoke", "--data_root", demo_root,
-              "--sets", "lol", "--out", blocker / "sub")
+    rc = _cli(
+        "--checkpoint",
+        tiny_model_dir,
+        "--config",
+        "configs/allinone5.py:smoke",
+        "--data_root",
+        demo_root,
+        "--sets",
+        "lol",
+        "--out",
+        blocker / "sub",
+    )
     assert rc == 2
     assert "cannot write to --out" in capsys.readouterr().err
 
@@ -437,8 +519,7 @@ def _lol_copy(demo_root: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def test_missing_target_refuses_the_set_and_allow_partial_marks_the_row(tiny_model_dir, demo_root, tmp_path,
-                                                                       capsys):
+def test_missing_target_refuses_the_set_and_allow_partial_marks_the_row(tiny_model_dir, demo_root, tmp_path, capsys):
     """One rule: a missing (here misnamed) target refuses the set like an unreadable image; with
     --allow_partial the rest is scored and the row says partial in the tables and results.json."""
     root = _lol_copy(demo_root, tmp_path)
@@ -446,8 +527,19 @@ def test_missing_target_refuses_the_set_and_allow_partial_marks_the_row(tiny_mod
     (lol / "target/2.png").rename(lol / "target/2_gt.png")
 
     def run(*extra):
-        return _cli("--checkpoint", tiny_model_dir, "--config", "configs/allinone5.py:smoke", "--data_root", root,
-                    "--sets", "lol", "--out", tmp_path / "o", *extra)
+        return _cli(
+            "--checkpoint",
+            tiny_model_dir,
+            "--config",
+            "configs/allinone5.py:smoke",
+            "--data_root",
+            root,
+            "--sets",
+            "lol",
+            "--out",
+            tmp_path / "o",
+            *extra,
+        )
 
     assert run() == 2
     err = capsys.readouterr().err
@@ -480,8 +572,11 @@ def test_results_files_follow_the_umask(identity_results, tmp_path):
             paths = ev.write_results(identity_results, tmp_path / f"m{mask:o}")
         finally:
             os.umask(old)
-        assert {p.name: p.stat().st_mode & 0o777 for p in paths.values()} == \
-            {"results.json": mode, "per_image.csv": mode, "table.md": mode}
+        assert {p.name: p.stat().st_mode & 0o777 for p in paths.values()} == {
+            "results.json": mode,
+            "per_image.csv": mode,
+            "table.md": mode,
+        }
 
 
 # ----------------------------------------------------------------------------- --reference
@@ -503,16 +598,20 @@ def test_reference_prints_the_published_row_and_our_difference(identity_results)
     assert ref["tables"][0]["delta_average"]["psnr"] == pytest.approx(res["average"]["psnr"] - column_mean)
     assert ref["tables"][0]["printed_differs"] == []
     table = ev.format_table(res)
-    assert ("| AdaIR, published (IRPO Table 2 (five-task all-in-one, denoising at σ=25)) | 30.53/0.978 | "
-            "38.02/0.981 | 31.35/0.889 | 28.12/0.858 | 23.00/0.845 | 30.20/0.910 |") in table
+    assert (
+        "| AdaIR, published (IRPO Table 2 (five-task all-in-one, denoising at σ=25)) | 30.53/0.978 | "
+        "38.02/0.981 | 31.35/0.889 | 28.12/0.858 | 23.00/0.845 | 30.20/0.910 |"
+    ) in table
     assert f"| ours − published | {sots['psnr'] - 30.53:+.2f}/{sots['ssim'] - 0.978:+.3f} |" in table
     assert "| bsd68_s50 | denoise | 50 | 3 |" in table and "| – | – |" in table  # no published σ=50 in Table 2
     irpo = published.reference("irpo", "allinone5", {"rrshid": {"psnr": 20.0, "ssim": 0.7}}, base)
     assert irpo["rows"]["rrshid"]["delta_psnr"] == pytest.approx(20.0 - 19.94) and irpo["tables"][0]["average"] is None
     tiny = published.reference("adair", "allinone5", res["rows"], dataclasses.asdict(adair.VARIANTS["tiny"]))
     assert not tiny["printed"] and "dim=8 (paper: 48)" in tiny["why"]
-    assert "no published numbers for the setting 'allinone5_demo'" in \
-        published.reference("adair", "allinone5_demo", res["rows"], base)["why"]
+    assert (
+        "no published numbers for the setting 'allinone5_demo'"
+        in published.reference("adair", "allinone5_demo", res["rows"], base)["why"]
+    )
     # The configs' docstrings list the same numbers, each setting in its config.
     for setting, tables in published.TABLES.items():
         doc = (pathlib.Path(evaluate_cli.PROJECT_ROOT) / "configs" / f"{setting}.py").read_text().split('"""')[1]
@@ -532,22 +631,34 @@ def test_reference_compares_averages_with_the_column_mean_and_shows_the_printed_
 
     base = dataclasses.asdict(adair.VARIANTS["base"])
     columns = published.TABLES["allinone5"][1].values["irpo"]  # Table 3, IRPO
-    rows = {r: {"title": r, "task": "x", "sigma": None, "images": 1, "psnr": p, "ssim": s, "tiled": 0}
-            for r, (p, s) in columns.items()}
-    res = dict(identity_results, rows=rows, table=dict(identity_results["table"], layout="ood_five",
-                                                       columns=list(published.OOD_FIVE)))
-    res["average"] = {"psnr": float(np.mean([p for p, _ in columns.values()])),
-                      "ssim": float(np.mean([s for _, s in columns.values()]))}
+    rows = {
+        r: {"title": r, "task": "x", "sigma": None, "images": 1, "psnr": p, "ssim": s, "tiled": 0}
+        for r, (p, s) in columns.items()
+    }
+    res = dict(
+        identity_results,
+        rows=rows,
+        table=dict(identity_results["table"], layout="ood_five", columns=list(published.OOD_FIVE)),
+    )
+    res["average"] = {
+        "psnr": float(np.mean([p for p, _ in columns.values()])),
+        "ssim": float(np.mean([s for _, s in columns.values()])),
+    }
     ref = published.reference("irpo", "allinone5", rows, base)
     res["reference"] = ref
     t3 = next(t for t in ref["tables"] if "Table 3" in t["title"])
     assert t3["printed_differs"] == ["ssim"] and t3["printed_average"] == {"psnr": 23.73, "ssim": 0.809}
-    assert t3["average"]["ssim"] == pytest.approx(0.7892) and t3["delta_average"]["ssim"] == pytest.approx(0.0, abs=1e-12)
+    assert t3["average"]["ssim"] == pytest.approx(0.7892) and t3["delta_average"]["ssim"] == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert t3["delta_average"]["psnr"] == pytest.approx(0.0, abs=1e-12)
     assert all(r["delta_psnr"] == 0 and r["delta_ssim"] == 0 for r in ref["rows"].values())
     table = ev.format_table(res)
     assert "| 23.73/0.789 (printed: 23.73/0.809) |" in table
-    assert "| ours − published | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 |" in table
+    assert (
+        "| ours − published | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 | +0.00/+0.000 |"
+        in table
+    )
     assert "printed SSIM Average" in table and "compared with the column mean" in table
     # Everywhere else the printed Average is its columns' mean (no note).
     differs = []
@@ -568,8 +679,9 @@ def test_cli_failures_are_one_line(tiny_model_dir, demo_root, tmp_path, capsys, 
     def one_line(*args, rc=2) -> str:
         assert _cli("--checkpoint", tiny_model_dir, "--data_root", demo_root, *args) == rc
         err = capsys.readouterr().err
-        lines = [ln for ln in err.replace("\r", "\n").splitlines()
-                 if ln.strip() and not re.search(r"\d+%\|", ln)]  # tqdm's progress bars share stderr
+        lines = [
+            ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not re.search(r"\d+%\|", ln)
+        ]  # tqdm's progress bars share stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
         return lines[0]
 
@@ -605,6 +717,9 @@ def test_out_of_memory_names_the_image(demo_root, monkeypatch):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.5GiB.\nmore")
 
     monkeypatch.setattr(ev.Runner, "run_batch", exhausted)
-    with pytest.raises(ev.EvalError, match=r"test set lol: out of device memory restoring 1.png \(\d+x\d+, "
-                                           r"\d image\(s\) per step\) whole: RESOURCE_EXHAUSTED.*--tile SIZE"):
+    with pytest.raises(
+        ev.EvalError,
+        match=r"test set lol: out of device memory restoring 1.png \(\d+x\d+, "
+        r"\d image\(s\) per step\) whole: RESOURCE_EXHAUSTED.*--tile SIZE",
+    ):
         ev.evaluate(identity, default_data_config(demo_root), ["lol"], progress=False)

@@ -131,7 +131,9 @@ def beta_kl_float64(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     from scipy.special import digamma as psi
 
     a1, b1, a2, b2 = (np.asarray(t, np.float64) for t in (p[..., 0], p[..., 1], q[..., 0], q[..., 1]))
-    return betaln(a2, b2) - betaln(a1, b1) + (a1 - a2) * psi(a1) + (b1 - b2) * psi(b1) + (a2 - a1 + b2 - b1) * psi(a1 + b1)
+    return (
+        betaln(a2, b2) - betaln(a1, b1) + (a1 - a2) * psi(a1) + (b1 - b2) * psi(b1) + (a2 - a1 + b2 - b1) * psi(a1 + b1)
+    )
 
 
 def normalised(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -152,7 +154,9 @@ def composite_reward(norm: dict[str, np.ndarray], missing: str) -> tuple[np.ndar
         for name, (_, comps) in PAPER_GROUPS.items():
             w_live = sum(w for k, w in comps.items() if live[k])
             if w_live > 0:
-                groups[name][b] = sum(w * norm[k][b] for k, w in comps.items() if live[k]) * sum(comps.values()) / w_live
+                groups[name][b] = (
+                    sum(w * norm[k][b] for k, w in comps.items() if live[k]) * sum(comps.values()) / w_live
+                )
         live_groups = [name for name in PAPER_GROUPS if not np.isnan(groups[name][b]).any()]
         if live_groups:
             w_all = sum(gw for gw, _ in PAPER_GROUPS.values())
@@ -308,7 +312,11 @@ def setup():
     clean = rng.uniform(size=(B, SIDE, SIDE, 3)).astype(np.float32)
     sigma = np.asarray([0.05, 0.3, 0.15], np.float32)[:, None, None, None]  # images whose L1 differ
     degraded = np.clip(clean + sigma * rng.normal(size=clean.shape), 0, 1).astype(np.float32)
-    batch = {"clean": jnp.asarray(clean), "degraded": jnp.asarray(degraded), "task_id": jnp.asarray([0, 3, 5], jnp.int32)}
+    batch = {
+        "clean": jnp.asarray(clean),
+        "degraded": jnp.asarray(degraded),
+        "task_id": jnp.asarray([0, 3, 5], jnp.int32),
+    }
     rollout = jax.jit(training.make_rollout_step(graphdef, cfg, ()))(params, batch, jax.random.key(1))
     rollout = jax.block_until_ready(rollout)
     assert "head_inputs" in rollout  # the default (fresh, heads only) reuses them
@@ -430,7 +438,8 @@ def prepared(setup, name: str) -> dict:
     state = training.TrainState.initial(params, tx, 0, with_ref=True)
     # The optimizer's own step counters at STEP too (the schedule reads them, not state.step).
     opt_state = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.full_like(x, STEP) if getattr(path[-1], "name", None) == "count" else x, state.opt_state)
+        lambda path, x: jnp.full_like(x, STEP) if getattr(path[-1], "name", None) == "count" else x, state.opt_state
+    )
     assert any(getattr(path[-1], "name", None) == "count" for path, _ in jax.tree_util.tree_leaves_with_path(opt_state))
     state = dataclasses.replace(state, step=jnp.asarray(STEP, jnp.int32), ref_params=ref, opt_state=opt_state)
     raw = raw_scores(setup["raw"], variant["missing"])
@@ -473,7 +482,10 @@ def test_update_equals_the_reconstruction_from_the_equations(setup, name):
             assert x["scored"][2] and x["best"][2].argmax() == 0 and x["adv"][2].argmax() == 1
         assert training.reuses_head_inputs(g) == (name == "default")
         per_image = np.asarray(values["per_image_sup"])
-        assert abs(per_image[0] - per_image[2]) > 0.05 * per_image[2] and abs(per_image[1] - per_image[2]) > 0.05 * per_image[2]
+        assert (
+            abs(per_image[0] - per_image[2]) > 0.05 * per_image[2]
+            and abs(per_image[1] - per_image[2]) > 0.05 * per_image[2]
+        )
         if stale and iteration == 0:
             rho, adv = np.asarray(values["rho"]), x["adv"]
             active = ((rho > 1 + CLIP_EPS) & (adv > 0)) | ((rho < 1 - CLIP_EPS) & (adv < 0))

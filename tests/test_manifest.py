@@ -16,41 +16,56 @@ from irpo_jax.data.records import DataError, Record
 ROOT = "/data/adair"
 RECORDS = [
     Record("denoise:Train/Denoise/a.png@s15", "denoise", 15, "/data/adair/Train/Denoise/a.png", None),
-    Record("derain:Train/Derain/rainy/rain-1.png", "derain", 0, "/data/adair/Train/Derain/gt/norain-1.png",
-           "/data/adair/Train/Derain/rainy/rain-1.png"),
+    Record(
+        "derain:Train/Derain/rainy/rain-1.png",
+        "derain",
+        0,
+        "/data/adair/Train/Derain/gt/norain-1.png",
+        "/data/adair/Train/Derain/rainy/rain-1.png",
+    ),
     Record("mydata:x-\u00e9.png", "deblur", 0, "/elsewhere/target/x-\u00e9.png", "/elsewhere/input/x-\u00e9.png"),
 ]
-SCORES = [(30.25, 0.875, None), (21.5, 0.5, None), (None, None, "cannot decode image /elsewhere/input/x-\u00e9.png: bad")]
+SCORES = [
+    (30.25, 0.875, None),
+    (21.5, 0.5, None),
+    (None, None, "cannot decode image /elsewhere/input/x-\u00e9.png: bad"),
+]
 SELECTED = [(False, 0), (True, 0), (False, None)]  # (selected, rank) as mining's selection sets them
-MEASURE = {"crop": 0, "crop_base": 16, "noise_seed": 0,
-           "metric": "PSNR/SSIM on RGB in [0,1], data_range 1 (irpo_jax.metrics)"}
+MEASURE = {
+    "crop": 0,
+    "crop_base": 16,
+    "noise_seed": 0,
+    "metric": "PSNR/SSIM on RGB in [0,1], data_range 1 (irpo_jax.metrics)",
+}
 # The header line, then one line per record; each line cut into pieces of 88 bytes.
-PINNED = b"".join([
-    (
-        b'{"data_fingerprint": "fedcba9876543210", "data_root": "/data/adair", "kind": "irpo-jax-m'
-        b'ining-manifest", "measure": {"crop": 0, "crop_base": 16, "metric": "PSNR/SSIM on RGB in '
-        b'[0,1], data_range 1 (irpo_jax.metrics)", "noise_seed": 0}, "model": {"checkpoint": "/mod'
-        b'els/adair5d", "id": "0123456789abcdef", "source": null}, "records": 3, "selection": {"fr'
-        b'action": 0.3, "mode": "per_task", "rank_by": "psnr", "seed": 0, "selected": 1}, "summary'
-        b'": [{"pairs": 1, "task": "derain"}], "version": 1}\n'
-    ),
-    (
-        b'{"clean": "Train/Denoise/a.png", "degraded": null, "id": "denoise:Train/Denoise/a.png@s1'
-        b'5", "psnr": 30.25, "rank": 0, "selected": false, "sigma": 15, "ssim": 0.875, "task": "de'
-        b'noise"}\n'
-    ),
-    (
-        b'{"clean": "Train/Derain/gt/norain-1.png", "degraded": "Train/Derain/rainy/rain-1.png", "'
-        b'id": "derain:Train/Derain/rainy/rain-1.png", "psnr": 21.5, "rank": 0, "selected": true, '
-        b'"sigma": 0, "ssim": 0.5, "task": "derain"}\n'
-    ),
-    (
-        b'{"clean": "/elsewhere/target/x-\\u00e9.png", "degraded": "/elsewhere/input/x-\\u00e9.png",'
-        b' "error": "cannot decode image /elsewhere/input/x-\\u00e9.png: bad", "id": "mydata:x-\\u00'
-        b'e9.png", "psnr": null, "rank": null, "selected": false, "sigma": 0, "ssim": null, "task"'
-        b': "deblur"}\n'
-    ),
-])
+PINNED = b"".join(
+    [
+        (
+            b'{"data_fingerprint": "fedcba9876543210", "data_root": "/data/adair", "kind": "irpo-jax-m'
+            b'ining-manifest", "measure": {"crop": 0, "crop_base": 16, "metric": "PSNR/SSIM on RGB in '
+            b'[0,1], data_range 1 (irpo_jax.metrics)", "noise_seed": 0}, "model": {"checkpoint": "/mod'
+            b'els/adair5d", "id": "0123456789abcdef", "source": null}, "records": 3, "selection": {"fr'
+            b'action": 0.3, "mode": "per_task", "rank_by": "psnr", "seed": 0, "selected": 1}, "summary'
+            b'": [{"pairs": 1, "task": "derain"}], "version": 1}\n'
+        ),
+        (
+            b'{"clean": "Train/Denoise/a.png", "degraded": null, "id": "denoise:Train/Denoise/a.png@s1'
+            b'5", "psnr": 30.25, "rank": 0, "selected": false, "sigma": 15, "ssim": 0.875, "task": "de'
+            b'noise"}\n'
+        ),
+        (
+            b'{"clean": "Train/Derain/gt/norain-1.png", "degraded": "Train/Derain/rainy/rain-1.png", "'
+            b'id": "derain:Train/Derain/rainy/rain-1.png", "psnr": 21.5, "rank": 0, "selected": true, '
+            b'"sigma": 0, "ssim": 0.5, "task": "derain"}\n'
+        ),
+        (
+            b'{"clean": "/elsewhere/target/x-\\u00e9.png", "degraded": "/elsewhere/input/x-\\u00e9.png",'
+            b' "error": "cannot decode image /elsewhere/input/x-\\u00e9.png: bad", "id": "mydata:x-\\u00'
+            b'e9.png", "psnr": null, "rank": null, "selected": false, "sigma": 0, "ssim": null, "task"'
+            b': "deblur"}\n'
+        ),
+    ]
+)
 
 
 def _entries() -> list[dict]:
@@ -64,10 +79,18 @@ def _entries() -> list[dict]:
 
 def _header(entries: list[dict]) -> dict:
     return manifest.manifest_header(
-        data_root=ROOT, data_fingerprint="fedcba9876543210", records=len(entries),
-        model={"checkpoint": "/models/adair5d", "id": "0123456789abcdef", "source": None}, measure=MEASURE,
-        selection={"mode": "per_task", "fraction": 0.3, "rank_by": "psnr", "seed": 0,
-                   "selected": sum(e["selected"] for e in entries)},
+        data_root=ROOT,
+        data_fingerprint="fedcba9876543210",
+        records=len(entries),
+        model={"checkpoint": "/models/adair5d", "id": "0123456789abcdef", "source": None},
+        measure=MEASURE,
+        selection={
+            "mode": "per_task",
+            "fraction": 0.3,
+            "rank_by": "psnr",
+            "seed": 0,
+            "selected": sum(e["selected"] for e in entries),
+        },
         summary=[{"task": "derain", "pairs": 1}],
     )
 
@@ -89,8 +112,13 @@ def test_a_manifest_written_before_reads_and_decodes(tmp_path):
     assert [e["id"] for e in entries] == [r.id for r in RECORDS]
     assert entries[2]["clean"] == "/elsewhere/target/x-\u00e9.png"  # outside the root: kept absolute
     assert manifest.mined_by(header) == {"checkpoint": "/models/adair5d", "id": "0123456789abcdef", "source": None}
-    assert manifest.mining_settings(header) == {"fraction": 0.3, "selection": "per_task", "rank_by": "psnr",
-                                                "crop": 0, "seed": 0}
+    assert manifest.mining_settings(header) == {
+        "fraction": 0.3,
+        "selection": "per_task",
+        "rank_by": "psnr",
+        "crop": 0,
+        "seed": 0,
+    }
     # The selected pair, from the data root it was mined under; elsewhere only when allowed.
     assert manifest.records_from_manifest(RECORDS, path, ROOT) == [RECORDS[1]]
     with pytest.raises(DataError, match="data.manifest_allow_other_root"):

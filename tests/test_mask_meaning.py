@@ -88,9 +88,7 @@ def test_official_masks_are_open_at_the_test_sizes(thresholds):
             fh, fw = feature_size(size, name)
             h_a = np.asarray(adair.mask_half_sizes(thresholds[size, name], fh, fw, "adair"))[0]
             assert bool(np.all(h_a > 0)) == (size != TRAIN and name != "fre1"), (size, name, h_a)
-    np.testing.assert_array_equal(
-        adair.mask_half_sizes(thresholds[(720, 1280), "fre3"], 360, 640, "adair"), [[2, 5]]
-    )
+    np.testing.assert_array_equal(adair.mask_half_sizes(thresholds[(720, 1280), "fre3"], 360, 640, "adair"), [[2, 5]])
 
 
 def test_an_action_changes_the_mask_at_test_sizes_only_as_it_does_on_training_crops(thresholds):
@@ -113,7 +111,9 @@ def test_an_action_changes_the_mask_at_test_sizes_only_as_it_does_on_training_cr
             official = np.asarray(adair.mask_half_sizes(t_test, fh, fw, "adair"))
             h_test = np.asarray(adair.mask_half_sizes(rates, fh, fw, "widen", t_test))
             assert np.all(h_test >= official), (name, size)  # only ever widens
-            np.testing.assert_array_equal(h_test[np.asarray(r) <= 0.5], official[np.asarray(r) <= 0.5])  # ... inert here too
+            np.testing.assert_array_equal(
+                h_test[np.asarray(r) <= 0.5], official[np.asarray(r) <= 0.5]
+            )  # ... inert here too
             changed = h_test != official
             assert changed.any(), (name, size)
             gap = np.abs(h_test / n_test - h_train / n_train)[changed]

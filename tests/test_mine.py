@@ -56,8 +56,7 @@ def restorer(model_dir):
 @pytest.fixture(scope="module")
 def mined(demo_root, model_dir, restorer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mined") / "hard.jsonl"
-    mining.mine({"root": str(demo_root)}, model_dir, out, crop=CROP, batch_size=8,
-              restorer=restorer, progress=False)
+    mining.mine({"root": str(demo_root)}, model_dir, out, crop=CROP, batch_size=8, restorer=restorer, progress=False)
     return out
 
 
@@ -92,9 +91,11 @@ def test_per_task_worst_30_percent_matches_an_independent_sort(mined):
 
 
 def test_global_and_random_selection():
-    entries = [{"id": f"{t}{i}", "task": t, "psnr": float(p), "ssim": 0.5}
-               for t, ps in (("derain", [30, 31, 32, 33]), ("dehaze", [10, 11, 12, 13]))
-               for i, p in enumerate(ps)]
+    entries = [
+        {"id": f"{t}{i}", "task": t, "psnr": float(p), "ssim": 0.5}
+        for t, ps in (("derain", [30, 31, 32, 33]), ("dehaze", [10, 11, 12, 13]))
+        for i, p in enumerate(ps)
+    ]
     glob = mining.select(entries, mode="global", fraction=0.5)
     assert {i for i, (s, _) in glob.items() if s} == {"dehaze0", "dehaze1", "dehaze2", "dehaze3"}
     per = mining.select(entries, mode="per_task", fraction=0.5)
@@ -106,8 +107,7 @@ def test_global_and_random_selection():
         mining.select(entries, mode="best")
 
 
-def test_interrupted_mining_resumes_to_the_same_manifest(mined, demo_root, model_dir, restorer,
-                                                          tmp_path):
+def test_interrupted_mining_resumes_to_the_same_manifest(mined, demo_root, model_dir, restorer, tmp_path):
     out = tmp_path / "hard.jsonl"
     kw = dict(crop=CROP, batch_size=8, restorer=restorer, progress=False)
     with pytest.raises(mining.MiningInterrupted):
@@ -144,18 +144,18 @@ def test_whole_images_are_bucketed_by_shape_and_scored_like_skimage(demo_root, m
         return jnp.asarray(x)
 
     cfg = {"root": str(demo_root), "tasks": ("lowlight",)}
-    mining.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=0, batch_size=2, restorer=identity,
-              progress=False)
+    mining.mine(cfg, model_dir, tmp_path / "m.jsonl", crop=0, batch_size=2, restorer=identity, progress=False)
     _, entries = R.read_manifest(tmp_path / "m.jsonl")
     records, _ = R.train_records(cfg)
     shapes = {R.cropped_size(r.size) for r in records}
     assert {s[1:3] for s in calls} == shapes and all(s[0] == 2 for s in calls)
     for e, r in zip(entries, records):
+
         def read(p):
             a = np.array(Image.open(p).convert("RGB")).astype(np.float32) / 255
             h, w = a.shape[:2]
-            return a[(h % 16) // 2 : h - h % 16 + (h % 16) // 2,
-                     (w % 16) // 2 : w - w % 16 + (w % 16) // 2]
+            return a[(h % 16) // 2 : h - h % 16 + (h % 16) // 2, (w % 16) // 2 : w - w % 16 + (w % 16) // 2]
+
         want = peak_signal_noise_ratio(read(r.clean), read(r.degraded), data_range=1)
         assert e["psnr"] == pytest.approx(want, abs=1e-3)
 
@@ -212,8 +212,14 @@ def test_a_crop_is_the_image_centre_and_denoise_inputs_are_the_documented_noise(
 def test_manifest_subset_mode_trains_on_exactly_the_selected_pairs(mined, demo_root):
     _, entries = R.read_manifest(mined)
     selected = {e["id"] for e in entries if e["selected"]}
-    it = P.make_train_iterator({"root": str(demo_root), "manifest": str(mined)}, batch_size=4,
-                               seed=0, shard_index=0, shard_count=1, worker_count=0)
+    it = P.make_train_iterator(
+        {"root": str(demo_root), "manifest": str(mined)},
+        batch_size=4,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+        worker_count=0,
+    )
     assert {r.id for r in it.records} == selected
     seen = {it.records[i].id for _ in range(5) for i in next(it)["index"]}
     assert seen <= selected
@@ -245,11 +251,26 @@ def test_cli(demo_root, model_dir, tmp_path, capsys):
         "    c = ml_collections.ConfigDict()\n"
         "    c.data = default_data_config('not/here')\n"
         "    c.data.tasks = ('denoise',)\n"
-        "    return c\n")
+        "    return c\n"
+    )
     out = tmp_path / "cli.jsonl"
-    rc = mine.main(["--config", str(cfg_file), "--data_root", str(demo_root), "--checkpoint",
-                    str(model_dir), "--out", str(out), "--crop", str(CROP), "--no_progress",
-                    "--selection", "random"])
+    rc = mine.main(
+        [
+            "--config",
+            str(cfg_file),
+            "--data_root",
+            str(demo_root),
+            "--checkpoint",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--crop",
+            str(CROP),
+            "--no_progress",
+            "--selection",
+            "random",
+        ]
+    )
     assert rc == 0
     header, entries = R.read_manifest(out)
     assert header["records"] == 18 and header["data_root"] == str(demo_root)
@@ -257,8 +278,20 @@ def test_cli(demo_root, model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| denoise s25 |" in printed and "6 of 18 pairs selected" in printed
     # Errors are one line naming the problem, exit status 1.
-    assert mine.main(["--data_root", str(tmp_path / "none"), "--checkpoint", str(model_dir),
-                      "--out", str(tmp_path / "x.jsonl"), "--no_progress"]) == 1
+    assert (
+        mine.main(
+            [
+                "--data_root",
+                str(tmp_path / "none"),
+                "--checkpoint",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "x.jsonl"),
+                "--no_progress",
+            ]
+        )
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -271,6 +304,7 @@ REACHED = "reached the data or the model"
 @pytest.fixture
 def no_model(monkeypatch):
     """Mining that gets as far as reading the data or loading a model fails with ``REACHED``."""
+
     def refuse(*args, **kwargs):
         raise R.DataError(REACHED)
 
@@ -281,8 +315,9 @@ def no_model(monkeypatch):
 def _cli(tmp_path, *flags):
     # A data root and checkpoint that do not exist: any error about them means the arguments
     # were checked too late.
-    return mine.main(["--data_root", str(tmp_path / "no_data"), "--checkpoint",
-                      str(tmp_path / "no_model"), "--no_progress", *flags])
+    return mine.main(
+        ["--data_root", str(tmp_path / "no_data"), "--checkpoint", str(tmp_path / "no_model"), "--no_progress", *flags]
+    )
 
 
 @pytest.mark.parametrize("fraction", ["1.5", "-0.1", "nan", "inf"])
@@ -370,8 +405,9 @@ def test_cli_non_positive_batch_size_is_refused_before_data_or_model(tmp_path, c
     assert REACHED not in err and not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("out", ["/proc/irpo_test_mine/hard.jsonl", "/proc/irpo_test_hard.jsonl",
-                                 "/sys/irpo_test_hard.jsonl"])
+@pytest.mark.parametrize(
+    "out", ["/proc/irpo_test_mine/hard.jsonl", "/proc/irpo_test_hard.jsonl", "/sys/irpo_test_hard.jsonl"]
+)
 def test_cli_unwritable_out_is_one_line_before_data_or_model(tmp_path, capsys, no_model, out):
     assert _cli(tmp_path, "--out", out) == 1
     err = capsys.readouterr().err.strip()
@@ -380,16 +416,23 @@ def test_cli_unwritable_out_is_one_line_before_data_or_model(tmp_path, capsys, n
     assert REACHED not in err
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("def get_config(:\n", "not a valid Python config file (invalid syntax, line 1)"),
-    ("def get_config():\n    return 1 / 0\n", "loading it failed: ZeroDivisionError: division by zero"),
-    ("import no_such_module_here\n", "ModuleNotFoundError: No module named 'no_such_module_here'"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("def get_config(:\n", "not a valid Python config file (invalid syntax, line 1)"),
+        ("def get_config():\n    return 1 / 0\n", "loading it failed: ZeroDivisionError: division by zero"),
+        ("import no_such_module_here\n", "ModuleNotFoundError: No module named 'no_such_module_here'"),
+    ],
+)
 def test_cli_a_config_file_that_fails_is_one_line(tmp_path, capsys, no_model, text, needle):
     cfg = tmp_path / "my_config.py"
     cfg.write_text(text)
-    assert mine.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "no_model"),
-                      "--out", str(tmp_path / "m.jsonl")]) == 1
+    assert (
+        mine.main(
+            ["--config", str(cfg), "--checkpoint", str(tmp_path / "no_model"), "--out", str(tmp_path / "m.jsonl")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --config {cfg}: ") and needle in err and "\n" not in err
 

@@ -86,8 +86,16 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     page = (out / "report" / "compare_a_vs_b" / "index.html").read_text()
     assert "ood_deblur" in page and "sots" in page
     report = (out / "report" / "mini_irpo.md").read_text()
-    for text in ("### In domain", "### Out of domain", "### Validation", "(a) - (b), test:", "Wall time per arm",
-                 "IRPO Table 2", "Mean |para1|", "Best-of-K oracle"):
+    for text in (
+        "### In domain",
+        "### Out of domain",
+        "### Validation",
+        "(a) - (b), test:",
+        "Wall time per arm",
+        "IRPO Table 2",
+        "Mean |para1|",
+        "Best-of-K oracle",
+    ):
         assert text in report, text
     for png in ("reward_curves.png", "probe_reward_curves.png", "loss_curves.png", "start_val_curve.png"):
         assert (out / "report" / png).stat().st_size > 1000
@@ -133,8 +141,10 @@ def test_publish_replaces_only_the_block_between_the_markers(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text(f"# Before\n\n{mini_irpo.BEGIN}\nold\n{mini_irpo.END}\n\n### After\ntext\n")
     study = mini_irpo.Study(mini_irpo.Settings(out=out))
-    want = (f"# Before\n\n{mini_irpo.BEGIN}\n## Report\n![curves](mini_irpo/reward_curves.png)\n{mini_irpo.END}\n"
-            "\n### After\ntext\n")
+    want = (
+        f"# Before\n\n{mini_irpo.BEGIN}\n## Report\n![curves](mini_irpo/reward_curves.png)\n{mini_irpo.END}\n"
+        "\n### After\ntext\n"
+    )
     for _ in range(2):
         mini_irpo.publish(study, results, tmp_path / "plots")
         assert results.read_text() == want

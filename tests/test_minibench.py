@@ -35,6 +35,7 @@ def test_same_seed_same_bytes_and_a_rebuild_is_found_not_redone(quick_set, tmp_p
 def test_a_failed_build_leaves_nothing_and_the_cli_says_why_in_one_line(tmp_path, monkeypatch, capsys):
     """Written whole (safe_files.atomic_directory): a build that fails while writing leaves neither
     the folder nor a temporary sibling; a folder that is not this benchmark is one line, exit 1."""
+
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
@@ -54,8 +55,12 @@ def test_splits_are_disjoint_by_region(quick_set):
     strips = {"train": "train", "val": "val", "test": "test", "ood": "test"}
     for s in samples:
         box, region = Box(*s["box"]), getattr(minibench.PHOTOS[s["photo"]], strips[s["split"]])
-        inside = (region.top <= box.top and box.top + box.height <= region.top + region.height
-                  and region.left <= box.left and box.left + box.width <= region.left + region.width)
+        inside = (
+            region.top <= box.top
+            and box.top + box.height <= region.top + region.height
+            and region.left <= box.left
+            and box.left + box.width <= region.left + region.width
+        )
         assert inside, s
     for s in samples:
         for t in samples:

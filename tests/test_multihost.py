@@ -68,8 +68,14 @@ def _run_workers(code: str) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                XLA_FLAGS=WORKER_XLA_FLAGS)  # fmt: skip
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
         for i in range(2)
     ]
     outputs = []

@@ -68,10 +68,17 @@ def test_inputs_without_targets_refuse_the_set_or_are_listed_when_partial(ood_ro
     lo = _copy(root, "lolistreet", tmp_path)
     (lo / "LoLI-Street Dataset/Val/high/a.png").rename(lo / "LoLI-Street Dataset/Val/high/a2.png")
     cfg = {"root": str(tmp_path)}
-    for name, file in [("rrshid", "thin/test/hazy/10.png"), ("gtrain", "M1135_0-0/M1135_0-0-R-000.png"),
-                       ("reloblur", "scene2/03/00_blur.png"), ("lolistreet", "a.png")]:
-        with pytest.raises(R.DataError, match=rf"test set {name}: 1 of its \d+ input\(s\) have no matching "
-                                              rf"target: {file}.*--allow_partial.*data.test_dirs.{name}"):
+    for name, file in [
+        ("rrshid", "thin/test/hazy/10.png"),
+        ("gtrain", "M1135_0-0/M1135_0-0-R-000.png"),
+        ("reloblur", "scene2/03/00_blur.png"),
+        ("lolistreet", "a.png"),
+    ]:
+        with pytest.raises(
+            R.DataError,
+            match=rf"test set {name}: 1 of its \d+ input\(s\) have no matching "
+            rf"target: {file}.*--allow_partial.*data.test_dirs.{name}",
+        ):
             R.eval_sets(cfg, [name])
         es = R.eval_sets(cfg, [name], allow_partial=True)[name]
         assert es.missing == [file] and file not in [es.item_name(i) for i in range(len(es))]
@@ -79,13 +86,20 @@ def test_inputs_without_targets_refuse_the_set_or_are_listed_when_partial(ood_ro
 
 def test_gtrain_pairs_by_prefix_then_by_the_scenes_clean_frame(tmp_path):
     scene = tmp_path / "test/ood/gtrain/Park_0-0"
-    for f in ["Park_0-0-R-000.png", "Park_0-0-Webcam-R-000.png", "Park_0-0-C-000.png",
-              "Park_0-0-Webcam-C-000.png", "Park_0-0-C-001.png"]:
+    for f in [
+        "Park_0-0-R-000.png",
+        "Park_0-0-Webcam-R-000.png",
+        "Park_0-0-C-000.png",
+        "Park_0-0-Webcam-C-000.png",
+        "Park_0-0-C-001.png",
+    ]:
         ood_miniatures._save(scene / f, np.full((32, 32, 3), len(f), np.uint8))
     es = R.eval_sets({"root": str(tmp_path)}, ["gtrain"])["gtrain"]
     pairs = {pathlib.Path(r.degraded).name: pathlib.Path(r.clean).name for r in es.records}
-    assert pairs == {"Park_0-0-R-000.png": "Park_0-0-C-000.png",
-                     "Park_0-0-Webcam-R-000.png": "Park_0-0-Webcam-C-000.png"}
+    assert pairs == {
+        "Park_0-0-R-000.png": "Park_0-0-C-000.png",
+        "Park_0-0-Webcam-R-000.png": "Park_0-0-Webcam-C-000.png",
+    }
     assert es.groups == ["Park_0-0", "Park_0-0"]
 
 
@@ -105,12 +119,18 @@ def test_sidd_png_releases_and_16_bit_files(tmp_path):
         Image.fromarray(grey16).save(deep / f)
     es = R.eval_sets({"root": str(tmp_path)}, ["sidd"])["sidd"]
     names = [es.item_name(i) for i in range(len(es))]
-    assert names == ["SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG",
-                     "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_011.PNG",
-                     "SIDD_Small_sRGB_Only/Data/0002_001_GP_00100_00100_5500_N/NOISY_SRGB_010.PNG",
-                     "SIDD_Small_sRGB_Only/Data/0003_002_IP_00400_00400_3200_L/NOISY_SRGB_010.PNG"]
-    assert [pathlib.Path(r.clean).name for r in es.records] == ["0001_GT_SRGB_010.PNG", "0001_GT_SRGB_011.PNG",
-                                                                "GT_SRGB_010.PNG", "GT_SRGB_010.PNG"]
+    assert names == [
+        "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG",
+        "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_011.PNG",
+        "SIDD_Small_sRGB_Only/Data/0002_001_GP_00100_00100_5500_N/NOISY_SRGB_010.PNG",
+        "SIDD_Small_sRGB_Only/Data/0003_002_IP_00400_00400_3200_L/NOISY_SRGB_010.PNG",
+    ]
+    assert [pathlib.Path(r.clean).name for r in es.records] == [
+        "0001_GT_SRGB_010.PNG",
+        "0001_GT_SRGB_011.PNG",
+        "GT_SRGB_010.PNG",
+        "GT_SRGB_010.PNG",
+    ]
     item = es[3]
     assert item["clean"].dtype == np.uint16
     np.testing.assert_array_equal(item["clean"], np.repeat(grey16[..., None], 3, -1))
@@ -143,8 +163,11 @@ def test_sidd_mat_files_that_cannot_be_the_benchmark(tmp_path):
 
 def test_layouts_that_are_not_the_release_are_named(ood_root, tmp_path):
     cfg = {"root": str(tmp_path)}
-    with pytest.raises(R.DataError, match=r"test set rrshid: .*test/ood/rrshid does not exist.*"
-                                          r"data.test_dirs.rrshid.*--test_dir rrshid=DIR"):
+    with pytest.raises(
+        R.DataError,
+        match=r"test set rrshid: .*test/ood/rrshid does not exist.*"
+        r"data.test_dirs.rrshid.*--test_dir rrshid=DIR",
+    ):
         R.eval_sets(cfg, ["rrshid"])
     rr = tmp_path / "test/ood/rrshid/RRSHID"
     ood_miniatures._pair(np.random.default_rng(0), rr / "train/hazy/1.png", rr / "train/GT/1.png", 0)
@@ -203,6 +226,8 @@ def test_ood5_scores_match_skimage_and_gtrain_averages_per_scene(ood_root):
             assert row["psnr"] == pytest.approx(np.mean(psnrs[None])) and row["average"] == "mean over images"
     assert res["average"]["psnr"] == pytest.approx(np.mean([res["rows"][r]["psnr"] for r in R.OOD_SETS]))
     table = ev.format_table(res)
-    assert ("| Method | Dehazing on RRSHID | Deraining on GT-Rain | Denoising on SIDD | Deblurring on "
-            "ReLoBlur | Low-Light on LoLI-Street | Average |") in table
+    assert (
+        "| Method | Dehazing on RRSHID | Deraining on GT-Rain | Denoising on SIDD | Deblurring on "
+        "ReLoBlur | Low-Light on LoLI-Street | Average |"
+    ) in table
     assert "gtrain: set score = mean over groups of each group's mean" in table

@@ -37,8 +37,9 @@ def _it(root, batch_size=4, seed=SEED, **kw):
     return P.make_train_iterator(cfg, batch_size=batch_size, seed=seed, **kw)
 
 
-def _reference(rec: R.Record, seed: int, position: int, patch: int = 128,
-               augment: str = "flips") -> tuple[np.ndarray, np.ndarray]:
+def _reference(
+    rec: R.Record, seed: int, position: int, patch: int = 128, augment: str = "flips"
+) -> tuple[np.ndarray, np.ndarray]:
     """Independent numpy version of one training sample (adair-spec.md 10.3 + IRPO flips)."""
     rng = np.random.default_rng([seed, position, 0])
 
@@ -150,8 +151,10 @@ def test_worker_processes_give_the_same_batches_and_state(demo_root):
 
 
 def test_process_shards_are_disjoint_and_cover_an_epoch(demo_root):
-    cfg = {"repeats": {t: 1 for t in ("denoise", "derain", "dehaze", "deblur", "lowlight")},
-           "tasks": ("derain", "deblur", "lowlight")}
+    cfg = {
+        "repeats": {t: 1 for t in ("denoise", "derain", "dehaze", "deblur", "lowlight")},
+        "tasks": ("derain", "deblur", "lowlight"),
+    }
     shards = [_it(demo_root, batch_size=2, cfg=cfg, shard_index=i, shard_count=2) for i in (0, 1)]
     epoch = shards[0].epoch_size
     assert epoch == 15 and shards[0].steps_per_epoch == 7
@@ -200,9 +203,9 @@ def test_mixed_formats_are_converted(tmp_path):
     rgb = rng.integers(0, 256, (144, 144, 3), dtype=np.uint8)
     Image.fromarray(g16).save(root / "input/x.png")  # 16-bit grayscale input
     Image.fromarray(np.concatenate([rgb, np.zeros((144, 144, 1), np.uint8)], -1)).save(
-        root / "target/x.png")  # RGBA target, alpha 0 everywhere
-    cfg = {"tasks": (), "paired_train": [{"name": "p", "path": "p", "task": "derain"}],
-           "augment": "none"}
+        root / "target/x.png"
+    )  # RGBA target, alpha 0 everywhere
+    cfg = {"tasks": (), "paired_train": [{"name": "p", "path": "p", "task": "derain"}], "augment": "none"}
     b = next(_it(tmp_path, batch_size=1, cfg=cfg))
     rng = P.sample_rng(SEED, 0)  # position 0 holds the only record
     top, left = rng.integers(0, 144 - 128 + 1), rng.integers(0, 144 - 128 + 1)

@@ -116,9 +116,11 @@ def test_action_statistics_against_the_actions(pol):
         for a, action in enumerate(policy.ACTION_NAMES):
             k = 4 * m + a
             assert float(stats[f"actions/{name}/{action}/mean"]) == pytest.approx(
-                np.mean(conc[:, k, 0] / conc[:, k].sum(-1)), rel=1e-5)
+                np.mean(conc[:, k, 0] / conc[:, k].sum(-1)), rel=1e-5
+            )
             assert float(stats[f"actions/{name}/{action}/concentration"]) == pytest.approx(
-                np.mean(conc[:, k].sum(-1)), rel=1e-5)
+                np.mean(conc[:, k].sum(-1)), rel=1e-5
+            )
         n = side // 2
         rates = actions[:, 4 * m : 4 * m + 2].astype(np.float32)
         opened = np.all(np.floor((n + 1) * (np.float32(2) * rates - np.float32(1))) >= 1, axis=1)
@@ -389,7 +391,9 @@ def test_backbone_pass_as_one_batch_on_two_devices_equals_the_separate_passes(po
     assert given.restored.shape == (2, 2, 32, 32, 3) and det.restored.shape == (2, 32, 32, 3)
     for a, b, name in ((given, given_ref, "given"), (det, det_ref, "mean")):
         for field in ("restored", "actions", "concentrations", "log_prob", "entropy"):
-            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5, atol=2e-6, err_msg=(name, field))
+            np.testing.assert_allclose(
+                getattr(a, field), getattr(b, field), rtol=1e-5, atol=2e-6, err_msg=(name, field)
+            )
     assert float(jnp.abs(det.actions[0] - det.actions[1]).max()) > 1e-4  # the means do vary with the image
     flat_one, flat_two = (jax.flatten_util.ravel_pytree(nnx.to_pure_dict(g))[0] for g in (g_one, g_two))
     assert float(jnp.abs(flat_two).max()) > 0

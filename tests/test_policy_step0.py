@@ -92,8 +92,10 @@ def test_deterministic_policy_is_the_official_adair_at_every_size(weights, size)
     img = jnp.asarray(np.random.default_rng(h + w).uniform(size=(1, h, w, 3)).astype(np.float32))
     with jax.default_matmul_precision("highest"):
         plain, det, empty, logits, sizes = _three_passes(
-            *nnx.split(convert.from_state_dict(wts)), *nnx.split(_policy_from(wts)),
-            nnx.split(_policy_from(wts, mask_rule="anchored"))[0], img,
+            *nnx.split(convert.from_state_dict(wts)),
+            *nnx.split(_policy_from(wts)),
+            nnx.split(_policy_from(wts, mask_rule="anchored"))[0],
+            img,
         )
     for k, name in enumerate(adair.FRE_NAMES):
         fh, fw = h // 2 ** (3 - k), w // 2 ** (3 - k)  # fre1 at 1/8, fre2 1/4, fre3 1/2

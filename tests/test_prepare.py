@@ -22,8 +22,11 @@ CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "allin
 
 
 def _snapshot(folder: pathlib.Path) -> dict[str, tuple[str, int]]:
-    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +69,29 @@ def test_train_readers_find_exactly_the_pairs(built):
     assert got == want
     # the list files name exactly those files (a list, not a folder listing, is what AdaIR reads)
     assert (out / "data_dir/noisy/denoise.txt").read_text().split() == [
-        "00001.bmp", "00002.bmp", "04744.bmp", "a100007.jpg", "a10081.jpg"]
+        "00001.bmp",
+        "00002.bmp",
+        "04744.bmp",
+        "a100007.jpg",
+        "a10081.jpg",
+    ]
     assert (out / "data_dir/rainy/rainTrain.txt").read_text().split() == [
-        "rainy/rain-1.png", "rainy/rain-2.png", "rainy/rain-10.png"]
+        "rainy/rain-1.png",
+        "rainy/rain-2.png",
+        "rainy/rain-10.png",
+    ]
 
 
 def test_evaluate_readers_find_exactly_the_pairs(built):
     _, _, out, expected, _, _, _ = built
     sets = readers.eval_sets({"root": str(out)}, ["sots", "rain100l", "bsd68", "gopro", "lol", "ood5"])
-    for name, release in (("sots", "sots"), ("rain100l", "rain100l"), ("bsd68_s25", "bsd68"),
-                          ("gopro", "gopro_test"), ("lol", "lol_test")):
+    for name, release in (
+        ("sots", "sots"),
+        ("rain100l", "rain100l"),
+        ("bsd68_s25", "bsd68"),
+        ("gopro", "gopro_test"),
+        ("lol", "lol_test"),
+    ):
         pairs = {(_rel(out, r.degraded), _rel(out, r.clean)) for r in sets[name].records}
         assert pairs == expected[release]["pairs"], name
     for name in readers.OOD_SETS:
@@ -91,8 +107,9 @@ def test_downloads_unchanged_and_files_unchanged(built):
     clear = out / "Train/Dehaze/original/0025.jpg"
     assert clear.stat().st_ino == (downloads / "OTS_BETA/clear/0025.jpg").stat().st_ino
     with zipfile.ZipFile(downloads / "GOPRO_Large.zip") as zf:
-        assert (out / "Train/Deblur/blur/GOPR0374_11_00_000047.png").read_bytes() == \
-            zf.read("GOPRO_Large/train/GOPR0374_11_00/blur/000047.png")
+        assert (out / "Train/Deblur/blur/GOPR0374_11_00_000047.png").read_bytes() == zf.read(
+            "GOPRO_Large/train/GOPR0374_11_00/blur/000047.png"
+        )
 
 
 def test_rerun_changes_nothing(built):
@@ -120,8 +137,10 @@ def test_check_counts_and_run_lengths(built):
 
 def test_run_lengths_at_the_papers_sizes():
     # The published sizes give the run lengths configs/allinone5.py's docstring states.
-    rows = [prepare.CheckRow(t, "", n, n, "") for t, n in
-            (("denoise", 5144), ("derain", 200), ("dehaze", 72135), ("deblur", 2103), ("lowlight", 485))]
+    rows = [
+        prepare.CheckRow(t, "", n, n, "")
+        for t, n in (("denoise", 5144), ("derain", 200), ("dehaze", 72135), ("deblur", 2103), ("lowlight", 485))
+    ]
     text = "\n".join(prepare.run_lengths(rows, CONFIG))
     assert "one epoch of AdaIR's mixture: 162,646 samples" in text  # adair-spec.md 10.2
     assert "48,812 samples (the hard 30%: 27,110 pairs) at batch 2 = 732,180 optimizer steps" in text
@@ -208,9 +227,13 @@ def test_hand_laid_folder_left_alone_and_replacement(tmp_path):
     assert by["lol_test"].state == "left as it is" and "not laid out by prepare" in by["lol_test"].detail
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     # More data in the downloads: a unit prepare laid out is laid out again, whole.
-    release_miniatures.write_zip(downloads / "LOL_extra.zip", {
-        "LOLdataset/our485/low/9.png": (out / "Train/Enhance/low/2.png").read_bytes(),
-        "LOLdataset/our485/high/9.png": (out / "Train/Enhance/gt/2.png").read_bytes()})
+    release_miniatures.write_zip(
+        downloads / "LOL_extra.zip",
+        {
+            "LOLdataset/our485/low/9.png": (out / "Train/Enhance/low/2.png").read_bytes(),
+            "LOLdataset/our485/high/9.png": (out / "Train/Enhance/gt/2.png").read_bytes(),
+        },
+    )
     results, _ = prepare.prepare(downloads, out, sets=["lol_train"], expected={"lol_train": 3})
     assert results[0].state == "found"
     assert sorted(p.name for p in (out / "Train/Enhance/low").iterdir()) == ["2.png", "5.png", "9.png"]
@@ -257,13 +280,15 @@ def test_bad_arguments(tmp_path, capsys):
 
 def test_an_interrupted_run_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     """Ctrl-C (or SIGTERM, 143) while laying out: one line saying a rerun finishes, no traceback."""
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare, "prepare", interrupted)
     assert prepare.main(["--downloads", str(tmp_path / "dl"), "--out", str(tmp_path / "data")]) == 130
     assert capsys.readouterr().err.splitlines() == [
-        "error: interrupted (Ctrl-C); the same command finishes what is missing"]
+        "error: interrupted (Ctrl-C); the same command finishes what is missing"
+    ]
 
 
 @pytest.mark.skipif(not archives.bsdtar(), reason="bsdtar (libarchive-tools) not installed")
@@ -273,7 +298,9 @@ def test_rar_and_7z_members_are_listed_and_extracted(tmp_path):
     release_miniatures.write_7z(tmp_path / "dl/r.7z", {"Rain100L/rainy/rain-001.png": b"png"})
     scan = archives.scan(tmp_path / "dl")
     assert sorted(m.vpath for m in scan.members) == [
-        "r.7z/Rain100L/rainy/rain-001.png", "w.rar/exploration_database_and_code/pristine_images/00007.bmp"]
+        "r.7z/Rain100L/rainy/rain-001.png",
+        "w.rar/exploration_database_and_code/pristine_images/00007.bmp",
+    ]
     dest = tmp_path / "out"
     archives.place([(m, dest / m.name) for m in scan.members])
     assert (dest / "00007.bmp").read_bytes() == files["exploration_database_and_code/pristine_images/00007.bmp"]

@@ -28,9 +28,15 @@ ENV = {
 
 
 def _recipe(runs: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "irpo_jax.reproduce", "--demo", "--variant", "smoke",
-                           "--runs", str(runs), *extra], cwd=ROOT, env=os.environ | ENV,
-                          capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "irpo_jax.reproduce", "--demo", "--variant", "smoke", "--runs", str(runs), *extra],
+        cwd=ROOT,
+        env=os.environ | ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def _rows(results: dict) -> dict:
@@ -47,13 +53,24 @@ def test_whole_recipe_on_the_demo_data(recipe_run):
     runs, proc = recipe_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [ln[3:].split(":")[0] for ln in proc.stdout.splitlines() if ln.startswith("== ")]
-    assert steps == ["data", "checkpoint", "evaluate AdaIR", f"recorded the demo's expected numbers in {runs}/"
-                     "expected_demo.json", "check AdaIR against the expected row", "mine", "post-train",
-                     "evaluate IRPO", "compare"]
+    assert steps == [
+        "data",
+        "checkpoint",
+        "evaluate AdaIR",
+        f"recorded the demo's expected numbers in {runs}/expected_demo.json",
+        "check AdaIR against the expected row",
+        "mine",
+        "post-train",
+        "evaluate IRPO",
+        "compare",
+    ]
     adair = json.loads(next((runs / "adair").glob("eval/*/results.json")).read_text())
     irpo = json.loads(next((runs / "irpo").glob("eval/*/results.json")).read_text())
-    assert sorted(adair["rows"]) == sorted(irpo["rows"]) == sorted(
-        ["sots", "rain100l", "bsd68_s15", "bsd68_s25", "bsd68_s50", "gopro", "lol"])
+    assert (
+        sorted(adair["rows"])
+        == sorted(irpo["rows"])
+        == sorted(["sots", "rain100l", "bsd68_s15", "bsd68_s25", "bsd68_s50", "gopro", "lol"])
+    )
     # the demo's expected numbers are the first evaluation's five-task rows, as recorded
     expected = json.loads((runs / "expected_demo.json").read_text())
     assert expected["rows"] == {r: _rows(adair)[r] for r in reproduce.FIVE_TASK}
@@ -71,8 +88,11 @@ def test_rerun_skips_every_step_and_a_check_that_fails_stops_before_mining(recip
     assert first.returncode == 0
     proc = _recipe(runs)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ran = [ln for ln in proc.stdout.splitlines() if ln.startswith("== ") and ": skipped (" not in ln
-           and not ln.startswith("== check")]
+    ran = [
+        ln
+        for ln in proc.stdout.splitlines()
+        if ln.startswith("== ") and ": skipped (" not in ln and not ln.startswith("== check")
+    ]
     assert ran == []
     # A recorded GoPro number 0.3 dB above today's: the average is 0.06 dB off -> stop, naming GoPro.
     record = runs / "expected_demo.json"

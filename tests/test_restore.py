@@ -62,8 +62,12 @@ def _png_with_every_filter(path: pathlib.Path, a: np.ndarray) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [2, 3, 4])
@@ -170,8 +174,9 @@ def test_corrupt_file_is_reported_and_the_rest_continue(tmp_path):
     good = RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8)
     Image.fromarray(good).save(tmp_path / "good.png")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    report = rs.restore_files(identity, [tmp_path / "good.png", tmp_path / "bad.jpg", tmp_path / "gone.png"],
-                              tmp_path / "out", progress=False)
+    report = rs.restore_files(
+        identity, [tmp_path / "good.png", tmp_path / "bad.jpg", tmp_path / "gone.png"], tmp_path / "out", progress=False
+    )
     assert [p.name for p in report.written] == ["good.png"]
     assert {p.name for p, _ in report.failed} == {"bad.jpg", "gone.png"}
     text = report.summary()
@@ -208,8 +213,9 @@ def test_out_of_memory_falls_back_to_tiles(tmp_path):
 
     a = RNG.integers(0, 256, (40, 24, 3), dtype=np.uint8)
     Image.fromarray(a).save(tmp_path / "big.png")
-    report = rs.restore_files(small_device, [tmp_path / "big.png"], tmp_path / "o", fallback_tile=16,
-                              tile_overlap=8, progress=False)
+    report = rs.restore_files(
+        small_device, [tmp_path / "big.png"], tmp_path / "o", fallback_tile=16, tile_overlap=8, progress=False
+    )
     assert report.ok and [p.name for p in report.tiled] == ["big.png"], report.summary()
     assert calls[0][1:3] == (40, 24) and all(c[1:3] == (16, 16) for c in calls[1:])
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "big.png")), a)
@@ -237,8 +243,9 @@ def test_cli_restores_with_the_model(tiny_model_dir, tmp_path, capsys):
     # The output is the model on the reflect-padded image, cropped back and rounded.
     from irpo_jax import evaluation as ev
 
-    runner = ev.make_runner(checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0,
-                            devices=None, precision="highest")  # the compiled function restore used
+    runner = ev.make_runner(
+        checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0, devices=None, precision="highest"
+    )  # the compiled function restore used
     x = np.pad(rgb / np.float32(255), ((0, 5), (0, 2), (0, 0)), mode="reflect")
     expected = np.rint(np.clip(runner.apply_host(np.stack([x] * runner.n))[0, :27, :30], 0, 1) * 255)
     assert np.max(np.abs(np.asarray(Image.open(out / "a.png"), np.float32) - expected)) <= 1
@@ -270,10 +277,13 @@ def _local_net(x):
     import jax
     import jax.numpy as jnp
 
-    k = [jnp.asarray(np.random.default_rng(i).normal(size=s).astype(np.float32) * 0.2)
-         for i, s in enumerate([(3, 3, 3, 4), (3, 3, 16, 16), (3, 3, 4, 3)])]
+    k = [
+        jnp.asarray(np.random.default_rng(i).normal(size=s).astype(np.float32) * 0.2)
+        for i, s in enumerate([(3, 3, 3, 4), (3, 3, 16, 16), (3, 3, 4, 3)])
+    ]
     conv = lambda t, w: jax.lax.conv_general_dilated(  # noqa: E731
-        t, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+        t, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
     b, h, w_, _ = x.shape
     y = jnp.tanh(conv(x, k[0]))  # (B, H, W, 4)
     y = y.reshape(b, h // 2, 2, w_ // 2, 2, 4).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w_ // 2, 16)
@@ -306,8 +316,9 @@ def test_tiled_adair_is_not_whole_image_inference(tiny_model_dir):
     trained model; see irpo_jax/evaluation/tiling.py)."""
     from irpo_jax import evaluation as ev
 
-    runner = ev.make_runner(checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0,
-                            devices=None, precision="highest")
+    runner = ev.make_runner(
+        checkpointing.load_model(tiny_model_dir), ensemble=False, oracle_k=0, devices=None, precision="highest"
+    )
     small = RNG.uniform(size=(32, 32, 3)).astype(np.float32)
     one = tiling.tiled_apply(runner.apply_host, small, tile=32, overlap=8, batch_size=runner.n)
     np.testing.assert_array_equal(one, runner.apply_host(np.stack([small] * runner.n))[0])
@@ -342,39 +353,50 @@ def one_line_error(capsys, *needles):
         assert needle in err, (needle, err)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--fallback_tile", "-8"], "--fallback_tile -8: must be 0 or a positive multiple of 8"),
-    (["--tile_overlap", "-8"], "--tile_overlap -8: must be 0 or a positive multiple of 8"),
-    (["--tile", "-64"], "--tile -64: must be 0 or a positive multiple of 8"),
-    (["--tile", "100"], "--tile 100: must be 0 or a positive multiple of 8"),
-    (["--tile", "64", "--tile_overlap", "64"], "--tile_overlap 64 must be smaller than --tile 64"),
-    (["--fallback_tile", "8"], "--fallback_tile 8: too small"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--fallback_tile", "-8"], "--fallback_tile -8: must be 0 or a positive multiple of 8"),
+        (["--tile_overlap", "-8"], "--tile_overlap -8: must be 0 or a positive multiple of 8"),
+        (["--tile", "-64"], "--tile -64: must be 0 or a positive multiple of 8"),
+        (["--tile", "100"], "--tile 100: must be 0 or a positive multiple of 8"),
+        (["--tile", "64", "--tile_overlap", "64"], "--tile_overlap 64 must be smaller than --tile 64"),
+        (["--fallback_tile", "8"], "--fallback_tile 8: too small"),
+    ],
+)
 def test_bad_tiling_flags_are_refused_first(tmp_path, capsys, flags, needle):
     # A checkpoint that does not exist: the flags must be refused before it is looked at.
     assert _cli("--checkpoint", tmp_path / "missing", tmp_path, "--out", tmp_path / "o", *flags) == 2
     one_line_error(capsys, needle)
 
 
-@pytest.mark.parametrize("out, needle", [
-    ("/proc/irpo_test_restore", "--out /proc/irpo_test_restore: cannot write in /proc"),
-    ("/sys/irpo_test_restore", "--out /sys/irpo_test_restore: cannot write in /sys"),
-    ("FILE", "is an existing file, not a folder"),
-])
-def test_an_unwritable_out_is_one_line_before_the_model_loads(tiny_model_dir, tmp_path, capsys, monkeypatch, out,
-                                                              needle):
+@pytest.mark.parametrize(
+    "out, needle",
+    [
+        ("/proc/irpo_test_restore", "--out /proc/irpo_test_restore: cannot write in /proc"),
+        ("/sys/irpo_test_restore", "--out /sys/irpo_test_restore: cannot write in /sys"),
+        ("FILE", "is an existing file, not a folder"),
+    ],
+)
+def test_an_unwritable_out_is_one_line_before_the_model_loads(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, out, needle
+):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "FILE").write_text("x")
     monkeypatch.setattr(checkpointing, "load_model", lambda *a: pytest.fail("loaded the model first"))
-    assert _cli("--checkpoint", tiny_model_dir, tmp_path / "a.png", "--out", out.replace("FILE", str(tmp_path / "FILE"))) == 2
+    assert (
+        _cli("--checkpoint", tiny_model_dir, tmp_path / "a.png", "--out", out.replace("FILE", str(tmp_path / "FILE")))
+        == 2
+    )
     one_line_error(capsys, needle)
 
 
 def test_tiling_warns_that_outputs_differ(tmp_path, caplog):
     Image.fromarray(RNG.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(tmp_path / "big.png")
     with caplog.at_level("WARNING", logger="irpo_jax.restore"):
-        report = rs.restore_files(identity, [tmp_path / "big.png"], tmp_path / "o", tile=16, tile_overlap=8,
-                                  progress=False)
+        report = rs.restore_files(
+            identity, [tmp_path / "big.png"], tmp_path / "o", tile=16, tile_overlap=8, progress=False
+        )
     assert report.ok and len(report.tiled) == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "\n" not in warnings[0]

@@ -221,13 +221,23 @@ def clip_dir(tmp_path_factory):
 
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=2,
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=2,
             pad_token_id=1,
         ),
         vision_config=dict(
-            image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-            num_hidden_layers=1, num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
         ),
         projection_dim=768,
     )
@@ -235,8 +245,10 @@ def clip_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("clip")
     CLIPModel(config).eval().save_pretrained(directory)
     CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-        image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     ).save_pretrained(directory)
     return directory
 
@@ -319,9 +331,7 @@ def aesthetic_head_file(tmp_path_factory):
     return path, state
 
 
-def test_aesthetic_matches_a_hand_written_mlp_and_shares_the_clip_forward(
-    clip_dir, aesthetic_head_file
-):
+def test_aesthetic_matches_a_hand_written_mlp_and_shares_the_clip_forward(clip_dir, aesthetic_head_file):
     path, state = aesthetic_head_file
     comps = rm.build_components(
         {
@@ -347,9 +357,7 @@ def test_aesthetic_matches_a_hand_written_mlp_and_shares_the_clip_forward(
     torch.testing.assert_close(got, h[:, 0], atol=1e-4, rtol=1e-5)
 
     # Standalone factory: its own encoder, same numbers.
-    alone = rm.COMPONENTS["aesthetic"](
-        {"head_path": str(path), "clip_model_path": str(clip_dir)}, "cpu"
-    )
+    alone = rm.COMPONENTS["aesthetic"]({"head_path": str(path), "clip_model_path": str(clip_dir)}, "cpu")
     torch.testing.assert_close(alone(degraded, restored, clean), got, atol=1e-6, rtol=0)
     info = alone.info()
     assert info["weights"][str(path)] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -424,8 +432,13 @@ def test_rescale_and_expected_score():
 
 
 QWEN_SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 # Qwen2-VL's chat template, reduced to what the judge uses (user text and images).
 QWEN_TEMPLATE = (
@@ -461,36 +474,54 @@ def qwen_dir(tmp_path_factory):
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=QWEN_SPECIAL,
+        vocab_size=600,
+        special_tokens=QWEN_SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator([rm.QWEN_PROMPT, "user assistant <Score>4</Score> 12345"], trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         chat_template=QWEN_TEMPLATE,
     )
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE,
+        image_processor=Qwen2VLImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=QWEN_TEMPLATE,
     )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-            rope_parameters={
-                "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]
-            },
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
             fullatt_block_indexes=[1],
         ),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("qwen")
@@ -515,7 +546,9 @@ def test_qwen_judge_generates_batched_and_marks_unparsable_answers(qwen_dir):
     comp = rm.build_components(
         {
             "qwen": {
-                "model_path": str(qwen_dir), "dtype": "float32", "max_new_tokens": 4,
+                "model_path": str(qwen_dir),
+                "dtype": "float32",
+                "max_new_tokens": 4,
                 "batch_size": 2,
             }
         }
@@ -555,12 +588,8 @@ def test_qwen_judge_generates_batched_and_marks_unparsable_answers(qwen_dir):
 
 
 def test_qwen_parsed_answers_are_rescaled(qwen_dir):
-    comp = rm.build_qwen(
-        {"model_path": str(qwen_dir), "dtype": "float32", "max_new_tokens": 2}, "cpu"
-    )
-    answers = iter(
-        ["<Score>4</Score>", "<Score>9</Score>", "<Analysis>fine</Analysis><Score>2</Score>"]
-    )
+    comp = rm.build_qwen({"model_path": str(qwen_dir), "dtype": "float32", "max_new_tokens": 2}, "cpu")
+    answers = iter(["<Score>4</Score>", "<Score>9</Score>", "<Analysis>fine</Analysis><Score>2</Score>"])
     comp.generate = lambda images: [next(answers) for _ in images]  # fixed judge answers
     x = _images(3, 56, 56, 23)
     scores = comp(x, x, x)
@@ -569,9 +598,7 @@ def test_qwen_parsed_answers_are_rescaled(qwen_dir):
 
 
 def test_qwen_continuous_score_is_finite_and_independent_of_batching(qwen_dir):
-    base = {
-        "model_path": str(qwen_dir), "dtype": "float32", "max_new_tokens": 3, "continuous": True
-    }
+    base = {"model_path": str(qwen_dir), "dtype": "float32", "max_new_tokens": 3, "continuous": True}
     batched = rm.build_qwen({**base, "batch_size": 3}, "cpu")
     degraded, restored, clean = (_images(3, 56, 56, s) for s in (24, 25, 26))
     scores = batched(degraded, restored, clean)

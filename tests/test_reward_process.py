@@ -255,7 +255,6 @@ def test_wire_frames_are_lossless_and_checked(tmp_path):
             wire.parse_address(bad)
 
 
-
 @pytest.mark.torch
 def test_handshake(proc):
     import torch
@@ -636,18 +635,21 @@ def test_config_path_to_the_composite_reward(proc):
         remote.open_reward_bridge(cfg)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--config", "/nonexistent/rewards.json"], "--config /nonexistent/rewards.json: no such file"),
-    (["--config", "BAD"], "--config BAD is not valid JSON: Expecting"),
-    (["--config", '{"mean_abs": {},}'], "--config is not valid JSON: "),
-    (["--config", "[1]"], "--config must be a JSON object {component: settings}, not a list"),
-    (["--config", "TMP"], "--config TMP: cannot read it"),
-    (["--ready_file", "/proc/irpo_test/ready"], "--ready_file /proc/irpo_test/ready: its folder /proc/irpo_test"),
-    (["--ready_file", "/proc/irpo_test_ready"], "--ready_file /proc/irpo_test_ready: cannot write in /proc ("),
-    (["--ready_file", "TMP"], "--ready_file TMP is a folder"),
-    (["--torch_threads", "-2"], "--torch_threads must be >= 0"),
-    (["--address", "localhost:5555"], "--address: reward bridge address 'localhost:5555'"),  # the last one wins
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--config", "/nonexistent/rewards.json"], "--config /nonexistent/rewards.json: no such file"),
+        (["--config", "BAD"], "--config BAD is not valid JSON: Expecting"),
+        (["--config", '{"mean_abs": {},}'], "--config is not valid JSON: "),
+        (["--config", "[1]"], "--config must be a JSON object {component: settings}, not a list"),
+        (["--config", "TMP"], "--config TMP: cannot read it"),
+        (["--ready_file", "/proc/irpo_test/ready"], "--ready_file /proc/irpo_test/ready: its folder /proc/irpo_test"),
+        (["--ready_file", "/proc/irpo_test_ready"], "--ready_file /proc/irpo_test_ready: cannot write in /proc ("),
+        (["--ready_file", "TMP"], "--ready_file TMP is a folder"),
+        (["--torch_threads", "-2"], "--torch_threads must be >= 0"),
+        (["--address", "localhost:5555"], "--address: reward bridge address 'localhost:5555'"),  # the last one wins
+    ],
+)
 def test_server_cli_errors_are_one_line_before_anything_loads(tmp_path, capsys, monkeypatch, flags, needle):
     from torch_bridge import reward_server
 
@@ -666,11 +668,38 @@ def test_server_flags_are_snake_case_and_the_kebab_spelling_still_works_with_a_n
     spelling (scripts written before) gets the same arguments and one note per old flag."""
     from torch_bridge import reward_server
 
-    new = reward_server._parse_args(["--address", "unix:/x.sock", "--cuda_visible_devices", "1", "--ready_file", "r",
-                                     "--parent_pid", "7", "--parent_workdir", "w", "--torch_threads", "2"])
+    new = reward_server._parse_args(
+        [
+            "--address",
+            "unix:/x.sock",
+            "--cuda_visible_devices",
+            "1",
+            "--ready_file",
+            "r",
+            "--parent_pid",
+            "7",
+            "--parent_workdir",
+            "w",
+            "--torch_threads",
+            "2",
+        ]
+    )
     assert capsys.readouterr().err == ""
-    old = reward_server._parse_args(["--address", "unix:/x.sock", "--cuda-visible-devices", "1", "--ready-file", "r",
-                                     "--parent-pid", "7", "--parent-workdir", "w", "--torch-threads=2"])
+    old = reward_server._parse_args(
+        [
+            "--address",
+            "unix:/x.sock",
+            "--cuda-visible-devices",
+            "1",
+            "--ready-file",
+            "r",
+            "--parent-pid",
+            "7",
+            "--parent-workdir",
+            "w",
+            "--torch-threads=2",
+        ]
+    )
     assert vars(old) == vars(new)
     notes = capsys.readouterr().err.splitlines()
     assert len(notes) == 5 and "note: --ready-file is now spelled --ready_file" in notes[1], notes

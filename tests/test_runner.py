@@ -15,7 +15,12 @@ def test_plan_batches_groups_shapes_in_sorted_order_with_one_padded_size_per_sha
     shapes = [(16, 16), (8, 8), (16, 16), (16, 16), (8, 16), (16, 16), (16, 16)]
     # one device: batches of 2; the 16x16 group (5 images) ends with a batch of one, padded to 2
     assert runner.plan_batches(shapes, batch_size=2, devices=1) == [
-        ([1], 1), ([4], 1), ([0, 2], 2), ([3, 5], 2), ([6], 2)]
+        ([1], 1),
+        ([4], 1),
+        ([0, 2], 2),
+        ([3, 5], 2),
+        ([6], 2),
+    ]
     # two devices: a batch of 3 becomes 4; a group of one is one batch padded to whole devices
     assert runner.plan_batches(shapes, batch_size=3, devices=2) == [([1], 2), ([4], 2), ([0, 2, 3, 5], 4), ([6], 4)]
     assert runner.plan_batches([], batch_size=8, devices=2) == []

@@ -145,7 +145,9 @@ def test_tiled_features_are_the_mean_of_the_tiles_features():
     got = np.asarray(jax.jit(policy.spectrum_features, static_argnums=1)(jnp.asarray(img), 32))
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4)
     crop = jnp.asarray(img[:, :32, :32])
-    np.testing.assert_array_equal(np.asarray(policy.spectrum_features(crop, 32)), np.asarray(policy.spectrum_features(crop)))
+    np.testing.assert_array_equal(
+        np.asarray(policy.spectrum_features(crop, 32)), np.asarray(policy.spectrum_features(crop))
+    )
 
 
 def test_a_whole_photograph_reads_what_its_training_crops_read():

@@ -44,8 +44,10 @@ def test_head_lr_mult_zero_is_the_update_without_the_policy_gradient():
         s, metrics = jax.jit(training.make_grpo_update(graphdef, tx, cfg, 10))(state, batch, rollout, {})
         assert float(metrics["ok"]) == 1.0 and abs(float(metrics["loss/rl"])) > 0  # L_RL is there, with a gradient
         new[mult] = jax.device_get(s.params)
-    moved = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))  # noqa: E731
-                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    moved = lambda a, b: max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))  # noqa: E731
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
     assert moved(new[6.0]["heads"], params["heads"]) > 1e-4  # the full update moves the heads ...
     assert moved(new[0.0]["heads"], params["heads"]) == 0.0  # ... the ablation leaves them as they were
     backbone = lambda p: {k: v for k, v in p.items() if k != "heads"}  # noqa: E731

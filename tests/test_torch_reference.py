@@ -89,16 +89,8 @@ def _run_with_captures(model: AdaIR, x: torch.Tensor) -> tuple[np.ndarray, dict[
             f"fre{k}_rate_logits": f"fre{k}.rate_conv",
         }
         # The band features are the first inputs of the two band cross-attentions.
-        handles.append(
-            modules[f"fre{k}.channel_cross_l"].register_forward_pre_hook(
-                save_first_input(f"fre{k}_high")
-            )
-        )
-        handles.append(
-            modules[f"fre{k}.channel_cross_h"].register_forward_pre_hook(
-                save_first_input(f"fre{k}_low")
-            )
-        )
+        handles.append(modules[f"fre{k}.channel_cross_l"].register_forward_pre_hook(save_first_input(f"fre{k}_high")))
+        handles.append(modules[f"fre{k}.channel_cross_h"].register_forward_pre_hook(save_first_input(f"fre{k}_low")))
     for fixture_name, module_name in outputs.items():
         handles.append(modules[module_name].register_forward_hook(save_output(fixture_name)))
     try:
@@ -149,9 +141,7 @@ def test_tiny_float64(tiny_config, tiny_state_dict, tiny_input, tiny_dir):
 def test_mask_case(tiny_config, tiny_state_dict, tiny_dir):
     """fre3's saturated rate logits give a 2x2 low-pass mask; the low band is then non-zero."""
     state = dict(tiny_state_dict)
-    state["fre3.rate_conv.2.weight"] = torch.from_numpy(
-        np.load(tiny_dir / "mask_fre3_rate_conv_2_weight.npy")
-    )
+    state["fre3.rate_conv.2.weight"] = torch.from_numpy(np.load(tiny_dir / "mask_fre3_rate_conv_2_weight.npy"))
     model = AdaIR(**tiny_config).eval()
     model.load_state_dict(state, strict=True)
     # torchvision's ToTensor conversion, in float32 throughout.
@@ -164,12 +154,8 @@ def test_mask_case(tiny_config, tiny_state_dict, tiny_dir):
     assert err <= 1e-4
 
     errors = {
-        "mask_fre3_low_c0": _max_err(
-            captured["fre3_low"][:, :1], np.load(tiny_dir / "mask_fre3_low_c0.npy")
-        ),
-        "mask_fre3_high_c0": _max_err(
-            captured["fre3_high"][:, :1], np.load(tiny_dir / "mask_fre3_high_c0.npy")
-        ),
+        "mask_fre3_low_c0": _max_err(captured["fre3_low"][:, :1], np.load(tiny_dir / "mask_fre3_low_c0.npy")),
+        "mask_fre3_high_c0": _max_err(captured["fre3_high"][:, :1], np.load(tiny_dir / "mask_fre3_high_c0.npy")),
         "mask_fre3_rate_logits": _max_err(
             captured["fre3_rate_logits"], np.load(tiny_dir / "mask_fre3_rate_logits.npy")
         ),

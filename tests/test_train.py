@@ -134,7 +134,8 @@ def test_reward_probe_scores_fixed_batches_with_fixed_keys(grpo_run):
     raw = next(make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed + 1))
     batch = {k: jax.numpy.asarray(raw[k]) for k in ("degraded", "clean", "task_id")}
     rollout = jax.jit(training.make_rollout_step(graphdef, cfg, ("psnr", "ssim", "task")))(
-        params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), 0))
+        params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), 0)
+    )
     total, _ = compose.compose({k: v.reshape(-1) for k, v in rollout["jax_scores"].items()}, {}, cfg.reward)
     np.testing.assert_allclose(probes[0]["probe/reward/total/mean"], float(np.nanmean(total)), rtol=1e-5)
     assert np.isfinite(probes[0]["probe/reward/psnr/mean"])
@@ -295,8 +296,11 @@ def test_stale_update_consumes_the_previous_steps_rollouts(stale_run):
     pending = ckpt.restore_pending(mesh)
     ckpt.close()
     rollout = {k: v for k, v in sampled.items() if k != "stats"}  # logged, not kept with the rollouts
-    want = {"batch": batches[2], "rollout": rollout,
-            "remote_scores": score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",))}
+    want = {
+        "batch": batches[2],
+        "rollout": rollout,
+        "remote_scores": score_remotely(FakeRewardBridge(), cfg, 2, batches[2], sampled, ("lpips",)),
+    }
     assert_trees_close(pending, want, atol=0)
 
 
@@ -324,7 +328,9 @@ def test_the_evaluate_cli_recognises_the_trainers_results(supervised_run, demo_r
     assert ev.main([str(a) for a in args]) == 0, capsys.readouterr().err
     after = json.loads(path.read_text())
     assert after["model"]["params_sha256"] == before["model"]["params_sha256"]
-    assert after["settings"] == before["settings"] and after["model"]["checkpoint"] == str((workdir / "model").absolute())
+    assert after["settings"] == before["settings"] and after["model"]["checkpoint"] == str(
+        (workdir / "model").absolute()
+    )
     for row in ("rain100l", "gopro"):
         assert after["rows"][row]["psnr"] == pytest.approx(before["rows"][row]["psnr"], abs=1e-4)
 
@@ -336,8 +342,9 @@ def test_workdir_of_another_config_is_refused(supervised_run, demo_root):
         training.run(cfg, workdir, progress=False)
 
 
-def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as_it_was(supervised_run, demo_root,
-                                                                                        tmp_path):
+def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as_it_was(
+    supervised_run, demo_root, tmp_path
+):
     """Issue 23, item 5: a GRPO workdir whose config.json predates the "widen" rule and the
     spectrum tiles (mask_rule "anchored", no model.policy.spectrum_tile) is refused on resume with
     each changed field's old and new value and the overrides that resume it as it was trained;
@@ -361,8 +368,14 @@ def test_a_workdir_from_before_a_default_changed_names_the_fields_and_resumes_as
         "To resume it as it was started, pass --config.model.policy.mask_rule=anchored "
         "--config.model.policy.spectrum_tile=0."
     )
-    as_trained = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"),
-                                            "model.policy.mask_rule": "anchored", "model.policy.spectrum_tile": 0})
+    as_trained = smoke_config(
+        demo_root,
+        **{
+            "model.init_from": str(supervised_run[0] / "model"),
+            "model.policy.mask_rule": "anchored",
+            "model.policy.spectrum_tile": 0,
+        },
+    )
     wd.check_workdir_config(run, as_trained).release()  # no change: resumes
     assert json.loads((run / "config.json").read_text())["model"]["policy"]["spectrum_tile"] == 0
 
@@ -451,7 +464,7 @@ def test_train_cli_reports_flag_mistakes_in_one_line(tmp_path):
         "configs/allinone5.py:smokey": "unknown config argument 'smokey'",
     }
     runs = [[f"--config={c}"] for c in cases] + [["--config=configs/allinone5.py:smoke", "--config.optim.lrr=1"]]
-    for args, want in zip(runs, [*cases.values(), 'no such config field \'lrr\' Did you mean "lr"']):
+    for args, want in zip(runs, [*cases.values(), "no such config field 'lrr' Did you mean \"lr\""]):
         out = subprocess.run([sys.executable, "-m", "irpo_jax.train", *args, f"--workdir={tmp_path / 'w'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -82,5 +82,6 @@ def test_reward_server_command_line_runs_without_jax(tmp_path):
     assert result.stderr.splitlines() == [
         "python -m torch_bridge.reward_server: note: --torch-threads is now spelled --torch_threads; the old "
         "spelling will be removed",
-        "error: --config must be a JSON object {component: settings}, not a list"], result.stderr
+        "error: --config must be a JSON object {component: settings}, not a list",
+    ], result.stderr
     assert (tmp_path / "ready").read_text() == "unix:/x.sock"

@@ -52,7 +52,9 @@ def test_a_start_that_failed_before_its_first_save_is_not_a_saved_run(tmp_path, 
 def test_a_saved_run_refuses_a_changed_config_unless_allowed(tmp_path):
     _start(tmp_path, _cfg(**{"optim.lr": 1e-3}))
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)  # a committed step
-    with pytest.raises(TrainingError, match=r"holds a run with a different config \(changed: optim\.lr \(0\.001 -> 0\.0005\)\)"):
+    with pytest.raises(
+        TrainingError, match=r"holds a run with a different config \(changed: optim\.lr \(0\.001 -> 0\.0005\)\)"
+    ):
         _start(tmp_path, _cfg(**{"optim.lr": 5e-4}))
     assert _saved_config(tmp_path)["optim"]["lr"] == 1e-3
     # The fields that do not change the numbers need no permission ...
@@ -85,4 +87,3 @@ def test_a_step_count_needs_no_epochs_and_a_run_needs_one_or_the_other():
         cfg.train.update(steps=steps, epochs=epochs)
         with pytest.raises(TrainingError, match=f"train.steps={steps}, train.epochs={epochs}: give steps > 0"):
             validate_config(cfg)
-

@@ -104,4 +104,3 @@ def test_the_lock_says_whether_it_is_held_and_records_its_holder_on_one_line(tmp
     assert json.loads(text)["pid"] == os.getpid() and json.loads(text)["host"] == socket.gethostname()
     held.release()
     assert not held.held
-

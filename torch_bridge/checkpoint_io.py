@@ -153,9 +153,7 @@ def _unwrap(obj: object, path: pathlib.Path) -> tuple[Mapping, str | None]:
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 return obj[key], key
-        non_tensors = [
-            f"'{k}' ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)
-        ]
+        non_tensors = [f"'{k}' ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
         detail = (
             "it is an empty mapping"
             if not obj
@@ -233,8 +231,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     where = f"['{info['container_key']}']" if info["container_key"] else ""
     if not tensors:
         raise CheckpointReadError(
-            f"'{path}'{where} is an empty state dict: there are no weights to read. "
-            f"{_FORMATS_HINT}"
+            f"'{path}'{where} is an empty state dict: there are no weights to read. {_FORMATS_HINT}"
         )
     not_names = [f"{k!r} ({type(k).__name__})" for k in tensors if not isinstance(k, str)]
     if not_names:
@@ -244,9 +241,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             f"(AdaIR keys look like 'patch_embed.proj.weight'). Re-save the weights with "
             f"torch.save(model.state_dict(), 'adair_weights.pth')."
         )
-    bad = [
-        f"'{k}' ({type(v).__name__})" for k, v in tensors.items() if not isinstance(v, torch.Tensor)
-    ]
+    bad = [f"'{k}' ({type(v).__name__})" for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointReadError(
             f"'{path}'{where} is not a mapping of tensors: entries {', '.join(bad[:5])} are not "
@@ -280,8 +275,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             stacklevel=2,
         )
     weights = {
-        names[k]: v.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        for k, v in tensors.items()
+        names[k]: v.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy() for k, v in tensors.items()
     }
     info["sha256"] = sha256_file(path)
     return weights, info

@@ -173,8 +173,9 @@ def _valid_file_list(files: Any) -> bool:
         parts = pathlib.PurePosixPath(rel).parts if isinstance(rel, str) else ()
         if not parts or parts[0] not in ("params", "model.json") or ".." in parts or rel.startswith("/"):
             return False
-        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
-                and isinstance(entry.get("sha256"), str)):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+        ):
             return False
     return True
 
@@ -207,7 +208,8 @@ def _differences(directory: pathlib.Path, files: dict[str, dict[str, Any]]) -> t
                 foreign.append(rel)
     altered = sorted(set(files) - set(present))
     altered += [
-        rel for rel in present
+        rel
+        for rel in present
         if (directory / rel).stat().st_size != files[rel]["size"]
         or checkpoint_io.sha256_file(directory / rel) != files[rel]["sha256"]
     ]
@@ -266,9 +268,7 @@ def _refusal(dst: pathlib.Path, manifest: dict[str, Any] | None) -> str | None:
     found = [f"files convert_adair did not write: {_shown(foreign)}"] if foreign else []
     found += [f"files it wrote that are missing or modified: {_shown(altered)}"] if altered else []
     todo = (
-        "delete the folder yourself (after checking it holds nothing of yours)"
-        if altered
-        else "move those files out"
+        "delete the folder yourself (after checking it holds nothing of yours)" if altered else "move those files out"
     )
     return (
         f"the destination {dst} does not hold exactly what convert_adair wrote there "
@@ -547,10 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert an official PyTorch AdaIR checkpoint to an irpo-jax model directory "
         "(or back with --to_torch).",
     )
-    parser.add_argument("src", help="PyTorch checkpoint (.ckpt/.pth/.safetensors), or with --to_torch a model directory")
+    parser.add_argument(
+        "src", help="PyTorch checkpoint (.ckpt/.pth/.safetensors), or with --to_torch a model directory"
+    )
     parser.add_argument("dst", help="output model directory, or with --to_torch a .pth/.safetensors file")
-    parser.add_argument("--to_torch", action="store_true",
-                        help="export a model directory back to PyTorch (also spelled --to-torch, deprecated)")
+    parser.add_argument(
+        "--to_torch",
+        action="store_true",
+        help="export a model directory back to PyTorch (also spelled --to-torch, deprecated)",
+    )
     parser.add_argument("--verify", action="store_true", help="compare with the PyTorch reference after converting")
     parser.add_argument(
         "--config", help="model config instead of inferring it: base|small|tiny, a JSON object or a .json file"
@@ -569,12 +574,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.to_torch:
             to_torch(args.src, args.dst, overwrite=args.overwrite)
         else:
-            to_flax(args.src, args.dst, config=_parse_config(args.config), run_verify=args.verify, overwrite=args.overwrite)
+            to_flax(
+                args.src, args.dst, config=_parse_config(args.config), run_verify=args.verify, overwrite=args.overwrite
+            )
         return 0
 
     return cli.main_errors(
         convert,
-        (ConvertError, ConversionError, CheckpointError, checkpoint_io.CheckpointReadError, FileExistsError, ValueError),
+        (
+            ConvertError,
+            ConversionError,
+            CheckpointError,
+            checkpoint_io.CheckpointReadError,
+            FileExistsError,
+            ValueError,
+        ),
         # reading the source, or a write the checks could not foresee
         os_error=lambda e: os_error_line(e, "cannot access"),
     )

@@ -119,9 +119,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(
-            dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias
-        )
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,9 +187,7 @@ class Chanel_Cross_Attention(nn.Module):
         self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
         self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
         self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
-        self.kv_dwconv = nn.Conv2d(
-            dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias
-        )
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -359,10 +355,7 @@ class AdaIR(nn.Module):
 
         def blocks(width: int, n_heads: int, n: int) -> nn.Sequential:
             return nn.Sequential(
-                *[
-                    TransformerBlock(width, n_heads, ffn_expansion_factor, bias, LayerNorm_type)
-                    for _ in range(n)
-                ]
+                *[TransformerBlock(width, n_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(n)]
             )
 
         # Registration order defines the state-dict key order: fre1..3 come before the encoder.

@@ -130,9 +130,7 @@ def build_components(
     out = {}
     for name, entry in config.items():
         if name not in factories:
-            raise ValueError(
-                f"unknown reward component {name!r}; valid ones: {', '.join(factories)}"
-            )
+            raise ValueError(f"unknown reward component {name!r}; valid ones: {', '.join(factories)}")
         out[name] = factories[name](dict(entry or {}), device)
     return out
 
@@ -407,7 +405,8 @@ def _watch_parent(pid: int, cleanup: Callable[[], None]) -> None:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = cli.ArgumentParser(
-        prog="python -m torch_bridge.reward_server", description=__doc__.split("\n")[0],
+        prog="python -m torch_bridge.reward_server",
+        description=__doc__.split("\n")[0],
         epilog="The kebab-case spellings (--ready-file) are still taken, with a note; they will be removed.",
     )
     p.add_argument("--address", required=True, help="unix:/x.sock or tcp:127.0.0.1:PORT (0: any)")
@@ -417,9 +416,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--components", default=DEFAULT_REGISTRY, help="module:attr of the factories")
     p.add_argument("--ready_file", default=None, help="written with the bound address once serving")
     p.add_argument("--parent_pid", type=int, default=None, help="exit when this process is gone")
-    p.add_argument("--parent_workdir", default=None,
-                   help="the spawning client's private folder (socket, config, log): removed when "
-                        "the parent is gone, as the client removes it on close")
+    p.add_argument(
+        "--parent_workdir",
+        default=None,
+        help="the spawning client's private folder (socket, config, log): removed when "
+        "the parent is gone, as the client removes it on close",
+    )
     p.add_argument("--once", action="store_true", help="exit when the first client disconnects")
     p.add_argument("--torch_threads", type=int, default=0, help="intra-op threads (0: default)")
     return p.parse_args(argv)
@@ -437,8 +439,9 @@ def _read_config(text: str) -> dict[str, Any]:
         try:
             text = pathlib.Path(text).read_text()
         except FileNotFoundError:
-            raise _UsageError(f"--config {text}: no such file (give a JSON object "
-                              "{component: settings}, inline or in a file)") from None
+            raise _UsageError(
+                f"--config {text}: no such file (give a JSON object {{component: settings}}, inline or in a file)"
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise _UsageError(f"--config {text}: cannot read it ({e})") from e
     try:
@@ -446,8 +449,7 @@ def _read_config(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise _UsageError(f"{where} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
-        raise _UsageError(f"{where} must be a JSON object {{component: settings}}, "
-                          f"not a {type(config).__name__}")
+        raise _UsageError(f"{where} must be a JSON object {{component: settings}}, not a {type(config).__name__}")
     return config
 
 
@@ -457,14 +459,12 @@ def _check_ready_file(path: str) -> None:
     if target.is_dir():
         raise _UsageError(f"--ready_file {path} is a folder; give a file path")
     if not target.parent.is_dir():
-        raise _UsageError(f"--ready_file {path}: its folder {target.parent} does not exist or is not "
-                          "a folder")
+        raise _UsageError(f"--ready_file {path}: its folder {target.parent} does not exist or is not a folder")
     try:  # mode bits do not stop root; /proc or a read-only mount still do
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ready-probe-"):
             pass
     except OSError as e:
-        raise _UsageError(f"--ready_file {path}: cannot write in {target.parent} "
-                          f"({e.strerror or e})") from e
+        raise _UsageError(f"--ready_file {path}: cannot write in {target.parent} ({e.strerror or e})") from e
 
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -621,9 +621,7 @@ class InProcessRewards(RewardBridge):
         names = list(components) if components is not None else list(self.components)
         unknown = [n for n in names if n not in self.components]
         if unknown:
-            raise ValueError(
-                f"components {unknown} are not live; live: {', '.join(self.components)}"
-            )
+            raise ValueError(f"components {unknown} are not live; live: {', '.join(self.components)}")
         batch = _check_images(degraded, restored, clean)
         ids = None if sample_ids is None else [int(i) for i in np.asarray(sample_ids).reshape(-1)]
         if ids is not None and len(ids) != batch:
@@ -635,14 +633,14 @@ class InProcessRewards(RewardBridge):
         rid = next(self._ids)
         # Scored later, on another thread: numpy buffers are copied now, as RewardProcess does,
         # so a caller reusing them cannot change the scores (jax arrays are immutable).
-        degraded, restored, clean = (np.array(a) if isinstance(a, np.ndarray) else a for a in (degraded, restored, clean))
+        degraded, restored, clean = (
+            np.array(a) if isinstance(a, np.ndarray) else a for a in (degraded, restored, clean)
+        )
         return self._pool.submit(self._run, rid, names, degraded, restored, clean, ids)
 
     def _run(self, rid: int, names: list[str], degraded: Any, restored: Any, clean: Any, ids: Any):
         t0 = time.perf_counter()
-        images = [
-            nhwc_to_torch(_single_device(a), self.device) for a in (degraded, restored, clean)
-        ]
+        images = [nhwc_to_torch(_single_device(a), self.device) for a in (degraded, restored, clean)]
         table, timings, errors = score_batch(self.components, names, *images, ids)
         server_s = time.perf_counter() - t0
         return wire.RewardResult(

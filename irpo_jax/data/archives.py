@@ -33,8 +33,7 @@ from pathlib import Path
 __all__ = ["ARCHIVE_SUFFIXES", "ArchiveError", "Member", "Scan", "bsdtar", "place", "scan"]
 
 # Longest first, so that ``x.tar.gz`` is a tar and not a gz.
-ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip",
-                    ".7z", ".rar")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip", ".7z", ".rar")
 
 
 class ArchiveError(OSError):
@@ -125,8 +124,10 @@ def _tar_members(path: Path) -> list[tuple[str, int]]:
 def _bsdtar_members(path: Path, kind: str) -> list[tuple[str, int]]:
     exe = bsdtar()
     if exe is None:
-        raise ArchiveError(f"a {kind} archive needs bsdtar to be read (Debian/Ubuntu: apt-get install "
-                           "libarchive-tools); or extract it yourself into the downloads folder")
+        raise ArchiveError(
+            f"a {kind} archive needs bsdtar to be read (Debian/Ubuntu: apt-get install "
+            "libarchive-tools); or extract it yourself into the downloads folder"
+        )
     # -tv prints sizes, but its columns vary; names only, sizes are not needed to plan.
     proc = subprocess.run([exe, "-tf", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -156,8 +157,10 @@ def scan(root: str | os.PathLike) -> Scan:
     """
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
-        raise ArchiveError(f"--downloads {root} is not a folder: point it at the folder holding the "
-                           "downloaded archives (or their extracted folders)")
+        raise ArchiveError(
+            f"--downloads {root} is not a folder: point it at the folder holding the "
+            "downloaded archives (or their extracted folders)"
+        )
     members: list[Member] = []
     archives: list[Path] = []
     problems: list[tuple[Path, str]] = []
@@ -179,10 +182,15 @@ def scan(root: str | os.PathLike) -> Scan:
                 continue
             nested = [n for n, _ in listing if archive_kind(Path(n)) and not _hidden(n.split("/"))]
             if nested:
-                problems.append((p, f"holds archive(s) {', '.join(nested[:3])}"
-                                    + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
-                                    + ": extract it into the downloads folder, prepare then reads the "
-                                    "inner archives as files"))
+                problems.append(
+                    (
+                        p,
+                        f"holds archive(s) {', '.join(nested[:3])}"
+                        + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+                        + ": extract it into the downloads folder, prepare then reads the "
+                        "inner archives as files",
+                    )
+                )
             for name, size in listing:
                 parts = [q for q in name.split("/") if q not in ("", ".")]
                 if not parts or _hidden(parts) or ".." in parts:
@@ -252,8 +260,9 @@ def place(jobs: Sequence[tuple[Member, Path]], link: str = "hardlink") -> dict[s
         except ArchiveError:
             raise
         except (zipfile.BadZipFile, tarfile.TarError, zlib.error, OSError, EOFError, ValueError) as err:
-            raise ArchiveError(f"cannot extract from {archive}: {err}; it may be truncated or corrupt: "
-                               "download it again") from err
+            raise ArchiveError(
+                f"cannot extract from {archive}: {err}; it may be truncated or corrupt: download it again"
+            ) from err
         counts["extracted"] = counts.get("extracted", 0) + len(items)
     return counts
 
@@ -268,12 +277,14 @@ def _bsdtar_extract(archive: Path, items: Sequence[tuple[Member, Path]]) -> None
         names.write_text("".join(m.inner + "\n" for m, _ in items))
         out = Path(tmp) / "x"
         out.mkdir()
-        proc = subprocess.run([exe, "-xf", str(archive), "-C", str(out), "-T", str(names)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [exe, "-xf", str(archive), "-C", str(out), "-T", str(names)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise ArchiveError(f"cannot extract from {archive}: {msg}; it may be truncated or corrupt: "
-                               "download it again")
+            raise ArchiveError(
+                f"cannot extract from {archive}: {msg}; it may be truncated or corrupt: download it again"
+            )
         for m, dest in items:
             got = out / m.inner
             if not got.is_file():

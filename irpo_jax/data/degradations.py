@@ -127,15 +127,12 @@ def _check_float_image(img: np.ndarray, name: str = "img") -> np.ndarray:
         raise ValueError(f"{name} must be (H, W) or (H, W, C), got shape {img.shape}")
     if not np.issubdtype(img.dtype, np.floating):
         raise TypeError(
-            f"{name} must be a float image in [0, 1], got dtype {img.dtype} "
-            "(convert uint8 with to_float32 first)"
+            f"{name} must be a float image in [0, 1], got dtype {img.dtype} (convert uint8 with to_float32 first)"
         )
     return img.astype(np.float32, copy=False)
 
 
-def add_gaussian_noise_uint8(
-    clean_u8: np.ndarray, sigma: float, rng: np.random.Generator
-) -> np.ndarray:
+def add_gaussian_noise_uint8(clean_u8: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Adds white Gaussian noise exactly as the official AdaIR/PromptIR code does.
 
     Model: ``noisy = uint8(clip(clean + sigma * n, 0, 255))`` with ``n ~ N(0, 1)`` i.i.d. per pixel
@@ -283,12 +280,15 @@ def add_rain(
     """
     img = _check_float_image(img)
     p = sample_params(
-        RAIN_RANGES, rng, density=density, length=length, angle=angle, intensity=intensity,
+        RAIN_RANGES,
+        rng,
+        density=density,
+        length=length,
+        angle=angle,
+        intensity=intensity,
         width=width,
     )
-    density, length, angle, intensity, width = (
-        p["density"], p["length"], p["angle"], p["intensity"], p["width"]
-    )
+    density, length, angle, intensity, width = (p["density"], p["length"], p["angle"], p["intensity"], p["width"])
     h, w = img.shape[:2]
     pad = int(math.ceil(length / 2)) + 4
     shape = (h + 2 * pad, w + 2 * pad)
@@ -333,9 +333,7 @@ def synthetic_depth(
     """
     h, w = shape
     tilt = math.radians(float(rng.uniform(-30.0, 30.0)))
-    yy, xx = np.meshgrid(
-        np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij"
-    )
+    yy, xx = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
     ramp = -(yy * math.cos(tilt) + xx * math.sin(tilt))  # larger = farther, top is far
     field = ndimage.gaussian_filter(rng.standard_normal((h, w)), max(h, w) / 6.0, mode="reflect")
     field /= max(float(field.std()), 1e-12)

@@ -105,25 +105,19 @@ PHOTOS: dict[str, Photo] = {
     "chelsea": Photo(_skimage("chelsea"), Box(0, 0, 300, 256), Box(0, 256, 300, 195)),
     "coffee": Photo(_skimage("coffee"), Box(0, 0, 400, 380), Box(0, 380, 400, 220)),
     "rocket": Photo(_skimage("rocket"), Box(0, 0, 427, 420), Box(0, 420, 427, 220)),
-    "immunohistochemistry": Photo(
-        _skimage("immunohistochemistry"), Box(0, 0, 512, 320), Box(0, 320, 512, 192)
-    ),
+    "immunohistochemistry": Photo(_skimage("immunohistochemistry"), Box(0, 0, 512, 320), Box(0, 320, 512, 192)),
     "motorcycle": Photo(_skimage("stereo_motorcycle"), Box(0, 0, 500, 480), Box(0, 480, 500, 261)),
-    "hubble_deep_field": Photo(
-        _skimage("hubble_deep_field"), Box(0, 0, 872, 600), Box(0, 600, 872, 400)
-    ),
+    "hubble_deep_field": Photo(_skimage("hubble_deep_field"), Box(0, 0, 872, 600), Box(0, 600, 872, 400)),
 }
 
 # Which photos each task draws from, cycled in this order (different orders so that tasks do not
 # all start on the same photo). Hubble (stars on black) is kept out of the tasks where a mostly
 # black image is meaningless: derain/dehaze/enhance.
 TASK_PHOTOS: dict[str, tuple[str, ...]] = {
-    "denoise": ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle",
-                "hubble_deep_field"),
+    "denoise": ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle", "hubble_deep_field"),
     "derain": ("coffee", "rocket", "motorcycle", "astronaut", "chelsea", "immunohistochemistry"),
     "dehaze": ("rocket", "motorcycle", "chelsea", "astronaut", "coffee"),
-    "deblur": ("motorcycle", "hubble_deep_field", "astronaut", "immunohistochemistry", "coffee",
-               "chelsea", "rocket"),
+    "deblur": ("motorcycle", "hubble_deep_field", "astronaut", "immunohistochemistry", "coffee", "chelsea", "rocket"),
     "enhance": ("chelsea", "astronaut", "immunohistochemistry", "coffee", "motorcycle", "rocket"),
 }
 # Training images per task (dehaze: scenes, each with HAZY_PER_SCENE hazy versions, as RESIDE
@@ -165,7 +159,10 @@ def _orient(img: np.ndarray, k: int) -> np.ndarray:
 
 
 def _crop(
-    photos: dict[str, np.ndarray], name: str, region: Box, size: tuple[int, int],
+    photos: dict[str, np.ndarray],
+    name: str,
+    region: Box,
+    size: tuple[int, int],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, Box]:
     h, w = size
@@ -190,9 +187,7 @@ def _sample_rng(seed: int, task: str, split: str, index: int) -> np.random.Gener
     return np.random.default_rng([seed, TASKS.index(task), _SPLITS.index(split), index])
 
 
-def _generate(
-    seed: int, photos: dict[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], list[_Sample]]:
+def _generate(seed: int, photos: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[_Sample]]:
     """Synthesises every image in memory; returns {relative path: uint8 image} and provenance."""
     images: dict[str, np.ndarray] = {}
     samples: list[_Sample] = []
@@ -221,8 +216,18 @@ def _generate(
                 p = deg.sample_params(deg.RAIN_RANGES, rng)
                 put(f"Train/Derain/gt/norain-{n}.png", clean)
                 put(f"Train/Derain/rainy/rain-{n}.png", deg.to_uint8(deg.add_rain(x, rng, **p)))
-                samples.append(_Sample(task, "train", f"Train/Derain/gt/norain-{n}.png",
-                                       f"Train/Derain/rainy/rain-{n}.png", name, box, k, p))
+                samples.append(
+                    _Sample(
+                        task,
+                        "train",
+                        f"Train/Derain/gt/norain-{n}.png",
+                        f"Train/Derain/rainy/rain-{n}.png",
+                        name,
+                        box,
+                        k,
+                        p,
+                    )
+                )
             elif task == "dehaze":
                 scene = f"{_DEHAZE_TRAIN_ID0 + i:04d}"
                 depth = deg.synthetic_depth(clean.shape[:2], rng)
@@ -233,23 +238,45 @@ def _generate(
                 gt_rel = put(f"Train/Dehaze/original/{scene}.png", clean)
                 for j in sorted(int(v) for v in picks):
                     a, b = grid[j]
-                    rel = put(f"Train/Dehaze/synthetic/part1/{scene}_{a:g}_{b:g}.png",
-                              deg.to_uint8(deg.add_haze(x, depth, a, b)))
-                    samples.append(_Sample(task, "train", gt_rel, rel, name, box, k,
-                                           {"A": a, "beta": b, "depth_min": 1.0,
-                                            "depth_max": 10.0}))
+                    rel = put(
+                        f"Train/Dehaze/synthetic/part1/{scene}_{a:g}_{b:g}.png",
+                        deg.to_uint8(deg.add_haze(x, depth, a, b)),
+                    )
+                    samples.append(
+                        _Sample(
+                            task,
+                            "train",
+                            gt_rel,
+                            rel,
+                            name,
+                            box,
+                            k,
+                            {"A": a, "beta": b, "depth_min": 1.0, "depth_max": 10.0},
+                        )
+                    )
             elif task == "deblur":
                 p = deg.sample_params(deg.BLUR_RANGES, rng)
                 put(f"Train/Deblur/sharp/{n:06d}.png", clean)
                 put(f"Train/Deblur/blur/{n:06d}.png", deg.to_uint8(deg.motion_blur(x, rng, **p)))
-                samples.append(_Sample(task, "train", f"Train/Deblur/sharp/{n:06d}.png",
-                                       f"Train/Deblur/blur/{n:06d}.png", name, box, k, p))
+                samples.append(
+                    _Sample(
+                        task,
+                        "train",
+                        f"Train/Deblur/sharp/{n:06d}.png",
+                        f"Train/Deblur/blur/{n:06d}.png",
+                        name,
+                        box,
+                        k,
+                        p,
+                    )
+                )
             elif task == "enhance":
                 p = deg.sample_params(deg.LOW_LIGHT_RANGES, rng)
                 put(f"Train/Enhance/gt/{n}.png", clean)
                 put(f"Train/Enhance/low/{n}.png", deg.to_uint8(deg.low_light(x, rng, **p)))
-                samples.append(_Sample(task, "train", f"Train/Enhance/gt/{n}.png",
-                                       f"Train/Enhance/low/{n}.png", name, box, k, p))
+                samples.append(
+                    _Sample(task, "train", f"Train/Enhance/gt/{n}.png", f"Train/Enhance/low/{n}.png", name, box, k, p)
+                )
 
         # ---- test images: fixed sizes, random position inside the test strip, no rotation.
         for i, size in enumerate(TEST_SIZES[task]):
@@ -285,8 +312,7 @@ def _generate(
                 degraded = deg.low_light(x, rng, **p)
             put(f"{root}/target/{tgt}", clean)
             put(f"{root}/input/{inp}", deg.to_uint8(degraded))
-            samples.append(_Sample(task, "test", f"{root}/target/{tgt}", f"{root}/input/{inp}",
-                                   name, box, 0, p))
+            samples.append(_Sample(task, "test", f"{root}/target/{tgt}", f"{root}/input/{inp}", name, box, 0, p))
     return images, samples
 
 
@@ -296,7 +322,7 @@ def _list_files(images: dict[str, np.ndarray]) -> dict[str, str]:
     ``dehaze_dir + "synthetic/part1/IIII_A_B.png"``."""
 
     def lines(root: str, sub: str) -> str:
-        rels = sorted(r[len(root):] for r in images if r.startswith(root + sub))
+        rels = sorted(r[len(root) :] for r in images if r.startswith(root + sub))
         return "".join(rel + "\n" for rel in rels)
 
     return {
@@ -322,8 +348,7 @@ def _readme(seed: int, counts: dict[str, dict[str, int]]) -> str:
         for name, p in PHOTOS.items()
     )
     table = "\n".join(
-        f"  {task:8s} train {counts['train'][task]:2d}   test {counts['test'][task]:2d}"
-        for task in TASKS
+        f"  {task:8s} train {counts['train'][task]:2d}   test {counts['test'][task]:2d}" for task in TASKS
     )
     return f"""IRPO-JAX demo set (synthetic; NOT a benchmark)
 
@@ -486,13 +511,8 @@ def build_demo_set(out: Path, seed: int = 0, overwrite: bool = False) -> dict:
         "seed": int(seed),
         "skimage_version": skimage.__version__,
         "counts": counts,
-        "regions": {
-            name: {"train": p.train.as_list(), "test": p.test.as_list()}
-            for name, p in PHOTOS.items()
-        },
-        "samples": [
-            {**dataclasses.asdict(s), "box": s.box.as_list()} for s in samples
-        ],
+        "regions": {name: {"train": p.train.as_list(), "test": p.test.as_list()} for name, p in PHOTOS.items()},
+        "samples": [{**dataclasses.asdict(s), "box": s.box.as_list()} for s in samples],
         "files": {rel: _sha256(data) for rel, data in sorted(payload.items())},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -521,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace a demo set built earlier in --out (only the builder's own files)",
     )
     args = parser.parse_args(argv)
@@ -533,15 +554,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an --out that cannot be created or written
-        print(f"error: cannot write the demo set to {args.out}: {err.strerror or err}; choose a "
-              "writable --out", file=sys.stderr)
+        print(
+            f"error: cannot write the demo set to {args.out}: {err.strerror or err}; choose a writable --out",
+            file=sys.stderr,
+        )
         return 1
     for split in _SPLITS:
         row = ", ".join(f"{task} {n}" for task, n in summary["counts"][split].items())
         print(f"{split:5s}: {row}")
     print(
-        f"wrote {summary['num_files']} files to {summary['out']} (seed {summary['seed']}) "
-        f"in {summary['seconds']:.1f} s"
+        f"wrote {summary['num_files']} files to {summary['out']} (seed {summary['seed']}) in {summary['seconds']:.1f} s"
     )
     return 0
 

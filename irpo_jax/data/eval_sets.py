@@ -133,10 +133,11 @@ class EvalSet:
             clean = crop_img(load_image(r.clean), self.crop_base)
             degraded = crop_img(load_image(r.degraded), self.crop_base)
         if degraded.shape != clean.shape:
-            raise DataError(f"{self.name}: {r.degraded} is {degraded.shape[:2]} but its target "
-                            f"{r.clean} is {clean.shape[:2]} after crop_img; fix the pair")
-        item = {"degraded": degraded, "clean": clean, "name": self.item_name(i),
-                "task": self.task, "sigma": self.sigma}
+            raise DataError(
+                f"{self.name}: {r.degraded} is {degraded.shape[:2]} but its target "
+                f"{r.clean} is {clean.shape[:2]} after crop_img; fix the pair"
+            )
+        item = {"degraded": degraded, "clean": clean, "name": self.item_name(i), "task": self.task, "sigma": self.sigma}
         if self.groups is not None:
             item["group"] = self.groups[i]
         return item
@@ -146,8 +147,9 @@ def _sots_records(folder: Path, name: str) -> tuple[list[Record], list[str]]:
     """``(records, inputs without a target)`` of SOTS: ``input/IIII_A_B.ext`` -> ``target/IIII.png``."""
     for sub in ("input", "target"):
         if not (folder / sub).is_dir():
-            raise DataError(f"test set {name}: {folder / sub} does not exist (SOTS layout: "
-                            "input/IIII_A_B.ext and target/IIII.png)")
+            raise DataError(
+                f"test set {name}: {folder / sub} does not exist (SOTS layout: input/IIII_A_B.ext and target/IIII.png)"
+            )
     out, missing = [], []
     for p in images_in(folder / "input"):
         # DerainDehazeDataset._get_gt_path: target/<id>.png (other extensions accepted too)
@@ -161,8 +163,7 @@ def _sots_records(folder: Path, name: str) -> tuple[list[Record], list[str]]:
     return out, missing
 
 
-def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
-              allow_partial: bool = False) -> dict[str, EvalSet]:
+def eval_sets(cfg: Any, names: Sequence[str] | None = None, *, allow_partial: bool = False) -> dict[str, EvalSet]:
     """The test sets, in order; noisy sets expand to one set per sigma (``bsd68_s25``).
 
     Args:
@@ -190,19 +191,19 @@ def eval_sets(cfg: Any, names: Sequence[str] | None = None, *,
             sets = _eval_set(name, cfg, root)
             for es in sets.values():
                 if es.missing and not allow_partial:
-                    shown = ", ".join(es.missing[:5]) + (f" and {len(es.missing) - 5} more"
-                                                         if len(es.missing) > 5 else "")
+                    shown = ", ".join(es.missing[:5]) + (
+                        f" and {len(es.missing) - 5} more" if len(es.missing) > 5 else ""
+                    )
                     raise DataError(
                         f"test set {name}: {len(es.missing)} of its {len(es.missing) + len(es)} "
                         f"input(s) have no matching target: {shown}. A set's score is comparable "
                         "only over all its images: add or rename the targets, or allow a partial "
-                        "set (evaluate --allow_partial) whose row is marked partial")
+                        "set (evaluate --allow_partial) whose row is marked partial"
+                    )
             out.update(sets)
         except DataError as err:
-            where = (f"data.eval_paired.{name}" if name in cfg.eval_paired
-                     else f"data.test_dirs.{name}")
-            raise DataError(f"{err} (fix {where}, or leave {name!r} out of "
-                            "data.eval_sets)") from err
+            where = f"data.eval_paired.{name}" if name in cfg.eval_paired else f"data.test_dirs.{name}"
+            raise DataError(f"{err} (fix {where}, or leave {name!r} out of data.eval_sets)") from err
     return out
 
 
@@ -214,9 +215,11 @@ def _eval_set(name: str, cfg: DataConfig, root: Path) -> dict[str, EvalSet]:
         recs, missing = paired_folder(under(root, spec["path"]).absolute(), spec["task"], name)
         return {name: EvalSet(name, spec["task"], recs, crop_base=base, missing=missing)}
     if name not in TEST_SETS:
-        raise DataError(f"unknown test set {name!r}; valid: {sorted(TEST_SETS)}, a group "
-                        f"({', '.join(SET_GROUPS)}) or a key of data.eval_paired "
-                        f"({sorted(cfg.eval_paired)})")
+        raise DataError(
+            f"unknown test set {name!r}; valid: {sorted(TEST_SETS)}, a group "
+            f"({', '.join(SET_GROUPS)}) or a key of data.eval_paired "
+            f"({sorted(cfg.eval_paired)})"
+        )
     task, _, layout = TEST_SETS[name]
     folder = under(root, cfg.test_dirs[name])
     if layout == "paired":
@@ -227,9 +230,19 @@ def _eval_set(name: str, cfg: DataConfig, root: Path) -> dict[str, EvalSet]:
         return {name: EvalSet(name, task, recs, crop_base=base, missing=missing)}
     if name in OOD_SETS:
         listing = ood_sets.READERS[name](folder, name)
-        return {name: EvalSet(name, task, listing.records, crop_base=base, names=listing.names,
-                              groups=listing.groups, loader=listing.loader,
-                              missing=listing.missing, protocol=listing.protocol)}
+        return {
+            name: EvalSet(
+                name,
+                task,
+                listing.records,
+                crop_base=base,
+                names=listing.names,
+                groups=listing.groups,
+                loader=listing.loader,
+                missing=listing.missing,
+                protocol=listing.protocol,
+            )
+        }
     # noisy: clean images + the seeded protocol, in sorted order
     if not folder.is_dir():
         raise DataError(f"test set {name}: {folder} does not exist")
@@ -246,6 +259,13 @@ def _eval_set(name: str, cfg: DataConfig, root: Path) -> dict[str, EvalSet]:
     out = {}
     for s in sigmas:
         recs = [Record(f"{name}:{p.name}@s{s}", "denoise", s, str(p), None) for p in files]
-        out[f"{name}_s{s}"] = EvalSet(f"{name}_s{s}", task, recs, sigma=s, crop_base=base, noise=stream,
-                                      noise_offset=stream_sigmas.index(s) * len(files))
+        out[f"{name}_s{s}"] = EvalSet(
+            f"{name}_s{s}",
+            task,
+            recs,
+            sigma=s,
+            crop_base=base,
+            noise=stream,
+            noise_offset=stream_sigmas.index(s) * len(files),
+        )
     return out

@@ -48,13 +48,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 a = np.asarray(im)
                 if a.min(initial=0) < 0 or a.max(initial=0) > 65535:
-                    raise DataError(f"{path}: 32-bit integer image outside 0..65535; convert it "
-                                    "to 8- or 16-bit PNG", path)
+                    raise DataError(
+                        f"{path}: 32-bit integer image outside 0..65535; convert it to 8- or 16-bit PNG", path
+                    )
                 a = a.astype(np.uint16)
                 return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=-1))
             if mode == "F":
-                raise DataError(f"{path}: floating-point images (PIL mode F) are not supported; "
-                                "convert it to 8- or 16-bit PNG", path)
+                raise DataError(
+                    f"{path}: floating-point images (PIL mode F) are not supported; convert it to 8- or 16-bit PNG",
+                    path,
+                )
             if mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8).copy()

@@ -47,8 +47,9 @@ MANIFEST_VERSION = 1  # the header's "version"
 # --------------------------------------------------------------------------- writing
 
 
-def manifest_entry(record: Record, data_root: str | os.PathLike, *, psnr: float | None,
-                   ssim: float | None, error: str | None = None) -> dict[str, Any]:
+def manifest_entry(
+    record: Record, data_root: str | os.PathLike, *, psnr: float | None, ssim: float | None, error: str | None = None
+) -> dict[str, Any]:
     """One record's line, before selection (mining adds ``"selected"`` and ``"rank"``).
 
     Args:
@@ -61,17 +62,30 @@ def manifest_entry(record: Record, data_root: str | os.PathLike, *, psnr: float 
     def rel(p: str | None) -> str | None:
         return None if p is None else relative_to_root(Path(data_root), Path(p))
 
-    entry = {"id": record.id, "task": record.task, "sigma": record.sigma,
-             "degraded": rel(record.degraded), "clean": rel(record.clean), "psnr": psnr,
-             "ssim": ssim}
+    entry = {
+        "id": record.id,
+        "task": record.task,
+        "sigma": record.sigma,
+        "degraded": rel(record.degraded),
+        "clean": rel(record.clean),
+        "psnr": psnr,
+        "ssim": ssim,
+    }
     if error:
         entry["error"] = error
     return entry
 
 
-def manifest_header(*, data_root: str, data_fingerprint: str, records: int,
-                    model: Mapping[str, Any], measure: Mapping[str, Any],
-                    selection: Mapping[str, Any], summary: Any) -> dict[str, Any]:
+def manifest_header(
+    *,
+    data_root: str,
+    data_fingerprint: str,
+    records: int,
+    model: Mapping[str, Any],
+    measure: Mapping[str, Any],
+    selection: Mapping[str, Any],
+    summary: Any,
+) -> dict[str, Any]:
     """The header line.
 
     Args:
@@ -83,19 +97,25 @@ def manifest_header(*, data_root: str, data_fingerprint: str, records: int,
       selection: ``{"mode", "fraction", "rank_by", "seed", "selected"}``.
       summary: the per-task summary rows.
     """
-    return {"kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "data_root": data_root,
-            "data_fingerprint": data_fingerprint, "records": records, "model": dict(model),
-            "measure": dict(measure), "selection": dict(selection), "summary": summary}
+    return {
+        "kind": MANIFEST_KIND,
+        "version": MANIFEST_VERSION,
+        "data_root": data_root,
+        "data_fingerprint": data_fingerprint,
+        "records": records,
+        "model": dict(model),
+        "measure": dict(measure),
+        "selection": dict(selection),
+        "summary": summary,
+    }
 
 
 def manifest_text(header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str:
     """The manifest's text: the header line, then one line per entry (see the module docstring)."""
-    return json.dumps(header, sort_keys=True) + "\n" + "".join(
-        json.dumps(e, sort_keys=True) + "\n" for e in entries)
+    return json.dumps(header, sort_keys=True) + "\n" + "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
 
 
-def write_manifest(path: str | os.PathLike, header: Mapping[str, Any],
-                   entries: Sequence[Mapping[str, Any]]) -> None:
+def write_manifest(path: str | os.PathLike, header: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> None:
     """Writes the manifest atomically (a hidden temporary beside ``path``, then a rename), so a
     reader never sees half a manifest."""
     path = Path(path)
@@ -128,9 +148,11 @@ def _manifest_lines(path: Path) -> tuple[dict[str, Any], list[tuple[int, dict[st
     an error points at the line an editor shows.
     """
     if not path.is_file():
-        raise DataError(f"manifest {path} does not exist; write one with "
-                        "`python -m irpo_jax.mine --data_root ... --checkpoint ... --out FILE`",
-                        path)
+        raise DataError(
+            f"manifest {path} does not exist; write one with "
+            "`python -m irpo_jax.mine --data_root ... --checkpoint ... --out FILE`",
+            path,
+        )
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -142,7 +164,9 @@ def _manifest_lines(path: Path) -> tuple[dict[str, Any], list[tuple[int, dict[st
         raise DataError(
             f"manifest {path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a "
             "mining manifest is JSON lines written by `python -m irpo_jax.mine` -- is this the "
-            "right file? Re-run mining to write it.", path) from err
+            "right file? Re-run mining to write it.",
+            path,
+        ) from err
     lines = text.split("\n")
     fix = "re-run mining (python -m irpo_jax.mine) to write it again"
 
@@ -150,32 +174,41 @@ def _manifest_lines(path: Path) -> tuple[dict[str, Any], list[tuple[int, dict[st
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:  # err.lineno is always 1: one line is parsed
-            raise DataError(f"manifest {path}, line {n}: not valid JSON ({err.msg} at column "
-                            f"{err.colno}); expected {what}; {fix}", path) from None
+            raise DataError(
+                f"manifest {path}, line {n}: not valid JSON ({err.msg} at column {err.colno}); expected {what}; {fix}",
+                path,
+            ) from None
         if not isinstance(value, dict):
-            raise DataError(f"manifest {path}, line {n}: expected a JSON object ({what}), got "
-                            f"{type(value).__name__} {line.strip()[:60]}; {fix}", path)
+            raise DataError(
+                f"manifest {path}, line {n}: expected a JSON object ({what}), got "
+                f"{type(value).__name__} {line.strip()[:60]}; {fix}",
+                path,
+            )
         return value
 
     if not text.strip():
-        raise DataError(f"manifest {path} is empty (line 1: expected the mining header); {fix}",
-                        path)
+        raise DataError(f"manifest {path} is empty (line 1: expected the mining header); {fix}", path)
     header = parse(1, lines[0], f"the header line with kind {MANIFEST_KIND!r}")
     if header.get("kind") != MANIFEST_KIND:
-        raise DataError(f"{path} is not a mining manifest (line 1: kind={header.get('kind')!r}, "
-                        f"expected {MANIFEST_KIND!r})", path)
+        raise DataError(
+            f"{path} is not a mining manifest (line 1: kind={header.get('kind')!r}, expected {MANIFEST_KIND!r})", path
+        )
     entries = []
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         e = parse(n, line, 'one record: {"id", "task", "selected", ...}')
         if not isinstance(e.get("id"), str) or not e["id"]:
-            raise DataError(f"manifest {path}, line {n}: the record has no \"id\" (a string "
-                            f"such as \"derain:Train/Derain/rainy/rain-1.png\"), got "
-                            f"{e.get('id')!r}; {fix}", path)
+            raise DataError(
+                f'manifest {path}, line {n}: the record has no "id" (a string '
+                f'such as "derain:Train/Derain/rainy/rain-1.png"), got '
+                f"{e.get('id')!r}; {fix}",
+                path,
+            )
         if not isinstance(e.get("selected", False), bool):
-            raise DataError(f"manifest {path}, line {n}: \"selected\" must be true or false, "
-                            f"got {e['selected']!r}; {fix}", path)
+            raise DataError(
+                f'manifest {path}, line {n}: "selected" must be true or false, got {e["selected"]!r}; {fix}', path
+            )
         entries.append((n, e))
     return header, entries
 
@@ -194,8 +227,9 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[st
     return header, [e for _, e in entries]
 
 
-def records_from_manifest(records: Sequence[Record], manifest: str | os.PathLike,
-                          root: str | os.PathLike, allow_other_root: bool = False) -> list[Record]:
+def records_from_manifest(
+    records: Sequence[Record], manifest: str | os.PathLike, root: str | os.PathLike, allow_other_root: bool = False
+) -> list[Record]:
     """The subset of ``records`` a manifest selected, in ``records`` order.
 
     Checked before training: the manifest's data root must be this root (unless

@@ -92,23 +92,42 @@ PHOTOS: dict[str, Photo] = {
     "chelsea": Photo(_skimage("chelsea"), Box(0, 0, 300, 195), Box(0, 195, 300, 128), Box(0, 323, 300, 128)),
     "coffee": Photo(_skimage("coffee"), Box(0, 0, 400, 330), Box(0, 330, 400, 130), Box(0, 460, 400, 140)),
     "rocket": Photo(_skimage("rocket"), Box(0, 0, 427, 360), Box(0, 360, 427, 130), Box(0, 490, 427, 150)),
-    "immunohistochemistry": Photo(_skimage("immunohistochemistry"), Box(0, 0, 512, 256), Box(0, 256, 512, 128),
-                                  Box(0, 384, 512, 128)),
-    "motorcycle": Photo(_skimage("stereo_motorcycle"), Box(0, 0, 500, 441), Box(0, 441, 500, 140),
-                        Box(0, 581, 500, 160)),
-    "hubble_deep_field": Photo(_skimage("hubble_deep_field"), Box(0, 0, 872, 600), Box(0, 600, 872, 160),
-                               Box(0, 760, 872, 240)),
+    "immunohistochemistry": Photo(
+        _skimage("immunohistochemistry"), Box(0, 0, 512, 256), Box(0, 256, 512, 128), Box(0, 384, 512, 128)
+    ),
+    "motorcycle": Photo(
+        _skimage("stereo_motorcycle"), Box(0, 0, 500, 441), Box(0, 441, 500, 140), Box(0, 581, 500, 160)
+    ),
+    "hubble_deep_field": Photo(
+        _skimage("hubble_deep_field"), Box(0, 0, 872, 600), Box(0, 600, 872, 160), Box(0, 760, 872, 240)
+    ),
     "camera": Photo(_grey("camera"), Box(0, 0, 512, 256), Box(0, 256, 512, 128), Box(0, 384, 512, 128)),
 }
 # Photographs per task, cycled (the demo's choice: Hubble's stars on black only where a mostly
 # black image means something, i.e. not for rain, haze or low light).
 TASK_PHOTOS: dict[str, tuple[str, ...]] = {
-    "denoise": ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle",
-                "hubble_deep_field", "camera"),
+    "denoise": (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "immunohistochemistry",
+        "motorcycle",
+        "hubble_deep_field",
+        "camera",
+    ),
     "derain": ("coffee", "rocket", "motorcycle", "astronaut", "chelsea", "immunohistochemistry", "camera"),
     "dehaze": ("rocket", "motorcycle", "chelsea", "astronaut", "coffee", "camera"),
-    "deblur": ("motorcycle", "hubble_deep_field", "astronaut", "immunohistochemistry", "coffee", "chelsea",
-               "rocket", "camera"),
+    "deblur": (
+        "motorcycle",
+        "hubble_deep_field",
+        "astronaut",
+        "immunohistochemistry",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "camera",
+    ),
     "lowlight": ("chelsea", "astronaut", "immunohistochemistry", "coffee", "motorcycle", "rocket", "camera"),
 }
 
@@ -125,18 +144,36 @@ class Sizes:
     eval_side: int  # evaluation image side (pixels, a multiple of 16)
 
 
-FULL = Sizes(train={"denoise": 30, "derain": 40, "dehaze": 20, "deblur": 40, "lowlight": 40},
-             val=8, test=12, ood=12, train_side=160, eval_side=128)
+FULL = Sizes(
+    train={"denoise": 30, "derain": 40, "dehaze": 20, "deblur": 40, "lowlight": 40},
+    val=8,
+    test=12,
+    ood=12,
+    train_side=160,
+    eval_side=128,
+)
 # The pipeline test's set: the tiny model on 32-pixel crops.
-QUICK = Sizes(train={"denoise": 3, "derain": 4, "dehaze": 2, "deblur": 4, "lowlight": 4},
-              val=2, test=2, ood=2, train_side=48, eval_side=32)
+QUICK = Sizes(
+    train={"denoise": 3, "derain": 4, "dehaze": 2, "deblur": 4, "lowlight": 4},
+    val=2,
+    test=2,
+    ood=2,
+    train_side=48,
+    eval_side=32,
+)
 HAZY_PER_SCENE = 2
 
 # The out-of-domain models' parameter ranges (uniform), in the order they are drawn.
 OOD_NOISE = {"peak": (30.0, 100.0), "read": (0.01, 0.03)}  # photons at white; read noise std [0, 1]
 OOD_NOISE_CORRELATION = 0.6  # Gaussian std (px) that correlates the noise spatially
-OOD_RAIN = {"density": (0.006, 0.012), "length": (25.0, 45.0), "angle": (25.0, 45.0),
-            "intensity": (0.5, 0.85), "width": (1.0, 1.6), "veil": (0.08, 0.2)}
+OOD_RAIN = {
+    "density": (0.006, 0.012),
+    "length": (25.0, 45.0),
+    "angle": (25.0, 45.0),
+    "intensity": (0.5, 0.85),
+    "width": (1.0, 1.6),
+    "veil": (0.08, 0.2),
+}
 OOD_HAZE = {"beta": (0.1, 0.2), "spread": (0.4, 0.8), "airlight": (0.75, 0.95), "tint_mix": (0.0, 1.0)}
 OOD_HAZE_TINTS = ((1.0, 0.9, 0.7), (0.8, 0.9, 1.0))  # smog (yellow-brown), dusk (blue): per-channel factors
 OOD_DEFOCUS = {"radius": (2.0, 4.5)}  # disk radius, pixels
@@ -146,24 +183,24 @@ OOD_LOWLIGHT = {"exposure": (0.05, 0.14), "cast": (0.75, 1.25), "peak": (150.0, 
 SPLITS: dict[str, dict[str, str]] = {
     "train / val / test": {
         "denoise": "white Gaussian noise, sigma 15 / 25 / 50 (0..255), truncated to uint8 as AdaIR's code "
-                   "(train: added on the fly; test: BSD68's seeded protocol; val: sigmas in turn)",
+        "(train: added on the fly; test: BSD68's seeded protocol; val: sigmas in turn)",
         "derain": "additive thin streaks: density 0.002-0.006, length 10-25 px, angle +-20 deg from vertical, "
-                  "intensity 0.3-0.6, width 0.4-0.8 px (Rain100L-like)",
+        "intensity 0.3-0.6, width 0.4-0.8 px (Rain100L-like)",
         "dehaze": "homogeneous haze I = J t + A (1 - t), t = exp(-beta d), grey A in {0.8..1.0}, beta in "
-                  "{0.04..0.2} (RESIDE's grid), smooth synthetic depth 1-10",
+        "{0.04..0.2} (RESIDE's grid), smooth synthetic depth 1-10",
         "deblur": "linear motion kernel, length 7-21 px, any angle (GoPro stand-in)",
         "lowlight": "0.12-0.3 x J^gamma, gamma 1.3-2.0, + Gaussian noise std 0.003-0.012 (LOL-like)",
     },
     "ood": {
         "denoise": "Poisson-Gaussian (signal-dependent) noise, 30-100 photons at white + read noise std "
-                   "0.01-0.03, spatially correlated (Gaussian, 0.6 px)",
+        "0.01-0.03, spatially correlated (Gaussian, 0.6 px)",
         "derain": "heavy rain, screen-blended: density 0.006-0.012, length 25-45 px, angle 25-45 deg (either "
-                  "side), intensity 0.5-0.85, width 1.0-1.6 px, plus a rain veil 0.08-0.2",
+        "side), intensity 0.5-0.85, width 1.0-1.6 px, plus a rain veil 0.08-0.2",
         "dehaze": "non-homogeneous haze (beta 0.1-0.2 modulated x exp(+-0.4-0.8 field)) with a coloured "
-                  "airlight 0.75-0.95 (smog/dusk tints)",
+        "airlight 0.75-0.95 (smog/dusk tints)",
         "deblur": "defocus: disk kernel of radius 2-4.5 px",
         "lowlight": "linear exposure 0.05-0.14 (no gamma), colour cast 0.75-1.25 per channel, Poisson shot "
-                    "noise (150-500 photons at white) + read noise 0.004-0.01",
+        "noise (150-500 photons at white) + read noise 0.004-0.01",
     },
 }
 
@@ -194,8 +231,15 @@ def ood_rain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dic
     over a rain veil (a light grey fog of strength ``veil``)."""
     p = deg.sample_params(OOD_RAIN, rng)
     p["angle"] *= float(rng.choice((-1.0, 1.0)))
-    streaks = deg.add_rain(np.zeros(img.shape[:2], np.float32), rng, density=p["density"], length=p["length"],
-                           angle=p["angle"], intensity=p["intensity"], width=p["width"])[..., None]
+    streaks = deg.add_rain(
+        np.zeros(img.shape[:2], np.float32),
+        rng,
+        density=p["density"],
+        length=p["length"],
+        angle=p["angle"],
+        intensity=p["intensity"],
+        width=p["width"],
+    )[..., None]
     veiled = img * (1 - p["veil"]) + 0.9 * p["veil"]
     return np.clip(1 - (1 - veiled) * (1 - streaks), 0, 1).astype(np.float32), p
 
@@ -248,8 +292,9 @@ def ood_lowlight(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------- in-domain degradations
 
 
-def _in_domain(task: str, clean_u8: np.ndarray, rng: np.random.Generator,
-               sigma: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+def _in_domain(
+    task: str, clean_u8: np.ndarray, rng: np.random.Generator, sigma: int | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
     """The demo's (training) degradation of ``task`` as a uint8 image, with its parameters."""
     x = deg.to_float32(clean_u8)
     if task == "denoise":
@@ -268,8 +313,13 @@ def _in_domain(task: str, clean_u8: np.ndarray, rng: np.random.Generator,
     return deg.to_uint8(deg.low_light(x, rng, **p)), p
 
 
-OOD_MODELS = {"denoise": ood_noise, "derain": ood_rain, "dehaze": ood_haze, "deblur": ood_defocus,
-              "lowlight": ood_lowlight}
+OOD_MODELS = {
+    "denoise": ood_noise,
+    "derain": ood_rain,
+    "dehaze": ood_haze,
+    "deblur": ood_defocus,
+    "lowlight": ood_lowlight,
+}
 
 
 # --------------------------------------------------------------------------- generation
@@ -302,9 +352,18 @@ def _generate(seed: int, sizes: Sizes, photos: dict[str, np.ndarray]) -> tuple[d
         return rel
 
     def record(task, split, clean, degraded, name, box, orientation, params):
-        samples.append({"task": task, "split": split, "clean": clean, "degraded": degraded, "photo": name,
-                        "box": box.as_list(), "orientation": orientation,
-                        "params": {k: float(v) for k, v in params.items()}})
+        samples.append(
+            {
+                "task": task,
+                "split": split,
+                "clean": clean,
+                "degraded": degraded,
+                "photo": name,
+                "box": box.as_list(),
+                "orientation": orientation,
+                "params": {k: float(v) for k, v in params.items()},
+            }
+        )
 
     for task in TASKS:
         names = TASK_PHOTOS[task]
@@ -326,8 +385,10 @@ def _generate(seed: int, sizes: Sizes, photos: dict[str, np.ndarray]) -> tuple[d
                 gt = put(f"Train/Dehaze/original/{scene}.png", clean)
                 for j in sorted(int(v) for v in rng.choice(len(grid), size=HAZY_PER_SCENE, replace=False)):
                     a, b = grid[j]
-                    rel = put(f"Train/Dehaze/synthetic/part1/{scene}_{a:g}_{b:g}.png",
-                              deg.to_uint8(deg.add_haze(x, depth, a, b)))
+                    rel = put(
+                        f"Train/Dehaze/synthetic/part1/{scene}_{a:g}_{b:g}.png",
+                        deg.to_uint8(deg.add_haze(x, depth, a, b)),
+                    )
                     record(task, "train", gt, rel, name, box, k, {"A": a, "beta": b})
             else:
                 degraded, p = _in_domain(task, clean, rng)
@@ -347,8 +408,16 @@ def _generate(seed: int, sizes: Sizes, photos: dict[str, np.ndarray]) -> tuple[d
                 clean, box = _crop(photos[name], region, sizes.eval_side, rng)
                 n = i + 1
                 if split == "test" and task == "denoise":  # BSD68's layout: noise by the seeded protocol
-                    record(task, split, put(f"test/denoise/bsd68/test{n:03d}.png", clean), None, name, box, 0,
-                           {"sigma": -1})
+                    record(
+                        task,
+                        split,
+                        put(f"test/denoise/bsd68/test{n:03d}.png", clean),
+                        None,
+                        name,
+                        box,
+                        0,
+                        {"sigma": -1},
+                    )
                     continue
                 if split == "ood":
                     degraded, p = OOD_MODELS[task](deg.to_float32(clean), rng)
@@ -361,13 +430,24 @@ def _generate(seed: int, sizes: Sizes, photos: dict[str, np.ndarray]) -> tuple[d
                         scene = f"{501 + i:04d}"  # SOTS: input/IIII_A_beta.png -> target/IIII.png
                         root, inp, tgt = "test/dehaze", f"{scene}_{p['A']:g}_{p['beta']:g}.png", f"{scene}.png"
                     else:
-                        root = {"derain": "test/derain/Rain100L", "deblur": "test/deblur/gopro",
-                                "lowlight": "test/enhance/lol"}[task]
+                        root = {
+                            "derain": "test/derain/Rain100L",
+                            "deblur": "test/deblur/gopro",
+                            "lowlight": "test/enhance/lol",
+                        }[task]
                         inp = tgt = f"{n:03d}.png"
                 else:
                     root, inp, tgt = f"{split}/{task}", f"{n:03d}.png", f"{n:03d}.png"
-                record(task, split, put(f"{root}/target/{tgt}", clean), put(f"{root}/input/{inp}", degraded),
-                       name, box, 0, p)
+                record(
+                    task,
+                    split,
+                    put(f"{root}/target/{tgt}", clean),
+                    put(f"{root}/input/{inp}", degraded),
+                    name,
+                    box,
+                    0,
+                    p,
+                )
     return images, samples
 
 
@@ -375,11 +455,13 @@ def _list_files(images: dict[str, np.ndarray]) -> dict[str, str]:
     """The official data_dir/ name lists (as the demo set writes them)."""
 
     def lines(root: str, sub: str) -> str:
-        return "".join(r[len(root):] + "\n" for r in sorted(images) if r.startswith(root + sub))
+        return "".join(r[len(root) :] + "\n" for r in sorted(images) if r.startswith(root + sub))
 
-    return {"data_dir/noisy/denoise.txt": lines("Train/Denoise/", ""),
-            "data_dir/rainy/rainTrain.txt": lines("Train/Derain/", "rainy/"),
-            "data_dir/hazy/hazy_outside.txt": lines("Train/Dehaze/", "synthetic/")}
+    return {
+        "data_dir/noisy/denoise.txt": lines("Train/Denoise/", ""),
+        "data_dir/rainy/rainTrain.txt": lines("Train/Derain/", "rainy/"),
+        "data_dir/hazy/hazy_outside.txt": lines("Train/Dehaze/", "synthetic/"),
+    }
 
 
 # --------------------------------------------------------------------------- the rows a config reads
@@ -391,8 +473,7 @@ IN_DOMAIN_ROWS = ("sots", "rain100l", "bsd68", "gopro", "lol")  # the five-task 
 def eval_paired(root: str = "") -> dict[str, dict[str, str]]:
     """``data.eval_paired`` for the validation and out-of-domain rows (paths relative to ``root``)."""
     del root  # paths are relative to data.root
-    return {f"{split}_{task}": {"path": f"{split}/{task}", "task": task}
-            for split in ("val", "ood") for task in TASKS}
+    return {f"{split}_{task}": {"path": f"{split}/{task}", "task": task} for split in ("val", "ood") for task in TASKS}
 
 
 def rows(split: str) -> tuple[str, ...]:
@@ -419,16 +500,23 @@ def readme_tables(counts: dict[str, dict[str, int]], sizes: Sizes) -> str:
 
 
 def _readme(seed: int, quick: bool, sizes: Sizes, counts: dict[str, dict[str, int]]) -> str:
-    return "\n".join([
-        "# mini-IRPO benchmark (synthetic; built, not downloaded)", "",
-        f"Built by `python -m {GENERATOR} --out DIR --seed {seed}{' --quick' if quick else ''}`; the same "
-        "command rewrites every file byte for byte.", "",
-        "Disjoint **by region**: each photograph is cut into a training, a validation and a test column strip "
-        "(boxes in manifest.json); test and out-of-domain images both come from the test strips.", "",
-        "Images (pairs) per task. Train denoise and test denoise hold clean images, noised at every sigma; "
-        "train dehaze holds 2 hazy images per scene.", "",
-        readme_tables(counts, sizes), "",
-    ])
+    return "\n".join(
+        [
+            "# mini-IRPO benchmark (synthetic; built, not downloaded)",
+            "",
+            f"Built by `python -m {GENERATOR} --out DIR --seed {seed}{' --quick' if quick else ''}`; the same "
+            "command rewrites every file byte for byte.",
+            "",
+            "Disjoint **by region**: each photograph is cut into a training, a validation and a test column strip "
+            "(boxes in manifest.json); test and out-of-domain images both come from the test strips.",
+            "",
+            "Images (pairs) per task. Train denoise and test denoise hold clean images, noised at every sigma; "
+            "train dehaze holds 2 hazy images per scene.",
+            "",
+            readme_tables(counts, sizes),
+            "",
+        ]
+    )
 
 
 def _fingerprint(seed: int, quick: bool) -> str:
@@ -456,13 +544,22 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> dict:
         try:
             manifest = json.loads((out / MANIFEST).read_text())
         except (OSError, ValueError) as err:
-            raise FileExistsError(f"{out} exists but holds no {MANIFEST} of {GENERATOR} ({err}); choose another "
-                                  "folder or remove it") from err
+            raise FileExistsError(
+                f"{out} exists but holds no {MANIFEST} of {GENERATOR} ({err}); choose another folder or remove it"
+            ) from err
         if manifest.get("fingerprint") != fingerprint:
-            raise FileExistsError(f"{out} holds a benchmark built with other settings ({manifest.get('command')}); "
-                                  "choose another folder or remove it")
-        return {"out": str(out), "seed": seed, "quick": quick, "counts": manifest["counts"], "built": False,
-                "seconds": time.perf_counter() - t0}
+            raise FileExistsError(
+                f"{out} holds a benchmark built with other settings ({manifest.get('command')}); "
+                "choose another folder or remove it"
+            )
+        return {
+            "out": str(out),
+            "seed": seed,
+            "quick": quick,
+            "counts": manifest["counts"],
+            "built": False,
+            "seconds": time.perf_counter() - t0,
+        }
     sizes = QUICK if quick else FULL
     photos = {name: p.loader() for name, p in PHOTOS.items()}
     for name, p in PHOTOS.items():
@@ -471,20 +568,25 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> dict:
                 raise RuntimeError(f"scikit-image's {name!r} is {photos[name].shape}, too small for {box}")
         assert not p.train.overlaps(p.val) and not p.train.overlaps(p.test) and not p.val.overlaps(p.test)
     images, samples = _generate(int(seed), sizes, photos)
-    counts = {s: {t: sum(1 for r in samples if r["split"] == s and r["task"] == t) for t in TASKS}
-              for s in _SPLIT_IDS}
+    counts = {s: {t: sum(1 for r in samples if r["split"] == s and r["task"] == t) for t in TASKS} for s in _SPLIT_IDS}
     payload = {rel: _png_bytes(img) for rel, img in images.items()}
     payload.update({rel: text.encode() for rel, text in _list_files(images).items()})
     payload[README] = _readme(int(seed), bool(quick), sizes, counts).encode()
     import skimage
 
     manifest = {
-        "generator": GENERATOR, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
         "command": f"python -m {GENERATOR} --out DIR --seed {int(seed)}{' --quick' if quick else ''}",
-        "seed": int(seed), "quick": bool(quick), "skimage_version": skimage.__version__, "counts": counts,
+        "seed": int(seed),
+        "quick": bool(quick),
+        "skimage_version": skimage.__version__,
+        "counts": counts,
         "sizes": dataclasses.asdict(sizes),
-        "regions": {n: {"train": p.train.as_list(), "val": p.val.as_list(), "test": p.test.as_list()}
-                    for n, p in PHOTOS.items()},
+        "regions": {
+            n: {"train": p.train.as_list(), "val": p.val.as_list(), "test": p.test.as_list()} for n, p in PHOTOS.items()
+        },
         "samples": samples,
         "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(payload.items())},
     }
@@ -494,8 +596,14 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return {"out": str(out), "seed": seed, "quick": quick, "counts": counts, "built": True,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "out": str(out),
+        "seed": seed,
+        "quick": quick,
+        "counts": counts,
+        "built": True,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,9 +137,11 @@ def _walk(folder: Path) -> list[tuple[Path, list[str], list[str]]]:
 
 def _require_folder(folder: Path, name: str, layout: str) -> None:
     if not folder.is_dir():
-        raise DataError(f"test set {name}: {folder} does not exist. Unpack the release there "
-                        f"({layout}), or point data.test_dirs.{name} (evaluate --test_dir "
-                        f"{name}=DIR) at it; README 'Out-of-domain evaluation' shows the layout.")
+        raise DataError(
+            f"test set {name}: {folder} does not exist. Unpack the release there "
+            f"({layout}), or point data.test_dirs.{name} (evaluate --test_dir "
+            f"{name}=DIR) at it; README 'Out-of-domain evaluation' shows the layout."
+        )
 
 
 def _words(part: str) -> set[str]:
@@ -159,8 +161,9 @@ def _choose_split(items: Sequence[Path], folder: Path, name: str) -> list[Path]:
             return chosen
     chosen = [p for p in items if not any("train" in w or "training" in w for w in parts(p))]
     if not chosen:
-        raise DataError(f"test set {name}: only a training split was found under {folder}; "
-                        "unpack the release's test split there")
+        raise DataError(
+            f"test set {name}: only a training split was found under {folder}; unpack the release's test split there"
+        )
     return chosen
 
 
@@ -175,8 +178,25 @@ def _short_names(paths: Sequence[Path], folder: Path) -> list[str]:
 
 
 # Words that name an image's role rather than its identity, dropped by the loose match.
-_ROLE_WORDS = {"hazy", "haze", "gt", "clear", "clean", "low", "high", "normal", "input", "target",
-               "noisy", "blur", "sharp", "rain", "rainy", "img", "image"}
+_ROLE_WORDS = {
+    "hazy",
+    "haze",
+    "gt",
+    "clear",
+    "clean",
+    "low",
+    "high",
+    "normal",
+    "input",
+    "target",
+    "noisy",
+    "blur",
+    "sharp",
+    "rain",
+    "rainy",
+    "img",
+    "image",
+}
 
 
 def _loose_key(stem: str) -> str:
@@ -198,8 +218,11 @@ class _Targets:
         self.by_loose = {k: v[0] for k, v in loose.items() if len(v) == 1}  # ambiguous keys: none
 
     def find(self, degraded: Path) -> Path | None:
-        return (self.by_name.get(degraded.name) or self.by_stem.get(degraded.stem.casefold())
-                or self.by_loose.get(_loose_key(degraded.stem)))
+        return (
+            self.by_name.get(degraded.name)
+            or self.by_stem.get(degraded.stem.casefold())
+            or self.by_loose.get(_loose_key(degraded.stem))
+        )
 
 
 def _dir_pairs(folder: Path, degraded_dirs: Sequence[str], clean_dirs: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -225,8 +248,15 @@ def _paired_listing(name: str, task: str, folder: Path, pairs: Sequence[tuple[Pa
     return _listing(name, task, folder, items)
 
 
-def _listing(name: str, task: str, folder: Path, items: Sequence[tuple[Path, Path | None]],
-             groups: Sequence[str] | None = None, protocol: str = "", why: str = "") -> Listing:
+def _listing(
+    name: str,
+    task: str,
+    folder: Path,
+    items: Sequence[tuple[Path, Path | None]],
+    groups: Sequence[str] | None = None,
+    protocol: str = "",
+    why: str = "",
+) -> Listing:
     """A :class:`Listing` of ``(degraded, clean or None)`` pairs; unpaired inputs go to ``missing``."""
     if not items:
         raise DataError(f"test set {name}: no images found under {folder}{why}")
@@ -242,10 +272,11 @@ def _listing(name: str, task: str, folder: Path, items: Sequence[tuple[Path, Pat
         if groups is not None:
             kept_groups.append(groups[k])
     if not records:
-        raise DataError(f"test set {name}: none of the {len(items)} input(s) under {folder} has a "
-                        f"matching target (e.g. {missing[0]}){why}")
-    return Listing(records, kept, missing, kept_groups if groups is not None else None,
-                   protocol=protocol)
+        raise DataError(
+            f"test set {name}: none of the {len(items)} input(s) under {folder} has a "
+            f"matching target (e.g. {missing[0]}){why}"
+        )
+    return Listing(records, kept, missing, kept_groups if groups is not None else None, protocol=protocol)
 
 
 # --------------------------------------------------------------------------- the five sets
@@ -257,8 +288,10 @@ def read_rrshid(folder: Path, name: str = "rrshid") -> Listing:
     _require_folder(folder, name, layout)
     pairs = _dir_pairs(folder, ("hazy", "haze"), ("gt", "clear", "clean", "target", "groundtruth"))
     if not pairs:
-        raise DataError(f"test set {name}: no hazy/ folder with a GT/ (or clear/, clean/, target/) "
-                        f"sibling under {folder} (expected {layout})")
+        raise DataError(
+            f"test set {name}: no hazy/ folder with a GT/ (or clear/, clean/, target/) "
+            f"sibling under {folder} (expected {layout})"
+        )
     chosen = set(_choose_split([h for h, _ in pairs], folder, name))  # by the folders above hazy/
     pairs = [(h, c) for h, c in pairs if h in chosen]
     return _paired_listing(name, "dehaze", folder, pairs)
@@ -271,8 +304,9 @@ def read_gtrain(folder: Path, name: str = "gtrain") -> Listing:
     _require_folder(folder, name, layout)
     scenes = [d for d, _, files in _walk(folder) if any("-R-" in Path(f).stem for f in files)]
     if not scenes:
-        raise DataError(f"test set {name}: no scene folder with rainy frames (*-R-NNN.png) under "
-                        f"{folder} (expected {layout})")
+        raise DataError(
+            f"test set {name}: no scene folder with rainy frames (*-R-NNN.png) under {folder} (expected {layout})"
+        )
     scenes = _choose_split(scenes, folder, name)  # by the folders above the scenes
     items: list[tuple[Path, Path | None]] = []
     groups: list[str] = []
@@ -285,10 +319,13 @@ def read_gtrain(folder: Path, name: str = "gtrain") -> Listing:
             clean = stems.get(f"{prefix}-C-000") or (any_c000[0] if any_c000 else None)
             items.append((scene / f, clean))
             groups.append(scene.relative_to(folder).as_posix())
-    protocol = ("each rainy frame against its scene's clean frame *C-000; set score = mean over "
-                "scenes of each scene's mean (GT-Rain's testing_deraining_code.ipynb)")
-    return _listing(name, "derain", folder, items, groups, protocol,
-                    why=" (every scene needs its clean frame <scene>-C-000.png)")
+    protocol = (
+        "each rainy frame against its scene's clean frame *C-000; set score = mean over "
+        "scenes of each scene's mean (GT-Rain's testing_deraining_code.ipynb)"
+    )
+    return _listing(
+        name, "derain", folder, items, groups, protocol, why=" (every scene needs its clean frame <scene>-C-000.png)"
+    )
 
 
 class _MatBlocks:
@@ -313,8 +350,11 @@ class _MatBlocks:
                     except (OSError, ValueError) as err:
                         raise DataError(f"cannot read {path}: {err}", path) from err
                     if a.dtype not in (np.uint8, np.uint16):
-                        raise DataError(f"{path}: variable {var!r} is {a.dtype}; expected the "
-                                        "uint8 sRGB blocks of the SIDD release", path)
+                        raise DataError(
+                            f"{path}: variable {var!r} is {a.dtype}; expected the "
+                            "uint8 sRGB blocks of the SIDD release",
+                            path,
+                        )
                     arrays.append(a)
                 self._arrays = (arrays[0], arrays[1])
             return self._arrays
@@ -333,20 +373,25 @@ def _mat_variable(path: Path, name: str) -> tuple[str, tuple[int, ...]]:
     try:
         info = scipy.io.whosmat(path)
     except NotImplementedError as err:  # scipy: "Please use HDF reader for matlab v7.3 files"
-        raise DataError(f"test set {name}: {path} is a MATLAB v7.3 (HDF5) file; the SIDD release's "
-                        "blocks are v5 files that scipy reads: download them again from the SIDD "
-                        "site, or re-save with MATLAB's save(..., '-v7')", path) from err
+        raise DataError(
+            f"test set {name}: {path} is a MATLAB v7.3 (HDF5) file; the SIDD release's "
+            "blocks are v5 files that scipy reads: download them again from the SIDD "
+            "site, or re-save with MATLAB's save(..., '-v7')",
+            path,
+        ) from err
     except (OSError, ValueError, TypeError) as err:
         raise DataError(f"test set {name}: cannot read {path} as a MATLAB file: {err}", path) from err
     variables = {v: tuple(int(n) for n in shape) for v, shape, _ in info}
     var = path.stem if path.stem in variables else (next(iter(variables)) if len(variables) == 1 else None)
     if var is None:
-        raise DataError(f"test set {name}: {path} holds {sorted(variables)}, none named {path.stem!r}",
-                        path)
+        raise DataError(f"test set {name}: {path} holds {sorted(variables)}, none named {path.stem!r}", path)
     shape = variables[var]
     if len(shape) not in (4, 5) or shape[-1] != 3:
-        raise DataError(f"test set {name}: {path}:{var} has shape {shape}; expected (images, "
-                        "blocks, H, W, 3) or (blocks, H, W, 3) sRGB blocks", path)
+        raise DataError(
+            f"test set {name}: {path}:{var} has shape {shape}; expected (images, "
+            "blocks, H, W, 3) or (blocks, H, W, 3) sRGB blocks",
+            path,
+        )
     return var, shape
 
 
@@ -358,10 +403,11 @@ def _sidd_blocks(noisy: Path, clean: Path, name: str) -> Listing:
     index = [tuple(int(v) for v in i) for i in np.ndindex(*lead)]
     names = ["_".join(f"{v:02d}" for v in i) + ".png" for i in index]
     records = [Record(f"{name}:{n[:-4]}", "denoise", 0, str(clean), str(noisy)) for n in names]
-    protocol = (f"SIDD sRGB validation blocks ({noisy.name}, {clean.name}: {'x'.join(map(str, nshape))}); "
-                "set score = mean over all blocks; names <image>_<block>, 0-based")
-    return Listing(records, names, [], loader=_MatBlocks((noisy, nv), (clean, cv), index),
-                   protocol=protocol)
+    protocol = (
+        f"SIDD sRGB validation blocks ({noisy.name}, {clean.name}: {'x'.join(map(str, nshape))}); "
+        "set score = mean over all blocks; names <image>_<block>, 0-based"
+    )
+    return Listing(records, names, [], loader=_MatBlocks((noisy, nv), (clean, cv), index), protocol=protocol)
 
 
 def read_sidd(folder: Path, name: str = "sidd") -> Listing:
@@ -378,8 +424,10 @@ def read_sidd(folder: Path, name: str = "sidd") -> Listing:
     if noisy or clean:
         if not (noisy and clean):
             have, need = (noisy, "ValidationGtBlocksSrgb.mat") if noisy else (clean, "ValidationNoisyBlocksSrgb.mat")
-            raise DataError(f"test set {name}: found {have} but not {need} under {folder}; download "
-                            "both 'SIDD Validation Data and Ground Truth' sRGB files")
+            raise DataError(
+                f"test set {name}: found {have} but not {need} under {folder}; download "
+                "both 'SIDD Validation Data and Ground Truth' sRGB files"
+            )
         return _sidd_blocks(noisy, clean, name)
     items: list[tuple[Path, Path | None]] = []
     for d, _, files in _walk(folder):
@@ -395,12 +443,16 @@ def read_sidd(folder: Path, name: str = "sidd") -> Listing:
     if pairs:
         return _paired_listing(name, "denoise", folder, pairs)
     if "benchmarknoisyblockssrgb.mat" in mats:
-        raise DataError(f"test set {name}: {mats['benchmarknoisyblockssrgb.mat']} is SIDD's benchmark "
-                        "set, whose ground truth is not public (it is scored by the SIDD server); "
-                        f"download the validation blocks ({layout}) instead")
-    raise DataError(f"test set {name}: none of the SIDD layouts under {folder}: expected {layout}, "
-                    "or SIDD-Medium/Small PNGs (Data/<instance>/*NOISY_SRGB_010.PNG with "
-                    "*GT_SRGB_010.PNG)")
+        raise DataError(
+            f"test set {name}: {mats['benchmarknoisyblockssrgb.mat']} is SIDD's benchmark "
+            "set, whose ground truth is not public (it is scored by the SIDD server); "
+            f"download the validation blocks ({layout}) instead"
+        )
+    raise DataError(
+        f"test set {name}: none of the SIDD layouts under {folder}: expected {layout}, "
+        "or SIDD-Medium/Small PNGs (Data/<instance>/*NOISY_SRGB_010.PNG with "
+        "*GT_SRGB_010.PNG)"
+    )
 
 
 def read_reloblur(folder: Path, name: str = "reloblur") -> Listing:
@@ -418,8 +470,14 @@ def read_reloblur(folder: Path, name: str = "reloblur") -> Listing:
     for b in _choose_split(blurs, folder, name):
         by_stem = {Path(f).stem.casefold(): b.parent / f for f in os.listdir(b.parent) if _is_image(f)}
         items.append((b, by_stem.get(b.stem.casefold()[: -len("_blur")] + "_sharp")))
-    return _listing(name, "deblur", folder, items, protocol="each *_blur image against the *_sharp "
-                    "image beside it; whole-image PSNR/SSIM (the blur masks are not used)")
+    return _listing(
+        name,
+        "deblur",
+        folder,
+        items,
+        protocol="each *_blur image against the *_sharp "
+        "image beside it; whole-image PSNR/SSIM (the blur masks are not used)",
+    )
 
 
 def read_lolistreet(folder: Path, name: str = "lolistreet") -> Listing:
@@ -428,8 +486,10 @@ def read_lolistreet(folder: Path, name: str = "lolistreet") -> Listing:
     _require_folder(folder, name, layout)
     pairs = _dir_pairs(folder, ("low",), ("high", "gt", "normal"))
     if not pairs:
-        raise DataError(f"test set {name}: no low/ folder with a high/ sibling under {folder} "
-                        f"(expected {layout}; the real low-light test images have no ground truth)")
+        raise DataError(
+            f"test set {name}: no low/ folder with a high/ sibling under {folder} "
+            f"(expected {layout}; the real low-light test images have no ground truth)"
+        )
     chosen = set(_choose_split([lo for lo, _ in pairs], folder, name))
     return _paired_listing(name, "lowlight", folder, [(lo, hi) for lo, hi in pairs if lo in chosen])
 

@@ -107,8 +107,7 @@ def _official_mode(img: np.ndarray, mode: int) -> np.ndarray:
     return np.flipud(out) if mode % 2 == 1 else out
 
 
-def augment_pair(images: Sequence[np.ndarray], rng: np.random.Generator,
-                 augment: str) -> list[np.ndarray]:
+def augment_pair(images: Sequence[np.ndarray], rng: np.random.Generator, augment: str) -> list[np.ndarray]:
     """Applies one random augmentation (the same to every image). See the module docstring."""
     if augment == "none":
         return list(images)
@@ -127,8 +126,9 @@ def augment_pair(images: Sequence[np.ndarray], rng: np.random.Generator,
     raise ValueError(f"unknown augment {augment!r}; valid: 'flips', 'official', 'none'")
 
 
-def make_train_sample(record: Record, rng: np.random.Generator, *, patch_size: int = 128,
-                      augment: str = "flips", crop_base: int = 16) -> dict[str, np.ndarray]:
+def make_train_sample(
+    record: Record, rng: np.random.Generator, *, patch_size: int = 128, augment: str = "flips", crop_base: int = 16
+) -> dict[str, np.ndarray]:
     """Decodes, crops, augments and (denoise) degrades one record. Pure given ``rng``.
 
     Returns:
@@ -142,14 +142,18 @@ def make_train_sample(record: Record, rng: np.random.Generator, *, patch_size: i
     if record.degraded is not None:
         degraded = crop_img(load_image(record.degraded), crop_base)
         if degraded.shape[:2] != clean.shape[:2]:
-            raise DataError(f"{record.degraded} is {degraded.shape[1]}x{degraded.shape[0]} but its "
-                            f"ground truth {record.clean} is {clean.shape[1]}x{clean.shape[0]}",
-                            record.degraded)
+            raise DataError(
+                f"{record.degraded} is {degraded.shape[1]}x{degraded.shape[0]} but its "
+                f"ground truth {record.clean} is {clean.shape[1]}x{clean.shape[0]}",
+                record.degraded,
+            )
     h, w = clean.shape[:2]
     if h < patch_size or w < patch_size:
-        raise DataError(f"{record.degraded or record.clean} is {w}x{h} after crop_img, smaller "
-                        f"than the {patch_size}x{patch_size} training crop",
-                        record.degraded or record.clean)
+        raise DataError(
+            f"{record.degraded or record.clean} is {w}x{h} after crop_img, smaller "
+            f"than the {patch_size}x{patch_size} training crop",
+            record.degraded or record.clean,
+        )
     top = int(rng.integers(0, h - patch_size + 1))
     left = int(rng.integers(0, w - patch_size + 1))
     window = (slice(top, top + patch_size), slice(left, left + patch_size))
@@ -189,17 +193,20 @@ class _Sampler:
                 failures.append(f"{record.id}: known bad file")
                 continue
             try:
-                out = make_train_sample(record, sample_rng(self.seed, position, attempt),
-                                        patch_size=self.patch_size, augment=self.augment,
-                                        crop_base=self.crop_base)
+                out = make_train_sample(
+                    record,
+                    sample_rng(self.seed, position, attempt),
+                    patch_size=self.patch_size,
+                    augment=self.augment,
+                    crop_base=self.crop_base,
+                )
             except DataError as err:
                 failures.append(str(err))
                 # Blame the one file at fault (a dehaze ground truth is shared by many pairs).
                 for f in [err.path] if err.path else files:
                     if f not in _BAD_FILES:
                         _BAD_FILES.add(f)
-                        log.warning("skipping a bad training file (replaced by another sample): "
-                                    "%s", err)
+                        log.warning("skipping a bad training file (replaced by another sample): %s", err)
                 continue
             out["index"] = np.int32(i)
             out["position"] = np.int32(position % (2**31))
@@ -248,9 +255,20 @@ class TrainIterator:
       scan: the pre-training :class:`irpo_jax.data.records.ScanReport`.
     """
 
-    def __init__(self, batches: grain.MapDataset, *, records: list[Record], epoch_size: int,
-                 local_batch_size: int, shard_count: int, fingerprint: str, worker_count: int,
-                 worker_buffer_size: int, read_threads: int, scan: ScanReport):
+    def __init__(
+        self,
+        batches: grain.MapDataset,
+        *,
+        records: list[Record],
+        epoch_size: int,
+        local_batch_size: int,
+        shard_count: int,
+        fingerprint: str,
+        worker_count: int,
+        worker_buffer_size: int,
+        read_threads: int,
+        scan: ScanReport,
+    ):
         self._batches = batches
         self.shard_count = shard_count
         self.records = records
@@ -270,12 +288,14 @@ class TrainIterator:
         # Threads decode whole batches in parallel; the buffer holds one batch per thread (the
         # default of 500 elements would hold ~6 GB of 32x128x128 batch pairs).
         threads = max(1, self._read_threads)
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                     prefetch_buffer_size=threads))
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
         if self.worker_count > 0:
             _mark_absl_flags_parsed()
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.worker_count, per_worker_buffer_size=self._worker_buffer_size))
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self.worker_count, per_worker_buffer_size=self._worker_buffer_size
+                )
+            )
         self._box = {"it": iter(it_ds)}
         # Close the workers at interpreter exit too (before module teardown), for callers that
         # never call close(): otherwise grain's own __del__ runs with half-torn-down modules and
@@ -304,8 +324,7 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, Any]:
         """JSON-able state: where the next batch starts, and what stream it belongs to."""
-        return {"format": STATE_FORMAT, "version": 1, "next_batch": self._next_batch,
-                "fingerprint": self.fingerprint}
+        return {"format": STATE_FORMAT, "version": 1, "next_batch": self._next_batch, "fingerprint": self.fingerprint}
 
     def set_state(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
         """Continues from a saved :meth:`get_state` (the next batch is the one after it).
@@ -316,8 +335,7 @@ class TrainIterator:
         if isinstance(state, (str, bytes)):
             state = json.loads(state)
         if state.get("format") != STATE_FORMAT or "next_batch" not in state:
-            raise DataError(f"not a data-iterator state (expected format {STATE_FORMAT!r}): "
-                            f"{str(state)[:200]}")
+            raise DataError(f"not a data-iterator state (expected format {STATE_FORMAT!r}): {str(state)[:200]}")
         if strict and state.get("fingerprint") != self.fingerprint:
             raise DataError(
                 "the saved data-iterator state belongs to a different data stream (records, "
@@ -344,9 +362,15 @@ def _stream_fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
-                        shard_index: int | None = None, shard_count: int | None = None,
-                        worker_count: int | None = None) -> TrainIterator:
+def make_train_iterator(
+    data_cfg: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int | None = None,
+) -> TrainIterator:
     """The training input pipeline for one process (see the module docstring).
 
     Everything that can be checked before training is checked here: folders, files (scan per
@@ -389,34 +413,57 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, seed: int,
         log.info("training on the %d pairs selected by %s", len(records), cfg.manifest)
     mix = mixture_indices(records, cfg)
     if len(mix) < batch_size:
-        raise DataError(f"the training mixture has {len(mix)} samples per epoch, fewer than one "
-                        f"batch of {batch_size}; check data.repeats / data.tasks")
+        raise DataError(
+            f"the training mixture has {len(mix)} samples per epoch, fewer than one "
+            f"batch of {batch_size}; check data.repeats / data.tasks"
+        )
 
     order = grain.MapDataset.source(mix).shuffle(seed=int(seed)).repeat(None)
-    sampler = _Sampler(records, order, int(seed), int(cfg.patch_size), cfg.augment,
-                       int(cfg.crop_base), int(cfg.max_skips))
+    sampler = _Sampler(
+        records, order, int(seed), int(cfg.patch_size), cfg.augment, int(cfg.crop_base), int(cfg.max_skips)
+    )
     samples = order.map_with_index(sampler)[shard_index::shard_count]
     batches = samples.batch(local_bs, drop_remainder=True)
 
     workers = cfg.worker_count if worker_count is None else worker_count
     workers = _auto_workers() if workers < 0 else int(workers)
-    fp = _stream_fingerprint(fingerprint(records), len(mix), int(seed), batch_size,
-                             shard_index, shard_count, cfg.patch_size, cfg.augment,
-                             cfg.crop_base, cfg.repeats)
-    return TrainIterator(batches, records=records, epoch_size=len(mix), local_batch_size=local_bs,
-                       shard_count=shard_count, fingerprint=fp, worker_count=workers,
-                       worker_buffer_size=int(cfg.worker_buffer_size),
-                       read_threads=int(cfg.read_threads), scan=scan)
+    fp = _stream_fingerprint(
+        fingerprint(records),
+        len(mix),
+        int(seed),
+        batch_size,
+        shard_index,
+        shard_count,
+        cfg.patch_size,
+        cfg.augment,
+        cfg.crop_base,
+        cfg.repeats,
+    )
+    return TrainIterator(
+        batches,
+        records=records,
+        epoch_size=len(mix),
+        local_batch_size=local_bs,
+        shard_count=shard_count,
+        fingerprint=fp,
+        worker_count=workers,
+        worker_buffer_size=int(cfg.worker_buffer_size),
+        read_threads=int(cfg.read_threads),
+        scan=scan,
+    )
 
 
 def _eval_element(item: dict[str, Any], task_id: int) -> dict[str, Any]:
-    return {"degraded": to_float01(item["degraded"]),
-            "clean": to_float01(item["clean"]),
-            "task_id": np.int32(task_id), "sigma": np.float32(item["sigma"]), "name": item["name"]}
+    return {
+        "degraded": to_float01(item["degraded"]),
+        "clean": to_float01(item["clean"]),
+        "task_id": np.int32(task_id),
+        "sigma": np.float32(item["sigma"]),
+        "name": item["name"],
+    }
 
 
-def make_eval_sets(data_cfg: Any,
-                   names: Sequence[str] | None = None) -> dict[str, grain.MapDataset]:
+def make_eval_sets(data_cfg: Any, names: Sequence[str] | None = None) -> dict[str, grain.MapDataset]:
     """The test sets as random-access grain datasets of whole images (batch size 1, officially).
 
     Args:

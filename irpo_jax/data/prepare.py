@@ -63,8 +63,13 @@ _KIND = "irpo-jax-prepared-unit"
 _STAGING = ".prepare-staging"  # inside a staging folder until it is complete
 LIST_DIR = "data_dir"  # AdaIR's list files, where config.default_data_config looks first
 # The training unit of each task (config.default_data_config's train_dirs).
-TRAIN_UNITS = {"denoise": "Train/Denoise", "derain": "Train/Derain", "dehaze": "Train/Dehaze",
-               "deblur": "Train/Deblur", "lowlight": "Train/Enhance"}
+TRAIN_UNITS = {
+    "denoise": "Train/Denoise",
+    "derain": "Train/Derain",
+    "dehaze": "Train/Dehaze",
+    "deblur": "Train/Deblur",
+    "lowlight": "Train/Enhance",
+}
 
 
 @dataclasses.dataclass
@@ -128,13 +133,23 @@ def _clean_leftovers(unit_dir: Path) -> None:
         return
     prefix = f".{unit_dir.name}.prepare-"
     for p in parent.iterdir():
-        if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink() \
-                and ((p / _STAGING).exists() or _read_marker(p) is not None):
+        if (
+            p.name.startswith(prefix)
+            and p.is_dir()
+            and not p.is_symlink()
+            and ((p / _STAGING).exists() or _read_marker(p) is not None)
+        ):
             shutil.rmtree(p)
 
 
-def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]], lists: Mapping[str, str],
-              link: str, counter: Mapping[str, Any] | None = None) -> tuple[str, str]:
+def _lay_unit(
+    out: Path,
+    unit: str,
+    jobs: Sequence[tuple[archives.Member, str]],
+    lists: Mapping[str, str],
+    link: str,
+    counter: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
     """Lays out one unit whole. Returns ``(state, detail)``: state "laid out", "unchanged",
     "replaced" or "left as it is"."""
     unit_dir = out / unit
@@ -155,9 +170,11 @@ def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]],
         held = _files_below(unit_dir) - {MARKER}
         if held != set(marker.get("files", [])):
             extra = sorted(held - set(marker.get("files", [])))
-            return "left as it is", (f"{unit_dir} was laid out by prepare but has changed since"
-                                     + (f" ({extra[0]} added)" if extra else " (files removed)")
-                                     + ": move it away to lay it out again")
+            return "left as it is", (
+                f"{unit_dir} was laid out by prepare but has changed since"
+                + (f" ({extra[0]} added)" if extra else " (files removed)")
+                + ": move it away to lay it out again"
+            )
         old = unit_dir
     staging = unit_dir.with_name(f".{unit_dir.name}.prepare-new-{os.getpid()}")
     staging.mkdir(parents=True)
@@ -167,8 +184,15 @@ def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]],
         if counter is not None:
             counter["staged"] = staging
             counter["check"](staging)
-        marker = {"kind": _KIND, "version": 1, "unit": unit, "signature": signature,
-                  "files": sorted(sources), "sources": sources, "lists": {k: _sha(v) for k, v in lists.items()}}
+        marker = {
+            "kind": _KIND,
+            "version": 1,
+            "unit": unit,
+            "signature": signature,
+            "files": sorted(sources),
+            "sources": sources,
+            "lists": {k: _sha(v) for k, v in lists.items()},
+        }
         (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         (staging / _STAGING).unlink()
     except BaseException:
@@ -192,8 +216,10 @@ def _lay_unit(out: Path, unit: str, jobs: Sequence[tuple[archives.Member, str]],
 def _official_list(lists_dir: Path, rel: str) -> str:
     path = lists_dir / rel
     if not path.is_file():
-        raise DataError(f"--lists {lists_dir}: {rel} is not there; point --lists at AdaIR's data_dir "
-                        "folder (git clone https://github.com/c-yn/AdaIR; it holds noisy/, rainy/, hazy/)")
+        raise DataError(
+            f"--lists {lists_dir}: {rel} is not there; point --lists at AdaIR's data_dir "
+            "folder (git clone https://github.com/c-yn/AdaIR; it holds noisy/, rainy/, hazy/)"
+        )
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     return "\n".join(lines) + "\n"
 
@@ -207,9 +233,15 @@ def _state(found: int, expected: int | None) -> str:
     return "found" if expected is None or found == expected else "count differs"
 
 
-def prepare(downloads: str | os.PathLike, out: str | os.PathLike, *, sets: Sequence[str] | None = None,
-            link: str = "hardlink", lists: str | os.PathLike | None = None,
-            expected: Mapping[str, int | None] | None = None) -> tuple[list[ReleaseResult], archives.Scan]:
+def prepare(
+    downloads: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sets: Sequence[str] | None = None,
+    link: str = "hardlink",
+    lists: str | os.PathLike | None = None,
+    expected: Mapping[str, int | None] | None = None,
+) -> tuple[list[ReleaseResult], archives.Scan]:
     """Recognises the releases in ``downloads`` and lays them out under ``out``.
 
     Args:
@@ -247,14 +279,17 @@ def prepare(downloads: str | os.PathLike, out: str | os.PathLike, *, sets: Seque
         counts: dict[str, Any] = {}
         ood = [r for r in rels if r.role == "ood"]
         if ood:  # count what evaluate's reader pairs in the staged folder, before it goes in place
+
             def count(staged: Path, r: Release = ood[0]) -> None:
                 from irpo_jax.data import ood_sets
 
                 listing = ood_sets.READERS[r.eval_set](staged, r.eval_set)
                 found[r.name].count = len(listing.records)  # noqa: B023 - called in this iteration
                 if listing.missing:
-                    found[r.name].notes.append(f"{len(listing.missing)} input(s) without a target, e.g. "  # noqa: B023 - called in this iteration
-                                               f"{listing.missing[0]}")
+                    found[r.name].notes.append(  # noqa: B023 - called in this iteration
+                        f"{len(listing.missing)} input(s) without a target, e.g. {listing.missing[0]}"
+                    )
+
             counts["check"] = count
         state, detail = ("missing", "")
         if jobs:
@@ -279,8 +314,7 @@ def prepare(downloads: str | os.PathLike, out: str | os.PathLike, *, sets: Seque
             results.append(res)
             used.update(m.vpath for m, _ in f.files)
     if sets is None:  # every top-level download none of whose files any set took
-        scan.unused = sorted({m.vpath.split("/")[0] for m in scan.members}
-                             - {v.split("/")[0] for v in used})
+        scan.unused = sorted({m.vpath.split("/")[0] for m in scan.members} - {v.split("/")[0] for v in used})
     return results, scan
 
 
@@ -347,8 +381,14 @@ def _published(unit: str) -> tuple[int | None, str]:
     return sum(r.expected for r in rels), rels[0].what
 
 
-def check(root: str | os.PathLike, *, tasks: Sequence[str] | None = None, sets: Sequence[str] | None = None,
-          validate: str = "header", expected: Mapping[str, int | None] | None = None) -> list[CheckRow]:
+def check(
+    root: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    sets: Sequence[str] | None = None,
+    validate: str = "header",
+    expected: Mapping[str, int | None] | None = None,
+) -> list[CheckRow]:
     """What ``train``'s and ``evaluate``'s readers find under a data root, per task and test set.
 
     Args:
@@ -361,14 +401,13 @@ def check(root: str | os.PathLike, *, tasks: Sequence[str] | None = None, sets: 
     root = Path(root).expanduser().absolute()
     expected = dict(expected or {})
     rows: list[CheckRow] = []
-    for task in (tuple(TRAIN_UNITS) if tasks is None else tasks):
+    for task in tuple(TRAIN_UNITS) if tasks is None else tasks:
         unit = TRAIN_UNITS[task]
         exp, what = _published(unit)
         exp = expected.get(task, exp)
         try:
             _, report = train_records({"root": str(root), "tasks": (task,)}, validate=validate)
-            rows.append(CheckRow(task, unit, report.kept.get(task, 0), exp, what,
-                                 "" if not report.skipped else ""))
+            rows.append(CheckRow(task, unit, report.kept.get(task, 0), exp, what, "" if not report.skipped else ""))
             if report.skipped:
                 rows[-1].what += f" ({len(report.skipped)} skipped: {report.skipped[0][0]}: {report.skipped[0][1]})"
         except DataError as err:
@@ -406,8 +445,11 @@ def run_lengths(rows: Sequence[CheckRow], config: str | None) -> list[str]:
     per = {t: n * (sigmas if t == "denoise" else 1) for t, n in counts.items()}
     epoch = sum(per[t] * repeats.get(t, 1) for t in per)
     lines = ["what train reads (every pair; denoise: each clean image at each sigma):"]
-    lines += [f"  {t:<9} {per[t]:>7,} pairs x {repeats.get(t, 1):>3} repeats = {per[t] * repeats.get(t, 1):>8,} "
-              "samples per epoch" for t in per]
+    lines += [
+        f"  {t:<9} {per[t]:>7,} pairs x {repeats.get(t, 1):>3} repeats = {per[t] * repeats.get(t, 1):>8,} "
+        "samples per epoch"
+        for t in per
+    ]
     lines.append(f"  one epoch of AdaIR's mixture: {epoch:,} samples")
     for stage, cfg in stages:
         t = cfg.train
@@ -417,13 +459,17 @@ def run_lengths(rows: Sequence[CheckRow], config: str | None) -> list[str]:
         else:
             frac = float(cfg.mining.fraction)
             # the hard set: ceil(fraction * n) per degradation (each sigma its own), as mine.select
-            hard = {task: math.ceil(frac * n - 1e-9) * (sigmas if task == "denoise" else 1) for task, n in counts.items()}
+            hard = {
+                task: math.ceil(frac * n - 1e-9) * (sigmas if task == "denoise" else 1) for task, n in counts.items()
+            }
             size = sum(hard[task] * (repeats.get(task, 1) if cfg.grpo.task_repeats else 1) for task in hard)
             what = f"the hard {frac:.0%}: {sum(hard.values()):,} pairs"
         per_batch = int(cfg.grpo.policy_iters) if stage == "grpo" else 1
         steps = int(t.steps) or max(1, math.ceil(t.epochs * size / t.batch_size)) * per_batch
-        lines.append(f"  {cfg.name}: {t.epochs:g} epochs of {size:,} samples ({what}) at batch {t.batch_size} "
-                     f"= {steps:,} optimizer steps" + ("" if not t.steps else " (train.steps)"))
+        lines.append(
+            f"  {cfg.name}: {t.epochs:g} epochs of {size:,} samples ({what}) at batch {t.batch_size} "
+            f"= {steps:,} optimizer steps" + ("" if not t.steps else " (train.steps)")
+        )
     return lines
 
 
@@ -438,29 +484,50 @@ def format_report(results: Sequence[ReleaseResult], scan: archives.Scan | None =
         for path, problem in scan.problems:
             lines.append(f"  cannot use {path}: {problem}")
         for entry in scan.unused:
-            lines.append(f"  not recognised: {scan.root / entry} holds none of the sets' structures "
-                         "(left alone; README 'Preparing the data' shows what each set looks like)")
+            lines.append(
+                f"  not recognised: {scan.root / entry} holds none of the sets' structures "
+                "(left alone; README 'Preparing the data' shows what each set looks like)"
+            )
     for r in results:
         lines.append(r.line())
     return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m irpo_jax.data.prepare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="README 'Preparing the data' lists every set, its source and its layout.")
+    p = cli.ArgumentParser(
+        prog="python -m irpo_jax.data.prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="README 'Preparing the data' lists every set, its source and its layout.",
+    )
     p.add_argument("--downloads", help="folder with the downloaded archives and/or extracted folders")
     p.add_argument("--out", help="data root to lay out (e.g. data/)")
     p.add_argument("--check", metavar="DATA_ROOT", help="report on a data root laid out by hand or by prepare")
-    p.add_argument("--sets", default="", help="comma-separated set names (default: all): "
-                   + ", ".join(r.name for r in RELEASES) + " (with --check: tasks and evaluation sets)")
-    p.add_argument("--link", choices=("hardlink", "symlink", "copy"), default="hardlink",
-                   help="how plain files are placed (hardlink: copies across filesystems)")
-    p.add_argument("--lists", help="AdaIR's data_dir folder: use its list files (exactly AdaIR's training "
-                   "images) instead of lists of every file found")
+    p.add_argument(
+        "--sets",
+        default="",
+        help="comma-separated set names (default: all): "
+        + ", ".join(r.name for r in RELEASES)
+        + " (with --check: tasks and evaluation sets)",
+    )
+    p.add_argument(
+        "--link",
+        choices=("hardlink", "symlink", "copy"),
+        default="hardlink",
+        help="how plain files are placed (hardlink: copies across filesystems)",
+    )
+    p.add_argument(
+        "--lists",
+        help="AdaIR's data_dir folder: use its list files (exactly AdaIR's training "
+        "images) instead of lists of every file found",
+    )
     p.add_argument("--config", default="configs/allinone5.py", help="config whose run lengths --check states")
-    p.add_argument("--validate", choices=("header", "decode", "none"), default="header",
-                   help="how --check reads each training image (train's default: header)")
+    p.add_argument(
+        "--validate",
+        choices=("header", "decode", "none"),
+        default="header",
+        help="how --check reads each training image (train's default: header)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a set is missing or its count differs")
     return p
 
@@ -475,8 +542,9 @@ def _check_report(root: str, args: argparse.Namespace) -> tuple[str, bool]:
     lines += run_lengths(rows, args.config)
     complete = all(row.state == "found" for row in rows)
     bad = [row.name for row in rows if row.state != "found"]
-    lines.append("complete: every set is there with its published count" if complete else
-                 f"incomplete: {', '.join(bad)}")
+    lines.append(
+        "complete: every set is there with its published count" if complete else f"incomplete: {', '.join(bad)}"
+    )
     return "\n".join(lines), complete
 
 
@@ -488,8 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
     cli.setup_logging(logging.WARNING)
-    return cli.main_errors(lambda: _run(args), (_UsageError, archives.ArchiveError, DataError), code=2,
-                           resume="the same command finishes what is missing")
+    return cli.main_errors(
+        lambda: _run(args),
+        (_UsageError, archives.ArchiveError, DataError),
+        code=2,
+        resume="the same command finishes what is missing",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -512,8 +584,10 @@ def _run(args: argparse.Namespace) -> int:
     incomplete = [r.release.name for r in results if r.state in ("missing", "count differs")]
     text, _ = _check_report(args.out, argparse.Namespace(**{**vars(args), "sets": ""}))
     print(text)
-    print(f"prepare: {len(results) - len(incomplete)} of {len(results)} sets complete"
-          + (f"; incomplete: {', '.join(incomplete)}" if incomplete else ""))
+    print(
+        f"prepare: {len(results) - len(incomplete)} of {len(results)} sets complete"
+        + (f"; incomplete: {', '.join(incomplete)}" if incomplete else "")
+    )
     return 1 if failed or (args.strict and incomplete) else 0
 
 

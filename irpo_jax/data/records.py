@@ -94,7 +94,9 @@ class ScanReport:
             log.warning("... and %d more skipped files", len(self.skipped) - limit)
         if self.skipped:
             log.warning(
-                "%s: skipped %d record(s), kept %s", what, len(self.skipped),
+                "%s: skipped %d record(s), kept %s",
+                what,
+                len(self.skipped),
                 ", ".join(f"{t} {n}" for t, n in self.kept.items()),
             )
 
@@ -140,8 +142,13 @@ def paired_folder_records(path: str | os.PathLike, task: str, name: str) -> list
     folder = Path(os.path.expanduser(str(path))).absolute()
     records, unmatched = paired_folder(folder, task, name)
     if unmatched:
-        log.warning("paired folder %s: %d input(s) without a target in %s, left out: %s",
-                    name, len(unmatched), folder / "target", ", ".join(unmatched[:5]))
+        log.warning(
+            "paired folder %s: %d input(s) without a target in %s, left out: %s",
+            name,
+            len(unmatched),
+            folder / "target",
+            ", ".join(unmatched[:5]),
+        )
     return records
 
 

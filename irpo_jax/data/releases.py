@@ -132,7 +132,7 @@ def _folders(m: Member) -> list[str]:
 
 
 def _split(m: Member, test_words: Sequence[str] = ("test",)) -> str | None:
-    """"train" or "test" by the folder nearest the file that names a split (None: none does)."""
+    """ "train" or "test" by the folder nearest the file that names a split (None: none does)."""
     for f in reversed(_folders(m)):
         if "train" in f:
             return "train"
@@ -182,8 +182,14 @@ def _rain_pairs(members: Sequence[Member], split: str) -> dict[tuple[str, int], 
             continue
         # The release folder: the nearest one naming the split (RainTrainL, Rain100L, train, test).
         parts = m.parts
-        root = next((("/".join(parts[: i + 1])) for i in range(len(parts) - 2, -1, -1)
-                     if any(w in _folder(parts[i]) for w in ("train", "rain100l", "test"))), "")
+        root = next(
+            (
+                ("/".join(parts[: i + 1]))
+                for i in range(len(parts) - 2, -1, -1)
+                if any(w in _folder(parts[i]) for w in ("train", "rain100l", "test"))
+            ),
+            "",
+        )
         role = "norain" if match.group(1) else "rain"
         groups.setdefault((root, int(match.group(2))), {}).setdefault(role, m)
     return groups
@@ -265,8 +271,9 @@ def _gopro(members: Sequence[Member], split: str) -> Found:
         if ext.lower() not in IMAGE_EXTENSIONS or len(folders) < 2:
             continue
         role = folders[-1]
-        if seq_re.match(folders[-2]) and role in ("blur", "sharp") and len(folders) >= 3 \
-                and _split(m) == split:  # GOPRO_Large/<split>/<seq>/<blur|sharp>/<frame>.png
+        if (
+            seq_re.match(folders[-2]) and role in ("blur", "sharp") and len(folders) >= 3 and _split(m) == split
+        ):  # GOPRO_Large/<split>/<seq>/<blur|sharp>/<frame>.png
             key = f"{m.parts[-3]}_{stem}{ext}"
         elif flat_re.match(stem) and role in ("blur", "sharp", "input", "target") and _split(m) == split:
             key = m.name  # already flattened (AdaIR's own layout)
@@ -363,8 +370,10 @@ def find_bsd68(members: Sequence[Member]) -> Found:
         folders = _folders(m)
         if not _is_image(m) or not folders:
             continue
-        if (folders[-1] == "original" and any(f in ("cbsd68", "bsd68") for f in folders[:-1])) or \
-                folders[-1] in ("bsd68", "cbsd68"):
+        if (folders[-1] == "original" and any(f in ("cbsd68", "bsd68") for f in folders[:-1])) or folders[-1] in (
+            "bsd68",
+            "cbsd68",
+        ):
             if all(d != m.name for _, d in out.files):
                 out.files.append((m, m.name))
     out.count = len(out.files)
@@ -374,8 +383,13 @@ def find_bsd68(members: Sequence[Member]) -> Found:
 # --------------------------------------------------------------------------- out-of-domain sets
 
 
-def _release_tree(members: Sequence[Member], word: Callable[[str], bool], *, keep_root: bool = False,
-                  skip: Callable[[str], bool] = lambda rel: False) -> Found:
+def _release_tree(
+    members: Sequence[Member],
+    word: Callable[[str], bool],
+    *,
+    keep_root: bool = False,
+    skip: Callable[[str], bool] = lambda rel: False,
+) -> Found:
     """Every image below the innermost folder whose name satisfies ``word``, at its path below that
     folder (with the folder itself when ``keep_root``), the training split left out."""
     out = Found()
@@ -387,10 +401,11 @@ def _release_tree(members: Sequence[Member], word: Callable[[str], bool], *, kee
         idx = next((i for i in range(len(parts) - 2, -1, -1) if word(_folder(parts[i]))), None)
         if idx is None:
             continue
-        rel_parts = ([_folder(parts[idx]) if archive_kind(PurePosixPath(parts[idx])) else parts[idx]]
-                     if keep_root else []) + list(parts[idx + 1:])
+        rel_parts = (
+            [_folder(parts[idx]) if archive_kind(PurePosixPath(parts[idx])) else parts[idx]] if keep_root else []
+        ) + list(parts[idx + 1 :])
         rel = "/".join(rel_parts)
-        if any("train" in _folder(p) for p in parts[idx + 1:-1]) or skip(rel) or rel in seen:
+        if any("train" in _folder(p) for p in parts[idx + 1 : -1]) or skip(rel) or rel in seen:
             continue
         seen.add(rel)
         out.files.append((m, rel))
@@ -407,8 +422,9 @@ def find_gtrain(members: Sequence[Member]) -> Found:
 
 
 def find_reloblur(members: Sequence[Member]) -> Found:
-    return _release_tree(members, lambda f: "reloblur" in f,
-                         skip=lambda rel: any("mask" in p.lower() for p in rel.split("/")[:-1]))
+    return _release_tree(
+        members, lambda f: "reloblur" in f, skip=lambda rel: any("mask" in p.lower() for p in rel.split("/")[:-1])
+    )
 
 
 def find_lolistreet(members: Sequence[Member]) -> Found:
@@ -430,50 +446,198 @@ def find_sidd(members: Sequence[Member]) -> Found:
 
 _ADAIR = "links in github.com/c-yn/AdaIR INSTALL.md"
 RELEASES: tuple[Release, ...] = (
-    Release("wed", "Waterloo Exploration Database (WED)", "Train/Denoise", "train", 4744, "clean images",
-            "exploration_database_and_code.rar, ece.uwaterloo.ca/~k29ma/exploration (also the Google "
-            f"Drive file in the {_ADAIR})", True, find_wed, "noisy/denoise.txt"),
-    Release("bsd400", "BSD400", "Train/Denoise", "train", 400, "clean images",
-            f"the BSD400 Google Drive file ({_ADAIR}); keep 'BSD400' in its file or folder name", False,
-            find_bsd400, "noisy/denoise.txt"),
-    Release("raintrainl", "Rain100L training set (RainTrainL)", "Train/Derain", "train", 200, "pairs",
-            f"'Train100L&Rain100L' Google Drive folder ({_ADAIR}); RainTrainL in github.com/csdwren/PReNet",
-            True, find_raintrainl, "rainy/rainTrain.txt"),
-    Release("ots", "RESIDE-beta OTS", "Train/Dehaze", "train", 72135, "hazy/clear pairs",
-            "sites.google.com/view/reside-dehaze-datasets (RESIDE-beta, OTS: haze/part1-4 + clear)", True,
-            find_ots, "hazy/hazy_outside.txt"),
-    Release("gopro_train", "GoPro training set", "Train/Deblur", "train", 2103, "pairs",
-            "GOPRO_Large.zip, seungjunnah.github.io/Datasets/gopro", True, find_gopro_train),
-    Release("lol_train", "LOL training set (our485)", "Train/Enhance", "train", 485, "pairs",
-            "LOLdataset.zip, daooshee.github.io/BMVC2018website", True, find_lol_train),
-    Release("sots", "SOTS outdoor", "test/dehaze", "test", 500, "pairs",
-            "sites.google.com/view/reside-dehaze-datasets (RESIDE-standard, SOTS)", True, find_sots,
-            eval_set="sots"),
-    Release("rain100l", "Rain100L test set", "test/derain/Rain100L", "test", 100, "pairs",
-            f"'Train100L&Rain100L' Google Drive folder ({_ADAIR}); Rain100L in github.com/csdwren/PReNet",
-            True, find_rain100l, eval_set="rain100l"),
-    Release("bsd68", "CBSD68", "test/denoise/bsd68", "test", 68, "clean images",
-            "github.com/clausmichele/CBSD68-dataset (its CBSD68/original folder)", True, find_bsd68,
-            eval_set="bsd68"),
-    Release("gopro_test", "GoPro test set", "test/deblur/gopro", "test", 1111, "pairs",
-            "GOPRO_Large.zip, seungjunnah.github.io/Datasets/gopro", True, find_gopro_test, eval_set="gopro"),
-    Release("lol_test", "LOL test set (eval15)", "test/enhance/lol", "test", 15, "pairs",
-            "LOLdataset.zip, daooshee.github.io/BMVC2018website", True, find_lol_test, eval_set="lol"),
-    Release("rrshid", "RRSHID (real remote-sensing haze)", "test/ood/rrshid", "ood", None, "pairs",
-            "RRSHID.zip, github.com/lwCVer/RRSHID releases; keep 'RRSHID' in its name", False, find_rrshid,
-            eval_set="rrshid"),
-    Release("gtrain", "GT-Rain test set", "test/ood/gtrain", "ood", None, "rainy frames",
-            "GT-RAIN_test from the Google Drive folder in github.com/UCLA-VMG/GT-RAIN's README", True,
-            find_gtrain, eval_set="gtrain"),
-    Release("sidd", "SIDD sRGB validation blocks", "test/ood/sidd", "ood", 1280, "blocks",
-            "ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat, abdokamel.github.io/sidd", True,
-            find_sidd, eval_set="sidd"),
-    Release("reloblur", "ReLoBlur test set", "test/ood/reloblur", "ood", 395, "pairs",
-            "'ReLoBlur test' in github.com/LeiaLi/ReLoBlur's README; keep 'ReLoBlur' in its name", True,
-            find_reloblur, eval_set="reloblur"),
-    Release("lolistreet", "LoLI-Street", "test/ood/lolistreet", "ood", None, "pairs",
-            "Kaggle tanvirnwu/loli-street-low-light-image-enhancement-of-street, or the Google Drive file "
-            "in github.com/tanvirnwu/TriFuse's README", False, find_lolistreet, eval_set="lolistreet"),
+    Release(
+        "wed",
+        "Waterloo Exploration Database (WED)",
+        "Train/Denoise",
+        "train",
+        4744,
+        "clean images",
+        "exploration_database_and_code.rar, ece.uwaterloo.ca/~k29ma/exploration (also the Google "
+        f"Drive file in the {_ADAIR})",
+        True,
+        find_wed,
+        "noisy/denoise.txt",
+    ),
+    Release(
+        "bsd400",
+        "BSD400",
+        "Train/Denoise",
+        "train",
+        400,
+        "clean images",
+        f"the BSD400 Google Drive file ({_ADAIR}); keep 'BSD400' in its file or folder name",
+        False,
+        find_bsd400,
+        "noisy/denoise.txt",
+    ),
+    Release(
+        "raintrainl",
+        "Rain100L training set (RainTrainL)",
+        "Train/Derain",
+        "train",
+        200,
+        "pairs",
+        f"'Train100L&Rain100L' Google Drive folder ({_ADAIR}); RainTrainL in github.com/csdwren/PReNet",
+        True,
+        find_raintrainl,
+        "rainy/rainTrain.txt",
+    ),
+    Release(
+        "ots",
+        "RESIDE-beta OTS",
+        "Train/Dehaze",
+        "train",
+        72135,
+        "hazy/clear pairs",
+        "sites.google.com/view/reside-dehaze-datasets (RESIDE-beta, OTS: haze/part1-4 + clear)",
+        True,
+        find_ots,
+        "hazy/hazy_outside.txt",
+    ),
+    Release(
+        "gopro_train",
+        "GoPro training set",
+        "Train/Deblur",
+        "train",
+        2103,
+        "pairs",
+        "GOPRO_Large.zip, seungjunnah.github.io/Datasets/gopro",
+        True,
+        find_gopro_train,
+    ),
+    Release(
+        "lol_train",
+        "LOL training set (our485)",
+        "Train/Enhance",
+        "train",
+        485,
+        "pairs",
+        "LOLdataset.zip, daooshee.github.io/BMVC2018website",
+        True,
+        find_lol_train,
+    ),
+    Release(
+        "sots",
+        "SOTS outdoor",
+        "test/dehaze",
+        "test",
+        500,
+        "pairs",
+        "sites.google.com/view/reside-dehaze-datasets (RESIDE-standard, SOTS)",
+        True,
+        find_sots,
+        eval_set="sots",
+    ),
+    Release(
+        "rain100l",
+        "Rain100L test set",
+        "test/derain/Rain100L",
+        "test",
+        100,
+        "pairs",
+        f"'Train100L&Rain100L' Google Drive folder ({_ADAIR}); Rain100L in github.com/csdwren/PReNet",
+        True,
+        find_rain100l,
+        eval_set="rain100l",
+    ),
+    Release(
+        "bsd68",
+        "CBSD68",
+        "test/denoise/bsd68",
+        "test",
+        68,
+        "clean images",
+        "github.com/clausmichele/CBSD68-dataset (its CBSD68/original folder)",
+        True,
+        find_bsd68,
+        eval_set="bsd68",
+    ),
+    Release(
+        "gopro_test",
+        "GoPro test set",
+        "test/deblur/gopro",
+        "test",
+        1111,
+        "pairs",
+        "GOPRO_Large.zip, seungjunnah.github.io/Datasets/gopro",
+        True,
+        find_gopro_test,
+        eval_set="gopro",
+    ),
+    Release(
+        "lol_test",
+        "LOL test set (eval15)",
+        "test/enhance/lol",
+        "test",
+        15,
+        "pairs",
+        "LOLdataset.zip, daooshee.github.io/BMVC2018website",
+        True,
+        find_lol_test,
+        eval_set="lol",
+    ),
+    Release(
+        "rrshid",
+        "RRSHID (real remote-sensing haze)",
+        "test/ood/rrshid",
+        "ood",
+        None,
+        "pairs",
+        "RRSHID.zip, github.com/lwCVer/RRSHID releases; keep 'RRSHID' in its name",
+        False,
+        find_rrshid,
+        eval_set="rrshid",
+    ),
+    Release(
+        "gtrain",
+        "GT-Rain test set",
+        "test/ood/gtrain",
+        "ood",
+        None,
+        "rainy frames",
+        "GT-RAIN_test from the Google Drive folder in github.com/UCLA-VMG/GT-RAIN's README",
+        True,
+        find_gtrain,
+        eval_set="gtrain",
+    ),
+    Release(
+        "sidd",
+        "SIDD sRGB validation blocks",
+        "test/ood/sidd",
+        "ood",
+        1280,
+        "blocks",
+        "ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat, abdokamel.github.io/sidd",
+        True,
+        find_sidd,
+        eval_set="sidd",
+    ),
+    Release(
+        "reloblur",
+        "ReLoBlur test set",
+        "test/ood/reloblur",
+        "ood",
+        395,
+        "pairs",
+        "'ReLoBlur test' in github.com/LeiaLi/ReLoBlur's README; keep 'ReLoBlur' in its name",
+        True,
+        find_reloblur,
+        eval_set="reloblur",
+    ),
+    Release(
+        "lolistreet",
+        "LoLI-Street",
+        "test/ood/lolistreet",
+        "ood",
+        None,
+        "pairs",
+        "Kaggle tanvirnwu/loli-street-low-light-image-enhancement-of-street, or the Google Drive file "
+        "in github.com/tanvirnwu/TriFuse's README",
+        False,
+        find_lolistreet,
+        eval_set="lolistreet",
+    ),
 )
 
 UNITS: tuple[str, ...] = tuple(dict.fromkeys(r.unit for r in RELEASES))

@@ -78,7 +78,10 @@ def _task_pairs(task: str, cfg: DataConfig, root: Path) -> list[tuple[str | None
             log.warning(
                 "%s: list file %s not found; using every image in %s instead (set "
                 "data.list_dir / data.list_files.%s to use the official list)",
-                task, list_path, folder, task,
+                task,
+                list_path,
+                folder,
+                task,
             )
     pairs: list[tuple[str | None, str, str]] = []
     if task == "denoise":
@@ -98,8 +101,7 @@ def _task_pairs(task: str, cfg: DataConfig, root: Path) -> list[tuple[str | None
     elif task == "dehaze":
         if listed is None:
             _require_dir(folder / "synthetic", "dehaze training set", "data.train_dirs.dehaze")
-            listed = sorted(p.relative_to(folder).as_posix()
-                            for p in (folder / "synthetic").rglob("*") if is_image(p))
+            listed = sorted(p.relative_to(folder).as_posix() for p in (folder / "synthetic").rglob("*") if is_image(p))
         for line in listed:
             hazy = folder / line
             # dataset_utils._get_nonhazy_name: original/IIII.<extension of the hazy file>; other
@@ -122,8 +124,9 @@ def _task_pairs(task: str, cfg: DataConfig, root: Path) -> list[tuple[str | None
     return pairs
 
 
-def _scan(pairs: Sequence[tuple[str | None, str]], validate: str, min_side: int, base: int,
-          report: ScanReport) -> list[tuple[int, int] | None]:
+def _scan(
+    pairs: Sequence[tuple[str | None, str]], validate: str, min_side: int, base: int, report: ScanReport
+) -> list[tuple[int, int] | None]:
     """Checks every pair; returns the clean size per pair, or None for a skipped pair."""
     paths = sorted({p for pair in pairs for p in pair if p is not None})
     sizes: dict[str, tuple[int, int] | str] = {}
@@ -143,16 +146,22 @@ def _scan(pairs: Sequence[tuple[str | None, str]], validate: str, min_side: int,
     from tqdm import tqdm
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        for p, s in tqdm(pool.map(probe, paths), total=len(paths), unit="file",
-                         desc=f"checking images ({validate})", disable=len(paths) < 5000,
-                         leave=False):
+        for p, s in tqdm(
+            pool.map(probe, paths),
+            total=len(paths),
+            unit="file",
+            desc=f"checking images ({validate})",
+            disable=len(paths) < 5000,
+            leave=False,
+        ):
             sizes[p] = s
     out: list[tuple[int, int] | None] = []
     for degraded, clean in pairs:
         s_clean = sizes[clean]
         s_deg = sizes[degraded] if degraded is not None else s_clean
-        bad = next(((p, s) for p, s in ((clean, s_clean), (degraded, s_deg))
-                    if p is not None and isinstance(s, str)), None)
+        bad = next(
+            ((p, s) for p, s in ((clean, s_clean), (degraded, s_deg)) if p is not None and isinstance(s, str)), None
+        )
         if bad is not None:
             report.skip(bad[0], bad[1])
             out.append(None)
@@ -161,23 +170,29 @@ def _scan(pairs: Sequence[tuple[str | None, str]], validate: str, min_side: int,
             out.append((0, 0))
             continue
         if s_deg != s_clean:
-            report.skip(degraded, f"size {s_deg[1]}x{s_deg[0]} differs from its ground truth "
-                                  f"{clean} ({s_clean[1]}x{s_clean[0]}); pairs must be aligned")
+            report.skip(
+                degraded,
+                f"size {s_deg[1]}x{s_deg[0]} differs from its ground truth "
+                f"{clean} ({s_clean[1]}x{s_clean[0]}); pairs must be aligned",
+            )
             out.append(None)
             continue
         ch, cw = cropped_size(s_clean, base)
         if min(ch, cw) < max(min_side, 1):
-            report.skip(degraded or clean,
-                        f"{s_clean[1]}x{s_clean[0]} ({cw}x{ch} after crop_img(base={base})) is "
-                        f"smaller than the {min_side}x{min_side} training crop")
+            report.skip(
+                degraded or clean,
+                f"{s_clean[1]}x{s_clean[0]} ({cw}x{ch} after crop_img(base={base})) is "
+                f"smaller than the {min_side}x{min_side} training crop",
+            )
             out.append(None)
             continue
         out.append(s_clean)
     return out
 
 
-def train_records(cfg: Any, *, validate: str | None = None,
-                  min_side: int | None = None) -> tuple[list[Record], ScanReport]:
+def train_records(
+    cfg: Any, *, validate: str | None = None, min_side: int | None = None
+) -> tuple[list[Record], ScanReport]:
     """The unique training pairs of the configured mixture (no repetition), scanned.
 
     Args:
@@ -208,8 +223,10 @@ def train_records(cfg: Any, *, validate: str | None = None,
         spec = dict(spec)
         name = spec.get("name") or Path(spec["path"]).name
         if name in TASK_IDS:
-            raise DataError(f"data.paired_train: the set name {name!r} is a task name; give the "
-                            "entry another \"name\" (ids and repeat factors are keyed by it)")
+            raise DataError(
+                f"data.paired_train: the set name {name!r} is a task name; give the "
+                'entry another "name" (ids and repeat factors are keyed by it)'
+            )
         recs = paired_folder_records(under(root, spec["path"]), spec["task"], name)
         groups.append((name, spec["task"], [(r.degraded, r.clean, r.id) for r in recs]))
 
@@ -243,8 +260,9 @@ def mixture_indices(records: Sequence[Record], cfg: Any) -> list[int]:
     times (paired_train records: their own ``repeat``, default 1). ``cfg``: as for
     :func:`train_records`."""
     cfg = resolve_data_config(cfg)
-    paired = {(dict(s).get("name") or Path(dict(s)["path"]).name): int(dict(s).get("repeat", 1))
-              for s in cfg.paired_train}
+    paired = {
+        (dict(s).get("name") or Path(dict(s)["path"]).name): int(dict(s).get("repeat", 1)) for s in cfg.paired_train
+    }
     out: list[int] = []
     for i, r in enumerate(records):
         set_name = r.id.split(":", 1)[0]

@@ -58,8 +58,16 @@ from irpo_jax.evaluation import runner as runner_lib
 
 log = logging.getLogger("irpo_jax.mine")
 
-__all__ = ["MiningInterrupted", "check_arguments", "checkpoint_id", "mine", "mining_input",
-           "select", "summary_rows", "summary_table"]
+__all__ = [
+    "MiningInterrupted",
+    "check_arguments",
+    "checkpoint_id",
+    "mine",
+    "mining_input",
+    "select",
+    "summary_rows",
+    "summary_table",
+]
 
 PARTIAL_KIND = "irpo-jax-mining-partial"
 SELECTIONS = ("per_task", "global", "random")
@@ -118,8 +126,7 @@ def _mined_shape(record: Record, crop: int, base: int) -> tuple[int, int]:
     return h, w
 
 
-def mining_input(record: Record, *, crop: int = 0, base: int = 16,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def mining_input(record: Record, *, crop: int = 0, base: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The degraded and clean images a record is scored on: ``(H, W, 3)`` float32 in [0, 1].
 
     Raises:
@@ -129,21 +136,27 @@ def mining_input(record: Record, *, crop: int = 0, base: int = 16,
     if record.degraded is None:
         clean = readers.to_uint8_domain(clean)
         rng = np.random.default_rng([int(seed), _id_seed(record.id)])
-        degraded = readers.add_official_noise(np.ascontiguousarray(clean), record.sigma,
-                                              rng.standard_normal(clean.shape))
+        degraded = readers.add_official_noise(
+            np.ascontiguousarray(clean), record.sigma, rng.standard_normal(clean.shape)
+        )
     else:
         degraded = _centre(readers.crop_img(readers.load_image(record.degraded), base), crop, base)
         if degraded.shape != clean.shape:
             raise DataError(f"{record.degraded} and {record.clean} differ in size after crop_img")
-    return (readers.to_float01(np.ascontiguousarray(degraded)),
-            readers.to_float01(np.ascontiguousarray(clean)))
+    return (readers.to_float01(np.ascontiguousarray(degraded)), readers.to_float01(np.ascontiguousarray(clean)))
 
 
 # --------------------------------------------------------------------------- selection
 
 
-def select(entries: Sequence[dict[str, Any]], *, mode: str = "per_task", fraction: float = 0.3,
-           rank_by: str = "psnr", seed: int = 0) -> dict[str, tuple[bool, int]]:
+def select(
+    entries: Sequence[dict[str, Any]],
+    *,
+    mode: str = "per_task",
+    fraction: float = 0.3,
+    rank_by: str = "psnr",
+    seed: int = 0,
+) -> dict[str, tuple[bool, int]]:
     """Chooses the hard set. Returns ``{id: (selected, rank)}`` for every scored entry.
 
     ``rank`` orders each ranking group (a degradation for ``per_task`` and ``random``; everything
@@ -196,13 +209,20 @@ def summary_rows(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         sel = [e for e in ok if e.get("selected")]
         mean = lambda xs, m: float(np.mean([x[m] for x in xs])) if xs else None  # noqa: E731
         unsel = [e["psnr"] for e in ok if not e.get("selected")]
-        rows.append({
-            "group": key, "pairs": len(es), "errors": len(es) - len(ok),
-            "psnr": mean(ok, "psnr"), "ssim": mean(ok, "ssim"), "selected": len(sel),
-            "selected_psnr": mean(sel, "psnr"), "selected_ssim": mean(sel, "ssim"),
-            "max_selected_psnr": max((e["psnr"] for e in sel), default=None),
-            "min_unselected_psnr": min(unsel, default=None),
-        })
+        rows.append(
+            {
+                "group": key,
+                "pairs": len(es),
+                "errors": len(es) - len(ok),
+                "psnr": mean(ok, "psnr"),
+                "ssim": mean(ok, "ssim"),
+                "selected": len(sel),
+                "selected_psnr": mean(sel, "psnr"),
+                "selected_ssim": mean(sel, "ssim"),
+                "max_selected_psnr": max((e["psnr"] for e in sel), default=None),
+                "min_unselected_psnr": min(unsel, default=None),
+            }
+        )
     return rows
 
 
@@ -211,8 +231,7 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
     f = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [title, ""] if title else []
     lines += [
-        "| group | pairs | errors | PSNR | SSIM | selected | sel. PSNR | sel. SSIM "
-        "| max sel. PSNR |",
+        "| group | pairs | errors | PSNR | SSIM | selected | sel. PSNR | sel. SSIM | max sel. PSNR |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -233,8 +252,9 @@ def _check_fraction(fraction: float) -> None:
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"--fraction must be a number in [0, 1] (the share of pairs selected, "
-                         f"e.g. 0.3), got {fraction!r}")
+        raise ValueError(
+            f"--fraction must be a number in [0, 1] (the share of pairs selected, e.g. 0.3), got {fraction!r}"
+        )
 
 
 def _first_line(path: Path) -> bytes:
@@ -261,17 +281,30 @@ def _partial_files(out: Path) -> list[Path]:
         return []
     names = {out.name + ".partial.jsonl"}
     return sorted(
-        p for p in out.parent.iterdir()
-        if p.name in names or (p.name.startswith(out.name + ".partial.")
-                               and p.name.endswith(".jsonl")
-                               and p.name[len(out.name) + 9 : -6].isdigit())
+        p
+        for p in out.parent.iterdir()
+        if p.name in names
+        or (
+            p.name.startswith(out.name + ".partial.")
+            and p.name.endswith(".jsonl")
+            and p.name[len(out.name) + 9 : -6].isdigit()
+        )
     )
 
 
-def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
-                    selection: str = "per_task", rank_by: str = "psnr", crop: int = 0,
-                    base: int = 16, resume: bool = True, overwrite: bool = False,
-                    batch_size: int | None = None, seed: int | None = None) -> Path:
+def check_arguments(
+    out: str | os.PathLike,
+    *,
+    fraction: float = 0.3,
+    selection: str = "per_task",
+    rank_by: str = "psnr",
+    crop: int = 0,
+    base: int = 16,
+    resume: bool = True,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> Path:
     """Checks mining's arguments before any data is read or the model loaded.
 
     Mining takes minutes to hours; an argument it only uses at the end (the fraction, the output
@@ -305,37 +338,39 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
         raise ValueError(f"unknown --rank_by {rank_by!r}; valid: {', '.join(RANK_BY)}")
     crop = int(crop)
     if crop and (crop < base or crop % 8):
-        raise ValueError(f"--crop must be 0 (whole images) or a multiple of 8 >= {base}, "
-                         f"got {crop}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ValueError(f"--batch_size must be a positive number of images per forward pass, "
-                         f"got {batch_size!r}")
+        raise ValueError(f"--crop must be 0 (whole images) or a multiple of 8 >= {base}, got {crop}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"--batch_size must be a positive number of images per forward pass, got {batch_size!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"--seed must be a non-negative integer (numpy seeds are), got {seed!r}")
 
     out = Path(out).expanduser().absolute()
     if out.is_dir():
-        raise DataError(f"--out {out} is a directory; give a file path for the manifest, e.g. "
-                        f"--out {out / 'hard.jsonl'}", out)
+        raise DataError(
+            f"--out {out} is a directory; give a file path for the manifest, e.g. --out {out / 'hard.jsonl'}", out
+        )
     folder = out.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise DataError(f"--out {out}: its folder {out.parent} cannot be created because {folder} "
-                        "is a file; choose another --out", folder)
+        raise DataError(
+            f"--out {out}: its folder {out.parent} cannot be created because {folder} is a file; choose another --out",
+            folder,
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DataError(f"--out {out}: {folder} is not writable; choose another --out", folder)
     try:  # mode bits do not stop root; /proc, a read-only mount or a full disk still do
         Path(tempfile.mkdtemp(prefix=".irpo-write-probe-", dir=folder)).rmdir()
     except OSError as err:
-        raise DataError(f"--out {out}: cannot write in {folder} ({err.strerror or err}); choose "
-                        "another --out", folder) from err
+        raise DataError(
+            f"--out {out}: cannot write in {folder} ({err.strerror or err}); choose another --out", folder
+        ) from err
 
     summary = out.with_suffix(".summary.md")
     if summary.is_dir():
-        raise DataError(f"{summary} (where mining writes the summary of --out {out}) is a "
-                        "directory; choose another --out", summary)
+        raise DataError(
+            f"{summary} (where mining writes the summary of --out {out}) is a directory; choose another --out", summary
+        )
     if overwrite:
         return out
 
@@ -346,22 +381,30 @@ def check_arguments(out: str | os.PathLike, *, fraction: float = 0.3,
             raise DataError(
                 f"{p} exists and was not written by mining (its first line is not a "
                 f"{PARTIAL_KIND!r} header), and mining keeps its partial results there. Move it "
-                "away, choose another --out, or pass --overwrite to replace it.", p)
+                "away, choose another --out, or pass --overwrite to replace it.",
+                p,
+            )
     if out.exists():
         if _first_json_kind(out) != manifest.MANIFEST_KIND:
             raise DataError(
                 f"--out {out} exists and is not a mining manifest (its first line is not a "
                 f"{manifest.MANIFEST_KIND!r} header); mining does not replace a file it did not "
-                "write. Choose another --out, or pass --overwrite to replace it.", out)
+                "write. Choose another --out, or pass --overwrite to replace it.",
+                out,
+            )
         if not (resume and partials):
             raise DataError(
                 f"--out {out} already holds a mining manifest (an earlier run's result). Pass "
-                "--overwrite to replace it with this run's, or choose another --out.", out)
+                "--overwrite to replace it with this run's, or choose another --out.",
+                out,
+            )
     if summary.exists() and not _first_line(summary).startswith(SUMMARY_TITLE.encode()):
         raise DataError(
             f"{summary} exists and is not a mining summary (mining writes the per-task table "
             f"of --out {out} there). Move it away, choose another --out, or pass --overwrite to "
-            "replace it.", summary)
+            "replace it.",
+            summary,
+        )
     return out
 
 
@@ -406,9 +449,19 @@ def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any
 # --------------------------------------------------------------------------- mining
 
 
-def _score_batches(runner: runner_lib.Runner, records: Sequence[Record], todo: Sequence[tuple[list[int], int]],
-                   partial: Path, done: dict[str, dict[str, Any]], *, crop: int, base: int, seed: int,
-                   progress: bool, stop_after: int | None) -> None:
+def _score_batches(
+    runner: runner_lib.Runner,
+    records: Sequence[Record],
+    todo: Sequence[tuple[list[int], int]],
+    partial: Path,
+    done: dict[str, dict[str, Any]],
+    *,
+    crop: int,
+    base: int,
+    seed: int,
+    progress: bool,
+    stop_after: int | None,
+) -> None:
     """Scores the batches ``todo`` (``(record indices, padded batch size)``), appending every
     record's line to ``partial`` (and to ``done``) after each batch; a pair that fails to decode
     gets a line with its ``error``. ``stop_after``: see :func:`mine`."""
@@ -424,8 +477,7 @@ def _score_batches(runner: runner_lib.Runner, records: Sequence[Record], todo: S
         return loaded
 
     written = 0
-    bar = tqdm(total=sum(len(c) for c, _ in todo), unit="img", desc="mining",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(c) for c, _ in todo), unit="img", desc="mining", disable=not progress, dynamic_ncols=True)
     # A decoding thread loads the next batch while the model runs on the current one.
     with open(partial, "a") as fh:
         for (chunk, bsz), loaded in runner_lib.prefetch(load, todo, workers=1, ahead=1):
@@ -454,11 +506,23 @@ def _score_batches(runner: runner_lib.Runner, records: Sequence[Record], todo: S
     bar.close()
 
 
-def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
-         fraction: float = 0.3, selection: str = "per_task", rank_by: str = "psnr",
-         crop: int = 0, batch_size: int = 8, seed: int = 0, resume: bool = True,
-         overwrite: bool = False, restorer: Callable[[Any], Any] | None = None,
-         progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+def mine(
+    data_cfg: Any,
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fraction: float = 0.3,
+    selection: str = "per_task",
+    rank_by: str = "psnr",
+    crop: int = 0,
+    batch_size: int = 8,
+    seed: int = 0,
+    resume: bool = True,
+    overwrite: bool = False,
+    restorer: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
     """Mines the training set of ``data_cfg`` with the model at ``checkpoint``; writes ``out``.
 
     Args:
@@ -493,8 +557,16 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     cfg = readers.resolve_config(data_cfg)
     base = int(cfg["crop_base"])
     crop = int(crop)
-    out = check_arguments(out, fraction=fraction, selection=selection, rank_by=rank_by,
-                          crop=crop, base=base, resume=resume, overwrite=overwrite)
+    out = check_arguments(
+        out,
+        fraction=fraction,
+        selection=selection,
+        rank_by=rank_by,
+        crop=crop,
+        base=base,
+        resume=resume,
+        overwrite=overwrite,
+    )
 
     import jax
 
@@ -510,17 +582,26 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     model_id = checkpoint_id(checkpoint)
     source = _source_sha(checkpoint)
 
-    measure = {"crop": crop, "crop_base": base, "noise_seed": int(seed),
-               "metric": "PSNR/SSIM on RGB in [0,1], data_range 1 (irpo_jax.metrics)"}
-    partial_header = {"kind": PARTIAL_KIND, "model_id": model_id,
-                      "data_fingerprint": readers.fingerprint(records), "measure": measure}
+    measure = {
+        "crop": crop,
+        "crop_base": base,
+        "noise_seed": int(seed),
+        "metric": "PSNR/SSIM on RGB in [0,1], data_range 1 (irpo_jax.metrics)",
+    }
+    partial_header = {
+        "kind": PARTIAL_KIND,
+        "model_id": model_id,
+        "data_fingerprint": readers.fingerprint(records),
+        "measure": measure,
+    }
 
     # The one inference engine, at full float32 as in evaluate (a GPU's default TF32 moves the
     # output by ~3e-4). The batches are planned up front (same input shape -> one compiled
     # forward each), so that a resumed run and every process see the same ones.
     runner = runner_lib.make_runner(restorer, precision="highest")
-    chunks = runner_lib.plan_batches([_mined_shape(r, crop, base) for r in records], batch_size=batch_size,
-                                     devices=runner.n)
+    chunks = runner_lib.plan_batches(
+        [_mined_shape(r, crop, base) for r in records], batch_size=batch_size, devices=runner.n
+    )
     pid, nproc = jax.process_index(), jax.process_count()
     mine_chunks = chunks[pid::nproc]
 
@@ -535,8 +616,9 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
     out.parent.mkdir(parents=True, exist_ok=True)
     if not partial.exists() or partial.stat().st_size == 0:
         partial.write_text(json.dumps(partial_header, sort_keys=True) + "\n")
-    _score_batches(runner, records, todo, partial, done, crop=crop, base=base, seed=seed, progress=progress,
-                   stop_after=stop_after)
+    _score_batches(
+        runner, records, todo, partial, done, crop=crop, base=base, seed=seed, progress=progress, stop_after=stop_after
+    )
 
     if nproc > 1:
         from jax.experimental import multihost_utils
@@ -554,22 +636,29 @@ def mine(data_cfg: Any, checkpoint: str | os.PathLike, out: str | os.PathLike, *
         e = done.get(r.id)
         if e is None:
             raise RuntimeError(f"no mining result for {r.id}; rerun to complete {partial}")
-        entries.append(manifest.manifest_entry(r, root, psnr=e["psnr"], ssim=e["ssim"],
-                                               error=e.get("error")))
+        entries.append(manifest.manifest_entry(r, root, psnr=e["psnr"], ssim=e["ssim"], error=e.get("error")))
     chosen = select(entries, mode=selection, fraction=fraction, rank_by=rank_by, seed=seed)
     for e in entries:
         e["selected"], e["rank"] = chosen.get(e["id"], (False, None))
     rows = summary_rows(entries)
     header = manifest.manifest_header(
-        data_root=root, data_fingerprint=partial_header["data_fingerprint"], records=len(entries),
+        data_root=root,
+        data_fingerprint=partial_header["data_fingerprint"],
+        records=len(entries),
         model={"checkpoint": str(checkpoint), "id": model_id, "source": source},
         measure=measure,
-        selection={"mode": selection, "fraction": fraction, "rank_by": rank_by,
-                   "seed": int(seed), "selected": sum(e["selected"] for e in entries)},
+        selection={
+            "mode": selection,
+            "fraction": fraction,
+            "rank_by": rank_by,
+            "seed": int(seed),
+            "selected": sum(e["selected"] for e in entries),
+        },
         summary=rows,
     )
-    title = (f"{SUMMARY_TITLE} {len(entries)} pairs under {root}, model {model_id}, "
-             f"{selection} {fraction:g} by {rank_by}")
+    title = (
+        f"{SUMMARY_TITLE} {len(entries)} pairs under {root}, model {model_id}, {selection} {fraction:g} by {rank_by}"
+    )
     table = summary_table(rows, title)
     manifest.write_manifest(out, header, entries)
     safe_files.atomic_write_text(out.with_suffix(".summary.md"), table)

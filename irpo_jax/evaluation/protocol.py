@@ -83,8 +83,10 @@ SET_TITLES = {"sots": "SOTS", "rain100l": "Rain100L", "bsd68": "BSD68", "urban10
               "gopro": "GoPro", "lol": "LOL", "rrshid": "RRSHID", "gtrain": "GT-Rain", "sidd": "SIDD",
               "reloblur": "ReLoBlur", "lolistreet": "LoLI-Street"}  # fmt: skip
 ORACLE_LABEL = "oracle: best of K sampled restorations, chosen by PSNR against the ground truth"
-SSIM_DEFINITION = ("skimage structural_similarity: 7x7 uniform window, K1=0.01, K2=0.03, sample "
-                   "covariance, 3-pixel border of the SSIM map excluded, mean over channels")
+SSIM_DEFINITION = (
+    "skimage structural_similarity: 7x7 uniform window, K1=0.01, K2=0.03, sample "
+    "covariance, 3-pixel border of the SSIM map excluded, mean over channels"
+)
 
 
 # ----------------------------------------------------------------------------- set names
@@ -116,8 +118,10 @@ def resolve_rows(cfg: Mapping[str, Any], sets: Sequence[str]) -> tuple[list[str]
         name = raw.strip()
         name = name.lower() if name.lower() in valid else name  # "SOTS" works too
         if name not in valid:
-            raise EvalError(f"unknown test set {raw!r}; valid names: {', '.join(valid)} "
-                            "(add your own paired folders under data.eval_paired)")
+            raise EvalError(
+                f"unknown test set {raw!r}; valid names: {', '.join(valid)} "
+                "(add your own paired folders under data.eval_paired)"
+            )
         names.append(name)
     for name in readers.expand_set_names(names):  # a group (ood5) stands for its sets
         m = re.fullmatch(r"(.+)_s(\d+)", name)
@@ -159,9 +163,20 @@ def _save_png(path: pathlib.Path, img: np.ndarray) -> None:
     Image.fromarray(np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
 
-def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: int, tile: int,
-                  tile_overlap: int, seed: int, oracle: bool, image_dir: pathlib.Path | None,
-                  progress: bool, allow_partial: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _evaluate_row(
+    runner: Runner,
+    row: str,
+    es: readers.EvalSet,
+    *,
+    max_images: int,
+    tile: int,
+    tile_overlap: int,
+    seed: int,
+    oracle: bool,
+    image_dir: pathlib.Path | None,
+    progress: bool,
+    allow_partial: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """``(per-image records in set order, unreadable images left out)``; without
     ``allow_partial`` an unreadable image raises instead."""
     from tqdm import tqdm
@@ -173,15 +188,26 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
 
     def record(i: int, item: dict, out: Mapping[str, Any], j: int, tiled: bool) -> None:
         h, w = item["clean"].shape[:2]
-        r = {"set": row, "task": es.task, "sigma": int(es.sigma), "name": item["name"],
-             "height": h, "width": w, "tiled": tiled,
-             "psnr": float(out["psnr"][j]), "ssim": float(out["ssim"][j])}
+        r = {
+            "set": row,
+            "task": es.task,
+            "sigma": int(es.sigma),
+            "name": item["name"],
+            "height": h,
+            "width": w,
+            "tiled": tiled,
+            "psnr": float(out["psnr"][j]),
+            "ssim": float(out["ssim"][j]),
+        }
         if "group" in item:
             r["group"] = item["group"]
         if oracle:
-            r.update(oracle_psnr=float(out["oracle_psnr"][j]), oracle_ssim=float(out["oracle_ssim"][j]),
-                     oracle_index=int(out["oracle_index"][j]),
-                     oracle_mean_psnr=float(out["oracle_mean_psnr"][j]))
+            r.update(
+                oracle_psnr=float(out["oracle_psnr"][j]),
+                oracle_ssim=float(out["oracle_ssim"][j]),
+                oracle_index=int(out["oracle_index"][j]),
+                oracle_mean_psnr=float(out["oracle_mean_psnr"][j]),
+            )
         records.append((i, r))
         if image_dir is not None:
             _save_png(image_path(image_dir, row, item["name"]), np.asarray(out["restored"][j]))
@@ -193,7 +219,8 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             f"test set {row}: out of device memory restoring {item['name']} ({w}x{h}, "
             f"{per_step} image(s) per step) whole: {str(err).splitlines()[0][:200]}. Use a device "
             "with more memory (README 'Out-of-domain evaluation' lists what each set needs), or "
-            "--tile SIZE, which restores in windows and is not the published protocol.")
+            "--tile SIZE, which restores in windows and is not the published protocol."
+        )
 
     def fetch(out: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
         # Restored images stay on the device unless they are saved.
@@ -226,8 +253,9 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             h, w = item["degraded"].shape[:2]
             if tile > 0 and max(h, w) > tile:
                 try:
-                    restored = runner.restore_tiled(readers.to_float01(item["degraded"]), tile=tile,
-                                                    overlap=tile_overlap)
+                    restored = runner.restore_tiled(
+                        readers.to_float01(item["degraded"]), tile=tile, overlap=tile_overlap
+                    )
                 except Exception as err:
                     if out_of_memory(err):
                         raise too_big(item, 1, err) from err
@@ -237,9 +265,11 @@ def _evaluate_row(runner: Runner, row: str, es: readers.EvalSet, *, max_images: 
             buckets.add((h, w), (i, item))
         buckets.flush()
     except DataError as err:
-        raise EvalError(f"test set {row}: {err}. Every image of a set is needed for a comparable "
-                        "average: fix or replace that file (or pass --allow_partial to score the "
-                        "rest, marked partial).") from err
+        raise EvalError(
+            f"test set {row}: {err}. Every image of a set is needed for a comparable "
+            "average: fix or replace that file (or pass --allow_partial to score the "
+            "rest, marked partial)."
+        ) from err
     finally:
         bar.close()
     return [r for _, r in sorted(records, key=lambda t: t[0])], skipped
@@ -336,71 +366,107 @@ def evaluate(
     t0 = time.time()
     cfg = readers.resolve_config(data_cfg)
     if oracle_k < 0 or (oracle_k and tile):
-        raise EvalError("oracle_k must be >= 0 and cannot be combined with tiling (each window "
-                        "would draw its own actions)")
+        raise EvalError(
+            "oracle_k must be >= 0 and cannot be combined with tiling (each window would draw its own actions)"
+        )
     if tile and (tile % 8 or tile_overlap % 8 or not 0 <= tile_overlap < tile):
-        raise EvalError(f"tile={tile} and tile_overlap={tile_overlap} must be multiples of 8 with "
-                        "0 <= tile_overlap < tile")
+        raise EvalError(
+            f"tile={tile} and tile_overlap={tile_overlap} must be multiples of 8 with 0 <= tile_overlap < tile"
+        )
     bases, wanted = resolve_rows(cfg, list(cfg["eval_sets"] if sets is None else sets))
     all_rows = readers.eval_sets(cfg, bases, allow_partial=allow_partial)  # DataError names the files
     rows = {r: all_rows[r] for r in wanted}  # the order asked for
-    runner = make_runner(model, ensemble=self_ensemble, oracle_k=oracle_k, devices=devices,
-                         precision=precision)
+    runner = make_runner(model, ensemble=self_ensemble, oracle_k=oracle_k, devices=devices, precision=precision)
     image_root = pathlib.Path(image_dir) if image_dir is not None else None
 
     per_image: list[dict[str, Any]] = []
     out_rows: dict[str, dict[str, Any]] = {}
     for row, es in rows.items():
         t_row = time.time()
-        recs, unreadable = _evaluate_row(runner, row, es, max_images=max_images, tile=tile,
-                                         tile_overlap=tile_overlap, seed=seed, oracle=bool(oracle_k),
-                                         image_dir=image_root, progress=progress,
-                                         allow_partial=allow_partial)
+        recs, unreadable = _evaluate_row(
+            runner,
+            row,
+            es,
+            max_images=max_images,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            seed=seed,
+            oracle=bool(oracle_k),
+            image_dir=image_root,
+            progress=progress,
+            allow_partial=allow_partial,
+        )
         if not recs:
-            raise EvalError(f"test set {row}: none of its images could be read "
-                            f"(e.g. {unreadable[0]['reason']})")
+            raise EvalError(f"test set {row}: none of its images could be read (e.g. {unreadable[0]['reason']})")
         per_image += recs
         mean = functools.partial(_set_mean, recs, grouped=es.groups is not None)
         left_out = [{"name": m, "reason": "no matching target"} for m in es.missing] + unreadable
-        entry = {"task": es.task, "sigma": int(es.sigma), "title": _row_title(row, es.task),
-                 "images": len(recs), "psnr": mean("psnr"), "ssim": mean("ssim"),
-                 "tiled": sum(r["tiled"] for r in recs),
-                 "average": ("mean over groups of each group's mean" if es.groups is not None
-                             else "mean over images"),
-                 "partial": bool(left_out), "seconds": round(time.time() - t_row, 3)}
+        entry = {
+            "task": es.task,
+            "sigma": int(es.sigma),
+            "title": _row_title(row, es.task),
+            "images": len(recs),
+            "psnr": mean("psnr"),
+            "ssim": mean("ssim"),
+            "tiled": sum(r["tiled"] for r in recs),
+            "average": ("mean over groups of each group's mean" if es.groups is not None else "mean over images"),
+            "partial": bool(left_out),
+            "seconds": round(time.time() - t_row, 3),
+        }
         if left_out:
             entry["left_out"] = left_out
         if es.protocol:
             entry["protocol"] = es.protocol
         if oracle_k:
-            entry["oracle"] = {"psnr": mean("oracle_psnr"), "ssim": mean("oracle_ssim"),
-                               "mean_sample_psnr": mean("oracle_mean_psnr")}
+            entry["oracle"] = {
+                "psnr": mean("oracle_psnr"),
+                "ssim": mean("oracle_ssim"),
+                "mean_sample_psnr": mean("oracle_mean_psnr"),
+            }
         out_rows[row] = entry
         log.info("%s: %d images, PSNR %.2f dB, SSIM %.4f", row, entry["images"], entry["psnr"], entry["ssim"])
 
     layout, columns = tables.layout(list(out_rows), {r: e["task"] for r, e in out_rows.items()})
-    average = {"psnr": _mean([out_rows[c]["psnr"] for c in columns]),
-               "ssim": _mean([out_rows[c]["ssim"] for c in columns])}
+    average = {
+        "psnr": _mean([out_rows[c]["psnr"] for c in columns]),
+        "ssim": _mean([out_rows[c]["ssim"] for c in columns]),
+    }
     oracle = None
     if oracle_k:
-        oracle = {"label": ORACLE_LABEL, "k": int(oracle_k), "seed": int(seed),
-                  "average": {"psnr": _mean([out_rows[c]["oracle"]["psnr"] for c in columns]),
-                              "ssim": _mean([out_rows[c]["oracle"]["ssim"] for c in columns])}}
+        oracle = {
+            "label": ORACLE_LABEL,
+            "k": int(oracle_k),
+            "seed": int(seed),
+            "average": {
+                "psnr": _mean([out_rows[c]["oracle"]["psnr"] for c in columns]),
+                "ssim": _mean([out_rows[c]["oracle"]["ssim"] for c in columns]),
+            },
+        }
     return {
         "format": EVAL_FORMAT,
         "version": EVAL_VERSION,
-        "model": {"name": name + (" (x8 self-ensemble)" if self_ensemble else ""), "step": step,
-                  "kind": runner.kind},
+        "model": {"name": name + (" (x8 self-ensemble)" if self_ensemble else ""), "step": step, "kind": runner.kind},
         "protocol": {
-            "crop_base": int(cfg["crop_base"]), "color": "RGB", "data_range": 1.0,
-            "clip": [0.0, 1.0], "border_shave": 0, "ssim": SSIM_DEFINITION,
+            "crop_base": int(cfg["crop_base"]),
+            "color": "RGB",
+            "data_range": 1.0,
+            "clip": [0.0, 1.0],
+            "border_shave": 0,
+            "ssim": SSIM_DEFINITION,
             "set_average": "mean of per-image scores",
-            "noise": {"seed": int(cfg["test_noise_seed"]), "sigmas": [int(s) for s in cfg["sigmas"]],
-                      "file_order": "sorted by name (the official os.listdir order is filesystem-dependent)"},
+            "noise": {
+                "seed": int(cfg["test_noise_seed"]),
+                "sigmas": [int(s) for s in cfg["sigmas"]],
+                "file_order": "sorted by name (the official os.listdir order is filesystem-dependent)",
+            },
             "whole_images": not any(r["tiled"] for r in per_image),
-            "self_ensemble": bool(self_ensemble), "tile": int(tile),
-            "tile_overlap": int(tile_overlap) if tile else 0, "max_images": int(max_images),
-            "precision": precision, "devices": runner.n, "data_root": str(cfg["root"]),
+            "self_ensemble": bool(self_ensemble),
+            "tile": int(tile),
+            "tile_overlap": int(tile_overlap) if tile else 0,
+            "max_images": int(max_images),
+            "precision": precision,
+            "devices": runner.n,
+            "data_root": str(cfg["root"]),
             "allow_partial": bool(allow_partial),
         },
         "rows": out_rows,

@@ -43,11 +43,15 @@ class Table:
     average: Mapping[str, tuple[float, float] | None]
 
 
-def _table(title: str, rows: Sequence[str], adair: Sequence[tuple[float, float]],
-           irpo: Sequence[tuple[float, float]], average: Mapping[str, tuple[float, float] | None]) -> Table:
+def _table(
+    title: str,
+    rows: Sequence[str],
+    adair: Sequence[tuple[float, float]],
+    irpo: Sequence[tuple[float, float]],
+    average: Mapping[str, tuple[float, float] | None],
+) -> Table:
     assert len(rows) == len(adair) == len(irpo)
-    return Table(title, tuple(rows), {"adair": dict(zip(rows, adair)), "irpo": dict(zip(rows, irpo))},
-                 dict(average))
+    return Table(title, tuple(rows), {"adair": dict(zip(rows, adair)), "irpo": dict(zip(rows, irpo))}, dict(average))
 
 
 FIVE_TASK = ("sots", "rain100l", "bsd68_s25", "gopro", "lol")
@@ -58,41 +62,62 @@ DENOISE = ("urban100_s15", "urban100_s25", "urban100_s50", "bsd68_s15", "bsd68_s
 # setting -> its published tables (a row appears in at most one table of a setting).
 TABLES: dict[str, tuple[Table, ...]] = {
     "allinone5": (
-        _table("IRPO Table 2 (five-task all-in-one, denoising at σ=25)", FIVE_TASK,
-               [(30.53, 0.978), (38.02, 0.981), (31.35, 0.889), (28.12, 0.858), (23.00, 0.845)],
-               [(31.36, 0.982), (38.72, 0.987), (32.13, 0.896), (28.89, 0.863), (24.08, 0.858)],
-               {"adair": (30.20, 0.910), "irpo": (31.03, 0.917)}),
-        _table("IRPO Table 3 (five-task models on the out-of-domain real-world sets)", OOD_FIVE,
-               [(16.71, 0.475), (19.58, 0.684), (28.83, 0.902), (20.43, 0.806), (15.96, 0.781)],
-               [(19.94, 0.623), (21.17, 0.692), (33.18, 0.919), (21.94, 0.837), (22.43, 0.875)],
-               {"adair": (20.30, 0.730), "irpo": (23.73, 0.809)}),
+        _table(
+            "IRPO Table 2 (five-task all-in-one, denoising at σ=25)",
+            FIVE_TASK,
+            [(30.53, 0.978), (38.02, 0.981), (31.35, 0.889), (28.12, 0.858), (23.00, 0.845)],
+            [(31.36, 0.982), (38.72, 0.987), (32.13, 0.896), (28.89, 0.863), (24.08, 0.858)],
+            {"adair": (30.20, 0.910), "irpo": (31.03, 0.917)},
+        ),
+        _table(
+            "IRPO Table 3 (five-task models on the out-of-domain real-world sets)",
+            OOD_FIVE,
+            [(16.71, 0.475), (19.58, 0.684), (28.83, 0.902), (20.43, 0.806), (15.96, 0.781)],
+            [(19.94, 0.623), (21.17, 0.692), (33.18, 0.919), (21.94, 0.837), (22.43, 0.875)],
+            {"adair": (20.30, 0.730), "irpo": (23.73, 0.809)},
+        ),
     ),
     "allinone3": (
-        _table("IRPO Table 7 (three-task all-in-one)", THREE_TASK,
-               [(31.06, 0.980), (38.64, 0.983), (34.12, 0.935), (31.45, 0.892), (28.19, 0.802)],
-               [(31.62, 0.983), (39.13, 0.988), (34.54, 0.938), (32.04, 0.905), (29.56, 0.823)],
-               {"adair": (32.69, 0.918), "irpo": (33.38, 0.927)}),
+        _table(
+            "IRPO Table 7 (three-task all-in-one)",
+            THREE_TASK,
+            [(31.06, 0.980), (38.64, 0.983), (34.12, 0.935), (31.45, 0.892), (28.19, 0.802)],
+            [(31.62, 0.983), (39.13, 0.988), (34.54, 0.938), (32.04, 0.905), (29.56, 0.823)],
+            {"adair": (32.69, 0.918), "irpo": (33.38, 0.927)},
+        ),
     ),
     "dehaze": (
-        _table("IRPO Table 1(a) (single-task dehazing)", ("sots",), [(31.80, 0.981)], [(32.31, 0.983)],
-               {"adair": None, "irpo": None}),
+        _table(
+            "IRPO Table 1(a) (single-task dehazing)",
+            ("sots",),
+            [(31.80, 0.981)],
+            [(32.31, 0.983)],
+            {"adair": None, "irpo": None},
+        ),
     ),
     "derain": (
-        _table("IRPO Table 1(b) (single-task deraining)", ("rain100l",), [(38.90, 0.985)],
-               [(39.38, 0.988)], {"adair": None, "irpo": None}),
+        _table(
+            "IRPO Table 1(b) (single-task deraining)",
+            ("rain100l",),
+            [(38.90, 0.985)],
+            [(39.38, 0.988)],
+            {"adair": None, "irpo": None},
+        ),
     ),
     "denoise": (
-        _table("IRPO Table 1(c) (single-task denoising)", DENOISE,
-               [(34.96, 0.953), (32.74, 0.931), (29.70, 0.885), (34.36, 0.938), (31.72, 0.897), (28.49, 0.813)],
-               [(35.08, 0.954), (32.95, 0.933), (30.07, 0.888), (34.45, 0.940), (31.91, 0.899), (28.71, 0.815)],
-               {"adair": (32.00, 0.903), "irpo": (32.19, 0.905)}),
+        _table(
+            "IRPO Table 1(c) (single-task denoising)",
+            DENOISE,
+            [(34.96, 0.953), (32.74, 0.931), (29.70, 0.885), (34.36, 0.938), (31.72, 0.897), (28.49, 0.813)],
+            [(35.08, 0.954), (32.95, 0.933), (30.07, 0.888), (34.45, 0.940), (31.91, 0.899), (28.71, 0.815)],
+            {"adair": (32.00, 0.903), "irpo": (32.19, 0.905)},
+        ),
     ),
 }
 
 # method -> setting -> row -> (PSNR, SSIM): every published number, flat.
 PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-    m: {s: {r: v for t in tables for r, v in t.values[m].items()} for s, tables in TABLES.items()}
-    for m in METHODS
+    m: {s: {r: v for t in tables for r, v in t.values[m].items()} for s, tables in TABLES.items()} for m in METHODS
 }
 
 
@@ -108,8 +133,11 @@ def _base_architecture(model_config: Mapping[str, Any]) -> str | None:
     from irpo_jax.models import adair
 
     base = dataclasses.asdict(adair.VARIANTS["base"])
-    differs = [f"{k}={model_config.get(k)!r} (paper: {v!r})" for k, v in base.items()
-               if k != "mask_rule" and _plain(model_config.get(k)) != _plain(v)]
+    differs = [
+        f"{k}={model_config.get(k)!r} (paper: {v!r})"
+        for k, v in base.items()
+        if k != "mask_rule" and _plain(model_config.get(k)) != _plain(v)
+    ]
     return ", ".join(differs) or None
 
 
@@ -122,8 +150,9 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
-def reference(method: str, setting: str, rows: Mapping[str, Mapping[str, float]],
-              model_config: Mapping[str, Any] | None) -> dict[str, Any]:
+def reference(
+    method: str, setting: str, rows: Mapping[str, Mapping[str, float]], model_config: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """The published numbers matching an evaluation, with our differences.
 
     Args:
@@ -147,15 +176,23 @@ def reference(method: str, setting: str, rows: Mapping[str, Mapping[str, float]]
     """
     if method not in METHODS:
         raise ValueError(f"unknown reference {method!r}; valid: {', '.join(METHODS)}")
-    out: dict[str, Any] = {"method": method, "label": METHODS[method], "setting": setting,
-                           "printed": False, "rows": {}, "tables": []}
+    out: dict[str, Any] = {
+        "method": method,
+        "label": METHODS[method],
+        "setting": setting,
+        "printed": False,
+        "rows": {},
+        "tables": [],
+    }
     if setting not in TABLES:
-        out["why"] = (f"no published numbers for the setting {setting!r} (known: "
-                      f"{', '.join(TABLES)}; the demo and smoke variants are not the paper's setting)")
+        out["why"] = (
+            f"no published numbers for the setting {setting!r} (known: "
+            f"{', '.join(TABLES)}; the demo and smoke variants are not the paper's setting)"
+        )
         return out
     differs = _base_architecture(model_config or {}) if model_config is not None else "unknown model"
     if differs:
-        out["why"] = (f"the published numbers are for the paper's base AdaIR; this model has {differs}")
+        out["why"] = f"the published numbers are for the paper's base AdaIR; this model has {differs}"
         return out
     for table in TABLES[setting]:
         present = [r for r in table.rows if r in rows]
@@ -163,24 +200,37 @@ def reference(method: str, setting: str, rows: Mapping[str, Mapping[str, float]]
             continue
         for r in present:
             p, s = table.values[method][r]
-            out["rows"][r] = {"psnr": p, "ssim": s, "delta_psnr": rows[r]["psnr"] - p,
-                              "delta_ssim": rows[r]["ssim"] - s, "table": table.title}
+            out["rows"][r] = {
+                "psnr": p,
+                "ssim": s,
+                "delta_psnr": rows[r]["psnr"] - p,
+                "delta_ssim": rows[r]["ssim"] - s,
+                "table": table.title,
+            }
         printed = table.average[method]
         complete = len(present) == len(table.rows) and printed is not None
         columns = _mean([table.values[method][r] for r in table.rows])
         ours = _mean([(rows[r]["psnr"], rows[r]["ssim"]) for r in table.rows]) if complete else None
         printed_avg = {"psnr": printed[0], "ssim": printed[1]} if printed is not None else None
-        out["tables"].append({
-            "title": table.title, "rows": list(table.rows),
-            "average": columns if complete else None,
-            "printed_average": printed_avg if complete else None,
-            "printed_differs": [k for k in ("psnr", "ssim") if printed_avg is not None
-                                and abs(printed_avg[k] - columns[k]) > AVERAGE_TOLERANCE[k]],
-            "delta_average": {k: ours[k] - columns[k] for k in ("psnr", "ssim")} if complete else None,
-        })
+        out["tables"].append(
+            {
+                "title": table.title,
+                "rows": list(table.rows),
+                "average": columns if complete else None,
+                "printed_average": printed_avg if complete else None,
+                "printed_differs": [
+                    k
+                    for k in ("psnr", "ssim")
+                    if printed_avg is not None and abs(printed_avg[k] - columns[k]) > AVERAGE_TOLERANCE[k]
+                ],
+                "delta_average": {k: ours[k] - columns[k] for k in ("psnr", "ssim")} if complete else None,
+            }
+        )
     if not out["rows"]:
-        out["why"] = (f"none of the evaluated rows ({', '.join(rows)}) is in the published tables of "
-                      f"{setting} ({', '.join(r for t in TABLES[setting] for r in t.rows)})")
+        out["why"] = (
+            f"none of the evaluated rows ({', '.join(rows)}) is in the published tables of "
+            f"{setting} ({', '.join(r for t in TABLES[setting] for r in t.rows)})"
+        )
         return out
     out["printed"] = True
     return out

@@ -29,13 +29,22 @@ from irpo_jax.evaluation.tables import format_table
 
 log = logging.getLogger("irpo_jax.evaluate")
 
-__all__ = ["CSV_COLUMNS", "Written", "check_existing_results", "check_writable", "describe_checkpoint",
-           "evaluate_and_write", "output_dir", "result_identity", "scalars", "write_results"]
+__all__ = [
+    "CSV_COLUMNS",
+    "Written",
+    "check_existing_results",
+    "check_writable",
+    "describe_checkpoint",
+    "evaluate_and_write",
+    "output_dir",
+    "result_identity",
+    "scalars",
+    "write_results",
+]
 
 
 CSV_COLUMNS = ("set", "task", "sigma", "name", "height", "width", "tiled", "psnr", "ssim")
-ORACLE_CSV_COLUMNS = ("oracle_best_of_k_psnr", "oracle_best_of_k_ssim", "oracle_best_index",
-                      "oracle_mean_sample_psnr")
+ORACLE_CSV_COLUMNS = ("oracle_best_of_k_psnr", "oracle_best_of_k_ssim", "oracle_best_index", "oracle_mean_sample_psnr")
 
 
 def _umask() -> int:
@@ -77,8 +86,12 @@ def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dic
     for r in results["per_image"]:
         row = [r[c] for c in CSV_COLUMNS[:7]] + [f"{r['psnr']:.6f}", f"{r['ssim']:.6f}"]
         if oracle:
-            row += [f"{r['oracle_psnr']:.6f}", f"{r['oracle_ssim']:.6f}", r["oracle_index"],
-                    f"{r['oracle_mean_psnr']:.6f}"]
+            row += [
+                f"{r['oracle_psnr']:.6f}",
+                f"{r['oracle_ssim']:.6f}",
+                r["oracle_index"],
+                f"{r['oracle_mean_psnr']:.6f}",
+            ]
         writer.writerow(row)
     _write_atomic(paths["csv"], buf.getvalue())
     _write_atomic(paths["table"], format_table(results))
@@ -121,19 +134,30 @@ def check_writable(directory: pathlib.Path, flag: str = "--out") -> None:
     """Creates ``directory`` and writes a probe file, so a bad ``--out`` fails before any work."""
     blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise EvalError(f"cannot write to {flag} {directory}: {blocker} is a file, not a folder. Choose "
-                        f"another directory for {flag}.")
+        raise EvalError(
+            f"cannot write to {flag} {directory}: {blocker} is a file, not a folder. Choose "
+            f"another directory for {flag}."
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
             pass
     except OSError as err:
-        raise EvalError(f"cannot write to {flag} {directory}: {err.strerror or err}. Choose a "
-                        f"writable directory for {flag}.") from err
+        raise EvalError(
+            f"cannot write to {flag} {directory}: {err.strerror or err}. Choose a writable directory for {flag}."
+        ) from err
 
 
-def output_dir(out: pathlib.Path, name: str, step: int | None, *, self_ensemble: bool = False,
-               oracle_k: int = 0, max_images: int = 0, tile: int = 0) -> pathlib.Path:
+def output_dir(
+    out: pathlib.Path,
+    name: str,
+    step: int | None,
+    *,
+    self_ensemble: bool = False,
+    oracle_k: int = 0,
+    max_images: int = 0,
+    tile: int = 0,
+) -> pathlib.Path:
     """``<out>/eval/<step or name>[_x8][_oracle<K>][_first<N>][_tile<T>]``: options that change
     the numbers get their own folder, so they never overwrite the plain protocol's results."""
     leaf = str(step) if step is not None else name
@@ -147,8 +171,9 @@ def output_dir(out: pathlib.Path, name: str, step: int | None, *, self_ensemble:
 RESULT_FILES = ("results.json", "per_image.csv", "table.md", "images")
 
 
-def check_existing_results(directory: pathlib.Path, params_sha256: str, settings: Mapping[str, Any], *,
-                           overwrite: bool = False) -> bool:
+def check_existing_results(
+    directory: pathlib.Path, params_sha256: str, settings: Mapping[str, Any], *, overwrite: bool = False
+) -> bool:
     """Refuses to replace results in ``directory`` that another checkpoint or other settings made.
 
     Results of the same checkpoint (``model.params_sha256`` in ``results.json``) under the same
@@ -179,8 +204,10 @@ def check_existing_results(directory: pathlib.Path, params_sha256: str, settings
     settings = json.loads(json.dumps(settings, default=str))  # as read back (tuples -> lists)
     old_settings = old.get("settings")
     if not old_model.get("params_sha256") or not isinstance(old_settings, dict):
-        why = ("that do not record which checkpoint and settings made them (written by training, an "
-               "earlier version or an interrupted run)")
+        why = (
+            "that do not record which checkpoint and settings made them (written by training, an "
+            "earlier version or an interrupted run)"
+        )
     else:
         differs = ["checkpoint"] if old_model["params_sha256"] != params_sha256 else []
         differs += [k for k in settings if old_settings.get(k) != settings[k]]
@@ -197,10 +224,20 @@ def check_existing_results(directory: pathlib.Path, params_sha256: str, settings
     )
 
 
-def result_identity(module: Any, data_cfg: Any, sets: Sequence[str] | None = None, *, max_images: int = 0,
-                    self_ensemble: bool = False, oracle_k: int = 0, seed: int = 0, tile: int = 0,
-                    tile_overlap: int = 32, precision: str = "highest",
-                    allow_partial: bool = False) -> tuple[str, dict[str, Any]]:
+def result_identity(
+    module: Any,
+    data_cfg: Any,
+    sets: Sequence[str] | None = None,
+    *,
+    max_images: int = 0,
+    self_ensemble: bool = False,
+    oracle_k: int = 0,
+    seed: int = 0,
+    tile: int = 0,
+    tile_overlap: int = 32,
+    precision: str = "highest",
+    allow_partial: bool = False,
+) -> tuple[str, dict[str, Any]]:
     """``(params_sha256, settings)``: what decides an evaluation's numbers, as results.json records
     it and :func:`check_existing_results` compares it: the model (parameters and config) and the
     data, rows and options of :func:`evaluate` (not the folder's name or step)."""
@@ -209,14 +246,24 @@ def result_identity(module: Any, data_cfg: Any, sets: Sequence[str] | None = Non
     resolved = readers.resolve_config(data_cfg)
     bases, rows = resolve_rows(resolved, list(resolved["eval_sets"] if sets is None else sets))
     root = str(resolved["root"])
-    data = {"root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
-            **{k: resolved[k] for k in ("eval_paired", "sigmas", "test_noise_seed", "crop_base")},
-            # only the evaluated sets' folders: moving another set does not change these numbers
-            "test_dirs": {b: resolved["test_dirs"][b] for b in bases if b in resolved["test_dirs"]}}
-    settings = {"data": data, "rows": list(rows), "max_images": max_images, "self_ensemble": self_ensemble,
-                "oracle_k": oracle_k, "seed": seed if oracle_k else None, "tile": tile,
-                "tile_overlap": tile_overlap if tile else None, "precision": precision,
-                "allow_partial": allow_partial}
+    data = {
+        "root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
+        **{k: resolved[k] for k in ("eval_paired", "sigmas", "test_noise_seed", "crop_base")},
+        # only the evaluated sets' folders: moving another set does not change these numbers
+        "test_dirs": {b: resolved["test_dirs"][b] for b in bases if b in resolved["test_dirs"]},
+    }
+    settings = {
+        "data": data,
+        "rows": list(rows),
+        "max_images": max_images,
+        "self_ensemble": self_ensemble,
+        "oracle_k": oracle_k,
+        "seed": seed if oracle_k else None,
+        "tile": tile,
+        "tile_overlap": tile_overlap if tile else None,
+        "precision": precision,
+        "allow_partial": allow_partial,
+    }
     return checkpointing.params_sha256(module), settings
 
 
@@ -230,8 +277,16 @@ class Written:
     table: str  # :func:`irpo_jax.evaluation.tables.format_table`
 
 
-def evaluate_and_write(model: Any, data_cfg: Any, out: pathlib.Path, *, name: str, step: int | None,
-                       max_images: int = 0, progress: bool = False) -> Written:
+def evaluate_and_write(
+    model: Any,
+    data_cfg: Any,
+    out: pathlib.Path,
+    *,
+    name: str,
+    step: int | None,
+    max_images: int = 0,
+    progress: bool = False,
+) -> Written:
     """Evaluates ``model`` on ``data.eval_sets`` under the published protocol and writes the results
     to ``<out>/eval/<step>[_first<N>]`` (the trainer's evaluation, every ``train.eval_every`` steps).
 

@@ -22,6 +22,7 @@ and ``python -m irpo_jax.restore`` run their images through it:
 In a multi-process job each process runs on its own devices (evaluation: call it on process 0
 only to save the work; mining shares the batches out).
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,17 @@ from irpo_jax import metrics
 from irpo_jax.evaluation import tiling
 from irpo_jax.mesh import make_mesh
 
-__all__ = ["EvalError", "Runner", "ShapeBuckets", "geometric_self_ensemble", "make_runner", "out_of_memory",
-           "pad_batch", "plan_batches", "prefetch"]
+__all__ = [
+    "EvalError",
+    "Runner",
+    "ShapeBuckets",
+    "geometric_self_ensemble",
+    "make_runner",
+    "out_of_memory",
+    "pad_batch",
+    "plan_batches",
+    "prefetch",
+]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -86,8 +96,7 @@ def _make_fns(graphdef: Any, fn: Callable | None, ensemble: bool, oracle_k: int)
 
     def score(restored, clean):
         restored = jnp.clip(restored, 0.0, 1.0)
-        return {"restored": restored, "psnr": metrics.psnr(restored, clean),
-                "ssim": metrics.ssim(restored, clean)}
+        return {"restored": restored, "psnr": metrics.psnr(restored, clean), "ssim": metrics.ssim(restored, clean)}
 
     def batch(state, degraded, clean, ids, seed):
         out = score(apply(state, degraded), clean)
@@ -110,8 +119,12 @@ def _oracle(model: nnx.Module, degraded, clean, ids, seed, k: int) -> dict[str, 
     s = metrics.ssim(flat, ref).reshape(b, k)
     best = jnp.argmax(p, axis=1)  # (B,)
     pick = lambda v: jnp.take_along_axis(v, best[:, None], axis=1)[:, 0]  # noqa: E731
-    return {"oracle_psnr": pick(p), "oracle_ssim": pick(s), "oracle_index": best,
-            "oracle_mean_psnr": jnp.mean(p, axis=1)}
+    return {
+        "oracle_psnr": pick(p),
+        "oracle_ssim": pick(s),
+        "oracle_index": best,
+        "oracle_mean_psnr": jnp.mean(p, axis=1),
+    }
 
 
 _FNS_CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -133,8 +146,10 @@ def _local_copy(a: Any) -> Any:
     """A parameter this process can place on its own devices (trainer arrays may span hosts)."""
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
         if not a.is_fully_replicated:
-            raise EvalError("evaluation needs replicated parameters; this array is sharded across "
-                            f"processes ({a.sharding}). Gather it first.")
+            raise EvalError(
+                "evaluation needs replicated parameters; this array is sharded across "
+                f"processes ({a.sharding}). Gather it first."
+            )
         return a.addressable_data(0)
     return a
 
@@ -162,8 +177,7 @@ class Runner:
     def run_batch(self, degraded: np.ndarray, clean: np.ndarray, ids: np.ndarray, seed: int) -> dict:
         """Restores, clips and scores a batch: ``{"restored", "psnr", "ssim"[, "oracle_*"]}``."""
         with jax.default_matmul_precision(self.precision), jax.set_mesh(self.mesh):
-            return self.fns.batch(self.state, self.put(degraded), self.put(clean), self.put(ids),
-                                  jnp.uint32(seed))
+            return self.fns.batch(self.state, self.put(degraded), self.put(clean), self.put(ids), jnp.uint32(seed))
 
     def apply_host(self, x: np.ndarray) -> np.ndarray:
         """The raw (unclipped) restoration of a host batch, back on the host."""
@@ -179,8 +193,15 @@ class Runner:
         """``count`` images rounded up to whole devices."""
         return count + (-count % self.n)
 
-    def score_images(self, degraded: Sequence[np.ndarray], clean: Sequence[np.ndarray], *,
-                     ids: np.ndarray | None = None, seed: int = 0, size: int | None = None) -> dict:
+    def score_images(
+        self,
+        degraded: Sequence[np.ndarray],
+        clean: Sequence[np.ndarray],
+        *,
+        ids: np.ndarray | None = None,
+        seed: int = 0,
+        size: int | None = None,
+    ) -> dict:
         """Restores, clips and scores ``(H, W, 3)`` images of one shape as one batch.
 
         Args:
@@ -207,8 +228,14 @@ class Runner:
         return tiling.tiled_apply(self.apply_host, image, tile=tile, overlap=overlap, batch_size=self.n)
 
 
-def make_runner(model: Any, *, ensemble: bool = False, oracle_k: int = 0,
-                devices: Sequence[jax.Device] | None = None, precision: str = "highest") -> Runner:
+def make_runner(
+    model: Any,
+    *,
+    ensemble: bool = False,
+    oracle_k: int = 0,
+    devices: Sequence[jax.Device] | None = None,
+    precision: str = "highest",
+) -> Runner:
     """Places ``model`` on a 1-D ``("data",)`` mesh of ``devices`` (default: the local devices).
 
     Parameters are replicated; :meth:`Runner.run_batch` and :meth:`Runner.apply_host` take a
@@ -239,8 +266,10 @@ def make_runner(model: Any, *, ensemble: bool = False, oracle_k: int = 0,
     else:
         raise TypeError(f"evaluate needs a Restorer, an nnx.Module or a function, got {type(model).__name__}")
     if oracle_k and kind != "adair_policy":
-        raise EvalError(f"--oracle_k needs an IRPO policy checkpoint (model 'adair_policy', which can "
-                        f"sample restorations); this model is {kind!r}")
+        raise EvalError(
+            f"--oracle_k needs an IRPO policy checkpoint (model 'adair_policy', which can "
+            f"sample restorations); this model is {kind!r}"
+        )
     fns = _cached_fns(key, lambda: _make_fns(graphdef, fn, ensemble, oracle_k))
     state = jax.device_put(jax.tree.map(_local_copy, state), NamedSharding(mesh, P()))
     return Runner(fns, state, mesh, kind, precision)
@@ -254,8 +283,14 @@ def out_of_memory(err: Exception) -> bool:
 # ----------------------------------------------------------------------------- loading and batching
 
 
-def prefetch(load: Callable[[K], V], keys: Iterable[K], *, workers: int, ahead: int | None = None,
-             errors: tuple[type[Exception], ...] = ()) -> Iterator[tuple[K, V | Exception]]:
+def prefetch(
+    load: Callable[[K], V],
+    keys: Iterable[K],
+    *,
+    workers: int,
+    ahead: int | None = None,
+    errors: tuple[type[Exception], ...] = (),
+) -> Iterator[tuple[K, V | Exception]]:
     """``(key, load(key))`` in the order of ``keys``, loaded by a pool of ``workers`` threads up to
     ``ahead`` keys ahead of the one yielded (default ``2 * workers + 1``); an exception of a type in
     ``errors`` comes instead of its value."""

@@ -51,10 +51,12 @@ def format_table(results: Mapping[str, Any]) -> str:
     model = results["model"]
     proto = results["protocol"]
     who = model["name"] + (f" (step {model['step']})" if model.get("step") is not None else "")
-    titles = {"five_task": "Five-task all-in-one (layout of IRPO Table 2 / AdaIR; denoising at σ=25)",
-              "ood_five": "Out-of-domain real-world sets (layout of IRPO Table 3)",
-              "three_task": "Three-task all-in-one (layout of IRPO Table 7)",
-              "all_rows": "All evaluated rows"}
+    titles = {
+        "five_task": "Five-task all-in-one (layout of IRPO Table 2 / AdaIR; denoising at σ=25)",
+        "ood_five": "Out-of-domain real-world sets (layout of IRPO Table 3)",
+        "three_task": "Three-task all-in-one (layout of IRPO Table 7)",
+        "all_rows": "All evaluated rows",
+    }
     notes = []
     if proto["max_images"]:
         notes.append(f"first {proto['max_images']} image(s) per row only: not comparable with the papers")
@@ -64,58 +66,84 @@ def format_table(results: Mapping[str, Any]) -> str:
         notes.append("x8 geometric self-ensemble")
     partial = {r: e for r, e in rows.items() if e.get("partial")}
     if partial:
-        notes.append("PARTIAL rows, scored without some of their images (--allow_partial; see "
-                     "left_out in results.json), not comparable with the papers: "
-                     + ", ".join(f"{r} ({len(e['left_out'])} left out)" for r, e in partial.items()))
-    notes += [f"{r}: set score = {e['average']} ({e.get('protocol', '')})" for r, e in rows.items()
-              if e.get("average", "mean over images") != "mean over images"]
+        notes.append(
+            "PARTIAL rows, scored without some of their images (--allow_partial; see "
+            "left_out in results.json), not comparable with the papers: "
+            + ", ".join(f"{r} ({len(e['left_out'])} left out)" for r, e in partial.items())
+        )
+    notes += [
+        f"{r}: set score = {e['average']} ({e.get('protocol', '')})"
+        for r, e in rows.items()
+        if e.get("average", "mean over images") != "mean over images"
+    ]
     ref = results.get("reference")
 
     def title(c: str) -> str:
         return rows[c]["title"] + (" (partial)" if rows[c].get("partial") else "")
 
     def header(first: str) -> list[str]:
-        return [f"| {first} | " + " | ".join(title(c) for c in cols) + " | Average |",
-                "|:--|" + ":-:|" * (len(cols) + 1)]
+        return [
+            f"| {first} | " + " | ".join(title(c) for c in cols) + " | Average |",
+            "|:--|" + ":-:|" * (len(cols) + 1),
+        ]
 
-    lines = [f"# Evaluation of {who}", "",
-             f"PSNR (dB) / SSIM on RGB in [0, 1], images cropped to a multiple of "
-             f"{proto['crop_base']} and run whole, no border shave, skimage SSIM; set score = mean "
-             "over its images."]
+    lines = [
+        f"# Evaluation of {who}",
+        "",
+        f"PSNR (dB) / SSIM on RGB in [0, 1], images cropped to a multiple of "
+        f"{proto['crop_base']} and run whole, no border shave, skimage SSIM; set score = mean "
+        "over its images.",
+    ]
     lines += [f"Note: {n}." for n in notes]
     lines += ["", f"## {titles[table['layout']]}", ""] + header("Method")
     avg = results["average"]
-    lines.append(f"| {model['name']} | " + " | ".join(_cell(rows[c]["psnr"], rows[c]["ssim"]) for c in cols)
-                 + f" | {_cell(avg['psnr'], avg['ssim'])} |")
+    lines.append(
+        f"| {model['name']} | "
+        + " | ".join(_cell(rows[c]["psnr"], rows[c]["ssim"]) for c in cols)
+        + f" | {_cell(avg['psnr'], avg['ssim'])} |"
+    )
     if ref and ref.get("printed"):
         lines += _reference_lines(ref, cols)
     elif ref:
         lines += ["", f"No published {ref['label']} row (--reference {ref['method']}): {ref['why']}."]
     oracle = results.get("oracle")
     if oracle:
-        lines += ["", f"## Oracle (not a result): {oracle['label']} (K={oracle['k']}, seed {oracle['seed']})",
-                  "", "It uses the ground truth to choose, so it is an upper bound on what the sampled "
-                  "policy can reach, not a restoration method.", ""] + header("Method")
+        lines += [
+            "",
+            f"## Oracle (not a result): {oracle['label']} (K={oracle['k']}, seed {oracle['seed']})",
+            "",
+            "It uses the ground truth to choose, so it is an upper bound on what the sampled "
+            "policy can reach, not a restoration method.",
+            "",
+        ] + header("Method")
         oa = oracle["average"]
-        lines.append(f"| {model['name']}, oracle best-of-{oracle['k']} | "
-                     + " | ".join(_cell(rows[c]["oracle"]["psnr"], rows[c]["oracle"]["ssim"]) for c in cols)
-                     + f" | {_cell(oa['psnr'], oa['ssim'])} |")
+        lines.append(
+            f"| {model['name']}, oracle best-of-{oracle['k']} | "
+            + " | ".join(_cell(rows[c]["oracle"]["psnr"], rows[c]["oracle"]["ssim"]) for c in cols)
+            + f" | {_cell(oa['psnr'], oa['ssim'])} |"
+        )
     shown = bool(ref and ref.get("printed"))
-    lines += ["", "## Every row", "",
-              "| Row | Task | σ | Images | PSNR (dB) | SSIM | Tiled |"
-              + (" Oracle PSNR | Oracle SSIM |" if oracle else "")
-              + (f" {ref['label']} published | Δ (ours − published) |" if shown else ""),
-              "|:--|:--|--:|--:|--:|--:|--:|" + ("--:|--:|" if oracle else "") + (":-:|:-:|" if shown else "")]
+    lines += [
+        "",
+        "## Every row",
+        "",
+        "| Row | Task | σ | Images | PSNR (dB) | SSIM | Tiled |"
+        + (" Oracle PSNR | Oracle SSIM |" if oracle else "")
+        + (f" {ref['label']} published | Δ (ours − published) |" if shown else ""),
+        "|:--|:--|--:|--:|--:|--:|--:|" + ("--:|--:|" if oracle else "") + (":-:|:-:|" if shown else ""),
+    ]
     for r, e in rows.items():
         images = f"{e['images']}" + (f" (partial: {len(e['left_out'])} left out)" if e.get("partial") else "")
-        line = (f"| {r} | {e['task']} | {e['sigma'] or ''} | {images} | {e['psnr']:.2f} | "
-                f"{e['ssim']:.4f} | {e['tiled']} |")
+        line = (
+            f"| {r} | {e['task']} | {e['sigma'] or ''} | {images} | {e['psnr']:.2f} | {e['ssim']:.4f} | {e['tiled']} |"
+        )
         if oracle:
             line += f" {e['oracle']['psnr']:.2f} | {e['oracle']['ssim']:.4f} |"
         if shown:
             p = ref["rows"].get(r)
-            line += (f" {_cell(p['psnr'], p['ssim'])} | {p['delta_psnr']:+.2f}/{p['delta_ssim']:+.3f} |"
-                     if p else " – | – |")
+            line += (
+                f" {_cell(p['psnr'], p['ssim'])} | {p['delta_psnr']:+.2f}/{p['delta_ssim']:+.3f} |" if p else " – | – |"
+            )
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -135,14 +163,19 @@ def _reference_lines(ref: Mapping[str, Any], cols: Sequence[str]) -> list[str]:
         if same["printed_differs"]:  # the paper's Average cell is not its columns' mean
             cell += f" (printed: {_cell(printed['psnr'], printed['ssim'])})"
             what = " and ".join(k.upper() for k in same["printed_differs"])
-            note = ["", f"The published Average is the mean of the published columns; {ref['label']}'s "
-                    f"printed {what} Average in {same['title']} ({_cell(printed['psnr'], printed['ssim'])}) "
-                    "is not its columns' mean, so ours is compared with the column mean."]
+            note = [
+                "",
+                f"The published Average is the mean of the published columns; {ref['label']}'s "
+                f"printed {what} Average in {same['title']} ({_cell(printed['psnr'], printed['ssim'])}) "
+                "is not its columns' mean, so ours is compared with the column mean.",
+            ]
         pub.append(cell)
     else:
         pub.append("–")
     d = same["delta_average"] if same else None
     delta.append(f"{d['psnr']:+.2f}/{d['ssim']:+.3f}" if d else "–")
     tables = "; ".join(t["title"] for t in ref["tables"])
-    return [f"| {ref['label']}, published ({tables}) | " + " | ".join(pub) + " |",
-            "| ours − published | " + " | ".join(delta) + " |"] + note
+    return [
+        f"| {ref['label']}, published ({tables}) | " + " | ".join(pub) + " |",
+        "| ours − published | " + " | ".join(delta) + " |",
+    ] + note

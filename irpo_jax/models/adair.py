@@ -244,9 +244,7 @@ class SpatialGate(nnx.Module):
         self.spatial = Conv2d(2, 1, 7, bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.concatenate(
-            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
-        )
+        pooled = jnp.concatenate([jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
         return jax.nn.sigmoid(self.spatial(pooled))
 
 
@@ -438,9 +436,7 @@ class FreModule(nnx.Module):
         """
         _, h, w, _ = y.shape
         features = self.image_features(img, h, w)
-        return self.fuse(
-            features, y, rates=rates, gates=gates, fuse_mode=fuse_mode, intermediates=intermediates
-        )
+        return self.fuse(features, y, rates=rates, gates=gates, fuse_mode=fuse_mode, intermediates=intermediates)
 
     def fuse(
         self,

@@ -85,17 +85,61 @@ _RANK = {
     name: i
     for i, name in enumerate(
         [
-            "patch_embed", "fre1", "fre2", "fre3", "encoder_level1", "down1_2", "encoder_level2",
-            "down2_3", "encoder_level3", "down3_4", "latent", "up4_3", "reduce_chan_level3",
-            "decoder_level3", "up3_2", "reduce_chan_level2", "decoder_level2", "up2_1",
-            "decoder_level1", "refinement", "output",
+            "patch_embed",
+            "fre1",
+            "fre2",
+            "fre3",
+            "encoder_level1",
+            "down1_2",
+            "encoder_level2",
+            "down2_3",
+            "encoder_level3",
+            "down3_4",
+            "latent",
+            "up4_3",
+            "reduce_chan_level3",
+            "decoder_level3",
+            "up3_2",
+            "reduce_chan_level2",
+            "decoder_level2",
+            "up2_1",
+            "decoder_level1",
+            "refinement",
+            "output",
             # FreModule
-            "para1", "para2", "conv", "conv1", "score_gen", "channel_cross_l", "channel_cross_h",
-            "channel_cross_agg", "frequency_refine", "rate_conv",
+            "para1",
+            "para2",
+            "conv",
+            "conv1",
+            "score_gen",
+            "channel_cross_l",
+            "channel_cross_h",
+            "channel_cross_agg",
+            "frequency_refine",
+            "rate_conv",
             # TransformerBlock / attention / FFN / cross attention / refine
-            "norm1", "attn", "norm2", "ffn", "temperature", "qkv", "qkv_dwconv", "q", "q_dwconv",
-            "kv", "kv_dwconv", "project_in", "dwconv", "project_out", "SpatialGate", "ChannelGate",
-            "proj", "spatial", "mlp", "body", "weight", "bias",
+            "norm1",
+            "attn",
+            "norm2",
+            "ffn",
+            "temperature",
+            "qkv",
+            "qkv_dwconv",
+            "q",
+            "q_dwconv",
+            "kv",
+            "kv_dwconv",
+            "project_in",
+            "dwconv",
+            "project_out",
+            "SpatialGate",
+            "ChannelGate",
+            "proj",
+            "spatial",
+            "mlp",
+            "body",
+            "weight",
+            "bias",
         ]  # fmt: skip
     )
 }
@@ -131,9 +175,7 @@ def infer_config(weights: Mapping[str, np.ndarray], mask_rule: str = "adair") ->
     if min(num_blocks) == 0:
         raise ConversionError(f"every encoder level needs at least one block; found {dict(zip(levels, num_blocks))}")
     hidden = int(weights["encoder_level1.0.ffn.project_in.weight"].shape[0]) // 2
-    widths = {
-        dim * m: int(weights[f"{p}.0.ffn.project_in.weight"].shape[0]) // 2 for p, m in zip(levels, (1, 2, 4, 8))
-    }
+    widths = {dim * m: int(weights[f"{p}.0.ffn.project_in.weight"].shape[0]) // 2 for p, m in zip(levels, (1, 2, 4, 8))}
     factor = _ffn_factor(dim, hidden, widths)
     return AdaIRConfig(
         inp_channels=inp_channels,
@@ -228,9 +270,7 @@ def state_dict(model: AdaIR) -> dict[str, np.ndarray]:
     return out
 
 
-def from_state_dict(
-    weights: Mapping[str, np.ndarray], config: AdaIRConfig | str | Mapping | None = None
-) -> AdaIR:
+def from_state_dict(weights: Mapping[str, np.ndarray], config: AdaIRConfig | str | Mapping | None = None) -> AdaIR:
     """Build an :class:`AdaIR` from an official state dict (config inferred unless given)."""
     cfg = infer_config(weights) if config is None else get_config(config)
     model = nnx.eval_shape(lambda: AdaIR(cfg, rngs=nnx.Rngs(0)))

@@ -143,8 +143,9 @@ def grpo_step_flops(
     parts = {
         "rollout": enc + group * dec,
         "reference": encoder_flops(config, height, width, images)
-        + group * decoder_flops(config, height, width, images, to_fre3=True) if reference_pass else 0,
+        + group * decoder_flops(config, height, width, images, to_fre3=True)
+        if reference_pass
+        else 0,
         "backbone": 3 * (enc + 2 * dec),
     }
     return parts | {"total": sum(parts.values())}
-

@@ -344,9 +344,7 @@ class BetaHead(nnx.Module):
             bias_init=layers.torch_default_uniform(channels), rngs=rngs,
         )  # fmt: skip
         bias = jnp.asarray([_inverse_softplus(v - cfg.min_concentration) for v in init * 2], jnp.float32)
-        self.fc2 = nnx.Linear(
-            hidden, 4, kernel_init=nnx.initializers.zeros, bias_init=lambda *_: bias, rngs=rngs
-        )
+        self.fc2 = nnx.Linear(hidden, 4, kernel_init=nnx.initializers.zeros, bias_init=lambda *_: bias, rngs=rngs)
 
     def __call__(self, pooled: jax.Array) -> jax.Array:  # (B, C) -> (B, 2, 2)
         raw = self.fc2(layers.gelu(self.fc1(pooled)))
@@ -397,8 +395,16 @@ class PolicyOutput:
 
 jax.tree_util.register_dataclass(
     PolicyOutput,
-    data_fields=["restored", "actions", "concentrations", "log_prob", "entropy", "mask_half_sizes",
-                 "official_half_sizes", "head_inputs"],
+    data_fields=[
+        "restored",
+        "actions",
+        "concentrations",
+        "log_prob",
+        "entropy",
+        "mask_half_sizes",
+        "official_half_sizes",
+        "head_inputs",
+    ],
     meta_fields=[],
 )
 
@@ -453,9 +459,7 @@ class IRPOPolicy(nnx.Module):
         self.policy_config = pcfg
         self.net = adair.AdaIR(cfg, rngs=rngs)
         dim = cfg.dim
-        self.heads = nnx.Dict(
-            {name: FreHeads(dim * m, pcfg, rngs=rngs) for name, m in zip(adair.FRE_NAMES, (8, 4, 2))}
-        )
+        self.heads = nnx.Dict({name: FreHeads(dim * m, pcfg, rngs=rngs) for name, m in zip(adair.FRE_NAMES, (8, 4, 2))})
 
     @property
     def config(self) -> adair.AdaIRConfig:

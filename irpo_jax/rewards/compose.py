@@ -226,9 +226,7 @@ def validate_reward_config(cfg: ml_collections.ConfigDict) -> None:
     """
     for group in cfg.groups.keys():
         if group not in GROUPS:
-            raise ValueError(
-                f"reward config: unknown group {group!r}; groups are {', '.join(GROUPS)}"
-            )
+            raise ValueError(f"reward config: unknown group {group!r}; groups are {', '.join(GROUPS)}")
         if float(cfg.groups[group].weight) < 0:
             raise ValueError(f"reward config: groups.{group}.weight must be >= 0")
     seen: dict[str, str] = {}
@@ -237,9 +235,7 @@ def validate_reward_config(cfg: ml_collections.ConfigDict) -> None:
             if name not in REWARDS:
                 raise _unknown(name, f"reward component in groups.{group}.components:")
             if name in seen:
-                raise ValueError(
-                    f"reward config: {name!r} is in groups {seen[name]!r} and {group!r}"
-                )
+                raise ValueError(f"reward config: {name!r} is in groups {seen[name]!r} and {group!r}")
             if w < 0:
                 raise ValueError(f"reward config: groups.{group}.components.{name} must be >= 0")
             seen[name] = group
@@ -390,9 +386,7 @@ def compose(
     if len(batch_shape) != 1 or any(s != batch_shape for s in shapes.values()):
         raise ValueError(f"compose: every score must have the same shape (B,), got {shapes}")
     if group_size is not None and (group_size < 1 or batch_shape[0] % group_size):
-        raise ValueError(
-            f"compose: group_size {group_size} does not divide the batch of {batch_shape[0]} scores"
-        )
+        raise ValueError(f"compose: group_size {group_size} does not divide the batch of {batch_shape[0]} scores")
     nan = jnp.full(batch_shape, jnp.nan, jnp.float32)
     renormalise = cfg.missing == "renormalise"
 

@@ -360,9 +360,7 @@ class RewardProcess(RewardBridge):
         shapes = {tuple(np.shape(a)) for a in (degraded, restored, clean)}
         shape = next(iter(shapes))
         if len(shapes) != 1 or len(shape) != 4 or shape[-1] != 3 or shape[0] < 1:
-            raise ValueError(
-                f"degraded/restored/clean must share one (B, H, W, 3) shape, got {shapes}"
-            )
+            raise ValueError(f"degraded/restored/clean must share one (B, H, W, 3) shape, got {shapes}")
         names = None if components is None else list(components)
         if names is not None:
             unknown = [n for n in names if n not in self.live_components]
@@ -435,9 +433,7 @@ class RewardProcess(RewardBridge):
                 with self._lock:
                     self._broken = self._broken or e
                 self._kill()
-                self._fail_queued(
-                    RewardProcessError(f"not sent, the reward process is unusable: {e}")
-                )
+                self._fail_queued(RewardProcessError(f"not sent, the reward process is unusable: {e}"))
                 return
             except BaseException as e:  # noqa: BLE001 - bad requests go back to the caller
                 item.future.set_exception(e)
@@ -447,9 +443,7 @@ class RewardProcess(RewardBridge):
         failures: list[str] = []
         while True:
             if self._closed and failures:
-                raise RewardProcessError(
-                    "closed while a request was in flight: " + "; ".join(failures)
-                )
+                raise RewardProcessError("closed while a request was in flight: " + "; ".join(failures))
             try:
                 if self._sock is None:
                     self._bring_up()
@@ -475,13 +469,10 @@ class RewardProcess(RewardBridge):
                 continue
             kind = reply.header.get("type")
             if kind == "error":
-                raise ValueError(
-                    f"the reward process rejected request {req.rid}: {reply.header.get('message')}"
-                )
+                raise ValueError(f"the reward process rejected request {req.rid}: {reply.header.get('message')}")
             if kind != "scores" or reply.header.get("id") != req.rid:
                 failures.append(
-                    f"attempt {len(failures) + 1}: unexpected reply {kind!r} "
-                    f"for id {reply.header.get('id')}"
+                    f"attempt {len(failures) + 1}: unexpected reply {kind!r} for id {reply.header.get('id')}"
                 )
                 self._drop(kill=True)
                 if len(failures) > self.max_restarts:
@@ -517,10 +508,7 @@ class RewardProcess(RewardBridge):
             raise
         if reply.header.get("type") == "error":
             sock.close()
-            raise _Fatal(
-                f"the reward server at {address} refused the handshake: "
-                f"{reply.header.get('message')}"
-            )
+            raise _Fatal(f"the reward server at {address} refused the handshake: {reply.header.get('message')}")
         if reply.header.get("type") != "hello":
             sock.close()
             raise wire.ProtocolError(f"unexpected handshake reply {reply.header.get('type')!r}")
@@ -569,10 +557,7 @@ class RewardProcess(RewardBridge):
 
     def _describe(self, error: BaseException) -> str:
         if isinstance(error, TimeoutError) and self._sock is not None:
-            return (
-                f"no reply within {self.request_timeout_s:g} s "
-                "(hung; config bridge.request_timeout_s)"
-            )
+            return f"no reply within {self.request_timeout_s:g} s (hung; config bridge.request_timeout_s)"
         proc = self._proc
         if proc is not None:
             try:
@@ -658,8 +643,7 @@ class RewardProcess(RewardBridge):
 def _identity(info: Mapping[str, Any]) -> dict[str, Any]:
     """What must not change across restarts: component names, model ids, weight hashes."""
     return {
-        name: {k: comp.get(k) for k in ("model_id", "weights")}
-        for name, comp in info.get("components", {}).items()
+        name: {k: comp.get(k) for k in ("model_id", "weights")} for name, comp in info.get("components", {}).items()
     }
 
 

@@ -84,7 +84,6 @@ MAG_EPS = 1e-12  # inside the square root of M(Z); keeps M and its gradient fini
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Y = 0.299 R + 0.587 G + 0.114 B (Rec. 601)
 
 
-
 def _clip01(t: jax.Array) -> jax.Array:
     return jnp.clip(t, 0.0, 1.0)
 
@@ -98,9 +97,7 @@ def _check_nhwc(*images: jax.Array) -> tuple[jax.Array, ...]:
         if z.shape != shape:
             raise ValueError(f"task reward: restored and clean shapes differ: {shape} vs {z.shape}")
         if z.ndim != 4 or z.shape[-1] != 3 or z.shape[1] < 3 or z.shape[2] < 3:
-            raise ValueError(
-                f"task reward: expected NHWC RGB images of at least 3x3 pixels, got {z.shape}"
-            )
+            raise ValueError(f"task reward: expected NHWC RGB images of at least 3x3 pixels, got {z.shape}")
         out.append(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
     return tuple(out)
 
@@ -347,8 +344,7 @@ def task_reward_by_id(task_ids: jax.Array, restored: jax.Array, clean: jax.Array
     task_ids = jnp.asarray(task_ids)
     if task_ids.shape != restored.shape[:1]:
         raise ValueError(
-            f"task_reward_by_id: task_ids must have shape {restored.shape[:1]} (one id per "
-            f"image), got {task_ids.shape}"
+            f"task_reward_by_id: task_ids must have shape {restored.shape[:1]} (one id per image), got {task_ids.shape}"
         )
     all_rewards = jnp.stack([TASK_REWARDS[t](restored, clean) for t in TASKS], axis=-1)  # (B, 5)
     valid = (task_ids >= 0) & (task_ids < len(TASKS))

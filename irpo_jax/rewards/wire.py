@@ -154,9 +154,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
             )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return family, (host, int(port))
-    raise ValueError(
-        f"reward bridge address {address!r}: expected 'unix:/path/to.sock' or 'tcp:127.0.0.1:PORT'"
-    )
+    raise ValueError(f"reward bridge address {address!r}: expected 'unix:/path/to.sock' or 'tcp:127.0.0.1:PORT'")
 
 
 def _format_address(family: int, sockaddr: Any) -> str:
@@ -492,9 +490,7 @@ def recv_message(sock: socket.socket, *, shm: ShmAttachments | None = None) -> M
     return Message(header=header, arrays=arrays, nbytes=_PREFIX.size + hlen + plen)
 
 
-def _view(
-    spec: Mapping[str, Any], payload: np.ndarray, shm_ref: Any, shm: ShmAttachments | None
-) -> np.ndarray:
+def _view(spec: Mapping[str, Any], payload: np.ndarray, shm_ref: Any, shm: ShmAttachments | None) -> np.ndarray:
     try:
         name, dtype_str, shape = spec["name"], spec["dtype"], tuple(int(s) for s in spec["shape"])
         offset, nbytes, where = int(spec["offset"]), int(spec["nbytes"]), spec["in"]
@@ -553,9 +549,7 @@ class RewardResult:
         return {name: int(np.isnan(s).sum()) for name, s in self.scores.items()}
 
 
-def result_from_reply(
-    message: Message, *, roundtrip_s: float = 0.0, attempts: int = 1
-) -> RewardResult:
+def result_from_reply(message: Message, *, roundtrip_s: float = 0.0, attempts: int = 1) -> RewardResult:
     """Turns a ``scores`` message into a :class:`RewardResult` (copying the scores out)."""
     header = message.header
     names = list(header["components"])

@@ -62,7 +62,9 @@ class TrainCheckpointer:
         # exists only in one-step-stale runs) before restoring it.
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler(), "pending": ocp.StandardCheckpointHandler()}  # fmt: skip
-        self.manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options, item_handlers=handlers)
+        self.manager = ocp.CheckpointManager(
+            (workdir / "checkpoints").absolute(), options=options, item_handlers=handlers
+        )
         if jax.process_index() == 0:
             recover_model_directory(workdir)
 

@@ -117,8 +117,10 @@ def _mine(cfg: ml_collections.ConfigDict, data: DataConfig, workdir: pathlib.Pat
         return out
     s = _settings(cfg)
     images = f"centre {s['crop']}x{s['crop']} crops" if s["crop"] else "whole images"
-    print(f"mining the hard set with {cfg.model.init_from}: the worst {s['fraction']:.0%} of each degradation by "
-          f"{s['rank_by']} ({images}) -> {out}")
+    print(
+        f"mining the hard set with {cfg.model.init_from}: the worst {s['fraction']:.0%} of each degradation by "
+        f"{s['rank_by']} ({images}) -> {out}"
+    )
     kwargs = dict(fraction=s["fraction"], selection=s["selection"], rank_by=s["rank_by"], crop=s["crop"],
                   batch_size=int(cfg.mining.batch_size), seed=s["seed"], progress=progress)  # fmt: skip
     data = dataclasses.replace(data, manifest="")

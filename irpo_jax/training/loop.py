@@ -79,7 +79,8 @@ def build_model(cfg: ml_collections.ConfigDict) -> nnx.Module:
         log.warning(
             "model.policy.spectrum_tile=%d differs from the training crop data.patch_size=%d: the rate heads "
             "will read spectrum statistics of another size at test time than in training; set both the same",
-            pcfg.spectrum_tile, cfg.data.patch_size,
+            pcfg.spectrum_tile,
+            cfg.data.patch_size,
         )
     policy = IRPOPolicy(start.config, pcfg, rngs=rngs)
     nnx.update(policy.net, nnx.state(start, nnx.Param))
@@ -279,8 +280,10 @@ class _Run:
         try:
             readers.eval_sets(self.data_cfg)
         except readers.DataError as err:
-            raise TrainingError(f"{err}\n(the run evaluates on data.eval_sets; fix them, choose others with "
-                                "--config.data.eval_sets, or set train.eval_at_end=False and train.eval_every=0)") from err
+            raise TrainingError(
+                f"{err}\n(the run evaluates on data.eval_sets; fix them, choose others with "
+                "--config.data.eval_sets, or set train.eval_at_end=False and train.eval_every=0)"
+            ) from err
 
     def _compile(self) -> None:
         """The jitted step functions (traced under the mesh: the model's FFTs stay per device; the
@@ -455,7 +458,11 @@ class _Run:
                     if stop.received and new_step < self.total_steps:  # after the last step: finished
                         stop_reason = f"stopped by {stop.received}"
                         break
-                    if stop_after is not None and new_step - self.start_step >= stop_after and new_step < self.total_steps:
+                    if (
+                        stop_after is not None
+                        and new_step - self.start_step >= stop_after
+                        and new_step < self.total_steps
+                    ):
                         stop_reason = f"stopped after {stop_after} steps (stop_after)"
                         break
             self.save(pending_grace_s=30.0 if stop.received else None)
@@ -548,8 +555,9 @@ def _evaluate(cfg, workdir: pathlib.Path, model: nnx.Module, step: int, writer) 
         return
     from irpo_jax import evaluation
 
-    written = evaluation.evaluate_and_write(model, cfg.data, workdir, name=cfg.name, step=step,
-                                            max_images=int(cfg.train.eval_max_images))
+    written = evaluation.evaluate_and_write(
+        model, cfg.data, workdir, name=cfg.name, step=step, max_images=int(cfg.train.eval_max_images)
+    )
     writer.scalars(step, written.scalars)
     writer.text(step, "eval/table", written.table)
     print(written.table)

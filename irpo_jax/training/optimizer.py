@@ -78,7 +78,9 @@ def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int, epoch_size: 
             return optax.linear_schedule(0.0, o.lr, o.warmup_steps)
         return optax.constant_schedule(o.lr)
     if o.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 0), max(total_steps, o.warmup_steps + 1))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, o.lr, max(o.warmup_steps, 0), max(total_steps, o.warmup_steps + 1)
+        )
     if o.schedule == "adair":
         warmup, span = int(o.warmup_epochs), int(o.cosine_epochs)
         if not 1 <= warmup < span:

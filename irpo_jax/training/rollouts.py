@@ -189,8 +189,11 @@ def score_remotely(bridge, cfg, step: int, batch, rollout, live: tuple[str, ...]
     rep = lambda k: jnp.repeat(process_rows(batch[k])[0], g, axis=0)  # noqa: E731
     b_global = batch["degraded"].shape[0]
     result = bridge.score(
-        rep("degraded"), restored.reshape(b * g, *restored.shape[2:]), rep("clean"),
-        task_ids=np.asarray(rep("task_id")), components=names,
+        rep("degraded"),
+        restored.reshape(b * g, *restored.shape[2:]),
+        rep("clean"),
+        task_ids=np.asarray(rep("task_id")),
+        components=names,
         sample_ids=np.repeat(np.arange(first, first + b) + step * b_global, g),
     )  # fmt: skip  (no timeout here: the client enforces its own per attempt, with restarts)
     sharding = NamedSharding(batch["degraded"].sharding.mesh, P("data"))

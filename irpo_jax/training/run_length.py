@@ -20,8 +20,9 @@ from irpo_jax.grpo.losses import linear_anneal
 from irpo_jax.training.optimizer import learning_rate, updates_per_batch
 
 
-def describe(cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record], total_steps: int,
-             epoch_size: int) -> tuple[str, dict[str, Any]]:
+def describe(
+    cfg: ml_collections.ConfigDict, data_cfg: Any, records: list[Record], total_steps: int, epoch_size: int
+) -> tuple[str, dict[str, Any]]:
     """The run's length and schedules as printable lines and as a record (``summary.json``'s ``plan``).
 
     Args:

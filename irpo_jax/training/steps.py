@@ -177,8 +177,9 @@ def _reference_scores(ref_model, img: jax.Array, actions: jax.Array, constant: b
     return ref_model.score_actions(zeros, actions)
 
 
-def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: int, *,
-                     constant_ref: bool = False) -> Callable:
+def make_grpo_update(
+    graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: int, *, constant_ref: bool = False
+) -> Callable:
     """``update(state, batch, rollout, remote_scores) -> (state, metrics)``.
 
     Besides the scalars, ``metrics["rewards"]`` is the (B, G) composite reward of each rollout
@@ -272,8 +273,12 @@ def make_grpo_update(graphdef, tx, cfg: ml_collections.ConfigDict, total_steps: 
     return computing_in(cfg.model.compute_dtype, update)
 
 
-def _reward_metrics(rewards: jax.Array, per: Mapping[str, jax.Array], jax_scores: Mapping[str, jax.Array],
-                    remote_scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def _reward_metrics(
+    rewards: jax.Array,
+    per: Mapping[str, jax.Array],
+    jax_scores: Mapping[str, jax.Array],
+    remote_scores: Mapping[str, jax.Array],
+) -> dict[str, jax.Array]:
     """The update's reward scalars: the (B, G) composite ``rewards``' mean, spread, groups without
     spread and NaN fraction, their within-group correlation with PSNR, and the mean and spread of
     each component and group of ``per`` (:func:`~irpo_jax.rewards.compose.compose`'s) that was

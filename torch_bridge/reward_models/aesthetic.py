@@ -32,8 +32,7 @@ AESTHETIC_LAYERS: tuple[tuple[int, int, int], ...] = (
     (7, 16, 1),
 )
 AESTHETIC_HEAD_URL = (
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
-    "sac+logos+ava1-l14-linearMSE.pth"
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
 )
 
 
@@ -107,9 +106,7 @@ class AestheticReward(RewardModel):
 
     name = "aesthetic"
 
-    def __init__(
-        self, head: AestheticHead, encoder: ClipImageEncoder, head_path: pathlib.Path, config: dict
-    ) -> None:
+    def __init__(self, head: AestheticHead, encoder: ClipImageEncoder, head_path: pathlib.Path, config: dict) -> None:
         super().__init__(device=encoder.device, config=config)
         self.head = head
         self.encoder = encoder
@@ -119,8 +116,7 @@ class AestheticReward(RewardModel):
         """The head and the CLIP model under it (ids, weights of both, the encoder's record)."""
         clip_info = self.encoder.info()
         return {
-            "model_id": f"laion-improved-aesthetic({pathlib.Path(self.head_path).name}) "
-            f"on {clip_info['model_id']}",
+            "model_id": f"laion-improved-aesthetic({pathlib.Path(self.head_path).name}) on {clip_info['model_id']}",
             "weights": {**_hash_files([self.head_path]), **clip_info["weights"]},
             "dtype": clip_info["dtype"],
             "clip": clip_info,
@@ -158,13 +154,20 @@ def build_aesthetic(cfg: dict, device: str, *, shared: dict | None = None) -> Ae
     cfg = _merged_config("aesthetic", cfg)
     key = _key("aesthetic", "head_path")
     head_path = _resolve_file(
-        cfg["head_path"], key, "aesthetic head file",
+        cfg["head_path"],
+        key,
+        "aesthetic head file",
         f"Download {AESTHETIC_HEAD_URL} and set {key} to it, or set its weight to 0 (reward.groups.gen.components.aesthetic).",
     )
     head = load_aesthetic_head(head_path, key)
     encoder = _get_clip_encoder(
-        cfg["clip_model_path"], _key("aesthetic", "clip_model_path"), device, cfg["dtype"],
-        cfg["batch_size"], 0, shared,
+        cfg["clip_model_path"],
+        _key("aesthetic", "clip_model_path"),
+        device,
+        cfg["dtype"],
+        cfg["batch_size"],
+        0,
+        shared,
     )
     dim = int(encoder.model.config.projection_dim)
     if dim != AESTHETIC_LAYERS[0][1]:
@@ -174,4 +177,3 @@ def build_aesthetic(cfg: dict, device: str, *, shared: dict | None = None) -> Ae
             "(OpenAI CLIP ViT-L/14)."
         )
     return AestheticReward(head.to(encoder.device), encoder, head_path, cfg)
-

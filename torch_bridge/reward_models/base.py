@@ -278,9 +278,7 @@ def _resolve_pretrained_dir(value: Any, key: str, what: str) -> pathlib.Path:
         try:
             directory = pathlib.Path(snapshot_download(repo_id=text, allow_patterns=_HUB_PATTERNS))
             if not _weight_files(directory):  # an older repository without safetensors
-                directory = pathlib.Path(
-                    snapshot_download(repo_id=text, allow_patterns=["pytorch_model*.bin"])
-                )
+                directory = pathlib.Path(snapshot_download(repo_id=text, allow_patterns=["pytorch_model*.bin"]))
         except Exception as e:  # offline, not cached, gated, ...: one message for a person
             cache = getattr(hub_constants, "HF_HUB_CACHE", "the Hugging Face cache")
             raise RewardModelUnavailable(
@@ -302,9 +300,7 @@ def _resolve_file(value: Any, key: str, what: str, hint: str) -> pathlib.Path:
         raise RewardModelUnavailable(f"{key} is not set: {hint}")
     path = pathlib.Path(value).expanduser()
     if not path.is_file():
-        raise RewardModelUnavailable(
-            f"{key}: the {what} '{path.resolve()}' does not exist. {hint}"
-        )
+        raise RewardModelUnavailable(f"{key}: the {what} '{path.resolve()}' does not exist. {hint}")
     return path.resolve()
 
 
@@ -346,15 +342,12 @@ def _check_batch(
             f"{tuple(degraded.shape)}, {tuple(restored.shape)}, {tuple(clean.shape)}"
         )
     # No-ops when the caller already sends float32 on the component's device (the contract).
-    return tuple(
-        x.detach().to(device=device, dtype=torch.float32) for x in (degraded, restored, clean)
-    )
+    return tuple(x.detach().to(device=device, dtype=torch.float32) for x in (degraded, restored, clean))
 
 
 def _check_sample_ids(sample_ids: list[str] | None, batch: int) -> None:
     if sample_ids is not None and len(sample_ids) != batch:
         raise ValueError(f"sample_ids has {len(sample_ids)} entries for a batch of {batch}")
-
 
 
 def _merged_config(name: str, cfg: dict | None) -> dict:
@@ -363,8 +356,5 @@ def _merged_config(name: str, cfg: dict | None) -> dict:
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(defaults))
     if unknown:
-        raise ValueError(
-            f"{CONFIG_PREFIX}.{name}: unknown field(s) {unknown}; valid fields: {sorted(defaults)}"
-        )
+        raise ValueError(f"{CONFIG_PREFIX}.{name}: unknown field(s) {unknown}; valid fields: {sorted(defaults)}")
     return {**defaults, **cfg}
-

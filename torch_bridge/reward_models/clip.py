@@ -75,9 +75,7 @@ class ClipImageEncoder:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.batch_size = max(1, int(batch_size))
         self.gt_cache_size = max(0, int(gt_cache_size))
-        self._gt_cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = (
-            collections.OrderedDict()
-        )
+        self._gt_cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
         self._last_restored: tuple[torch.Tensor, torch.Tensor] | None = None
         self.counters = collections.Counter()
 
@@ -103,9 +101,7 @@ class ClipImageEncoder:
         new_long = int(self.resize_to * long / short)  # as transformers' shortest-edge resize
         size = (self.resize_to, new_long) if h <= w else (new_long, self.resize_to)
         if (h, w) != size:
-            images = F.interpolate(
-                images, size=size, mode="bicubic", align_corners=False, antialias=True
-            )
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
         ch, cw = self.crop
         top, left = max(0, (size[0] - ch) // 2), max(0, (size[1] - cw) // 2)
         images = images[..., top : top + ch, left : left + cw]
@@ -171,9 +167,7 @@ class ClipImageEncoder:
                 self.counters["gt_cache_hits"] += 1
                 continue
             slot = slot_of.get(sid)
-            if slot is not None and torch.allclose(
-                fingerprints[to_embed[slot]], fingerprints[i], rtol=1e-9, atol=0
-            ):
+            if slot is not None and torch.allclose(fingerprints[to_embed[slot]], fingerprints[i], rtol=1e-9, atol=0):
                 pending.append((i, slot))  # a repeat of an id already being embedded
                 continue
             if entry is not None or slot is not None:
@@ -252,12 +246,17 @@ def _get_clip_encoder(
     prep = _read_clip_preprocessing(directory, image_size)
     if prep["crop"] != (image_size, image_size):
         raise RewardModelUnavailable(
-            f"{key}: '{directory}' preprocessor crop {prep['crop']} does not match the model's "
-            f"image_size {image_size}."
+            f"{key}: '{directory}' preprocessor crop {prep['crop']} does not match the model's image_size {image_size}."
         )
     encoder = ClipImageEncoder(
-        model, model_id=str(value), directory=directory, device=dev, dtype=dtype,
-        batch_size=batch_size, gt_cache_size=gt_cache_size, **prep,
+        model,
+        model_id=str(value),
+        directory=directory,
+        device=dev,
+        dtype=dtype,
+        batch_size=batch_size,
+        gt_cache_size=gt_cache_size,
+        **prep,
     )
     if shared is not None:
         shared[cache_key] = encoder
@@ -319,8 +318,12 @@ def build_clip(cfg: dict, device: str, *, shared: dict | None = None) -> ClipSim
     """
     cfg = _merged_config("clip", cfg)
     encoder = _get_clip_encoder(
-        cfg["model_path"], _key("clip", "model_path"), device, cfg["dtype"], cfg["batch_size"],
-        cfg["gt_cache_size"], shared,
+        cfg["model_path"],
+        _key("clip", "model_path"),
+        device,
+        cfg["dtype"],
+        cfg["batch_size"],
+        cfg["gt_cache_size"],
+        shared,
     )
     return ClipSimilarityReward(encoder, cfg)
-

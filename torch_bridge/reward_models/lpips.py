@@ -99,9 +99,7 @@ def _load_lpips_trunk(model: torch.nn.Module, path: pathlib.Path, key: str) -> N
         if src not in source:
             problems.append(f"missing {src}")
         elif source[src].shape != tensor.shape:
-            problems.append(
-                f"{src}: file {tuple(source[src].shape)} vs model {tuple(tensor.shape)}"
-            )
+            problems.append(f"{src}: file {tuple(source[src].shape)} vs model {tuple(tensor.shape)}")
         else:
             loaded[name] = source.pop(src)
     unused = sorted(k for k in source if k.startswith("features."))
@@ -133,8 +131,7 @@ def _load_lpips_heads(model: torch.nn.Module, path: pathlib.Path, key: str) -> N
     ]
     if problems:
         raise RewardModelUnavailable(
-            f"{key}: '{path}' is not an lpips v{model.version} '{model.pnet_type}' head file: "
-            f"{'; '.join(problems[:8])}"
+            f"{key}: '{path}' is not an lpips v{model.version} '{model.pnet_type}' head file: {'; '.join(problems[:8])}"
         )
     model.load_state_dict(source, strict=False)  # the `lins.*` aliases share these parameters
 
@@ -175,28 +172,28 @@ def build_lpips(cfg: dict, device: str, *, shared: dict | None = None) -> LPIPSR
         )
     else:
         trunk_value = cfg["trunk_path"]
-        hint = f"Expected a torchvision {builder} state dict, or set its weight to 0 (reward.groups.gen.components.lpips)."
+        hint = (
+            f"Expected a torchvision {builder} state dict, or set its weight to 0 (reward.groups.gen.components.lpips)."
+        )
     trunk_path = _resolve_file(trunk_value, _key("lpips", "trunk_path"), f"{net} trunk file", hint)
-    lin_value = cfg["lin_path"] or os.path.join(
-        os.path.dirname(lpips.__file__), "weights", f"v{version}", f"{net}.pth"
-    )
-    lin_path = _resolve_file(
-        lin_value, _key("lpips", "lin_path"), "lpips head file", "Reinstall lpips==0.1.4."
-    )
+    lin_value = cfg["lin_path"] or os.path.join(os.path.dirname(lpips.__file__), "weights", f"v{version}", f"{net}.pth")
+    lin_path = _resolve_file(lin_value, _key("lpips", "lin_path"), "lpips head file", "Reinstall lpips==0.1.4.")
 
     with warnings.catch_warnings():
         # torchvision's "pretrained is deprecated" warnings from lpips' trunk constructors.
         warnings.simplefilter("ignore", UserWarning)
         # pnet_rand / pretrained=False: build offline, then fill both parts from our checked files.
-        model = lpips.LPIPS(
-            net=net, version=version, pretrained=False, pnet_rand=True, verbose=False
-        )
+        model = lpips.LPIPS(net=net, version=version, pretrained=False, pnet_rand=True, verbose=False)
     _load_lpips_trunk(model, trunk_path, _key("lpips", "trunk_path"))
     _load_lpips_heads(model, lin_path, _key("lpips", "lin_path"))
     dev = torch.device(device)
     model = model.to(dev).eval().requires_grad_(False)
     return LPIPSReward(
-        model, net=net, version=version, trunk_path=trunk_path, lin_path=lin_path, device=dev,
+        model,
+        net=net,
+        version=version,
+        trunk_path=trunk_path,
+        lin_path=lin_path,
+        device=dev,
         config=cfg,
     )
-

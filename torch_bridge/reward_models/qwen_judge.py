@@ -127,9 +127,7 @@ def expected_judge_score(logits: torch.Tensor, digit_token_ids: Sequence[int]) -
         (B,) float32 in [0, 1].
     """
     probs = torch.softmax(logits.float()[:, list(digit_token_ids)], dim=-1)
-    levels = torch.arange(
-        QWEN_SCORE_MIN, QWEN_SCORE_MAX + 1, dtype=torch.float32, device=logits.device
-    )
+    levels = torch.arange(QWEN_SCORE_MIN, QWEN_SCORE_MAX + 1, dtype=torch.float32, device=logits.device)
     return rescale_judge_score(probs @ levels)
 
 
@@ -187,13 +185,17 @@ class QwenJudgeReward(RewardModel):
             pad = eos[0] if isinstance(eos, list) else eos
         # A fresh config: greedy, no sampling knobs inherited from the checkpoint's defaults.
         self.generation_config = GenerationConfig(
-            max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=eos, pad_token_id=pad,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad,
         )
         self._special_tokens = sorted(
             {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
             | set(self.tokenizer.all_special_tokens),
-            key=len, reverse=True,
+            key=len,
+            reverse=True,
         )
         self.digit_token_ids: list[int] | None = None
         if self.continuous:
@@ -220,9 +222,7 @@ class QwenJudgeReward(RewardModel):
                 ],
             }
         ]
-        return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _score_token_ids(self) -> list[int]:
         ids = []
@@ -267,9 +267,7 @@ class QwenJudgeReward(RewardModel):
         self.counters.clear()
 
     def _inputs(self, texts: list[str], images: list[list[torch.Tensor]]) -> Any:
-        inputs = self.processor(
-            text=texts, images=images, padding=True, return_tensors="pt", do_rescale=False
-        )
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt", do_rescale=False)
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
@@ -283,9 +281,7 @@ class QwenJudgeReward(RewardModel):
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     @torch.inference_mode()
-    def continuous_scores(
-        self, images: list[list[torch.Tensor]], answers: list[str]
-    ) -> torch.Tensor:
+    def continuous_scores(self, images: list[list[torch.Tensor]], answers: list[str]) -> torch.Tensor:
         """Expected scores at the `<Score>` position of each answer, (B,) in [0, 1]."""
         texts = []
         for answer in answers:
@@ -368,8 +364,7 @@ def build_qwen(cfg: dict, device: str, *, shared: dict | None = None) -> QwenJud
         processor = AutoProcessor.from_pretrained(directory)
     except (OSError, ValueError) as e:
         raise RewardModelUnavailable(
-            f"{key}='{cfg['model_path']}': cannot load Qwen2.5-VL from '{directory}' "
-            f"({type(e).__name__}: {e})"
+            f"{key}='{cfg['model_path']}': cannot load Qwen2.5-VL from '{directory}' ({type(e).__name__}: {e})"
         ) from e
     if not getattr(processor, "chat_template", None):
         raise RewardModelUnavailable(
@@ -378,7 +373,11 @@ def build_qwen(cfg: dict, device: str, *, shared: dict | None = None) -> QwenJud
         )
     model = model.to(dev).eval().requires_grad_(False)
     return QwenJudgeReward(
-        model, processor, model_id=str(cfg["model_path"]), directory=directory, device=dev,
-        dtype=dtype, config=cfg,
+        model,
+        processor,
+        model_id=str(cfg["model_path"]),
+        directory=directory,
+        device=dev,
+        dtype=dtype,
+        config=cfg,
     )
-

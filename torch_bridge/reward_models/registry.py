@@ -28,7 +28,6 @@ COMPONENTS: dict[str, Callable[..., RewardComponent]] = {
 }
 
 
-
 def build_components(cfg: dict, device: str = "cpu") -> dict[str, RewardComponent]:
     """Builds every configured reward model whose weight is not 0, failing early and clearly.
 
@@ -47,9 +46,7 @@ def build_components(cfg: dict, device: str = "cpu") -> dict[str, RewardComponen
     """
     unknown = sorted(set(cfg) - set(COMPONENTS))
     if unknown:
-        raise ValueError(
-            f"{CONFIG_PREFIX}: unknown reward model(s) {unknown}; valid: {sorted(COMPONENTS)}"
-        )
+        raise ValueError(f"{CONFIG_PREFIX}: unknown reward model(s) {unknown}; valid: {sorted(COMPONENTS)}")
     shared: dict = {}
     built: dict[str, RewardComponent] = {}
     missing: list[str] = []  # every absent model in one message, not one per start attempt
