@@ -31,11 +31,16 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
     c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
-    c.model.policy.mask_rule = "widen"  # "widen": r<=0.5 is AdaIR's own mask, r>0.5 widens it to the cutoff 2r-1 (same meaning on crops and whole images); "anchored": r<0.5 also shrinks it; "fraction": floor(r*(H//2)); "adair": official
-    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics of x (Appendix D); "pooled": the GAP only
-    c.model.policy.spectrum_tile = 128  # pixels: the FFT statistics are averaged over tiles of the training crop's size (= data.patch_size); 0 = whole image
+    c.model.policy.mask_rule = "widen"  # "widen": r<=0.5 is AdaIR's own mask, r>0.5 widens it to the cutoff 2r-1
+    #   (same meaning on crops and whole images); "anchored": r<0.5 also shrinks it; "fraction": floor(r*(H//2));
+    #   "adair": official
+    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics
+    #   of x (Appendix D); "pooled": the GAP only
+    c.model.policy.spectrum_tile = 128  # pixels: the FFT statistics are averaged over tiles of the training crop's
+    #   size (= data.patch_size); 0 = whole image
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
-    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
+    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50)
+    #   (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
     c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.config)
@@ -102,7 +107,8 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.entropy_coef = 0.01  # tau, the entropy bonus (paper: 0.01)
     c.grpo.adv_eps = 1e-8  # epsilon inside the sqrt of the group std (Eq. 8)
     c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
-    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed component adds 0, reward.missing does not apply)
+    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed
+    #   component adds 0, reward.missing does not apply)
     c.grpo.policy_iters = (
         1  # updates per rollout batch (not given in the paper; 1: ratio 1, REINFORCE with a group baseline)
     )
@@ -113,7 +119,8 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.supervise_best_only = (
         True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
     )
-    c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same losses; False: G decoder passes)
+    c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same
+    #   losses; False: G decoder passes)
     c.grpo.task_repeats = (
         True  # an epoch repeats each task's hard pairs data.repeats times (AdaIR's mixture); False: each once
     )
