@@ -17,7 +17,8 @@ after a warm-up call:
   process with a timeout and a fresh inductor cache, so compile times are cold.
 
 Flax and PyTorch eager are timed in interleaved rounds (one call of each per round), so that both
-see the same background load. Compile times are reported separately (Flax: ``jit(...).lower(...).compile()``; torch.compile: the
+see the same background load. Compile times are reported separately (Flax: \
+``jit(...).lower(...).compile()``; torch.compile: the
 wall time of the first call, which includes one execution).
 Ratios are ``torch_time / flax_time``: > 1 means Flax is faster. PyTorch's intra-op threads are
 set to the number of usable cores (XLA:CPU uses all of them by default).
@@ -26,7 +27,8 @@ The Markdown starts with a summary table (per configuration: forward and forward
 Flax / PyTorch eager, Flax's forward+backward over its own forward, XLA's temporaries). Issue
 25's whole table, in one command (about 10 minutes on a quiet 2-core machine)::
 
-    python benchmarks/adair_speed.py --configs small:1,small:4,base:1 --torch-compile none --xla-flags-configs none --markdown
+    python benchmarks/adair_speed.py --configs small:1,small:4,base:1 --torch-compile none \
+--xla-flags-configs none --markdown
 
 Examples::
 

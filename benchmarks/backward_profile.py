@@ -371,7 +371,8 @@ def markdown(res: dict, top: int = 12) -> str:
         bwd = v.get("bwd compute", 0) + v.get("bwd data movement", 0)
         m = mem.get(cat, {})
         lines.append(
-            f"| {cat} | {sum(fo.get(cat, {}).values()):.0f} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | {bwd:.0f} | "
+            f"| {cat} | {sum(fo.get(cat, {}).values()):.0f} | {fwd:.0f} | {v.get('fwd data movement', 0):.0f} | "
+            f"{bwd:.0f} | "
             f"{v.get('bwd data movement', 0):.0f} | {100 * (fwd + bwd) / grand:.1f} % | "
             f"{m.get('fwd (kept for bwd)', 0):.0f} / {m.get('bwd', 0):.0f} |"
         )

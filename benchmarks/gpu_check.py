@@ -45,11 +45,12 @@ an interrupted run keeps what it measured; ``OUT/gpu_check.md`` is the summary, 
 The run has two phases. First every selected section lowers its XLA programs (from the shapes
 of its inputs; nothing is held on the card) and :class:`Compiler` compiles them all,
 ``--compile-workers`` at a time (XLA's GPU compile of one base-model program took 40-90 s on an
-H200); ``compile`` in the JSON has each program's lower and compile times. Then the sections run in the order ``--sections`` gives (``roofline`` moved after the
-others), each building its inputs, timing programs that are already compiled and freeing its
-buffers when it ends, so no compile runs beside a timing and each section's memory is its own.
-Every section catches its own failure (reported, the run goes on), and ``--deadline`` seconds
-after the start the remaining sections are skipped and said so.
+H200); ``compile`` in the JSON has each program's lower and compile times. Then the sections
+run in the order ``--sections`` gives (``roofline`` moved after the others), each building its
+inputs, timing programs that are already compiled and freeing its buffers when it ends, so no
+compile runs beside a timing and each section's memory is its own. Every section catches its
+own failure (reported, the run goes on), and ``--deadline`` seconds after the start the
+remaining sections are skipped and said so.
 """
 
 from __future__ import annotations
@@ -652,7 +653,9 @@ def _measure_grpo(opts, sizes, cfg, p, batch, key, jax_names, name: str) -> dict
         jax.block_until_ready(m)
 
     times = {
-        "rollout_with_rewards": _median_time(lambda: jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), reps),
+        "rollout_with_rewards": _median_time(
+            lambda: jax.block_until_ready(rollout_fn(holder["state"].params, batch, key)), reps
+        ),
         "jax_rewards": _median_time(lambda: jax.block_until_ready(rewards_fn(rollout["restored"], batch)), reps),
         "update": _median_time(step_update, reps),
     }  # fmt: skip
@@ -993,7 +996,8 @@ def _grpo_rows(g: dict, section: str) -> list[str]:
             f"| GRPO step {g['variant']} G={g['group']} {g['size']}x{g['size']} x{g['images']} image, "
             f"{g.get('compute_dtype', 'float32')}, KL coefficient {_f(g.get('kl_coef'))} | "
             f"{g['step_s'] * 1e3:.1f} ms = rollout with JAX rewards {tm['rollout_with_rewards']['median_s'] * 1e3:.1f} "
-            f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update {tm['update']['median_s'] * 1e3:.1f} ms; "
+            f"(the rewards alone: {tm['jax_rewards']['median_s'] * 1e3:.1f}) + update "
+            f"{tm['update']['median_s'] * 1e3:.1f} ms; "
             f"{g['rollouts_per_s']:.1f} rollouts/s | |",
             *([f"| same update without its shortcuts (all G rollouts re-decoded and backpropagated) | "
                f"{tm['update_through_all_G']['median_s'] * 1e3:.1f} ms | |"] if "update_through_all_G" in tm else []),
@@ -1027,9 +1031,11 @@ def markdown(results: dict) -> str:
     p = results.get("parity", {})
     if "adair_max_abs_err_fp32_strict" in p:
         lines += [
-            f"| parity AdaIR fp32 (TF32 off), {p['variant']} {p['input']} | max abs err {p['adair_max_abs_err_fp32_strict']:.2e} | <= 1e-4 |",
+            f"| parity AdaIR fp32 (TF32 off), {p['variant']} {p['input']} | "
+            f"max abs err {p['adair_max_abs_err_fp32_strict']:.2e} | <= 1e-4 |",
             f"| parity policy deterministic mode fp32 | {p['policy_mean_max_abs_err_fp32_strict']:.2e} | <= 1e-4 |",
-            f"| Flax default precision vs torch fp32 | {p['adair_max_abs_err_flax_default_vs_torch_strict']:.2e} | reported |",
+            "| Flax default precision vs torch fp32 | "
+            f"{p['adair_max_abs_err_flax_default_vs_torch_strict']:.2e} | reported |",
             f"| torch default (cuDNN TF32) vs torch fp32 | {p['torch_default_vs_torch_strict']:.2e} | reported |",
         ]  # fmt: skip
     t = results.get("train", {})
@@ -1067,13 +1073,14 @@ def markdown(results: dict) -> str:
     m = results.get("matmul", {})
     if "flax_tflops" in r:
         lines += [
-            f"| matmul ceilings ({m['n']}^3) | bf16 {m['bf16_tflops']:.1f}, fp32 default {m['fp32_default_tflops']:.1f}, "
-            f"fp32 highest {m['fp32_highest_tflops']:.1f} TFLOP/s | |",
+            f"| matmul ceilings ({m['n']}^3) | bf16 {m['bf16_tflops']:.1f}, "
+            f"fp32 default {m['fp32_default_tflops']:.1f}, fp32 highest {m['fp32_highest_tflops']:.1f} TFLOP/s | |",
             f"| train step FLOPs: formula (XLA's count) | {r['train_step_gflop']:.0f} GFLOP "
             f"({_f((t.get('train_step_flops_xla') or 0) / 1e9 or None, '.0f')} GFLOP: on GPU it misses the cuDNN "
             f"convolutions, which are custom calls) | |",
             f"| achieved: Flax / PyTorch eager | {r['flax_tflops']:.1f} / {r['torch_eager_tflops']:.1f} TFLOP/s = "
-            f"{100 * r['flax_fraction_of_fp32_default']:.0f} % / {100 * r['torch_eager_fraction_of_fp32_default']:.0f} % "
+            f"{100 * r['flax_fraction_of_fp32_default']:.0f} % / "
+            f"{100 * r['torch_eager_fraction_of_fp32_default']:.0f} % "
             f"of fp32-default matmul, {100 * r['flax_fraction_of_bf16']:.1f} % of bf16 | |",
         ]  # fmt: skip
     rw = results.get("rewards", {})
@@ -1143,7 +1150,8 @@ def parse_args(argv=None):
         "--compare-update",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; one more compile)",
+        help="also time the GRPO update in its direct form (no supervise_best_only/reuse_head_inputs; "
+        "one more compile)",
     )
     p.add_argument(
         "--profile",

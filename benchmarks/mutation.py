@@ -5,18 +5,20 @@ term, swapped arguments, a negated condition, a jnp function swapped for its twi
 ``stop_gradient``; and the kinds of bug issue 28 found: one operand of a switch combination or a
 recovery condition dropped, a variable passed where another was meant (the wrong selection
 key), a config value replaced by its default constant, a step or size one off), chosen by rules
-from the module's syntax tree and sampled deterministically from ``--seed``. For each mutant the tests that import the module (directly, or through the
-training library for the modules it uses) run in a throw-away copy of the repository, fastest
-file first, stopping at the first failure (``pytest -x``) or at ``--timeout``. A mutant is
-*killed* when a test fails (or the mutated module no longer imports), *survives* when every
-selected test passes. The script prints the kill rate per module and each survivor's diff.
+from the module's syntax tree and sampled deterministically from ``--seed``. For each mutant the
+tests that import the module (directly, or through the training library for the modules it uses)
+run in a throw-away copy of the repository, fastest file first, stopping at the first failure
+(``pytest -x``) or at ``--timeout``. A mutant is *killed* when a test fails (or the mutated
+module no longer imports), *survives* when every selected test passes. The script prints the
+kill rate per module and each survivor's diff.
 
     python benchmarks/mutation.py --list                      # the mutants, nothing run
     nice -n 10 python benchmarks/mutation.py                  # the default modules (an hour or more on 2 cores)
     python benchmarks/mutation.py --module irpo_jax/grpo/losses.py --max-mutants 5
     python benchmarks/mutation.py --bugs                      # issue 17's hand-written bugs instead
     python benchmarks/mutation.py --bugs 28                   # issue 28's
-    nice -n 10 python benchmarks/mutation.py --module irpo_jax/training/ --tests-for irpo_jax/training/=tests/test_train.py,...
+    nice -n 10 python benchmarks/mutation.py --module irpo_jax/training/ \
+        --tests-for irpo_jax/training/=tests/test_train.py,...
 
 Never touches the checkout it is run from: the copy lives under ``--workdir`` (a temporary
 folder by default), its package is the one imported (``PYTHONPATH``; checked by an import probe
@@ -412,9 +414,11 @@ def sample(candidates: list[Mutant], count: int, rng: random.Random) -> list[Mut
 # (name, file, old, new): the deliberate bugs issue 17 lists (each the smallest edit that makes it).
 BUGS = (
     ("lambda_sup and lambda_cons swapped", "irpo_jax/training/steps.py",
-     "total_loss = l_rl + lam_sup * l_sup + lam_cons * l_cons", "total_loss = l_rl + lam_cons * l_sup + lam_sup * l_cons"),
+     "total_loss = l_rl + lam_sup * l_sup + lam_cons * l_cons",
+     "total_loss = l_rl + lam_cons * l_sup + lam_sup * l_cons"),
     ("6x on the backbone, not the heads", "irpo_jax/training/optimizer.py",
-     "jnp.where(index < self.n_heads, self.head_lr_mult, 1.0)", "jnp.where(index < self.n_heads, 1.0, self.head_lr_mult)"),
+     "jnp.where(index < self.n_heads, self.head_lr_mult, 1.0)",
+     "jnp.where(index < self.n_heads, 1.0, self.head_lr_mult)"),
     ("KL against the current parameters", "irpo_jax/training/steps.py",
      "ref_model = nnx.merge(graphdef, state.ref_params)", "ref_model = nnx.merge(graphdef, state.params)"),
     ("a non-finite update applied anyway", "irpo_jax/training/optimizer.py",
@@ -452,7 +456,8 @@ BUGS_28 = (
      "ok = jnp.all(jnp.isfinite(flat_grads)) & jnp.all(jnp.asarray(list(finite.values())))",
      "ok = jnp.all(jnp.asarray(list(finite.values())))"),
     ("planned epochs ignore policy_iters", "irpo_jax/training/run_length.py",
-     "epochs = total_steps / per_batch * t.batch_size / epoch_size", "epochs = total_steps * t.batch_size / epoch_size"),
+     "epochs = total_steps / per_batch * t.batch_size / epoch_size",
+     "epochs = total_steps * t.batch_size / epoch_size"),
     ("plan's last learning rate one step late", "irpo_jax/training/run_length.py",
      "float(schedule(max(total_steps - 1, 0)))", "float(schedule(total_steps))"),
     ("the run's mining keeps 30 % whatever mining.fraction", "irpo_jax/training/hard_set.py",
@@ -460,7 +465,8 @@ BUGS_28 = (
     ("mining crops the top-left corner", "irpo_jax/evaluation/mining.py",
      "top, left = (h - ch) // 2, (w - cw) // 2", "top, left = 0, 0"),
     ("denoise noise stream without the seed", "irpo_jax/evaluation/mining.py",
-     "rng = np.random.default_rng([int(seed), _id_seed(record.id)])", "rng = np.random.default_rng(_id_seed(record.id))"),
+     "rng = np.random.default_rng([int(seed), _id_seed(record.id)])",
+     "rng = np.random.default_rng(_id_seed(record.id))"),
     ("an empty checkpoints/ is a saved run", "irpo_jax/training/workdir.py",
      "saved = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())",
      "saved = checkpoints.is_dir()"),
@@ -831,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
     package = "irpo_jax/__init__.py"
     end = len((ROOT / package).read_text())
     sanity = Mutant(package, 0, 0, "sanity", end, end, "",
-                    "\nraise RuntimeError('mutation sanity check: this copy is the one imported')\n", name="sanity")  # fmt: skip
+                    "\nraise RuntimeError('mutation sanity check: this copy is the one imported')\n",
+                    name="sanity")  # fmt: skip
     (check,) = run_mutants([sanity], {package: selection[first]}, durations, boxes[:1], args.timeout)
     if check.status != "killed":
         raise SystemExit(f"the sanity mutant was not killed ({check.status}): the tests do not import the copy")
@@ -844,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{', slow files included' if args.include_slow else ''})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps([{**dataclasses.asdict(r.mutant), "id": r.mutant.id, "status": r.status,
-                                          "detail": r.detail, "seconds": r.seconds} for r in results], indent=1))  # fmt: skip
+                                          "detail": r.detail, "seconds": r.seconds} for r in results],
+                                        indent=1))  # fmt: skip
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -119,7 +119,8 @@ def run(samples: int, seed: int) -> dict:
 def markdown(res: dict) -> str:
     lines = [
         f"128x128 crops; exact (scipy Beta tails) and sampled ({res['samples']} draws of the tiny policy, "
-        f"{res['seconds']} s). Half-sizes count frequency bins on either side of DC (N = H_f // 2 is the whole spectrum).",
+        f"{res['seconds']} s). Half-sizes count frequency bins on either side of DC "
+        "(N = H_f // 2 is the whole spectrum).",
         "",
         "| level (feature, N) | setting | P(axis open) exact / sampled | P(mask open, both axes) exact / sampled "
         "| mean half-size of an open axis exact / sampled | its 99th percentile |",

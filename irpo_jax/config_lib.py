@@ -31,24 +31,27 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.model.init_from = ""  # model directory to start from (convert_adair output or a trained run); "" = random init
     c.model.compute_dtype = "float32"  # activations' dtype: "float32" or "bfloat16" (params stay float32; GPU option)
     c.model.policy = ml_collections.ConfigDict()
-    c.model.policy.mask_rule = "widen"  # "widen": r<=0.5 is AdaIR's own mask, r>0.5 widens it to the cutoff 2r-1 (same meaning on crops and whole images); "anchored": r<0.5 also shrinks it; "fraction": floor(r*(H//2)); "adair": official
-    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics of x (Appendix D); "pooled": the GAP only
-    c.model.policy.spectrum_tile = 128  # pixels: the FFT statistics are averaged over tiles of the training crop's size (= data.patch_size); 0 = whole image
+    c.model.policy.mask_rule = "widen"  # "widen": r<=0.5 is AdaIR's own mask, r>0.5 widens it to the cutoff 2r-1
+    #   (same meaning on crops and whole images); "anchored": r<0.5 also shrinks it; "fraction": floor(r*(H//2));
+    #   "adair": official
+    c.model.policy.rate_input = "spectrum"  # rate heads read "spectrum": GAP(conv1(resize(x))) + 17 FFT statistics
+    #   of x (Appendix D); "pooled": the GAP only
+    c.model.policy.spectrum_tile = 128  # pixels: the FFT statistics are averaged over tiles of the training crop's
+    #   size (= data.patch_size); 0 = whole image
     c.model.policy.fuse_mode = "modulate"  # "modulate": y' = 2g_f*para2*y + 2g_o*para1*O; "literal": Eq. 5
-    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50) (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
+    c.model.policy.rate_init = ()  # initial Beta (alpha, beta) of r_h, r_l; () = by mask_rule: widen/anchored (50, 50)
+    #   (mean 0.5 = AdaIR at any size), else (1, 35) (mean 1/36)
     c.model.policy.fuse_init = (20.0, 20.0)  # initial Beta (alpha, beta) of g_f, g_o (mean 0.5 = AdaIR)
 
     c.data = default_data_config("data")  # dataset roots and mixture (irpo_jax.data.config)
     # data.manifest: "" = GRPO mines the hard set itself (mining.*, into <workdir>/mined.jsonl), a path = that
     # mining manifest's selected pairs, "all" = every pair (irpo_jax.training.hard_set)
 
-    c.mining = (
-        ml_collections.ConfigDict()
-    )  # the hard set a GRPO run mines when data.manifest is "" (python -m irpo_jax.mine)
+    c.mining = ml_collections.ConfigDict()  # the hard set a GRPO run mines when data.manifest is ""
+    #   (python -m irpo_jax.mine)
     c.mining.fraction = 0.3  # share of each degradation's pairs kept, the worst by rank_by (paper: 30 %)
-    c.mining.selection = (
-        "per_task"  # "per_task" (each task and denoising sigma ranked alone), "global" or "random" (control)
-    )
+    c.mining.selection = "per_task"  # "per_task" (each task and denoising sigma ranked alone), "global" or "random"
+    #   (control)
     c.mining.rank_by = "psnr"  # "psnr" or "ssim" of the starting model's restoration (lower = harder)
     c.mining.crop = 0  # 0: whole images cropped to multiples of 16, as evaluated; N: centre N x N crops (faster)
     c.mining.batch_size = 8  # images per forward while mining (rounded up to a multiple of the local devices)
@@ -56,17 +59,14 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.stage = stage  # "supervised" (AdaIR L1 recipe) or "grpo" (IRPO post-training)
-    c.train.steps = (
-        0  # optimizer steps (grpo.policy_iters per GRPO batch); 0 = derive from train.epochs and the data set size
-    )
-    c.train.epochs = (
-        30  # passes over the training mixture (the hard set in GRPO; see grpo.task_repeats) when steps == 0 (paper: 30)
-    )
+    c.train.steps = 0  # optimizer steps (grpo.policy_iters per GRPO batch); 0 = derive from train.epochs and the data
+    #   set size
+    c.train.epochs = 30  # passes over the training mixture (the hard set in GRPO; see grpo.task_repeats) when steps ==
+    #   0 (paper: 30)
     c.train.batch_size = 2  # global images per step (paper: 1 per GPU on 2 GPUs)
     c.train.log_every = 10  # steps between metric writes (JSONL + TensorBoard; 0 = only at the end)
-    c.train.checkpoint_every = (
-        1000  # steps between orbax checkpoints (0 = none between; always at the end and on SIGTERM/SIGINT)
-    )
+    c.train.checkpoint_every = 1000  # steps between orbax checkpoints (0 = none between; always at the end and on
+    #   SIGTERM/SIGINT)
     c.train.keep_checkpoints = 3  # most recent checkpoints kept
     c.train.panel_every = 500  # steps between image panels in TensorBoard (0 = never)
     c.train.eval_every = 0  # steps between evaluations on data.eval_sets (0 = only at the end)
@@ -86,9 +86,8 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8  # Adam epsilon
     c.optim.weight_decay = 0.0  # decoupled weight decay (adamw only)
     c.optim.head_lr_mult = 6.0  # learning-rate multiplier of the policy heads (paper: 6x)
-    c.optim.schedule = (
-        "constant"  # "constant", "cosine" (per step: linear warm-up, cosine to 0) or "adair" (per epoch, AdaIR's)
-    )
+    c.optim.schedule = "constant"  # "constant", "cosine" (per step: linear warm-up, cosine to 0) or "adair" (per epoch,
+    #   AdaIR's)
     c.optim.warmup_steps = 0  # linear warm-up steps ("constant" and "cosine")
     c.optim.warmup_epochs = 15  # "adair": linear warm-up epochs from lr 0 (AdaIR: 15)
     c.optim.cosine_epochs = 180  # "adair": epochs the warm-up + cosine spans (AdaIR: max_epochs=180)
@@ -102,24 +101,22 @@ def base_config(stage: str = "grpo") -> ml_collections.ConfigDict:
     c.grpo.entropy_coef = 0.01  # tau, the entropy bonus (paper: 0.01)
     c.grpo.adv_eps = 1e-8  # epsilon inside the sqrt of the group std (Eq. 8)
     c.grpo.adv_scale = "group"  # advantage scale: "group" (Eq. 8), "batch" or "none"
-    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed component adds 0, reward.missing does not apply)
-    c.grpo.policy_iters = (
-        1  # updates per rollout batch (not given in the paper; 1: ratio 1, REINFORCE with a group baseline)
-    )
+    c.grpo.aggregation = "sum_then_normalize"  # or "normalize_then_sum" (per-component group normalisation; a failed
+    #   component adds 0, reward.missing does not apply)
+    c.grpo.policy_iters = 1  # updates per rollout batch (not given in the paper; 1: ratio 1, REINFORCE with a group
+    #   baseline)
     c.grpo.one_step_stale = False  # update on the previous step's rollouts while the reward process scores this step's
     c.grpo.lambda_sup = (0.35, 0.1)  # L_sup weight, linear from start to end over training (paper)
     c.grpo.lambda_cons = (0.2, 0.05)  # L_cons weight, linear from start to end over training (paper)
     c.grpo.rl_updates_backbone = False  # let L_RL's gradient reach the backbone through the head inputs
-    c.grpo.supervise_best_only = (
-        True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G, slower)
-    )
-    c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same losses; False: G decoder passes)
-    c.grpo.task_repeats = (
-        True  # an epoch repeats each task's hard pairs data.repeats times (AdaIR's mixture); False: each once
-    )
-    c.grpo.cons_target = (
-        "both"  # L_cons = l1(y_g*, y_det) backpropagates into both (Eq. 2); "det_anchor": into y_g* only
-    )
+    c.grpo.supervise_best_only = True  # L_sup/L_cons backprop through y_g* alone (same losses; False: through all G,
+    #   slower)
+    c.grpo.reuse_head_inputs = True  # fresh rollouts: log-probs from the heads on the rollout's pooled inputs (same
+    #   losses; False: G decoder passes)
+    c.grpo.task_repeats = True  # an epoch repeats each task's hard pairs data.repeats times (AdaIR's mixture); False:
+    #   each once
+    c.grpo.cons_target = "both"  # L_cons = l1(y_g*, y_det) backpropagates into both (Eq. 2); "det_anchor": into y_g*
+    #   only
 
     c.reward = default_reward_config()  # composite reward and reward process (irpo_jax.rewards.compose)
 

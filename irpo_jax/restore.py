@@ -16,8 +16,9 @@ exact).
 
 **16-bit files.** Pillow decodes 16-bit *colour* PNGs to 8 bits, so those (colour types 2, 4, 6)
 are read and written by the small PNG codec below (zlib + numpy; the Average and Paeth row
-filters are sequential, so they run in a Python loop: 1-3 s per megapixel of such rows). 16-bit grayscale PNGs go through Pillow (``I;16``), TIFFs through ``tifffile`` (installed
-with scikit-image). Interlaced 16-bit colour PNGs are refused with a message (re-save them
+filters are sequential, so they run in a Python loop: 1-3 s per megapixel of such rows). 16-bit
+grayscale PNGs go through Pillow (``I;16``), TIFFs through ``tifffile`` (installed with
+scikit-image). Interlaced 16-bit colour PNGs are refused with a message (re-save them
 non-interlaced or as TIFF). ICC profiles are carried over for Pillow-written outputs only.
 
 **Safety.** Inputs are never overwritten: an output folder equal to an input folder, or any
@@ -25,8 +26,8 @@ output path equal to an input path, is refused before anything runs; an existing
 refused unless ``--overwrite``; files under ``--out`` are never taken as inputs (so
 ``restore photos/ --out photos/restored`` is fine); every output is written to a temporary file
 and renamed, with the mode ``open`` gives new files (0644 under the default umask). Flags and
-``--out`` are checked before the model loads. A file that fails (unreadable, unsupported, out of memory) is reported and the
-rest continue; the exit code is 1 if any failed, with a summary.
+``--out`` are checked before the model loads. A file that fails (unreadable, unsupported, out
+of memory) is reported and the rest continue; the exit code is 1 if any failed, with a summary.
 
 **Memory and speed.** Same-size images are batched over the local devices (one image each,
 parameters replicated; a partial batch is padded with copies that are discarded) and each

@@ -177,10 +177,11 @@ def remove_partial_files(directory: os.PathLike | str, *, max_age_s: float = DAY
     """Deletes the temporary files killed writers left in ``directory`` (not in its subfolders).
 
     A temporary file is removed when its writer's process is gone (the process number in its
-    name is not running on this machine) and it has not changed for a minute, or when it is older than ``max_age_s`` (its process
-    number may have been reused; a temporary name without one is from the writers before this
-    module). A caller that holds the folder's lock (so that no other writer can be at work)
-    passes ``max_age_s=0`` to remove every one. Other files, and folders, are never touched.
+    name is not running on this machine) and it has not changed for a minute, or when it is
+    older than ``max_age_s`` (its process number may have been reused; a temporary name
+    without one is from the writers before this module). A caller that holds the folder's
+    lock (so that no other writer can be at work) passes ``max_age_s=0`` to remove every one.
+    Other files, and folders, are never touched.
 
     Returns:
       The paths removed.

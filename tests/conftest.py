@@ -141,7 +141,8 @@ def stale_run(demo_root, supervised_run, tmp_path_factory):
     # A learning rate that moves the heads enough for the stale ratio to leave 1 visibly (the
     # paper's 3e-5 moves a Beta(50, 50) rate head's log-probs by ~1e-7).
     cfg = smoke_config(demo_root, **{"model.init_from": str(supervised_run[0] / "model"), "train.steps": 2,
-                                     "grpo.one_step_stale": True, "train.panel_every": 2, "optim.lr": 3e-3})  # fmt: skip
+                                     "grpo.one_step_stale": True, "train.panel_every": 2,
+                                     "optim.lr": 3e-3})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(remote, "open_reward_bridge", lambda reward_cfg: FakeRewardBridge())
         first = training.run(cfg, workdir, progress=False, stop_after=1)

@@ -60,8 +60,9 @@ COVERED = {
                         "(0.45, 0.15) (default (0.35, 0.1)): L_sup's annealed weight"),
     "grpo.lambda_cons": ("test_grpo_reconstruction.py::test_update_equals_the_reconstruction_from_the_equations",
                          "(0.3, 0.04) (default (0.2, 0.05)): L_cons's annealed weight"),
-    "grpo.rl_updates_backbone": ("test_grpo_reconstruction.py::test_update_equals_the_reconstruction_from_the_equations",
-                                 "True: L_RL's gradient reaches the backbone (fresh rollouts too)"),
+    "grpo.rl_updates_backbone": (
+        "test_grpo_reconstruction.py::test_update_equals_the_reconstruction_from_the_equations",
+        "True: L_RL's gradient reaches the backbone (fresh rollouts too)"),
     "grpo.supervise_best_only": ("test_grpo_update.py::test_shortcut_updates_equal_the_update_through_all_rollouts",
                                  "False: the backbone losses through all G decoders (more products, same step)"),
     "grpo.reuse_head_inputs": ("test_grpo_update.py::test_shortcut_updates_equal_the_update_through_all_rollouts",
@@ -75,10 +76,12 @@ COVERED = {
                     "grpo: a policy trained with the GRPO metrics (supervised: test_supervised_stage)"),
     "train.steps": ("test_train.py::test_zero_intervals_mean_only_at_the_end_and_a_finished_run_keeps_its_summary",
                     "2: the run ends after 2 steps"),
-    "train.epochs": ("test_hard_set.py::test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_rate",
-                     "3: the run's optimizer steps"),
-    "train.batch_size": ("test_hard_set.py::test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_rate",
-                         "5: the steps of an epoch (and a batch of 1 on 2 devices is refused: test_run_start)"),
+    "train.epochs": (
+        "test_hard_set.py::test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_rate",
+        "3: the run's optimizer steps"),
+    "train.batch_size": (
+        "test_hard_set.py::test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_rate",
+        "5: the steps of an epoch (and a batch of 1 on 2 devices is refused: test_run_start)"),
     "train.log_every": ("test_train.py::test_zero_intervals_mean_only_at_the_end_and_a_finished_run_keeps_its_summary",
                         "0: only the last step logged"),
     "train.checkpoint_every": ("test_crash_recovery.py::test_a_resumed_run_logs_each_step_once",

@@ -33,7 +33,8 @@ def test_shortcut_updates_equal_the_update_through_all_rollouts():
     rng = np.random.default_rng(0)
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
-             "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
+             "degraded": jnp.asarray(
+                 np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
     rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
     assert len(set(np.asarray(rollout["jax_scores"]["psnr"]).ravel().tolist())) == 6  # a real choice of g*
@@ -115,7 +116,8 @@ def test_constant_reference_heads_give_the_full_reference_pass():
                                 ref_params=jax.tree.map(jnp.asarray, ref_params))  # fmt: skip
     clean = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
     batch = {"clean": jnp.asarray(clean), "task_id": jnp.asarray([0, 1], jnp.int32),
-             "degraded": jnp.asarray(np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
+             "degraded": jnp.asarray(
+                 np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32))}  # fmt: skip
     names = tuple(n for n in compose.active_components(cfg.reward) if compose.REWARDS[n].backend == "jax")
     rollout = jax.jit(training.make_rollout_step(graphdef, cfg, names))(params, batch, jax.random.key(1))
 

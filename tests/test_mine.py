@@ -1,4 +1,5 @@
-"""Tests of hard-sample mining (irpo_jax.evaluation.mining and the irpo_jax.mine CLI) with a tiny random AdaIR on the demo set.
+"""Tests of hard-sample mining (irpo_jax.evaluation.mining and the irpo_jax.mine CLI) with a tiny
+random AdaIR on the demo set.
 
 The selection is checked against an independent sort of the recorded PSNRs, the whole-image
 protocol against skimage's PSNR, resumability by interrupting through the ``stop_after`` hook,

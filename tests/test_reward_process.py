@@ -409,7 +409,8 @@ def test_server_started_by_hand_shm_transport_and_parent_watchdog(tmp_path, proc
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [sys.executable, "-m", "torch_bridge.reward_server", "--address", address,
-         "--config", json.dumps({"mean_abs": {}, "nan_odd": {}, "sleep": {"seconds": 3, "marker": str(tmp_path / "slept")}}),
+         "--config", json.dumps({"mean_abs": {}, "nan_odd": {},
+                                 "sleep": {"seconds": 3, "marker": str(tmp_path / "slept")}}),
          "--components", REGISTRY,
          "--ready_file", str(ready), "--parent_pid", str(parent.pid), "--torch_threads", "1",
          "--parent_workdir", str(tmp_path / "parents_folder")],

@@ -12,8 +12,8 @@ MODULES = [
     "irpo_jax", "irpo_jax.models.adair", "irpo_jax.models.convert", "irpo_jax.checkpointing",
     "irpo_jax.metrics", "irpo_jax.rewards", "irpo_jax.rewards.task", "irpo_jax.data.demo",
     "irpo_jax.data.degradations", "irpo_jax.data.readers", "irpo_jax.data.pipeline", "irpo_jax.mine",
-    "irpo_jax.evaluate", "irpo_jax.evaluation.mining", "irpo_jax.evaluation.tiling", "irpo_jax.restore", "irpo_jax.training",
-    "irpo_jax.train",
+    "irpo_jax.evaluate", "irpo_jax.evaluation.mining", "irpo_jax.evaluation.tiling", "irpo_jax.restore",
+    "irpo_jax.training", "irpo_jax.train",
     "irpo_jax.rewards.compose", "irpo_jax.rewards.remote", "irpo_jax.models.policy",
 ]  # fmt: skip
 

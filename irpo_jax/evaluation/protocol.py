@@ -33,10 +33,10 @@ checkpoints, ``K`` restorations sampled from the policy per image and the one wi
 *against the ground truth* scored -- an oracle upper bound that uses the answer, never a
 result; reported separately and labelled "oracle" everywhere (keys, CSV columns, table titles).
 Per-image sampling keys are ``fold_in(PRNGKey(seed), crc32("<row>/<file name>"))``, so they do
-not depend on batching or device count; the samples are never self-ensembled. ``tile``: images with a side above ``tile`` are
-restored window by window (:mod:`irpo_jax.evaluation.tiling`); AdaIR has global operations, so this
-deviates from the protocol: the CLI warns in one line, and the number of tiled images is
-recorded per row.
+not depend on batching or device count; the samples are never self-ensembled. ``tile``: images with
+a side above ``tile`` are restored window by window (:mod:`irpo_jax.evaluation.tiling`); AdaIR has
+global operations, so this deviates from the protocol: the CLI warns in one line, and the number of
+tiled images is recorded per row.
 
 Images are loaded by a thread pool in set order and restored by the one inference engine,
 :mod:`irpo_jax.evaluation.runner`.

@@ -37,8 +37,9 @@ untrained tiny test fixture, 32-pixel tiles of a 128-pixel image differ from who
 by a mean absolute 0.2 (outputs of order 1), which says nothing about a trained checkpoint; for
 the demo's supervised model, 128- and 256-pixel tiles of 300-640-pixel photographs are 35-58 dB
 PSNR from whole-image output (the README's "Tiling", ``benchmarks/tiling_error.py``). Measure
-the gap on your own model and images with that script before relying on tiles. This is why evaluation runs images whole (the published protocol) and tiling is only
-a fallback for images that do not fit in memory.
+the gap on your own model and images with that script before relying on tiles. This is why
+evaluation runs images whole (the published protocol) and tiling is only a fallback for images
+that do not fit in memory.
 """
 
 from __future__ import annotations

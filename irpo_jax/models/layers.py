@@ -366,11 +366,12 @@ def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     """``grad_k[i, j, c] = sum_{b,y,x} x_pad[b, y+i, x+j, c] * g[b, y, x, c]`` -> (k, k, C), float32 at least.
 
     Computed as ``sum x[b, y, x, c] * g_pad[b, y+2p-i, x+2p-j, c]`` (p = k // 2): the shifts
-    are taken on the cotangent, which exists only during the backward. The k*k sums are one variadic reduction over the batch and the rows, which XLA:CPU
-    fuses with the shifted products into a single pass over ``x`` and ``g``; the columns are
-    summed after. As k*k separate reductions, XLA materialised each shifted slice for its library
-    reduction (k*k full-size copies per convolution), scheduled them in the forward and kept them
-    for the backward: half the op time of AdaIR's forward+backward and most of its temporaries.
+    are taken on the cotangent, which exists only during the backward. The k*k sums are one
+    variadic reduction over the batch and the rows, which XLA:CPU fuses with the shifted products
+    into a single pass over ``x`` and ``g``; the columns are summed after. As k*k separate
+    reductions, XLA materialised each shifted slice for its library reduction (k*k full-size
+    copies per convolution), scheduled them in the forward and kept them for the backward: half
+    the op time of AdaIR's forward+backward and most of its temporaries.
     """
     p = k // 2
     h, w = x.shape[1], x.shape[2]

@@ -91,7 +91,8 @@ def _check_model(cfg: ml_collections.ConfigDict, manifest: pathlib.Path, *, what
             f"{what} was mined by the model {model.get('checkpoint')} (id {model.get('id')}), but this run "
             f"starts from model.init_from={cfg.model.init_from} (id {mine_id}): the hard set is the pairs the "
             "starting model restores worst. Leave data.manifest empty to mine it with this model, mine again "
-            "(python -m irpo_jax.mine --checkpoint <init_from> ...), or set mining.allow_other_model=True to use it anyway."
+            "(python -m irpo_jax.mine --checkpoint <init_from> ...), or set mining.allow_other_model=True "
+            "to use it anyway."
         )
     return header
 

@@ -68,9 +68,9 @@ def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int, epoch_size: 
     epoch index (adair-spec section 11): ``lr * e / (warmup_epochs - 1)`` for ``e <
     warmup_epochs``, then ``lr / 2 * (1 + cos(pi * (e - warmup_epochs) / (max_epochs -
     warmup_epochs)))``, where ``e`` is the epoch of the step's batch's first sample, ``floor(batch
-    * train.batch_size / epoch_size)`` (``batch = step // updates_per_batch(cfg)``). AdaIR trains 150 of the 180 epochs the cosine spans, so
-    it stops near 1.7e-5 rather than 0. ``epoch_size``: samples per epoch (the data mixture's
-    length), required by ``"adair"``.
+    * train.batch_size / epoch_size)`` (``batch = step // updates_per_batch(cfg)``). AdaIR trains
+    150 of the 180 epochs the cosine spans, so it stops near 1.7e-5 rather than 0. ``epoch_size``:
+    samples per epoch (the data mixture's length), required by ``"adair"``.
     """
     o = cfg.optim
     if o.schedule == "constant":

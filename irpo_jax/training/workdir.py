@@ -30,8 +30,9 @@ def config_json(cfg: ml_collections.ConfigDict) -> dict:
 # Fields that may change between a run and its resumption without changing the numbers.
 RESUMABLE_CHANGES = ("train.allow_config_change", "train.log_every", "train.checkpoint_every", "train.panel_every",
                       "train.probe_every", "train.probe_batches",
-                      "train.steps", "train.keep_checkpoints", "train.compilation_cache", "train.devices", "reward.bridge",
-                      "distributed", "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
+                      "train.steps", "train.keep_checkpoints", "train.compilation_cache", "train.devices",
+                      "reward.bridge", "distributed",
+                      "data.worker_count", "data.read_threads", "data.worker_buffer_size")  # fmt: skip
 
 
 # What a saved config.json means by a key it lacks: the setting the run had before the key existed.

@@ -157,7 +157,8 @@ def build_aesthetic(cfg: dict, device: str, *, shared: dict | None = None) -> Ae
         cfg["head_path"],
         key,
         "aesthetic head file",
-        f"Download {AESTHETIC_HEAD_URL} and set {key} to it, or set its weight to 0 (reward.groups.gen.components.aesthetic).",
+        f"Download {AESTHETIC_HEAD_URL} and set {key} to it, or set its weight to 0 "
+        "(reward.groups.gen.components.aesthetic).",
     )
     head = load_aesthetic_head(head_path, key)
     encoder = _get_clip_encoder(

@@ -4,8 +4,9 @@ Every family module (`lpips`, `clip`, `aesthetic`, `qwen_judge`) builds on these
 default settings (`default_reward_model_config`, merged per component by `_merged_config`),
 `RewardModelUnavailable` for absent weights, the `RewardComponent` protocol the reward process
 calls, `RewardModel` (that protocol's shared half: the handshake record and the checked call,
-so each model writes only `describe()` and `score()`), and the helpers that resolve a local path or hub id, hash weight files, read state dicts
-with `weights_only=True`, and check a batch's shapes.
+so each model writes only `describe()` and `score()`), and the helpers that resolve a local
+path or hub id, hash weight files, read state dicts with `weights_only=True`, and check a
+batch's shapes.
 """
 
 from __future__ import annotations
