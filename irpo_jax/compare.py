@@ -247,7 +247,7 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
         data["root"] = data_root
     rows = list(a.results["rows"])
     try:
-        cfg = readers.resolve_config(data)
+        cfg = readers.resolve_data_config(data)
         bases, _ = evaluation.resolve_rows(cfg, rows)
         sets = readers.eval_sets(cfg, bases, allow_partial=True)
     except (readers.DataError, evaluation.EvalError) as err:
@@ -296,7 +296,7 @@ def compare(a: Run, b: Run, out: pathlib.Path, *, crops: int = 2, data_root: str
                 if r["name"] not in index:
                     raise CompareError(
                         f"set {row}: {r['name']} is no longer in the data under "
-                        f"{cfg['root']}; pass --data_root DIR with the evaluated data"
+                        f"{cfg.root}; pass --data_root DIR with the evaluated data"
                     )
                 figures[kind].append(
                     _figure(

@@ -176,10 +176,10 @@ def _run(args: argparse.Namespace) -> int:
     if test_dirs:
         data_cfg.test_dirs = {**dict(data_cfg.get("test_dirs") or {}), **test_dirs}
     sets = [s for s in args.sets.split(",") if s.strip()] or None
-    resolved = readers.resolve_config(data_cfg)
+    resolved = readers.resolve_data_config(data_cfg)
     readers.eval_sets(
         resolved,
-        evaluation.resolve_rows(resolved, sets or list(resolved["eval_sets"]))[0],
+        evaluation.resolve_rows(resolved, sets or list(resolved.eval_sets))[0],
         allow_partial=args.allow_partial,
     )
     if args.out:

@@ -15,6 +15,7 @@ Config coupling (kept minimal): ``--config path.py[:arg]`` imports the file, cal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -66,9 +67,9 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     data = _config_data(args.config) if args.config else readers.default_data_config()
-    data = readers.resolve_config(data)
+    data = readers.resolve_data_config(data)
     if args.data_root:
-        data["root"] = args.data_root
+        data = dataclasses.replace(data, root=args.data_root)
     result = mining.mine(
         data,
         args.checkpoint,

@@ -39,6 +39,7 @@ which writes and reads it. The model ``id`` is the sha256 of ``model.json`` and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -554,8 +555,8 @@ def mine(
     the resumable partial file, the runner's batches, the multi-process merge, the selection and
     the manifest (:mod:`irpo_jax.data.manifest`).
     """
-    cfg = readers.resolve_config(data_cfg)
-    base = int(cfg["crop_base"])
+    cfg = readers.resolve_data_config(data_cfg)
+    base = int(cfg.crop_base)
     crop = int(crop)
     out = check_arguments(
         out,
@@ -570,11 +571,11 @@ def mine(
 
     import jax
 
-    if cfg["validate"] == "none":
-        cfg["validate"] = "header"  # shapes are needed for the buckets
+    if cfg.validate == "none":
+        cfg = dataclasses.replace(cfg, validate="header")  # shapes are needed for the buckets
     checkpoint = Path(checkpoint).absolute()
     records, _ = readers.train_records(cfg)
-    root = str(Path(cfg["root"]).expanduser().absolute())
+    root = str(Path(cfg.root).expanduser().absolute())
     if restorer is None:
         from irpo_jax import load_model
 

@@ -95,21 +95,22 @@ SSIM_DEFINITION = (
 def available_rows(data_cfg: Any) -> list[str]:
     """Every name ``evaluate(sets=...)`` accepts: set names, ``<noisy set>_s<sigma>`` rows and
     the keys of ``data.eval_paired``."""
-    cfg = readers.resolve_config(data_cfg)
+    cfg = readers.resolve_data_config(data_cfg)
     names = []
     for name, (_, _, layout) in readers.TEST_SETS.items():
         names.append(name)
         if layout == "noisy":
-            names += [f"{name}_s{int(s)}" for s in cfg["sigmas"]]
-    return names + list(readers.SET_GROUPS) + [n for n in cfg["eval_paired"] if n not in names]
+            names += [f"{name}_s{int(s)}" for s in cfg.sigmas]
+    return names + list(readers.SET_GROUPS) + [n for n in cfg.eval_paired if n not in names]
 
 
-def resolve_rows(cfg: Mapping[str, Any], sets: Sequence[str]) -> tuple[list[str], list[str]]:
+def resolve_rows(data_cfg: Any, sets: Sequence[str]) -> tuple[list[str], list[str]]:
     """``(set names to load, rows to report in order)``; a noisy set expands to one row per sigma.
 
     Raises:
       EvalError: an unknown name, listing the valid ones.
     """
+    cfg = readers.resolve_data_config(data_cfg)
     valid = available_rows(cfg)
     bases: list[str] = []
     rows: list[str] = []
@@ -129,7 +130,7 @@ def resolve_rows(cfg: Mapping[str, Any], sets: Sequence[str]) -> tuple[list[str]
         if base not in bases:
             bases.append(base)
         noisy = base in readers.TEST_SETS and readers.TEST_SETS[base][2] == "noisy"
-        expanded = [f"{base}_s{int(s)}" for s in cfg["sigmas"]] if noisy and base == name else [name]
+        expanded = [f"{base}_s{int(s)}" for s in cfg.sigmas] if noisy and base == name else [name]
         rows += [r for r in expanded if r not in rows]
     return bases, rows
 
@@ -364,7 +365,7 @@ def evaluate(
     their own modules; what remains shares a dozen locals that a split would pass around.
     """
     t0 = time.time()
-    cfg = readers.resolve_config(data_cfg)
+    cfg = readers.resolve_data_config(data_cfg)
     if oracle_k < 0 or (oracle_k and tile):
         raise EvalError(
             "oracle_k must be >= 0 and cannot be combined with tiling (each window would draw its own actions)"
@@ -373,7 +374,7 @@ def evaluate(
         raise EvalError(
             f"tile={tile} and tile_overlap={tile_overlap} must be multiples of 8 with 0 <= tile_overlap < tile"
         )
-    bases, wanted = resolve_rows(cfg, list(cfg["eval_sets"] if sets is None else sets))
+    bases, wanted = resolve_rows(cfg, list(cfg.eval_sets if sets is None else sets))
     all_rows = readers.eval_sets(cfg, bases, allow_partial=allow_partial)  # DataError names the files
     rows = {r: all_rows[r] for r in wanted}  # the order asked for
     runner = make_runner(model, ensemble=self_ensemble, oracle_k=oracle_k, devices=devices, precision=precision)
@@ -447,7 +448,7 @@ def evaluate(
         "version": EVAL_VERSION,
         "model": {"name": name + (" (x8 self-ensemble)" if self_ensemble else ""), "step": step, "kind": runner.kind},
         "protocol": {
-            "crop_base": int(cfg["crop_base"]),
+            "crop_base": int(cfg.crop_base),
             "color": "RGB",
             "data_range": 1.0,
             "clip": [0.0, 1.0],
@@ -455,8 +456,8 @@ def evaluate(
             "ssim": SSIM_DEFINITION,
             "set_average": "mean of per-image scores",
             "noise": {
-                "seed": int(cfg["test_noise_seed"]),
-                "sigmas": [int(s) for s in cfg["sigmas"]],
+                "seed": int(cfg.test_noise_seed),
+                "sigmas": [int(s) for s in cfg.sigmas],
                 "file_order": "sorted by name (the official os.listdir order is filesystem-dependent)",
             },
             "whole_images": not any(r["tiled"] for r in per_image),
@@ -466,7 +467,7 @@ def evaluate(
             "max_images": int(max_images),
             "precision": precision,
             "devices": runner.n,
-            "data_root": str(cfg["root"]),
+            "data_root": str(cfg.root),
             "allow_partial": bool(allow_partial),
         },
         "rows": out_rows,

@@ -243,9 +243,10 @@ def result_identity(
     data, rows and options of :func:`evaluate` (not the folder's name or step)."""
     from irpo_jax import checkpointing
 
-    resolved = readers.resolve_config(data_cfg)
-    bases, rows = resolve_rows(resolved, list(resolved["eval_sets"] if sets is None else sets))
-    root = str(resolved["root"])
+    cfg = readers.resolve_data_config(data_cfg)
+    bases, rows = resolve_rows(cfg, list(cfg.eval_sets if sets is None else sets))
+    resolved = cfg.as_dict()  # a copy, recorded in results.json
+    root = str(cfg.root)
     data = {
         "root": str(pathlib.Path(os.path.expanduser(root)).absolute()) if root else "",
         **{k: resolved[k] for k in ("eval_paired", "sigmas", "test_noise_seed", "crop_base")},
