@@ -5,6 +5,8 @@ supervised fine-tuning on the same hard images with the same budget? One command
     nice -n 19 python benchmarks/mini_irpo.py --pilot         # the pilot on the validation split
     python benchmarks/mini_irpo.py --quick --out /tmp/mq      # the pipeline test's setting (minutes)
     python benchmarks/mini_irpo.py --report_only              # tables and plots from what has run
+    python benchmarks/mini_irpo.py --pilot --only a --set model.policy.rate_init=5,5 --out runs/mp
+                                          # a pilot of other settings, every arm's config changed alike
 
 Stages, each skipped when its output exists (so a stopped study continues where it ended; a
 training arm resumes from its last checkpoint, as ``python -m irpo_jax.train`` does):
@@ -153,6 +155,7 @@ class Settings:
     seeds: int | None = None  # None: each arm's own number
     only: tuple[str, ...] = ()
     progress: bool = True
+    overrides: tuple[tuple[str, str], ...] = ()  # --set KEY=VALUE: config overrides of every arm
 
     @property
     def variant(self) -> str:
@@ -191,6 +194,33 @@ def _write_json(path: Path, value: Any) -> None:
     safe_files.atomic_write_json(path, value, indent=1, sort_keys=True)
 
 
+def _check_override(cfg, key: str, value: str) -> None:
+    """A ``--set`` key must name an existing config value (a typo would otherwise fail in every
+    arm's training process, after the data and the starting model were built)."""
+    node = cfg
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            raise SystemExit(f"--set {key}={value}: {key!r} is not a key of {CONFIG} (see its fields)")
+        node = node[part]
+
+
+def _record_overrides(out: Path, overrides: tuple[tuple[str, str], ...]) -> None:
+    """``OUT/overrides.json`` keeps the ``--set`` values the folder's runs were trained with; a
+    rerun with other values is refused (its arms would resume, or mix with, runs of other settings)."""
+    path = out / "overrides.json"
+    wanted = [list(kv) for kv in overrides]
+    found = _read_json(path)
+    if found is None:
+        if wanted:
+            _write_json(path, wanted)
+        return
+    if found != wanted:
+        have = " ".join(f"--set {k}={v}" for k, v in found) or "no --set"
+        raise SystemExit(
+            f"{path}: the runs in {out} were trained with {have}; rerun with the same, or pass another --out"
+        )
+
+
 def _config(s: Settings, stage: str = "grpo", extra: str = ""):
     from irpo_jax import cli
 
@@ -221,6 +251,8 @@ class Study:
         self.start = self.out / "start"
         self.manifests = {"hard": self.out / "hard.jsonl", "random": self.out / "random30.jsonl", "all": None}
         base = _config(s)
+        for key, value in s.overrides:
+            _check_override(base, key, value)
         self.steps = int(s.steps or base.train.steps)
         self.lr = float(s.lr or base.optim.lr)
         self.variant = base.model.variant
@@ -329,7 +361,8 @@ class Study:
             f"--config.optim.lr={lr}",
             "--progress=false",
         ]
-        return cmd + [f"--config.{k}={v}" for k, v in arm.overrides]
+        # --set first: an arm's own overrides (e.g. (g)'s frozen heads) are what make it that arm
+        return cmd + [f"--config.{k}={v}" for k, v in (*self.s.overrides, *arm.overrides)]
 
     @staticmethod
     def finished(workdir: Path) -> bool:
@@ -923,8 +956,9 @@ def report(study: Study) -> Path:
         "",
         f"`python benchmarks/mini_irpo.py{' --quick' if study.s.quick else ''}`: every arm starts from the same "
         f"starting model and trains {study.steps} optimizer steps at batch 2, learning rate {study.lr:g} "
-        "(configs/mini_irpo.py lists what differs from configs/allinone5.py and why). PSNR in dB, mean ± "
-        "std over seeds (sample std) where an arm has several.",
+        "(configs/mini_irpo.py lists what differs from configs/allinone5.py and why)"
+        + ("".join(f", with {k}={v}" for k, v in study.s.overrides) + " in every arm" if study.s.overrides else "")
+        + ". PSNR in dB, mean ± std over seeds (sample std) where an arm has several.",
         "",
     ]
     start = _read_json(study.start / "summary.json")
@@ -1137,15 +1171,43 @@ def main(argv=None) -> int:
     )
     p.add_argument("--publish", action="store_true", help="copy the report into benchmarks/RESULTS.md")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every arm, as --config.KEY=VALUE of irpo_jax.train (repeatable; "
+        "recorded in OUT/overrides.json, and a rerun in OUT must repeat it)",
+    )
     a = p.parse_args(argv)
+    overrides = []
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--set {item!r}: write KEY=VALUE, e.g. --set optim.head_lr_mult=60")
+        overrides.append((key.strip().removeprefix("config."), value))
     only = tuple(k for k in a.only.split(",") if k)
     unknown = [k for k in only if k not in ARM_BY_KEY]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; valid: {', '.join(ARM_BY_KEY)}")
     out = a.out or Path("runs/mini_irpo" + ("_quick" if a.quick else ""))
     study = Study(
-        Settings(out=out, quick=a.quick, steps=a.steps, lr=a.lr, seeds=a.seeds, only=only, progress=not a.no_progress)
+        Settings(
+            out=out,
+            quick=a.quick,
+            steps=a.steps,
+            lr=a.lr,
+            seeds=a.seeds,
+            only=only,
+            progress=not a.no_progress,
+            overrides=tuple(overrides),
+        )
     )
+    if a.report_only and not overrides:  # the report of a folder trained with --set names them
+        recorded = _read_json(out.absolute() / "overrides.json") or []
+        study.s.overrides = tuple((k, v) for k, v in recorded)
+    elif not a.report_only:
+        _record_overrides(study.out, study.s.overrides)
     t0 = time.time()
     if a.pilot:
         study.pilot(tuple(float(v) for v in a.pilot_lrs.split(",")))

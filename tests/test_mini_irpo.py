@@ -66,6 +66,25 @@ def test_every_arm_command_means_its_arm(tmp_path):
         assert set(flat_diff(c["a"].to_dict(), cfg.to_dict())) == differs.get(key, set()), key
 
 
+def test_set_overrides_every_arm_but_not_what_makes_an_arm(tmp_path):
+    """``--set KEY=VALUE`` reaches every arm's config; an arm's own override (g's frozen heads)
+    still wins; the folder records the values and refuses a rerun with others; a typo is named."""
+    sets = (("model.policy.rate_init", "(5.0, 5.0)"), ("optim.head_lr_mult", "60"))
+    study = mini_irpo.Study(mini_irpo.Settings(out=tmp_path, only=("a", "g"), seeds=1, overrides=sets))
+    c = {
+        arm.key: parsed(study.train_command(arm, 0, study.workdir(arm, 0), lr=study.lr, steps=4))
+        for arm, _ in study.runs()
+    }
+    assert tuple(c["a"].model.policy.rate_init) == (5.0, 5.0) and c["a"].optim.head_lr_mult == 60.0
+    assert tuple(c["g"].model.policy.rate_init) == (5.0, 5.0) and c["g"].optim.head_lr_mult == 0.0
+    mini_irpo._record_overrides(tmp_path, sets)
+    mini_irpo._record_overrides(tmp_path, sets)  # the same again: a resumed study
+    with pytest.raises(SystemExit, match="overrides.json.*--set optim.head_lr_mult=60.*another --out"):
+        mini_irpo._record_overrides(tmp_path, sets[:1])
+    with pytest.raises(SystemExit, match="'optim.head_lr_mul' is not a key"):
+        mini_irpo.Study(mini_irpo.Settings(out=tmp_path, overrides=(("optim.head_lr_mul", "6"),)))
+
+
 def test_quick_study_end_to_end(tmp_path, monkeypatch):
     # The subprocesses compile like the suite (tests/conftest.py): fewer XLA optimisations.
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
