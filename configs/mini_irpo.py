@@ -79,6 +79,7 @@ def get_config(arg=None):
         c.name += "_pilot"
         c.data.eval_sets = minibench.rows("val")  # the pilot looks at validation only, never at the test rows
         c.train.eval_every = 100  # steps between validation evaluations (the pilot's curves)
+        c.train.eval_at_end = True  # and the last step's (eval_every stops before the end)
     if quick:
         c.name += "_quick"
         c.train.eval_every = 1 if pilot else 0

@@ -122,6 +122,10 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     walls = {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
     assert mini_irpo.main(["--quick", "--out", str(out), "--only", "a,b", "--no_progress"]) == 0
     assert walls == {r: json.loads((out / "arms" / r / "wall.json").read_text()) for r in ("a_s0", "b_s0")}
+    # The pilot (same data, starting model and hard set): validation after every step, the last included.
+    assert mini_irpo.main(["--quick", "--out", str(out), "--pilot", "--only", "a", "--pilot_lrs", "1e-4"]) == 0
+    pilot = json.loads((out / "pilot" / "pilot.json").read_text())
+    assert sorted(pilot["curves"]["a lr=0.0001"]) == ["1", "2"] and pilot["choice"][0] == "a lr=0.0001"
 
 
 def test_diagnostics_read_the_action_statistics_when_logged_and_say_so_when_not(tmp_path):
