@@ -213,3 +213,13 @@ def test_the_plan_follows_policy_iterations_and_states_the_last_steps_learning_r
     assert total_steps_of(cfg, samples) == 12
     text, plan = run_length.describe(cfg, data, records, 12, samples)
     assert plan["epochs"] == pytest.approx(12 / 3 * 5 / 10) and "(train.steps=12)" in text
+
+
+def test_a_manifest_written_as_none_means_no_manifest(demo_root, tmp_path):
+    """``data.manifest = None`` in a config file is the empty manifest (a GRPO run without a
+    starting model then has nothing to mine with), not a file named ``None``."""
+    cfg = smoke_config(demo_root, **{"data.manifest": ""})
+    cfg.data.manifest = None
+    assert cfg.train.stage == "grpo" and not cfg.model.init_from
+    data = hard_set.training_data(cfg, tmp_path, progress=False)
+    assert not data.manifest and not (tmp_path / hard_set.MINED).exists()
