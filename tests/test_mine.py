@@ -398,6 +398,14 @@ def test_cli_negative_seed_is_refused_before_data_or_model(tmp_path, capsys, no_
     assert "--seed must be a non-negative integer (numpy seeds are), got -1" in err and REACHED not in err
 
 
+@pytest.mark.parametrize("batch_size", ["8", 2.5, True, 0])
+def test_the_library_refuses_a_batch_size_that_is_not_a_positive_int(tmp_path, batch_size):
+    """What the CLI's int flag cannot send, a caller of ``mining.mine`` can: a str, a float or a
+    bool is a ValueError naming the argument (not a TypeError from the arithmetic later)."""
+    with pytest.raises(ValueError, match=f"--batch_size must be a positive number .*got {batch_size!r}"):
+        mining.check_arguments(tmp_path / "m.jsonl", batch_size=batch_size)
+
+
 @pytest.mark.parametrize("batch_size", ["0", "-3"])
 def test_cli_non_positive_batch_size_is_refused_before_data_or_model(tmp_path, capsys, no_model, batch_size):
     assert _cli(tmp_path, "--out", str(tmp_path / "m" / "hard.jsonl"), "--batch_size", batch_size) == 1
