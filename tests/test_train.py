@@ -94,6 +94,36 @@ def test_grpo_stage_logs_the_design_metrics(grpo_run):
     assert restorer.meta["model"] == "adair_policy"
 
 
+def test_grpo_step_timings_are_per_step_durations(grpo_run):
+    """``perf/{rollout,reward_wait,update}_s`` are seconds per step: together at most the wall
+    time per step that ``perf/images_per_s`` gives (both run-so-far averages)."""
+    workdir, _, cfg = grpo_run
+    records = [r for r in read_metrics(workdir) if "perf/update_s" in r]
+    assert records
+    for r in records:
+        parts = [r[f"perf/{k}_s"] for k in ("rollout", "reward_wait", "update")]
+        assert min(parts) >= 0 and parts[2] > 0, r
+        assert sum(parts) <= cfg.train.batch_size / r["perf/images_per_s"] * 1.001, r
+
+
+def test_the_grpo_panel_shows_the_clipped_rollouts_of_the_first_image():
+    from irpo_jax.metrics_log import image_panel
+    from irpo_jax.training import loop
+
+    rng = np.random.default_rng(0)
+    b, g, h, w = 2, 3, 8, 8
+    batch = {"degraded": rng.uniform(size=(b, h, w, 3)), "clean": rng.uniform(size=(b, h, w, 3))}
+    restored = rng.uniform(-0.5, 1.5, size=(b, g, h, w, 3))  # outside [0, 1] on purpose
+    rollout = {"restored": restored, "jax_scores": {"psnr": rng.uniform(10, 30, size=(b, g))}}
+    rewards, y_det = rng.uniform(size=(b, g)), rng.uniform(-0.5, 1.5, size=(b, h, w, 3))
+    result = loop._StepResult(0, {}, batch, rollout, {}, y_det, rewards)
+    expected = image_panel(batch["degraded"][0], batch["clean"][0], rollouts=np.clip(restored[0], 0, 1),
+                           scores={"psnr": rollout["jax_scores"]["psnr"][0]}, rewards=rewards[0],
+                           deterministic=np.clip(y_det[0], 0, 1), deterministic_label="mean")  # fmt: skip
+    np.testing.assert_array_equal(loop._panel(result), expected)
+    assert loop._panel(result).shape[1] == w * (g + 3)  # input, G rollouts, mean, clean
+
+
 def test_grpo_stage_logs_where_the_actions_are(grpo_run):
     """Issue 23, item 3: per module and action the Beta mean and concentration, per module the
     fraction of rollouts whose mask differs from AdaIR's, and the within-group correlation of the
