@@ -210,6 +210,8 @@ def _record_overrides(out: Path, overrides: tuple[tuple[str, str], ...]) -> None
     path = out / "overrides.json"
     wanted = [list(kv) for kv in overrides]
     found = _read_json(path)
+    if found is None and any((out / d).exists() for d in ("arms", "pilot")):
+        found = []  # runs from before any --set: trained without one
     if found is None:
         if wanted:
             _write_json(path, wanted)

@@ -81,6 +81,9 @@ def test_set_overrides_every_arm_but_not_what_makes_an_arm(tmp_path):
     mini_irpo._record_overrides(tmp_path, sets)  # the same again: a resumed study
     with pytest.raises(SystemExit, match="overrides.json.*--set optim.head_lr_mult=60.*another --out"):
         mini_irpo._record_overrides(tmp_path, sets[:1])
+    (tmp_path / "older" / "arms").mkdir(parents=True)  # a study run before --set existed
+    with pytest.raises(SystemExit, match="trained with no --set"):
+        mini_irpo._record_overrides(tmp_path / "older", sets)
     with pytest.raises(SystemExit, match="'optim.head_lr_mul' is not a key"):
         mini_irpo.Study(mini_irpo.Settings(out=tmp_path, overrides=(("optim.head_lr_mul", "6"),)))
 
