@@ -1,16 +1,13 @@
 """The device mesh's host-side helpers: what they return on one process, and on two processes
 that share a batch-sharded array (CPU collectives over gloo on loopback)."""
 
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 import textwrap
 import types
 
 import jax
 import numpy as np
+from test_multihost import _free_port, _run_workers
 
 from irpo_jax import mesh
 
@@ -65,31 +62,8 @@ TWO_PROCESS_WORKER = textwrap.dedent(
 
 
 def test_two_processes_gather_a_shared_batch_and_each_takes_its_own_rows():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
-    code = TWO_PROCESS_WORKER.format(port=port)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(i)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, out[-4000:]
+    code = TWO_PROCESS_WORKER.format(port=_free_port())
+    outputs = _run_workers(code, xla_flags="--xla_force_host_platform_device_count=2")
+    for i, out in enumerate(outputs):
         assert "gathered (8, 3) True" in out, out[-4000:]
         assert f"rows {4 * i} True {[30.0 * r + 1 for r in range(4 * i, 4 * i + 4)]}" in out, out[-4000:]

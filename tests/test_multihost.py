@@ -64,9 +64,9 @@ GRPO_WORKER = textwrap.dedent(
 )
 
 
-def _run_workers(code: str) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=WORKER_XLA_FLAGS)  # fmt: skip
+def _run_workers(code: str, xla_flags: str = WORKER_XLA_FLAGS) -> list[str]:
+    """Runs ``code`` as two processes (its argv[1]: the process id); their outputs, each checked to exit 0."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(i)],
