@@ -98,6 +98,13 @@ ARMS: tuple[Arm, ...] = (
     ),
     Arm("c", "supervised L1 on every pair", "supervised", "all", paper="not in the paper"),
     Arm(
+        "h",
+        "IRPO on every pair (the hard set's cost; (c) is its supervised control)",
+        "grpo",
+        "all",
+        paper="not in the paper (Fig. 5 compares subsets of 30 % only)",
+    ),
+    Arm(
         "d",
         "IRPO on a random 30 %",
         "grpo",
@@ -450,16 +457,16 @@ class Study:
 
     def pilot(self, lrs: tuple[float, ...] = PILOT_LRS) -> dict:
         """IRPO (a) and the control (b), seed 0, at each learning rate, with the validation rows
-        evaluated every 100 steps (configs/mini_irpo.py:pilot; ``--only a``: IRPO alone); the
-        choice: the learning rate and step count with the best validation average of IRPO (the
-        control then gets the same, as the study requires; its curves show whether that choice
-        favours IRPO)."""
+        evaluated every 100 steps (configs/mini_irpo.py:pilot; ``--only`` picks other arms, e.g.
+        ``a`` alone or ``h,c``); the choice: the learning rate and step count with the best
+        validation average of an IRPO arm (the control then gets the same, as the study requires;
+        its curves show whether that choice favours IRPO)."""
         self.build_data()
         self.starting_model()
         self.mine()
         table = {}
         for lr in lrs:
-            for key in [k for k in ("a", "b") if not self.s.only or k in self.s.only]:
+            for key in self.s.only or ("a", "b"):
                 arm = ARM_BY_KEY[key]
                 workdir = self.out / "pilot" / f"{key}_lr{lr:g}"
                 self.train(arm, 0, workdir, lr=lr, steps=self.steps, extra="pilot")
@@ -470,7 +477,12 @@ class Study:
 
         val0 = float(np.mean([start["rows"][r]["psnr"] for r in minibench.rows("val")]))
         best = max(
-            ((name, step, v) for name, c in table.items() if name.startswith("a ") for step, v in c.items()),
+            (
+                (name, step, v)
+                for name, c in table.items()
+                if ARM_BY_KEY[name.split()[0]].stage == "grpo"
+                for step, v in c.items()
+            ),
             key=lambda t: t[2],
             default=None,
         )
@@ -1007,6 +1019,9 @@ def report(study: Study) -> Path:
             md.append(f"(a) - (b), {split}: {welch(a, b)}.")
         if a and g:
             md.append(f"(a) - (g), {split}: {welch(a, g)} (what L_RL adds).")
+        h, c = (numbers.get(f"({k}) {ARM_BY_KEY[k].label}") for k in ("h", "c"))
+        if h and c:
+            md.append(f"(h) - (c), {split}: {welch(h, c)} (IRPO against supervised fine-tuning, both on every pair).")
         md.append("")
         if split == "test":
             ssim_table, _ = arm_table(study, split, entries, metric="ssim", paper=paper)

@@ -53,14 +53,14 @@ def test_every_arm_command_means_its_arm(tmp_path):
     hard = str(tmp_path.absolute() / "hard.jsonl")
     c = {k: v for (k, s), v in seen.items() if s == 0}
     assert c["a"].data.manifest == c["b"].data.manifest == c["g"].data.manifest == hard  # the same hard set
-    assert c["c"].data.manifest == "all" and c["d"].data.manifest.endswith("random30.jsonl")
+    assert c["c"].data.manifest == c["h"].data.manifest == "all" and c["d"].data.manifest.endswith("random30.jsonl")
     assert c["a"].grpo.group_size == 4 and [c[f"e{g}"].grpo.group_size for g in (2, 3, 8)] == [2, 3, 8]
     assert c["g"].optim.head_lr_mult == 0.0 and c["a"].optim.head_lr_mult == 6.0
     assert c["f_gen"].reward.groups.task.weight == 0.0 and c["f_gen"].reward.groups.gen.weight == 0.6
     assert c["f_task"].reward.groups.gen.weight == 0.0 and c["f_task"].reward.groups.task.weight == 0.3
     differs = {"b": {"train.stage", "name"}, "c": {"train.stage", "name", "data.manifest"}, "d": {"data.manifest"},
-               "g": {"optim.head_lr_mult"}, "e2": {"grpo.group_size"}, "e3": {"grpo.group_size"},
-               "e8": {"grpo.group_size"}, "f_gen": {"reward.groups.task.weight"},
+               "h": {"data.manifest"}, "g": {"optim.head_lr_mult"}, "e2": {"grpo.group_size"},
+               "e3": {"grpo.group_size"}, "e8": {"grpo.group_size"}, "f_gen": {"reward.groups.task.weight"},
                "f_task": {"reward.groups.gen.weight"}}  # fmt: skip
     for key, cfg in c.items():  # nothing else differs from (a)
         assert set(flat_diff(c["a"].to_dict(), cfg.to_dict())) == differs.get(key, set()), key
