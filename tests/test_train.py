@@ -23,7 +23,8 @@ import pytest
 from irpo_jax import checkpointing, config_lib, training
 from irpo_jax.metrics_log import read_metrics
 from irpo_jax.rewards import remote
-from irpo_jax.training.rollouts import score_remotely
+from irpo_jax.training.errors import TrainingError
+from irpo_jax.training.rollouts import Rollouts, score_remotely
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -498,6 +499,29 @@ def test_train_cli_reports_flag_mistakes_in_one_line(tmp_path):
         out = subprocess.run([sys.executable, "-m", "irpo_jax.train", *args, f"--workdir={tmp_path / 'w'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_strict_reward_stops_the_run_only_when_a_weighted_torch_component_is_not_live(demo_root, tmp_path):
+    """``reward.missing="strict"``: the smoke config's torch components with the bridge off stop the
+    run, naming them; with their weights at 0 nothing is missing and the run opens its rewards
+    (issue 28's survivor rollouts.py:109: a strict run that refused to start even then)."""
+
+    def open_rewards(cfg):  # the constructor's rewards part alone (the rest compiles the rollout)
+        rollouts = Rollouts.__new__(Rollouts)
+        rollouts.cfg = cfg
+        rollouts._open_rewards(tmp_path)
+        return rollouts
+
+    cfg = smoke_config(demo_root, **{"reward.missing": "strict", "reward.bridge.mode": "off"})
+    with pytest.raises(TrainingError, match=r"\['aesthetic', 'clip', 'lpips', 'qwen'\].*not live"):
+        open_rewards(cfg)
+    for name in ("aesthetic", "clip", "lpips"):
+        cfg.reward.groups.gen.components[name] = 0.0
+    cfg.reward.groups.judge.weight = 0.0
+    rollouts = open_rewards(cfg)
+    report = json.loads((tmp_path / "reward_components.json").read_text())
+    assert report["torch_unavailable"] == [] and report["torch_live"] == [] and rollouts.bridge is None
+    assert report["jax"] == ["psnr", "ssim", "task"]
 
 
 def test_grpo_without_a_starting_model_says_what_to_do(demo_root, tmp_path):
