@@ -221,6 +221,38 @@ class FailingRewardBridge(FakeRewardBridge):
         return super().score(*args, **kwargs)
 
 
+def test_remote_scores_name_each_rollouts_source_image_across_steps():
+    """score_remotely sends the B*G rollouts with their images' ids (``step * B + row``, each
+    repeated G times: the components cache ground-truth features by them, so an id reused at a
+    later step would score against an earlier step's image) and returns (B, G) scores in the
+    rollouts' order (issue 28's survivor rollouts.py:197: ids without ``step * B``)."""
+    cfg = config_lib.load_config(str(ROOT / "configs" / "allinone5.py") + ":grpo,smoke")
+    sharded = jax.sharding.NamedSharding(training.make_mesh(), jax.sharding.PartitionSpec("data"))
+    b, g = 4, 3
+    rng = np.random.default_rng(0)
+    batch = training.to_global({"degraded": rng.random((b, 8, 8, 3), np.float32),
+                                "clean": rng.random((b, 8, 8, 3), np.float32),
+                                "task_id": np.arange(b, dtype=np.int32)}, sharded)  # fmt: skip
+    restored = rng.random((b, g, 8, 8, 3), np.float32)
+    rollout = {"restored": jax.device_put(restored, sharded)}
+
+    class Recording(FakeRewardBridge):
+        sent = []
+
+        def score(self, degraded, restored, clean, **kw):
+            self.sent.append((kw["sample_ids"], kw["task_ids"]))
+            return super().score(degraded, restored, clean, **kw)
+
+    clean = np.asarray(batch["clean"])[:, None]
+    want = 1 - np.abs(restored - clean).mean(axis=(2, 3, 4))
+    for step in (0, 5):
+        scores = score_remotely(Recording(), cfg, step, batch, rollout, ("lpips",))
+        np.testing.assert_allclose(np.asarray(scores["lpips"]), want, rtol=1e-6)
+    assert [ids.tolist() for ids, _ in Recording.sent] == [np.repeat(np.arange(b) + step * b, g).tolist()
+                                                          for step in (0, 5)]  # fmt: skip
+    assert all(np.asarray(t).tolist() == np.repeat(np.arange(b), g).tolist() for _, t in Recording.sent)
+
+
 def test_a_failed_reward_request_saves_the_state_and_the_run_resumes(stale_run, tmp_path):
     workdir, cfg = stale_run
     shutil.copytree(workdir, tmp_path / "run")
