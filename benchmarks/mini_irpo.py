@@ -102,7 +102,7 @@ ARMS: tuple[Arm, ...] = (
         "IRPO on every pair (the hard set's cost; (c) is its supervised control)",
         "grpo",
         "all",
-        paper="not in the paper (Fig. 5 compares subsets of 30 % only)",
+        paper='Fig. 5: 100 % of the data, "comparable" to the hard 30 % (31.4 dB) at three times the cost',
     ),
     Arm(
         "d",
