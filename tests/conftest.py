@@ -52,9 +52,10 @@ HAS_TORCH = _has_torch()
 # persistent compilation cache: JAX writes each entry as a whole file, and an entry read while
 # the other worker is still writing it fails its checksum and counts as a miss.
 SHARED_UNITS = {"test_train": "train", "test_multihost": "train", "test_hard_set": "train", "test_run_start": "train"}
-# Ordered by a measured run (pytest --durations, 2026-12-06, 767 tests: each unit's seconds).
+# Ordered by each unit's seconds in a measured run (pytest --durations, 2026-12-06, 767 tests,
+# beside two study runs); update it when a unit grows past its neighbours.
 LONGEST_FIRST = (
-    "train",  # ~930 s: test_train, test_multihost, test_hard_set, test_run_start
+    "train",  # test_train, test_multihost, test_hard_set, test_run_start: ~930 s in that run
     "test_grpo_reconstruction",
     "test_policy",
     "test_mini_irpo",
